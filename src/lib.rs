@@ -1,0 +1,28 @@
+//! ringcrypt: authenticated file encryption at the speed of the hardware.
+//!
+//! The rooms, from the bytes up:
+//! - [`limits`]: every fixed bound, with the reason for it.
+//! - [`error`]: the error type and its wire codes.
+//! - [`lanes`]: multi-lane AES-256-CBC (eight chains in lockstep).
+//! - [`format`]: RCRYPT v1 header, key derivation, chunk sealer and opener. No IO.
+//! - [`openssl`]: the unauthenticated `openssl enc` compatibility format.
+//! - [`keys`]: the TOML key ring.
+//! - [`stream`]: sealing and opening over `Read`/`Write`.
+//! - [`output`]: atomic, durable output files.
+//! - [`offline`]: file jobs run in this process (the client's `--keys` mode).
+//! - [`cli`]: the `ringcrypt` command line.
+
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod error;
+pub mod format;
+pub mod keys;
+pub mod lanes;
+pub mod limits;
+pub mod offline;
+pub mod openssl;
+pub mod output;
+pub mod stream;
+
+pub use error::{Code, Error};

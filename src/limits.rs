@@ -1,0 +1,37 @@
+//! Every fixed bound of the crypto core, in one place, each with the reason it has the value
+//! it has. Daemon limits (connections, queues, timeouts) join this file with the daemon.
+
+/// Bytes in an RCRYPT v1 header: magic, version, suite, chunk_log2, flags, reserved, key id,
+/// salt and header tag (DESIGN §3). Fixed by the format.
+pub const HEADER_BYTES: usize = 96;
+
+/// Bytes in every HMAC-SHA256 tag: the header tag and each chunk's tag.
+pub const TAG_BYTES: usize = 32;
+
+/// AES block size; CBC and PKCS#7 work in these units.
+pub const BLOCK_BYTES: usize = 16;
+
+/// Smallest chunk the format allows (4 KiB): smaller chunks would spend more on tags and
+/// per-chunk setup than on data.
+pub const CHUNK_LOG2_MIN: u8 = 12;
+
+/// Largest chunk the format allows (16 MiB): a reader must hold a whole record in memory
+/// before it may release any of its plaintext, so this bounds a reader's buffer.
+pub const CHUNK_LOG2_MAX: u8 = 24;
+
+/// Default chunk size (64 KiB): eight of them (one batch) fit in a typical L2 cache, so the
+/// HMAC pass reads ciphertext the AES pass just wrote while it is still hot.
+pub const CHUNK_LOG2_DEFAULT: u8 = 16;
+
+/// Independent CBC chains advanced in lockstep. The AES-NI backend of the `aes` crate
+/// processes exactly eight blocks per call, which hides the 4-cycle latency of `aesenc`
+/// behind throughput: one chain is latency-bound (~1 GB/s), eight fill the pipeline.
+pub const LANES: usize = 8;
+
+/// PBKDF2 iterations for an `openssl`-format key entry that names none. Matches the count
+/// most legacy scripts pass to `openssl enc -pbkdf2 -iter`.
+pub const OPENSSL_DEFAULT_ITER: u32 = 10_000;
+
+/// Largest key ring file read: a ring holds a few dozen entries of ~150 bytes; anything far
+/// larger is not a key ring and is refused instead of parsed.
+pub const KEYRING_MAX_BYTES: u64 = 1 << 20;
