@@ -275,21 +275,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
             force,
         } => {
             let ring = load_ring(cli.keys.as_deref())?;
-            let (output, overwrite) = match output {
-                Some(output) => (output.clone(), *force),
+            let (input, output, overwrite) = match output {
+                Some(output) => {
+                    if same_path(input, output) {
+                        return Err(Error::new(
+                            Code::BadRequest,
+                            format!(
+                                "{} is the input itself; use --in-place to replace the input",
+                                output.display()
+                            ),
+                        )
+                        .into());
+                    }
+                    (input.clone(), output.clone(), *force)
+                }
                 None => {
                     debug_assert!(*in_place, "clap requires -o or --in-place");
-                    (input.clone(), true)
+                    // Replace the file a symlink points to, not the link itself.
+                    let target =
+                        std::fs::canonicalize(input).map_err(|e| Error::io("resolve", input, e))?;
+                    (target.clone(), target, true)
                 }
             };
-            if !in_place && same_path(input, &output) {
-                return Err(usage(
-                    format!("{} is the input itself", output.display()),
-                    "use --in-place to replace the input",
-                ));
-            }
             let job = Job {
-                input,
+                input: &input,
                 output: &output,
                 key: key.as_deref(),
                 format: Format::Ringcrypt,

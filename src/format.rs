@@ -191,15 +191,12 @@ impl FileKeys {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuthFailed;
 
-impl AuthFailed {
-    /// The error for `file`, in words a person can act on.
-    pub fn for_file(self, file: impl std::fmt::Display) -> Error {
+impl From<AuthFailed> for Error {
+    fn from(_: AuthFailed) -> Error {
         Error::new(
             Code::AuthFailed,
-            format!(
-                "{file}: authentication failed: the file was modified, truncated or damaged, \
-                 or was not made with the key it names; nothing was decrypted"
-            ),
+            "authentication failed: the file was modified, truncated or damaged, \
+             or was not sealed with the key it names",
         )
     }
 }

@@ -228,8 +228,9 @@ impl KeyRing {
         let refuse =
             |why: String| Error::new(Code::BadRequest, format!("key ring {origin}: {why}"));
         let raw: RawRing = toml::from_str(text).map_err(|err| {
-            // toml's message quotes the offending line; for a `secret` that would print key
-            // material, so only the position and the kind of problem are kept.
+            // toml's messages quote the offending line and value; for a `secret` or
+            // `passphrase` that would print key material, so only the line number and the
+            // kind of problem are kept (see `redact`).
             let at = err
                 .span()
                 .map(|span| {
@@ -237,7 +238,10 @@ impl KeyRing {
                     format!(" at line {line}")
                 })
                 .unwrap_or_default();
-            refuse(format!("is not a valid key ring{at}: {}", err.message()))
+            refuse(format!(
+                "is not a valid key ring{at}: {}",
+                redact(err.message())
+            ))
         })?;
         let mut entries: Vec<KeyEntry> = Vec::with_capacity(raw.key.len());
         for key in &raw.key {
@@ -436,6 +440,23 @@ impl KeyRing {
         ))
     }
 
+    /// The passphrase entry to encrypt an openssl-format file with: like
+    /// [`KeyRing::passphrase_entry`], and the entry must be active.
+    pub fn sealing_passphrase(&self, name: Option<&str>) -> Result<(&KeyEntry, &str, u32), Error> {
+        let found = self.passphrase_entry(name)?;
+        match found.0.state {
+            KeyState::Active => Ok(found),
+            state => Err(Error::new(
+                Code::KeyRetired,
+                format!(
+                    "key {:?} is {}: it cannot encrypt new files",
+                    found.0.name,
+                    state.as_str()
+                ),
+            )),
+        }
+    }
+
     /// The passphrase entry to use for an openssl-format file: `name`, or the only passphrase
     /// entry when the ring has exactly one.
     pub fn passphrase_entry(&self, name: Option<&str>) -> Result<(&KeyEntry, &str, u32), Error> {
@@ -487,6 +508,48 @@ impl KeyRing {
             )),
         }
     }
+}
+
+/// The field names a key ring may contain; only these survive [`redact`].
+const RING_FIELDS: [&str; 7] = [
+    "default",
+    "key",
+    "name",
+    "secret",
+    "passphrase",
+    "iter",
+    "state",
+];
+
+/// A parser message with every quoted fragment that is not a known field name replaced by
+/// `…`: values (and misspelled field names, which may be pasted secrets) are never echoed.
+fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(['`', '"']) {
+        let quote = rest[start..].chars().next().expect("found above");
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find(quote) {
+            Some(end) => {
+                let inner = &after[..end];
+                if RING_FIELDS.contains(&inner) {
+                    out.push(quote);
+                    out.push_str(inner);
+                    out.push(quote);
+                } else {
+                    out.push('…');
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push('…');
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out.trim_end().to_string()
 }
 
 fn parse_secret(text: &str) -> Option<Zeroizing<[u8; 32]>> {
@@ -624,6 +687,23 @@ mod tests {
         assert!(
             err.message.contains("line 1") && !err.message.contains(A),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn parser_messages_never_echo_values() {
+        for text in [
+            "[[key]]\nname = \"a\"\npassphrase = 73915562048\n",
+            "[[key]]\nname = \"a\"\npassphrase = \"x\"\niter = \"73915562048\"\n",
+            "[[key]]\nname = \"a\"\n73915562048 = 1\n",
+        ] {
+            let err = ring(text).unwrap_err();
+            assert!(!err.message.contains("73915562048"), "{err}");
+            assert!(err.message.contains("line"), "{err}");
+        }
+        assert_eq!(
+            redact("unknown field `x`, expected `name`"),
+            "unknown field …, expected `name`"
         );
     }
 

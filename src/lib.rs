@@ -23,6 +23,7 @@ pub mod limits;
 pub mod offline;
 pub mod openssl;
 pub mod output;
+pub mod reactor;
 pub mod stream;
 
 pub use error::{Code, Error};

@@ -114,7 +114,7 @@ fn write_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 pub fn encrypt(ring: &KeyRing, job: &Job) -> Result<Outcome, Error> {
     let entry = match job.format {
         Format::Ringcrypt => ring.sealing_entry(job.key)?,
-        Format::Openssl => ring.passphrase_entry(job.key)?.0,
+        Format::Openssl => ring.sealing_passphrase(job.key)?.0,
     };
     let mut input = open_input(job.input)?;
     refuse_same_file(&input, job)?;

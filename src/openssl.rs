@@ -90,11 +90,14 @@ impl<W: Write> OpensslWriter<W> {
 
 impl<W: Write> Write for OpensslWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
+        // Take at most what fits, so memory stays at one buffer whatever the caller writes.
+        // After a flush fewer than 16 bytes remain, so there is always room.
+        let take = data.len().min(STREAM_BYTES - self.buf.len());
+        self.buf.extend_from_slice(&data[..take]);
         if self.buf.len() >= STREAM_BYTES {
             self.flush_whole_blocks()?;
         }
-        Ok(data.len())
+        Ok(take)
     }
 
     fn flush(&mut self) -> io::Result<()> {

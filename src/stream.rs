@@ -136,8 +136,8 @@ pub fn open(
     let got = read_full(input, &mut header_bytes).map_err(read_error)?;
     let header = Header::parse(&header_bytes[..got])?;
     let master = ring.opening_key(&header.key_id)?;
-    let mut opener = Opener::new(&header, master.bytes()).map_err(|e| e.for_file("the file"))?;
-    let auth = || format::AuthFailed.for_file("the file");
+    let mut opener = Opener::new(&header, master.bytes())?;
+    let auth = || Error::from(format::AuthFailed);
     let layout = Layout::for_file(file_len, header.chunk_log2).map_err(|_| auth())?;
     let chunk = header.chunk_bytes();
     let stride = opener.record_bytes();

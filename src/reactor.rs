@@ -1,0 +1,1060 @@
+//! The reactor: one per shard. It owns the shard's io_uring (or the synchronous fallback),
+//! the op slab keyed by `user_data`, and the shard's fixed buffer pool. This is the only room
+//! with io_uring `unsafe`.
+//!
+//! Ownership: an op owns its memory (its `Vec`, its paths, its `open_how`, or the pool buffer
+//! it names) from [`Reactor::push`] until its [`Completion`] hands it back. The kernel may
+//! write into that memory until the completion arrives, so nothing else can reach it: a pool
+//! buffer is marked lent and [`Reactor::buf_mut`] refuses it; a `Vec` lives inside the slab.
+//! File descriptors are passed raw: the kernel holds its own reference to an open file for
+//! the duration of an op, so closing an fd early cannot corrupt memory (it only fails ops).
+//!
+//! The synchronous backend runs the same ops as plain syscalls: file ops complete at once;
+//! socket and eventfd ops are tried non-blocking and, if they would block, parked until
+//! `poll(2)` says they are ready. It is chosen when io_uring cannot be set up, or forced with
+//! `RINGCRYPT_BACKEND=sync`.
+//!
+//! What this room does not do: decide what to do with a completion (jobs and connections do),
+//! or know about files, keys or the protocol.
+
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::time::Duration;
+
+use io_uring::{IoUring, opcode, squeue, types};
+
+/// Which implementation runs the ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Uring,
+    Sync,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Uring => "io_uring",
+            BackendKind::Sync => "sync",
+        }
+    }
+}
+
+/// A buffer of the shard's fixed pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufId(u16);
+
+/// One operation. Memory named here is owned by the op until its completion.
+pub enum Op {
+    /// pread into `buf[at .. at + len]` of a pool buffer.
+    ReadFixed {
+        fd: RawFd,
+        buf: BufId,
+        at: usize,
+        len: usize,
+        offset: u64,
+    },
+    /// pwrite from `buf[at .. at + len]` of a pool buffer.
+    WriteFixed {
+        fd: RawFd,
+        buf: BufId,
+        at: usize,
+        len: usize,
+        offset: u64,
+    },
+    /// pwrite of a whole owned vector (headers, small writes).
+    WriteVec {
+        fd: RawFd,
+        data: Vec<u8>,
+        offset: u64,
+    },
+    /// pread into an owned vector (its capacity), e.g. a header or the end-of-file probe.
+    ReadVec {
+        fd: RawFd,
+        data: Vec<u8>,
+        len: usize,
+        offset: u64,
+    },
+    Fsync {
+        fd: RawFd,
+    },
+    /// openat2 relative to `dir`; the result is the new fd.
+    OpenAt2 {
+        dir: RawFd,
+        path: CString,
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    },
+    /// linkat(from_dir, from, to_dir, to, flags)
+    LinkAt {
+        from_dir: RawFd,
+        from: CString,
+        to_dir: RawFd,
+        to: CString,
+        flags: i32,
+    },
+    /// renameat2(dir, from, dir, to, flags)
+    RenameAt {
+        dir: RawFd,
+        from: CString,
+        to: CString,
+        flags: u32,
+    },
+    UnlinkAt {
+        dir: RawFd,
+        path: CString,
+    },
+    /// accept4 on a listening socket; the result is the new fd (close-on-exec).
+    Accept {
+        fd: RawFd,
+    },
+    /// recv into `data[filled..]` (up to its length).
+    Recv {
+        fd: RawFd,
+        data: Vec<u8>,
+        filled: usize,
+    },
+    /// send `data[sent..]`.
+    Send {
+        fd: RawFd,
+        data: Vec<u8>,
+        sent: usize,
+    },
+    /// read 8 bytes from an eventfd (the shard's wake-up).
+    ReadEventfd {
+        fd: RawFd,
+    },
+}
+
+/// What an op held, handed back with its completion.
+pub enum Held {
+    Nothing,
+    Vec(Vec<u8>),
+    Buf(BufId),
+}
+
+/// A finished op: the owner's token, the result (bytes or fd, or the OS error), and the
+/// memory the op owned.
+pub struct Completion {
+    pub token: u64,
+    pub result: io::Result<u32>,
+    pub held: Held,
+}
+
+impl Completion {
+    /// The owned vector back (for `ReadVec`, `WriteVec`, `Recv`, `Send`).
+    pub fn take_vec(&mut self) -> Vec<u8> {
+        match std::mem::replace(&mut self.held, Held::Nothing) {
+            Held::Vec(data) => data,
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// What an in-flight op keeps alive until completion.
+struct Slot {
+    token: u64,
+    held: Held,
+    /// Paths and open_how stay here, unmoved (boxed), until the kernel is done with them.
+    _paths: Option<Box<(CString, CString, types::OpenHow)>>,
+    /// For socket ops parked by the sync backend: the op to retry.
+    parked: Option<Op>,
+}
+
+/// Ops per ring submission queue: enough for every running job's batch reads (8 per
+/// buffer) plus connection traffic; the completion queue is twice this by default.
+pub const RING_ENTRIES: u32 = 1024;
+
+/// The shard's reactor. See the module docs.
+pub struct Reactor {
+    backend: Backend,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<usize>,
+    in_flight: usize,
+    pool: Vec<Box<[u8]>>,
+    lent: Vec<bool>,
+    free_bufs: Vec<u16>,
+    buf_bytes: usize,
+}
+
+enum Backend {
+    Uring {
+        ring: Box<IoUring>,
+        unsubmitted: usize,
+    },
+    Sync {
+        ready: VecDeque<(usize, io::Result<u32>)>,
+        parked: Vec<usize>,
+    },
+}
+
+impl Reactor {
+    /// A reactor with `buffers` pool buffers of `buf_bytes` each, allocated now and, with
+    /// io_uring, registered as fixed buffers. `kind` None picks io_uring and falls back to
+    /// sync when it cannot be set up; the second value says why it fell back, if it did.
+    pub fn new(
+        kind: Option<BackendKind>,
+        buffers: u16,
+        buf_bytes: usize,
+    ) -> io::Result<(Reactor, Option<String>)> {
+        let mut pool: Vec<Box<[u8]>> = (0..buffers)
+            .map(|_| vec![0u8; buf_bytes].into_boxed_slice())
+            .collect();
+        let mut fallback = None;
+        let backend = match kind {
+            Some(BackendKind::Sync) => Backend::Sync {
+                ready: VecDeque::new(),
+                parked: Vec::new(),
+            },
+            _ => match Self::setup_uring(&mut pool) {
+                Ok(ring) => Backend::Uring {
+                    ring: Box::new(ring),
+                    unsubmitted: 0,
+                },
+                Err(err) if kind.is_none() => {
+                    fallback = Some(format!(
+                        "io_uring is not available ({err}); using the synchronous backend"
+                    ));
+                    Backend::Sync {
+                        ready: VecDeque::new(),
+                        parked: Vec::new(),
+                    }
+                }
+                Err(err) => return Err(err),
+            },
+        };
+        let reactor = Reactor {
+            backend,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            in_flight: 0,
+            lent: vec![false; pool.len()],
+            free_bufs: (0..buffers).rev().collect(),
+            pool,
+            buf_bytes,
+        };
+        Ok((reactor, fallback))
+    }
+
+    fn setup_uring(pool: &mut [Box<[u8]>]) -> io::Result<IoUring> {
+        let ring = IoUring::builder().build(RING_ENTRIES)?;
+        if !pool.is_empty() {
+            let iovecs: Vec<libc::iovec> = pool
+                .iter_mut()
+                .map(|buf| libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                })
+                .collect();
+            // SAFETY: the buffers are boxed slices owned by the reactor for its whole life
+            // (never reallocated or dropped before the ring), so the registered addresses
+            // stay valid while the ring can use them.
+            unsafe { ring.submitter().register_buffers(&iovecs)? };
+        }
+        Ok(ring)
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Uring { .. } => BackendKind::Uring,
+            Backend::Sync { .. } => BackendKind::Sync,
+        }
+    }
+
+    /// Ops pushed and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub fn buf_bytes(&self) -> usize {
+        self.buf_bytes
+    }
+
+    /// A free pool buffer, or None when all are in use (the caller waits: no allocation on
+    /// the data path).
+    pub fn acquire(&mut self) -> Option<BufId> {
+        self.free_bufs.pop().map(BufId)
+    }
+
+    /// Returns a buffer to the pool.
+    pub fn release(&mut self, id: BufId) {
+        assert!(
+            !self.lent[usize::from(id.0)],
+            "released a buffer the kernel still uses"
+        );
+        debug_assert!(!self.free_bufs.contains(&id.0), "double release");
+        self.free_bufs.push(id.0);
+    }
+
+    /// The buffer's bytes. Panics if an op on it is in flight: that is a bug in the caller,
+    /// and touching the memory would race the kernel.
+    pub fn buf_mut(&mut self, id: BufId) -> &mut [u8] {
+        assert!(!self.lent[usize::from(id.0)], "buffer {id:?} is in flight");
+        &mut self.pool[usize::from(id.0)]
+    }
+
+    /// Starts `op`; its completion carries `token`.
+    pub fn push(&mut self, token: u64, op: Op) {
+        let index = match self.free_slots.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.in_flight += 1;
+        let mut slot = Slot {
+            token,
+            held: Held::Nothing,
+            _paths: None,
+            parked: None,
+        };
+        match &mut self.backend {
+            Backend::Uring { .. } => {
+                let entry = self.prepare_uring(&mut slot, op, index);
+                self.slots[index] = Some(slot);
+                self.push_entry(entry);
+            }
+            Backend::Sync { .. } => {
+                if let Some(parkable) = Self::is_pollable(&op) {
+                    let _ = parkable;
+                    slot.parked = Some(op);
+                    self.slots[index] = Some(slot);
+                    self.try_parked(index);
+                } else {
+                    let result = self.run_sync(&mut slot, op);
+                    self.slots[index] = Some(slot);
+                    if let Backend::Sync { ready, .. } = &mut self.backend {
+                        ready.push_back((index, result));
+                    }
+                }
+            }
+        }
+    }
+
+    fn push_entry(&mut self, entry: squeue::Entry) {
+        let Backend::Uring { ring, unsubmitted } = &mut self.backend else {
+            unreachable!("uring only")
+        };
+        loop {
+            // SAFETY: every pointer in `entry` points into memory owned by the op's slot (a
+            // boxed path/open_how, a Vec in `held`, or a lent pool buffer), which stays put
+            // until the completion for this user_data is reaped in `complete`.
+            let pushed = unsafe { ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                *unsubmitted += 1;
+                return;
+            }
+            // The submission queue is full: hand it to the kernel and retry.
+            if let Err(err) = ring.submit()
+                && err.raw_os_error() != Some(libc::EBUSY)
+                && err.raw_os_error() != Some(libc::EAGAIN)
+            {
+                panic!("io_uring submit failed: {err}");
+            }
+        }
+    }
+
+    fn prepare_uring(&mut self, slot: &mut Slot, op: Op, index: usize) -> squeue::Entry {
+        let ud = index as u64;
+        match op {
+            Op::ReadFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset,
+            } => {
+                let ptr = self.lend(buf, at, len);
+                slot.held = Held::Buf(buf);
+                opcode::ReadFixed::new(types::Fd(fd), ptr, len as u32, buf.0)
+                    .offset(offset)
+                    .build()
+                    .user_data(ud)
+            }
+            Op::WriteFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset,
+            } => {
+                let ptr = self.lend(buf, at, len);
+                slot.held = Held::Buf(buf);
+                opcode::WriteFixed::new(types::Fd(fd), ptr, len as u32, buf.0)
+                    .offset(offset)
+                    .build()
+                    .user_data(ud)
+            }
+            Op::WriteVec { fd, data, offset } => {
+                let entry = opcode::Write::new(types::Fd(fd), data.as_ptr(), data.len() as u32)
+                    .offset(offset);
+                slot.held = Held::Vec(data);
+                entry.build().user_data(ud)
+            }
+            Op::ReadVec {
+                fd,
+                mut data,
+                len,
+                offset,
+            } => {
+                data.resize(len, 0);
+                let entry =
+                    opcode::Read::new(types::Fd(fd), data.as_mut_ptr(), len as u32).offset(offset);
+                slot.held = Held::Vec(data);
+                entry.build().user_data(ud)
+            }
+            Op::Fsync { fd } => opcode::Fsync::new(types::Fd(fd)).build().user_data(ud),
+            Op::OpenAt2 {
+                dir,
+                path,
+                flags,
+                mode,
+                resolve,
+            } => {
+                let how = types::OpenHow::new()
+                    .flags(flags)
+                    .mode(mode)
+                    .resolve(resolve);
+                let boxed = Box::new((path, CString::default(), how));
+                let entry = opcode::OpenAt2::new(types::Fd(dir), boxed.0.as_ptr(), &boxed.2);
+                slot._paths = Some(boxed);
+                entry.build().user_data(ud)
+            }
+            Op::LinkAt {
+                from_dir,
+                from,
+                to_dir,
+                to,
+                flags,
+            } => {
+                let boxed = Box::new((from, to, types::OpenHow::new()));
+                let entry = opcode::LinkAt::new(
+                    types::Fd(from_dir),
+                    boxed.0.as_ptr(),
+                    types::Fd(to_dir),
+                    boxed.1.as_ptr(),
+                )
+                .flags(flags);
+                slot._paths = Some(boxed);
+                entry.build().user_data(ud)
+            }
+            Op::RenameAt {
+                dir,
+                from,
+                to,
+                flags,
+            } => {
+                let boxed = Box::new((from, to, types::OpenHow::new()));
+                let entry = opcode::RenameAt::new(
+                    types::Fd(dir),
+                    boxed.0.as_ptr(),
+                    types::Fd(dir),
+                    boxed.1.as_ptr(),
+                )
+                .flags(flags);
+                slot._paths = Some(boxed);
+                entry.build().user_data(ud)
+            }
+            Op::UnlinkAt { dir, path } => {
+                let boxed = Box::new((path, CString::default(), types::OpenHow::new()));
+                let entry = opcode::UnlinkAt::new(types::Fd(dir), boxed.0.as_ptr());
+                slot._paths = Some(boxed);
+                entry.build().user_data(ud)
+            }
+            Op::Accept { fd } => {
+                opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+                    .user_data(ud)
+            }
+            Op::Recv {
+                fd,
+                mut data,
+                filled,
+            } => {
+                let entry = opcode::Recv::new(
+                    types::Fd(fd),
+                    data[filled..].as_mut_ptr(),
+                    (data.len() - filled) as u32,
+                );
+                let entry = entry.build().user_data(ud);
+                let _ = &mut data;
+                slot.held = Held::Vec(data);
+                entry
+            }
+            Op::Send { fd, data, sent } => {
+                let entry = opcode::Send::new(
+                    types::Fd(fd),
+                    data[sent..].as_ptr(),
+                    (data.len() - sent) as u32,
+                )
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(ud);
+                slot.held = Held::Vec(data);
+                entry
+            }
+            Op::ReadEventfd { fd } => {
+                let data = vec![0u8; 8];
+                let entry = opcode::Read::new(types::Fd(fd), data.as_ptr() as *mut u8, 8)
+                    .build()
+                    .user_data(ud);
+                slot.held = Held::Vec(data);
+                entry
+            }
+        }
+    }
+
+    /// Marks a pool buffer lent to the kernel and returns the address of `[at, at + len)`.
+    fn lend(&mut self, buf: BufId, at: usize, len: usize) -> *mut u8 {
+        let index = usize::from(buf.0);
+        assert!(!self.lent[index], "buffer {buf:?} already in flight");
+        assert!(at + len <= self.buf_bytes, "span {at}+{len} outside buffer");
+        self.lent[index] = true;
+        self.pool[index][at..].as_mut_ptr()
+    }
+
+    fn is_pollable(op: &Op) -> Option<(RawFd, bool)> {
+        match op {
+            Op::Accept { fd } | Op::Recv { fd, .. } | Op::ReadEventfd { fd } => Some((*fd, false)),
+            Op::Send { fd, .. } => Some((*fd, true)),
+            _ => None,
+        }
+    }
+
+    /// Sync backend: runs a non-socket op now.
+    fn run_sync(&mut self, slot: &mut Slot, op: Op) -> io::Result<u32> {
+        use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
+        let fd = |raw: RawFd| {
+            // SAFETY: the caller keeps `raw` open for the duration of the op (module docs);
+            // the borrow ends inside this function.
+            unsafe { BorrowedFd::borrow_raw(raw) }
+        };
+        let count = |n: usize| Ok(n as u32);
+        match op {
+            Op::ReadFixed {
+                fd: raw,
+                buf,
+                at,
+                len,
+                offset,
+            } => {
+                slot.held = Held::Buf(buf);
+                let target = &mut self.pool[usize::from(buf.0)][at..at + len];
+                rustix::io::pread(fd(raw), target, offset)
+                    .map_err(io::Error::from)
+                    .and_then(count)
+            }
+            Op::WriteFixed {
+                fd: raw,
+                buf,
+                at,
+                len,
+                offset,
+            } => {
+                slot.held = Held::Buf(buf);
+                let source = &self.pool[usize::from(buf.0)][at..at + len];
+                rustix::io::pwrite(fd(raw), source, offset)
+                    .map_err(io::Error::from)
+                    .and_then(count)
+            }
+            Op::WriteVec {
+                fd: raw,
+                data,
+                offset,
+            } => {
+                let result = rustix::io::pwrite(fd(raw), &data, offset)
+                    .map_err(io::Error::from)
+                    .and_then(count);
+                slot.held = Held::Vec(data);
+                result
+            }
+            Op::ReadVec {
+                fd: raw,
+                mut data,
+                len,
+                offset,
+            } => {
+                data.resize(len, 0);
+                let result = rustix::io::pread(fd(raw), &mut data, offset)
+                    .map_err(io::Error::from)
+                    .and_then(count);
+                slot.held = Held::Vec(data);
+                result
+            }
+            Op::Fsync { fd: raw } => rustix::fs::fsync(fd(raw))
+                .map(|()| 0)
+                .map_err(io::Error::from),
+            Op::OpenAt2 {
+                dir,
+                path,
+                flags,
+                mode,
+                resolve,
+            } => rustix::fs::openat2(
+                fd(dir),
+                path.as_c_str(),
+                OFlags::from_bits_retain(flags as u32),
+                Mode::from_raw_mode(mode as u32),
+                ResolveFlags::from_bits_retain(resolve),
+            )
+            .map(|owned| std::os::fd::IntoRawFd::into_raw_fd(owned) as u32)
+            .map_err(io::Error::from),
+            Op::LinkAt {
+                from_dir,
+                from,
+                to_dir,
+                to,
+                flags,
+            } => rustix::fs::linkat(
+                fd(from_dir),
+                from.as_c_str(),
+                fd(to_dir),
+                to.as_c_str(),
+                AtFlags::from_bits_retain(flags as u32),
+            )
+            .map(|()| 0)
+            .map_err(io::Error::from),
+            Op::RenameAt {
+                dir,
+                from,
+                to,
+                flags,
+            } => rustix::fs::renameat_with(
+                fd(dir),
+                from.as_c_str(),
+                fd(dir),
+                to.as_c_str(),
+                RenameFlags::from_bits_retain(flags),
+            )
+            .map(|()| 0)
+            .map_err(io::Error::from),
+            Op::UnlinkAt { dir, path } => {
+                rustix::fs::unlinkat(fd(dir), path.as_c_str(), AtFlags::empty())
+                    .map(|()| 0)
+                    .map_err(io::Error::from)
+            }
+            Op::Accept { .. } | Op::Recv { .. } | Op::Send { .. } | Op::ReadEventfd { .. } => {
+                unreachable!("socket ops are parked, not run directly")
+            }
+        }
+    }
+
+    /// Sync backend: tries a parked socket op without blocking; on success queues its
+    /// completion, on EAGAIN leaves it parked.
+    fn try_parked(&mut self, index: usize) {
+        let slot = self.slots[index].as_mut().expect("parked slot exists");
+        let op = slot.parked.take().expect("parked op");
+        let fd = |raw: RawFd| {
+            // SAFETY: as in `run_sync`: the owner keeps the fd open while the op is parked.
+            unsafe { BorrowedFd::borrow_raw(raw) }
+        };
+        let (result, op) = match op {
+            Op::Accept { fd: raw } => {
+                let flags = rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK;
+                let result = rustix::net::accept_with(fd(raw), flags)
+                    .map(|owned| std::os::fd::IntoRawFd::into_raw_fd(owned) as u32)
+                    .map_err(io::Error::from);
+                (result, Op::Accept { fd: raw })
+            }
+            Op::Recv {
+                fd: raw,
+                mut data,
+                filled,
+            } => {
+                let result = rustix::net::recv(
+                    fd(raw),
+                    &mut data[filled..],
+                    rustix::net::RecvFlags::DONTWAIT,
+                )
+                .map(|(n, _)| n as u32)
+                .map_err(io::Error::from);
+                (
+                    result,
+                    Op::Recv {
+                        fd: raw,
+                        data,
+                        filled,
+                    },
+                )
+            }
+            Op::Send {
+                fd: raw,
+                data,
+                sent,
+            } => {
+                let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+                let result = rustix::net::send(fd(raw), &data[sent..], flags)
+                    .map(|n| n as u32)
+                    .map_err(io::Error::from);
+                (
+                    result,
+                    Op::Send {
+                        fd: raw,
+                        data,
+                        sent,
+                    },
+                )
+            }
+            Op::ReadEventfd { fd: raw } => {
+                let mut value = [0u8; 8];
+                let result = rustix::io::read(fd(raw), &mut value)
+                    .map(|n| n as u32)
+                    .map_err(io::Error::from);
+                (result, Op::ReadEventfd { fd: raw })
+            }
+            other => unreachable!("not a parkable op: {}", other.name()),
+        };
+        let Backend::Sync { ready, parked } = &mut self.backend else {
+            unreachable!("sync only")
+        };
+        let slot = self.slots[index].as_mut().expect("parked slot exists");
+        match result {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                slot.parked = Some(op);
+                if !parked.contains(&index) {
+                    parked.push(index);
+                }
+            }
+            result => {
+                slot.held = match op {
+                    Op::Recv { data, .. } | Op::Send { data, .. } => Held::Vec(data),
+                    _ => Held::Nothing,
+                };
+                parked.retain(|&i| i != index);
+                ready.push_back((index, result));
+            }
+        }
+    }
+
+    /// Hands queued ops to the kernel without waiting (after each crypto batch, so reads
+    /// overlap the AES loop).
+    pub fn submit(&mut self) {
+        if let Backend::Uring { ring, unsubmitted } = &mut self.backend
+            && *unsubmitted > 0
+        {
+            match ring.submit() {
+                Ok(_) => *unsubmitted = 0,
+                Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(err) => panic!("io_uring submit failed: {err}"),
+            }
+        }
+    }
+
+    /// Submits, then waits until at least one op completes or `timeout` passes (None: wait
+    /// without limit; zero: do not wait). Returns the completions, in no particular order.
+    pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) {
+        match &mut self.backend {
+            Backend::Uring { ring, unsubmitted } => {
+                let want =
+                    usize::from(timeout != Some(Duration::ZERO) && ring.completion().is_empty());
+                let result = match timeout {
+                    Some(limit) if want > 0 => {
+                        let ts = types::Timespec::new()
+                            .sec(limit.as_secs())
+                            .nsec(limit.subsec_nanos());
+                        let args = types::SubmitArgs::new().timespec(&ts);
+                        ring.submitter().submit_with_args(want, &args)
+                    }
+                    _ => ring.submitter().submit_and_wait(want),
+                };
+                match result {
+                    Ok(_) => *unsubmitted = 0,
+                    Err(err)
+                        if matches!(
+                            err.raw_os_error(),
+                            Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                        ) =>
+                    {
+                        *unsubmitted = 0;
+                    }
+                    Err(err) => panic!("io_uring wait failed: {err}"),
+                }
+                let reaped: Vec<(usize, i32)> = ring
+                    .completion()
+                    .map(|cqe| (cqe.user_data() as usize, cqe.result()))
+                    .collect();
+                for (index, raw) in reaped {
+                    let result = if raw < 0 {
+                        Err(io::Error::from_raw_os_error(-raw))
+                    } else {
+                        Ok(raw as u32)
+                    };
+                    out.push(self.complete(index, result));
+                }
+            }
+            Backend::Sync { ready, parked } => {
+                if ready.is_empty() && !parked.is_empty() && timeout != Some(Duration::ZERO) {
+                    self.poll_parked(timeout);
+                } else if ready.is_empty()
+                    && parked.is_empty()
+                    && let Some(limit) = timeout
+                {
+                    std::thread::sleep(limit);
+                }
+                let Backend::Sync { ready, .. } = &mut self.backend else {
+                    unreachable!()
+                };
+                let done: Vec<_> = ready.drain(..).collect();
+                for (index, result) in done {
+                    out.push(self.complete(index, result));
+                }
+            }
+        }
+    }
+
+    fn poll_parked(&mut self, timeout: Option<Duration>) {
+        let Backend::Sync { parked, .. } = &self.backend else {
+            unreachable!()
+        };
+        let indices = parked.clone();
+        let wanted: Vec<(BorrowedFd<'_>, rustix::event::PollFlags)> = indices
+            .iter()
+            .map(|&index| {
+                let slot = self.slots[index].as_ref().expect("parked slot");
+                let op = slot.parked.as_ref().expect("parked op");
+                let (raw, write) = Self::is_pollable(op).expect("parkable");
+                // SAFETY: as in `run_sync`: the owner keeps the fd open while it is parked.
+                let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+                let flags = if write {
+                    rustix::event::PollFlags::OUT
+                } else {
+                    rustix::event::PollFlags::IN
+                };
+                (fd, flags)
+            })
+            .collect();
+        let mut fds: Vec<_> = wanted
+            .iter()
+            .map(|(fd, flags)| rustix::event::PollFd::new(fd, *flags))
+            .collect();
+        let limit = timeout.map(|d| {
+            rustix::event::Timespec::try_from(d).unwrap_or(rustix::event::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            })
+        });
+        let _ = rustix::event::poll(&mut fds, limit.as_ref());
+        let ready: Vec<usize> = indices
+            .iter()
+            .zip(&fds)
+            .filter(|(_, pfd)| !pfd.revents().is_empty())
+            .map(|(&index, _)| index)
+            .collect();
+        drop(fds);
+        for index in ready {
+            self.try_parked(index);
+        }
+    }
+
+    fn complete(&mut self, index: usize, result: io::Result<u32>) -> Completion {
+        let slot = self.slots[index]
+            .take()
+            .expect("completion for a live slot");
+        self.free_slots.push(index);
+        self.in_flight -= 1;
+        if let Held::Buf(buf) = slot.held {
+            self.lent[usize::from(buf.0)] = false;
+        }
+        Completion {
+            token: slot.token,
+            result,
+            held: slot.held,
+        }
+    }
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::ReadFixed { .. } => "read",
+            Op::WriteFixed { .. } => "write",
+            Op::WriteVec { .. } => "write",
+            Op::ReadVec { .. } => "read",
+            Op::Fsync { .. } => "fsync",
+            Op::OpenAt2 { .. } => "open",
+            Op::LinkAt { .. } => "link",
+            Op::RenameAt { .. } => "rename",
+            Op::UnlinkAt { .. } => "unlink",
+            Op::Accept { .. } => "accept",
+            Op::Recv { .. } => "recv",
+            Op::Send { .. } => "send",
+            Op::ReadEventfd { .. } => "wake",
+        }
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        // The kernel may still write into slot memory for ops in flight; wait for them so
+        // freeing the buffers cannot race it. Callers drain first, so this is a backstop.
+        if let Backend::Uring { .. } = self.backend {
+            let mut sink = Vec::new();
+            let mut rounds = 0;
+            while self.in_flight > 0 && rounds < 1000 {
+                self.wait(Some(Duration::from_millis(10)), &mut sink);
+                sink.clear();
+                rounds += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    fn backends() -> Vec<BackendKind> {
+        vec![BackendKind::Uring, BackendKind::Sync]
+    }
+
+    fn run_one(reactor: &mut Reactor, token: u64, op: Op) -> Completion {
+        reactor.push(token, op);
+        let mut out = Vec::new();
+        while out.is_empty() {
+            reactor.wait(Some(Duration::from_secs(5)), &mut out);
+        }
+        assert_eq!(out.len(), 1);
+        out.pop().unwrap()
+    }
+
+    #[test]
+    fn fixed_reads_and_writes_round_trip_on_both_backends() {
+        for kind in backends() {
+            let Ok((mut reactor, _)) = Reactor::new(Some(kind), 2, 4096) else {
+                eprintln!("skipping {kind:?}: not available here");
+                continue;
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let mut file = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.path().join("f"))
+                .unwrap();
+            file.write_all(&[7u8; 100]).unwrap();
+            let buf = reactor.acquire().unwrap();
+            let done = run_one(
+                &mut reactor,
+                1,
+                Op::ReadFixed {
+                    fd: file.as_raw_fd(),
+                    buf,
+                    at: 10,
+                    len: 100,
+                    offset: 0,
+                },
+            );
+            assert_eq!(done.token, 1);
+            assert_eq!(done.result.unwrap(), 100);
+            assert!(reactor.buf_mut(buf)[10..110].iter().all(|&b| b == 7));
+            reactor.buf_mut(buf)[..5].copy_from_slice(b"hello");
+            let done = run_one(
+                &mut reactor,
+                2,
+                Op::WriteFixed {
+                    fd: file.as_raw_fd(),
+                    buf,
+                    at: 0,
+                    len: 5,
+                    offset: 200,
+                },
+            );
+            assert_eq!(done.result.unwrap(), 5);
+            reactor.release(buf);
+            let mut done = run_one(
+                &mut reactor,
+                3,
+                Op::ReadVec {
+                    fd: file.as_raw_fd(),
+                    data: Vec::new(),
+                    len: 5,
+                    offset: 200,
+                },
+            );
+            assert_eq!(done.take_vec(), b"hello");
+            let done = run_one(
+                &mut reactor,
+                4,
+                Op::ReadVec {
+                    fd: file.as_raw_fd(),
+                    data: Vec::new(),
+                    len: 5,
+                    offset: 1000,
+                },
+            );
+            assert_eq!(
+                done.result.unwrap(),
+                0,
+                "{kind:?}: read past the end gives 0"
+            );
+            assert_eq!(reactor.in_flight(), 0);
+        }
+    }
+
+    #[test]
+    fn errors_come_back_as_os_errors() {
+        for kind in backends() {
+            let Ok((mut reactor, _)) = Reactor::new(Some(kind), 0, 0) else {
+                continue;
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let dirfd = std::fs::File::open(dir.path()).unwrap();
+            let done = run_one(
+                &mut reactor,
+                9,
+                Op::OpenAt2 {
+                    dir: dirfd.as_raw_fd(),
+                    path: CString::new("missing").unwrap(),
+                    flags: libc::O_RDONLY as u64,
+                    mode: 0,
+                    resolve: 0,
+                },
+            );
+            assert_eq!(
+                done.result.unwrap_err().kind(),
+                io::ErrorKind::NotFound,
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn socket_ops_wait_for_readiness_on_both_backends() {
+        for kind in backends() {
+            let Ok((mut reactor, _)) = Reactor::new(Some(kind), 0, 0) else {
+                continue;
+            };
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            if kind == BackendKind::Sync {
+                a.set_nonblocking(true).unwrap();
+            }
+            reactor.push(
+                5,
+                Op::Recv {
+                    fd: a.as_raw_fd(),
+                    data: vec![0u8; 16],
+                    filled: 0,
+                },
+            );
+            let mut out = Vec::new();
+            reactor.wait(Some(Duration::from_millis(50)), &mut out);
+            assert!(out.is_empty(), "{kind:?}: recv completed with nothing sent");
+            (&b).write_all(b"ping").unwrap();
+            while out.is_empty() {
+                reactor.wait(Some(Duration::from_secs(5)), &mut out);
+            }
+            let mut done = out.pop().unwrap();
+            assert_eq!(done.result.as_ref().unwrap(), &4);
+            assert_eq!(&done.take_vec()[..4], b"ping");
+        }
+    }
+}
