@@ -7,6 +7,12 @@
 //! - [`format`]: RCRYPT v1 header, key derivation, chunk sealer and opener. No IO.
 //! - [`openssl`]: the unauthenticated `openssl enc` compatibility format.
 //! - [`keys`]: the TOML key ring.
+//! - [`protocol`]: the JSON-lines wire format and its limits; no IO.
+//! - [`reactor`]: a shard's io_uring (or synchronous fallback), op slab and buffer pool.
+//! - [`roots`]: allowed roots and confined path resolution.
+//! - [`job`]: one file job's state machine on its owner shard.
+//! - [`shard`]: a pinned thread with its inbox, connections and jobs.
+//! - [`daemon`]: `ringcryptd` setup: configuration, socket, shards, signals.
 //! - [`stream`]: sealing and opening over `Read`/`Write`.
 //! - [`output`]: atomic, durable output files.
 //! - [`offline`]: file jobs run in this process (the client's `--keys` mode).
@@ -15,15 +21,20 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod daemon;
 pub mod error;
 pub mod format;
+pub mod job;
 pub mod keys;
 pub mod lanes;
 pub mod limits;
 pub mod offline;
 pub mod openssl;
 pub mod output;
+pub mod protocol;
 pub mod reactor;
+pub mod roots;
+pub mod shard;
 pub mod stream;
 
 pub use error::{Code, Error};

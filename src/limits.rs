@@ -35,3 +35,37 @@ pub const OPENSSL_DEFAULT_ITER: u32 = 10_000;
 /// Largest key ring file read: a ring holds a few dozen entries of ~150 bytes; anything far
 /// larger is not a key ring and is refused instead of parsed.
 pub const KEYRING_MAX_BYTES: u64 = 1 << 20;
+
+// ---- daemon ---------------------------------------------------------------------------
+
+/// Messages one shard's inbox holds. Producers that find it full answer `busy` (new work) or
+/// wait a moment (replies); shards drain their inbox every loop turn, so it fills only when a
+/// shard is stalled.
+pub const INBOX_DEPTH: usize = 4096;
+
+/// Jobs waiting for buffers on one shard before new single jobs get `busy`.
+pub const MAX_QUEUED_JOBS_PER_SHARD: usize = 1024;
+
+/// Open client connections across the daemon; one more is told `busy` and closed. Each costs
+/// a descriptor and a receive buffer (`RECV_BUFFER_BYTES`).
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// A connection's receive buffer: one maximal request line plus room to find its newline.
+pub const RECV_BUFFER_BYTES: usize = 64 * 1024 + 4096;
+
+/// A connection with no request and no job in flight for this long is closed, so idle or
+/// abandoned clients cannot hold descriptors forever.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How often a shard looks at its timers (idle connections, drain deadline, paused accept)
+/// when nothing else wakes it.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Ended jobs each shard remembers for `status` and `jobs`.
+pub const FINISHED_JOBS_KEPT: usize = 1024;
+
+/// Concurrent jobs per shard: each holds `job::BUFFERS_PER_JOB` pool buffers.
+pub const RUNNING_JOBS_PER_SHARD: u16 = 16;
+
+/// How long SIGTERM lets running jobs finish before cancelling them.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

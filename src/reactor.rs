@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use io_uring::{IoUring, opcode, squeue, types};
@@ -135,6 +135,8 @@ pub enum Held {
     Nothing,
     Vec(Vec<u8>),
     Buf(BufId),
+    /// The descriptor an open or accept produced, owned from the moment it completed.
+    Fd(OwnedFd),
 }
 
 /// A finished op: the owner's token, the result (bytes or fd, or the OS error), and the
@@ -153,6 +155,14 @@ impl Completion {
             _ => Vec::new(),
         }
     }
+
+    /// The descriptor an `OpenAt2` or `Accept` produced (None if it failed).
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        match std::mem::replace(&mut self.held, Held::Nothing) {
+            Held::Fd(fd) => Some(fd),
+            _ => None,
+        }
+    }
 }
 
 /// What an in-flight op keeps alive until completion.
@@ -163,6 +173,8 @@ struct Slot {
     _paths: Option<Box<(CString, CString, types::OpenHow)>>,
     /// For socket ops parked by the sync backend: the op to retry.
     parked: Option<Op>,
+    /// The op's result is a new descriptor (open, accept) that the completion must own.
+    yields_fd: bool,
 }
 
 /// Ops per ring submission queue: enough for every running job's batch reads (8 per
@@ -176,7 +188,8 @@ pub struct Reactor {
     free_slots: Vec<usize>,
     in_flight: usize,
     pool: Vec<Box<[u8]>>,
-    lent: Vec<bool>,
+    /// In-flight ops per pool buffer (reads of one batch share a buffer at distinct spans).
+    lent: Vec<u16>,
     free_bufs: Vec<u16>,
     buf_bytes: usize,
 }
@@ -232,7 +245,7 @@ impl Reactor {
             slots: Vec::new(),
             free_slots: Vec::new(),
             in_flight: 0,
-            lent: vec![false; pool.len()],
+            lent: vec![0; pool.len()],
             free_bufs: (0..buffers).rev().collect(),
             pool,
             buf_bytes,
@@ -282,8 +295,9 @@ impl Reactor {
 
     /// Returns a buffer to the pool.
     pub fn release(&mut self, id: BufId) {
-        assert!(
-            !self.lent[usize::from(id.0)],
+        assert_eq!(
+            self.lent[usize::from(id.0)],
+            0,
             "released a buffer the kernel still uses"
         );
         debug_assert!(!self.free_bufs.contains(&id.0), "double release");
@@ -293,7 +307,11 @@ impl Reactor {
     /// The buffer's bytes. Panics if an op on it is in flight: that is a bug in the caller,
     /// and touching the memory would race the kernel.
     pub fn buf_mut(&mut self, id: BufId) -> &mut [u8] {
-        assert!(!self.lent[usize::from(id.0)], "buffer {id:?} is in flight");
+        assert_eq!(
+            self.lent[usize::from(id.0)],
+            0,
+            "buffer {id:?} is in flight"
+        );
         &mut self.pool[usize::from(id.0)]
     }
 
@@ -307,7 +325,9 @@ impl Reactor {
             }
         };
         self.in_flight += 1;
+        let yields_fd = matches!(op, Op::OpenAt2 { .. } | Op::Accept { .. });
         let mut slot = Slot {
+            yields_fd,
             token,
             held: Held::Nothing,
             _paths: None,
@@ -513,9 +533,10 @@ impl Reactor {
     /// Marks a pool buffer lent to the kernel and returns the address of `[at, at + len)`.
     fn lend(&mut self, buf: BufId, at: usize, len: usize) -> *mut u8 {
         let index = usize::from(buf.0);
-        assert!(!self.lent[index], "buffer {buf:?} already in flight");
+
         assert!(at + len <= self.buf_bytes, "span {at}+{len} outside buffer");
-        self.lent[index] = true;
+        // Concurrent ops on one buffer use disjoint spans (a batch's chunk reads).
+        self.lent[index] += 1;
         self.pool[index][at..].as_mut_ptr()
     }
 
@@ -545,6 +566,7 @@ impl Reactor {
                 offset,
             } => {
                 slot.held = Held::Buf(buf);
+                self.lent[usize::from(buf.0)] += 1;
                 let target = &mut self.pool[usize::from(buf.0)][at..at + len];
                 rustix::io::pread(fd(raw), target, offset)
                     .map_err(io::Error::from)
@@ -558,6 +580,7 @@ impl Reactor {
                 offset,
             } => {
                 slot.held = Held::Buf(buf);
+                self.lent[usize::from(buf.0)] += 1;
                 let source = &self.pool[usize::from(buf.0)][at..at + len];
                 rustix::io::pwrite(fd(raw), source, offset)
                     .map_err(io::Error::from)
@@ -858,13 +881,21 @@ impl Reactor {
             .expect("completion for a live slot");
         self.free_slots.push(index);
         self.in_flight -= 1;
-        if let Held::Buf(buf) = slot.held {
-            self.lent[usize::from(buf.0)] = false;
+        let mut held = slot.held;
+        if let Held::Buf(buf) = held {
+            self.lent[usize::from(buf.0)] -= 1;
+        }
+        if slot.yields_fd
+            && let Ok(fd) = &result
+        {
+            // SAFETY: the kernel just returned this descriptor from open/accept for this
+            // op; nothing else knows it, so this is its single owner.
+            held = Held::Fd(unsafe { OwnedFd::from_raw_fd(*fd as RawFd) });
         }
         Completion {
             token: slot.token,
             result,
-            held: slot.held,
+            held,
         }
     }
 }

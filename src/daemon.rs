@@ -1,0 +1,434 @@
+//! `ringcryptd` setup and lifecycle: read the configuration, load the key ring, open the
+//! allowed roots, bind the socket, start one pinned shard per core, then wait for signals:
+//! SIGHUP reloads the key ring into every shard; SIGTERM (or SIGINT) drains and exits 0.
+//!
+//! What this room does not do: serve requests (shards do).
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::error::{Code, Error};
+use crate::job::{BUFFERS_PER_JOB, pool_buf_bytes};
+use crate::keys::{self, KeyRing};
+use crate::limits::{CHUNK_LOG2_DEFAULT, CHUNK_LOG2_MIN, DRAIN_TIMEOUT, RUNNING_JOBS_PER_SHARD};
+use crate::output::Durability;
+use crate::reactor::BackendKind;
+use crate::roots::Roots;
+use crate::shard::{Msg, Shard, Shared};
+
+/// Where the socket lives unless told otherwise (DESIGN §1).
+pub const DEFAULT_SOCKET: &str = "/run/ringcrypt/ringcrypt.sock";
+
+/// The largest chunk the daemon's pool buffers hold: 64 KiB, the format's default. Larger
+/// chunks would multiply every shard's pinned buffer memory; files sealed offline with larger
+/// chunks are decrypted offline.
+pub const DAEMON_CHUNK_LOG2_MAX: u8 = 16;
+
+const AFTER_HELP: &str = "\
+Examples:
+  ringcryptd --dev                                   # try it: everything under ./ringcrypt-dev
+  ringcryptd --socket /run/ringcrypt/ringcrypt.sock --keys /etc/ringcrypt/keys.toml \\
+             --allow-root /srv/data --allow-root /backup
+  ringcryptd --config /etc/ringcrypt/ringcryptd.toml
+
+Then, from a shell:
+  echo '{\"op\":\"ping\"}' | socat - UNIX-CONNECT:/run/ringcrypt/ringcrypt.sock
+  ringcrypt encrypt /srv/data/report.pdf
+
+Signals: SIGHUP reloads the key ring; SIGTERM drains running jobs (up to 30 s) and exits 0.";
+
+/// The ringcrypt daemon: encrypts files for clients on a Unix socket, one pinned io_uring
+/// shard per core.
+#[derive(Parser, Debug, Default)]
+#[command(name = "ringcryptd", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Args {
+    /// Unix socket to listen on [default: $RINGCRYPT_SOCKET, then /run/ringcrypt/ringcrypt.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Key ring (TOML, mode 0600, owned by the daemon's user).
+    #[arg(long, value_name = "FILE")]
+    keys: Option<PathBuf>,
+    /// A directory clients may name files under (repeat for several). Nothing outside the
+    /// allowed roots is ever read or written.
+    #[arg(long = "allow-root", value_name = "DIR")]
+    allow_roots: Vec<PathBuf>,
+    /// Shards (threads, one per core) [default: the number of cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    shards: Option<u16>,
+    /// Configuration file (TOML); command-line flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// `always`: an output is on disk (file and directory fsynced) before `done`;
+    /// `never`: atomic but not durable across power loss [default: always].
+    #[arg(long, value_enum, value_name = "WHEN")]
+    fsync: Option<FsyncArg>,
+    /// Chunk size for new files as a power of two, 12 (4 KiB) to 16 (64 KiB) [default: 16].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(CHUNK_LOG2_MIN as i64..=DAEMON_CHUNK_LOG2_MAX as i64))]
+    chunk_log2: Option<u8>,
+    /// Try it out: socket and a generated key ring under ./ringcrypt-dev, the current
+    /// directory as the allowed root.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FsyncArg {
+    Always,
+    Never,
+}
+
+/// The configuration file: every setting of the command line, by the same names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    keys: Option<PathBuf>,
+    #[serde(default)]
+    allow_roots: Vec<PathBuf>,
+    shards: Option<u16>,
+    fsync: Option<FsyncArg>,
+    chunk_log2: Option<u8>,
+}
+
+/// The settled configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub keys: PathBuf,
+    pub allow_roots: Vec<PathBuf>,
+    pub shards: usize,
+    pub durability: Durability,
+    pub chunk_log2: u8,
+    pub dev: bool,
+}
+
+impl Config {
+    /// Merges the file (if any) under the command line and applies defaults.
+    pub fn from_args(args: Args) -> Result<Config, Error> {
+        if args.dev {
+            return dev_config(&args);
+        }
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::io("read configuration", path, e))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    Error::new(
+                        Code::BadRequest,
+                        format!("configuration {}: {}", path.display(), e.message()),
+                    )
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let socket = args
+            .socket
+            .or(file.socket)
+            .or_else(|| std::env::var_os("RINGCRYPT_SOCKET").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        let keys = args.keys.or(file.keys).ok_or_else(|| {
+            Error::new(
+                Code::BadRequest,
+                "no key ring: pass --keys FILE (or `keys = ...` in --config)",
+            )
+        })?;
+        let allow_roots = if args.allow_roots.is_empty() {
+            file.allow_roots
+        } else {
+            args.allow_roots
+        };
+        if allow_roots.is_empty() {
+            return Err(Error::new(
+                Code::BadRequest,
+                "no allowed roots: pass --allow-root DIR for each directory clients may use",
+            ));
+        }
+        let chunk_log2 = args
+            .chunk_log2
+            .or(file.chunk_log2)
+            .unwrap_or(CHUNK_LOG2_DEFAULT);
+        if !(CHUNK_LOG2_MIN..=DAEMON_CHUNK_LOG2_MAX).contains(&chunk_log2) {
+            return Err(Error::new(
+                Code::BadRequest,
+                format!(
+                    "chunk_log2 {chunk_log2} is outside {CHUNK_LOG2_MIN}..={DAEMON_CHUNK_LOG2_MAX}"
+                ),
+            ));
+        }
+        let durability = match args.fsync.or(file.fsync).unwrap_or(FsyncArg::Always) {
+            FsyncArg::Always => Durability::Fsync,
+            FsyncArg::Never => Durability::None,
+        };
+        let shards = args
+            .shards
+            .or(file.shards)
+            .map(usize::from)
+            .unwrap_or_else(cores);
+        Ok(Config {
+            socket,
+            keys,
+            allow_roots,
+            shards,
+            durability,
+            chunk_log2,
+            dev: false,
+        })
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// `--dev`: ./ringcrypt-dev holds the socket and a key ring generated on first use; the
+/// current directory is the allowed root.
+fn dev_config(args: &Args) -> Result<Config, Error> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| Error::new(Code::IoError, format!("no current directory: {e}")))?;
+    let dir = cwd.join("ringcrypt-dev");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("chmod", &dir, e))?;
+    let keys = dir.join("keys.toml");
+    if !keys.exists() {
+        let entry = keys::keygen_entry("dev")?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&keys)
+            .map_err(|e| Error::io("create", &keys, e))?;
+        file.write_all(entry.as_bytes())
+            .map_err(|e| Error::io("write", &keys, e))?;
+    }
+    Ok(Config {
+        socket: args
+            .socket
+            .clone()
+            .unwrap_or_else(|| dir.join("ringcrypt.sock")),
+        keys,
+        allow_roots: vec![cwd],
+        shards: args.shards.map(usize::from).unwrap_or_else(cores),
+        durability: Durability::Fsync,
+        chunk_log2: CHUNK_LOG2_DEFAULT,
+        dev: true,
+    })
+}
+
+/// Binds the socket with mode 0660 from the start (the umask is set around bind, so there
+/// is no moment where it is wider). A socket file left by a dead daemon is replaced; one that
+/// answers is another daemon, and is refused.
+fn bind(path: &Path) -> Result<OwnedFd, Error> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(Error::new(
+            Code::Exists,
+            format!(
+                "{} is in use by a running daemon; stop it first or pick another --socket",
+                path.display()
+            ),
+        ));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path)
+                .map_err(|e| Error::io("remove the stale socket", path, e))?;
+        }
+        Ok(_) => {
+            return Err(Error::new(
+                Code::Exists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
+        Err(_) => {}
+    }
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o117));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = bound.map_err(|e| Error::io("listen on", path, e))?;
+    Ok(OwnedFd::from(listener))
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
+pub fn run(config: Config) -> Result<(), Error> {
+    let ring = Arc::new(KeyRing::load(&config.keys)?);
+    let roots = Roots::open(&config.allow_roots)?;
+    let listener = bind(&config.socket)?;
+    let backend = match std::env::var("RINGCRYPT_BACKEND").ok().as_deref() {
+        Some("sync") => Some(BackendKind::Sync),
+        Some("uring") | Some("io_uring") => Some(BackendKind::Uring),
+        Some(other) => {
+            return Err(Error::new(
+                Code::BadRequest,
+                format!("RINGCRYPT_BACKEND={other:?}: use sync or uring"),
+            ));
+        }
+        None => None,
+    };
+    if backend == Some(BackendKind::Sync) {
+        rustix::io::ioctl_fionbio(&listener, true)
+            .map_err(|e| Error::io("configure", &config.socket, e.into()))?;
+    }
+    let mut inboxes = Vec::with_capacity(config.shards);
+    for _ in 0..config.shards {
+        inboxes.push(
+            Shared::new_inbox().map_err(|e| Error::new(Code::Internal, format!("eventfd: {e}")))?,
+        );
+    }
+    let shared = Arc::new(Shared {
+        inboxes,
+        roots,
+        durability: config.durability,
+        chunk_log2: config.chunk_log2,
+        keys_path: config.keys.clone(),
+        daemon_uid: rustix::process::geteuid().as_raw(),
+        version: env!("CARGO_PKG_VERSION"),
+        connections: AtomicUsize::new(0),
+        started: Instant::now(),
+    });
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| {
+        Error::new(
+            Code::Internal,
+            format!("cannot install signal handlers: {e}"),
+        )
+    })?;
+
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    let buffers = RUNNING_JOBS_PER_SHARD * BUFFERS_PER_JOB as u16;
+    let buf_bytes = pool_buf_bytes(DAEMON_CHUNK_LOG2_MAX);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut listener = Some(listener);
+    let mut threads = Vec::with_capacity(config.shards);
+    for index in 0..config.shards {
+        let shared = Arc::clone(&shared);
+        let ring = Arc::clone(&ring);
+        let listener = if index == 0 { listener.take() } else { None };
+        let core = (!core_ids.is_empty()).then(|| core_ids[index % core_ids.len()]);
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{index}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                match Shard::new(index, shared, ring, listener, backend, buffers, buf_bytes) {
+                    Ok((shard, warning)) => {
+                        let _ = ready.send(Ok((shard.backend(), warning)));
+                        shard.run();
+                    }
+                    Err(err) => {
+                        let _ = ready.send(Err(err));
+                    }
+                }
+            })
+            .map_err(|e| Error::new(Code::Internal, format!("cannot start a shard thread: {e}")))?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    let mut kind = None;
+    let mut warned = false;
+    for _ in 0..config.shards {
+        match ready_rx.recv() {
+            Ok(Ok((backend, warning))) => {
+                kind = Some(backend);
+                if let Some(warning) = warning
+                    && !warned
+                {
+                    eprintln!("ringcryptd: warning: {warning}");
+                    warned = true;
+                }
+            }
+            Ok(Err(err)) => {
+                return Err(Error::new(
+                    Code::Internal,
+                    format!("a shard could not start: {err}"),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    Code::Internal,
+                    "a shard thread died while starting",
+                ));
+            }
+        }
+    }
+    let backend = kind.map(BackendKind::as_str).unwrap_or("none");
+    eprintln!(
+        "ringcryptd {}: listening on {} ({} shards, {backend} backend, fsync {}, roots: {})",
+        env!("CARGO_PKG_VERSION"),
+        config.socket.display(),
+        config.shards,
+        if config.durability == Durability::Fsync {
+            "always"
+        } else {
+            "never"
+        },
+        config
+            .allow_roots
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    if config.dev {
+        eprintln!(
+            "ringcryptd: dev mode: key ring {}; try\n  RINGCRYPT_SOCKET={} ringcrypt encrypt FILE",
+            config.keys.display(),
+            config.socket.display()
+        );
+    }
+
+    let mut signals = signals;
+    for signal in signals.forever() {
+        match signal {
+            signal_hook::consts::SIGHUP => match KeyRing::load(&config.keys) {
+                Ok(ring) => {
+                    let ring = Arc::new(ring);
+                    for shard in 0..config.shards {
+                        shared.send_must(shard, Msg::Reload(Arc::clone(&ring)));
+                    }
+                    eprintln!(
+                        "ringcryptd: key ring reloaded ({} keys)",
+                        ring.entries().len()
+                    );
+                }
+                Err(err) => {
+                    eprintln!("ringcryptd: reload failed, keeping the current key ring: {err}")
+                }
+            },
+            _ => break,
+        }
+    }
+    eprintln!(
+        "ringcryptd: stopping: finishing running jobs (up to {} s)",
+        DRAIN_TIMEOUT.as_secs()
+    );
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    for shard in 0..config.shards {
+        shared.send_must(shard, Msg::Shutdown { deadline });
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    eprintln!("ringcryptd: stopped");
+    Ok(())
+}

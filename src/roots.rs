@@ -1,0 +1,124 @@
+//! Allowed roots (DESIGN §6): every path a request names must lie under one of the daemon's
+//! `--allow-root` directories, and is opened relative to that root's directory fd with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`, so neither `..`
+//! nor a symlink (planted before or during the job) can lead outside it, and nothing is
+//! checked first and used later.
+//!
+//! This room maps an absolute request path to (root fd, relative path); the opening itself is
+//! an op on the shard's reactor.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::error::{Code, Error};
+
+/// `openat2` resolve flags for every path the daemon opens on a client's behalf.
+pub const RESOLVE_CONFINED: u64 =
+    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+
+/// The allowed roots, each with an `O_PATH` directory fd opened at start.
+pub struct Roots {
+    roots: Vec<(PathBuf, OwnedFd)>,
+}
+
+impl Roots {
+    /// Opens each root. Roots are canonicalized once, here, by the administrator's
+    /// configuration; request paths are never canonicalized.
+    pub fn open(paths: &[PathBuf]) -> Result<Roots, Error> {
+        let mut roots = Vec::with_capacity(paths.len());
+        for path in paths {
+            let canonical = std::fs::canonicalize(path)
+                .map_err(|e| Error::io("resolve allowed root", path, e))?;
+            let fd = rustix::fs::open(
+                &canonical,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::io("open allowed root", &canonical, e.into()))?;
+            roots.push((canonical, fd));
+        }
+        // Longest first, so a nested root wins over its parent.
+        roots.sort_by_key(|(path, _)| std::cmp::Reverse(path.as_os_str().len()));
+        Ok(Roots { roots })
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.roots.iter().map(|(path, _)| path.as_path())
+    }
+
+    /// The root fd and the path relative to it (`.` for the root itself) for an absolute,
+    /// lexically normal path; `forbidden_path` when no root contains it.
+    pub fn locate(&self, path: &Path) -> Result<(RawFd, CString), Error> {
+        let forbidden = || {
+            Error::new(
+                Code::ForbiddenPath,
+                format!(
+                    "{} is outside every allowed root of this daemon",
+                    path.display()
+                ),
+            )
+        };
+        if !path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(forbidden());
+        }
+        for (root, fd) in &self.roots {
+            if let Ok(rest) = path.strip_prefix(root) {
+                let rel = if rest.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    rest
+                };
+                let rel = CString::new(rel.as_os_str().as_bytes()).map_err(|_| {
+                    Error::new(
+                        Code::BadRequest,
+                        format!("{} contains a NUL byte", path.display()),
+                    )
+                })?;
+                return Ok((fd.as_raw_fd(), rel));
+            }
+        }
+        Err(forbidden())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_their_longest_root() {
+        let top = tempfile::tempdir().unwrap();
+        let outer = std::fs::canonicalize(top.path()).unwrap();
+        let inner = outer.join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        let roots = Roots::open(&[outer.clone(), inner.clone()]).unwrap();
+        let (_, rel) = roots.locate(&inner.join("a/b")).unwrap();
+        assert_eq!(rel.as_bytes(), b"a/b");
+        let (_, rel) = roots.locate(&outer.join("x")).unwrap();
+        assert_eq!(rel.as_bytes(), b"x");
+        let (_, rel) = roots.locate(&outer).unwrap();
+        assert_eq!(rel.as_bytes(), b".");
+        for bad in ["/etc/passwd", "relative/x"] {
+            assert_eq!(
+                roots.locate(Path::new(bad)).unwrap_err().code,
+                Code::ForbiddenPath,
+                "{bad}"
+            );
+        }
+        let sneaky = outer.join("inner/../../etc");
+        assert_eq!(roots.locate(&sneaky).unwrap_err().code, Code::ForbiddenPath);
+        let sibling = PathBuf::from(format!("{}x/file", outer.display()));
+        assert_eq!(
+            roots.locate(&sibling).unwrap_err().code,
+            Code::ForbiddenPath
+        );
+    }
+}

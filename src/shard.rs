@@ -1,0 +1,1228 @@
+//! A shard: one OS thread pinned to one core, owning one reactor, its pool buffers, its file
+//! jobs and its client connections. Shards share nothing mutable: everything that crosses
+//! cores is a [`Msg`] in the target's bounded inbox, and a producer wakes the target (eventfd)
+//! only when the target said it is going to sleep, so a busy shard costs no syscall.
+//!
+//! The data path, top to bottom:
+//! 1. Shard 0 accepts a connection and hands it to a shard round-robin ([`Msg::Conn`]).
+//! 2. The connection's shard reads request lines, parses them (`protocol`), and routes file
+//!    jobs to their owner: stable hash of the input path modulo the shard count
+//!    ([`Msg::Submit`]).
+//! 3. The owner attaches duplicates of an in-flight (op, input, output) to the running job,
+//!    admits the job when it has buffers (queues it, bounded, or answers `busy`), and runs
+//!    its state machine (`job`) on its reactor.
+//! 4. Reply lines go back to the connection's shard ([`Msg::Line`]) which writes them.
+//!
+//! What this room does not do: crypto (`format`), op bookkeeping (`reactor`), wire syntax
+//! (`protocol`), or process setup (`daemon`).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::error::{Code, Error};
+use crate::job::{BUFFERS_PER_JOB, FileJob, JobCtx};
+use crate::keys::KeyRing;
+use crate::limits::{
+    FINISHED_JOBS_KEPT, IDLE_TIMEOUT, INBOX_DEPTH, MAX_CONNECTIONS, MAX_QUEUED_JOBS_PER_SHARD,
+    RECV_BUFFER_BYTES, TICK,
+};
+use crate::output::Durability;
+use crate::protocol::{
+    self, FileJobSpec, FileOp, JobId, JobInfo, JobState, MAX_REQUEST_LINE_BYTES, Request,
+    RequestId, ShardStats,
+};
+use crate::reactor::{BackendKind, BufId, Completion, Op, Reactor};
+use crate::roots::Roots;
+
+/// Where a reply goes: a connection on some shard, and the request id to echo.
+#[derive(Clone, Debug)]
+pub struct ReplyTo {
+    pub shard: usize,
+    pub conn: u64,
+    pub id: Option<RequestId>,
+}
+
+/// A message between shards (or from the main thread).
+pub enum Msg {
+    /// A client connection for this shard to serve, with its peer's uid and gid.
+    Conn {
+        fd: OwnedFd,
+        uid: u32,
+        gid: u32,
+    },
+    /// A file job for its owner shard. `wait`: send `done`/`error` when it ends.
+    Submit {
+        spec: FileJobSpec,
+        reply: ReplyTo,
+    },
+    /// A reply line for one of this shard's connections. `final_reply`: the last line of a
+    /// request (a connection closes on EOF only once every request had its last line).
+    Line {
+        conn: u64,
+        line: String,
+        final_reply: bool,
+    },
+    Status {
+        job: JobId,
+        reply: ReplyTo,
+    },
+    Cancel {
+        job: JobId,
+        reply: ReplyTo,
+    },
+    /// Collect this shard's part of a `jobs` or `stats` answer.
+    Gather {
+        stats: bool,
+        reply: ReplyTo,
+        gather: u64,
+    },
+    /// One shard's part, back to the gathering connection's shard.
+    Part {
+        gather: u64,
+        jobs: Vec<JobInfo>,
+        stats: Option<ShardStats>,
+    },
+    /// A new key ring for every later job.
+    Reload(Arc<KeyRing>),
+    /// Stop accepting; finish jobs until `deadline`, then cancel the rest; then exit.
+    Shutdown {
+        deadline: Instant,
+    },
+}
+
+/// One shard's inbox: a bounded queue plus the eventfd that wakes it.
+pub struct Inbox {
+    queue: ArrayQueue<Msg>,
+    sleeping: AtomicBool,
+    wake: OwnedFd,
+    /// Set by the shard on every loop turn (ms since start), read by the watchdog.
+    pub heartbeat_ms: AtomicU64,
+}
+
+/// What every shard can see: the inboxes and the fixed configuration.
+pub struct Shared {
+    pub inboxes: Vec<Inbox>,
+    pub roots: Roots,
+    pub durability: Durability,
+    pub chunk_log2: u8,
+    pub keys_path: PathBuf,
+    pub daemon_uid: u32,
+    pub version: &'static str,
+    pub connections: AtomicUsize,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub fn new_inbox() -> std::io::Result<Inbox> {
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        Ok(Inbox {
+            queue: ArrayQueue::new(INBOX_DEPTH),
+            sleeping: AtomicBool::new(false),
+            wake,
+            heartbeat_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Delivers `msg` to shard `to`, waking it if it sleeps. A full inbox gives the message
+    /// back; the caller decides (`busy` for new work, retry for replies).
+    // The message itself comes back on failure, so nothing is allocated or lost.
+    #[allow(clippy::result_large_err)]
+    pub fn send(&self, to: usize, msg: Msg) -> Result<(), Msg> {
+        let inbox = &self.inboxes[to];
+        inbox.queue.push(msg)?;
+        if inbox.sleeping.swap(false, Ordering::SeqCst) {
+            // A failed write means the counter is saturated: the shard is already awake.
+            let _ = rustix::io::write(&inbox.wake, &1u64.to_ne_bytes());
+        }
+        Ok(())
+    }
+
+    /// Delivers a message that must not be lost (a reply): waits while the inbox is full.
+    /// Inboxes drain every loop turn, so this waits microseconds, not more.
+    pub fn send_must(&self, to: usize, mut msg: Msg) {
+        loop {
+            match self.send(to, msg) {
+                Ok(()) => return,
+                Err(back) => {
+                    msg = back;
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// The owner shard of an input path: a stable hash (FNV-1a, the same in every build
+    /// and run) of its bytes, modulo the shard count.
+    pub fn owner_of(&self, input: &std::path::Path) -> usize {
+        let mut hasher = Fnv1a::default();
+        input.as_os_str().hash(&mut hasher);
+        (hasher.finish() % self.inboxes.len() as u64) as usize
+    }
+}
+
+#[derive(Default)]
+struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &byte in bytes {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+}
+
+// Token kinds: the top byte of a reactor token.
+const KIND_JOB: u64 = 1 << 56;
+const KIND_CONN_RECV: u64 = 2 << 56;
+const KIND_CONN_SEND: u64 = 3 << 56;
+const KIND_ACCEPT: u64 = 4 << 56;
+const KIND_WAKE: u64 = 5 << 56;
+const KIND_MASK: u64 = 0xff << 56;
+
+struct Conn {
+    fd: OwnedFd,
+    uid: u32,
+    /// The receive buffer, or None while a recv owns it.
+    rbuf: Option<Vec<u8>>,
+    filled: usize,
+    /// Inside a line longer than the limit: drop bytes until the next newline.
+    discarding: bool,
+    out: Vec<u8>,
+    sending: bool,
+    eof: bool,
+    open_requests: usize,
+    last_active: Instant,
+}
+
+struct Waiter {
+    reply: ReplyTo,
+    wait: bool,
+}
+
+struct Slot {
+    job: FileJob,
+    waiters: Vec<Waiter>,
+}
+
+struct Queued {
+    id: JobId,
+    spec: FileJobSpec,
+    waiters: Vec<Waiter>,
+}
+
+struct Gathering {
+    conn: u64,
+    id: Option<RequestId>,
+    stats: bool,
+    remaining: usize,
+    jobs: Vec<JobInfo>,
+    shards: Vec<ShardStats>,
+}
+
+/// A shard's state. Runs on its own thread via [`Shard::run`].
+pub struct Shard {
+    index: usize,
+    shared: Arc<Shared>,
+    reactor: Reactor,
+    ring: Arc<KeyRing>,
+    listener: Option<OwnedFd>,
+    accepting: bool,
+    accept_paused_until: Option<Instant>,
+    next_conn_shard: usize,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    jobs: Vec<Option<Slot>>,
+    free_jobs: Vec<usize>,
+    queue: VecDeque<Queued>,
+    by_key: HashMap<(FileOp, PathBuf, PathBuf), JobId>,
+    seq_to_slot: HashMap<u64, usize>,
+    finished: VecDeque<JobInfo>,
+    next_seq: u64,
+    gathers: HashMap<u64, Gathering>,
+    next_gather: u64,
+    stats: ShardStats,
+    shutdown: Option<Instant>,
+    completions: Vec<Completion>,
+}
+
+impl Shard {
+    /// Builds shard `index` (shard 0 also gets the listener). The reactor is made on the
+    /// shard's own thread, so its buffers are allocated on that core's memory.
+    pub fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        ring: Arc<KeyRing>,
+        listener: Option<OwnedFd>,
+        backend: Option<BackendKind>,
+        buffers: u16,
+        buf_bytes: usize,
+    ) -> std::io::Result<(Shard, Option<String>)> {
+        let (reactor, warning) = Reactor::new(backend, buffers, buf_bytes)?;
+        let stats = ShardStats {
+            shard: index as u32,
+            queued: 0,
+            running: 0,
+            jobs_done: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let shard = Shard {
+            index,
+            shared,
+            reactor,
+            ring,
+            accepting: listener.is_some(),
+            listener,
+            accept_paused_until: None,
+            next_conn_shard: 0,
+            conns: HashMap::new(),
+            next_conn: 1,
+            jobs: Vec::new(),
+            free_jobs: Vec::new(),
+            queue: VecDeque::new(),
+            by_key: HashMap::new(),
+            seq_to_slot: HashMap::new(),
+            finished: VecDeque::new(),
+            next_seq: 1,
+            gathers: HashMap::new(),
+            next_gather: 1,
+            stats,
+            shutdown: None,
+            completions: Vec::new(),
+        };
+        Ok((shard, warning))
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        self.reactor.kind()
+    }
+
+    /// The event loop. Returns when a shutdown has drained every job and connection.
+    pub fn run(mut self) {
+        self.arm_wake();
+        if self.listener.is_some() {
+            self.arm_accept();
+        }
+        let mut last_tick = Instant::now();
+        loop {
+            self.shared.inboxes[self.index].heartbeat_ms.store(
+                self.shared.started.elapsed().as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            let mut progressed = self.drain_inbox();
+            let mut done = std::mem::take(&mut self.completions);
+            self.reactor.wait(Some(Duration::ZERO), &mut done);
+            progressed |= !done.is_empty();
+            for completion in done.drain(..) {
+                self.on_completion(completion);
+            }
+            self.completions = done;
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.tick();
+            }
+            if self.finished_shutdown() {
+                return;
+            }
+            if progressed {
+                continue;
+            }
+            // Announce sleep, then look once more: a producer that pushed before seeing the
+            // flag is caught here; one that pushed after sees it and writes the eventfd.
+            let inbox = &self.shared.inboxes[self.index];
+            inbox.sleeping.store(true, Ordering::SeqCst);
+            if !inbox.queue.is_empty() {
+                inbox.sleeping.store(false, Ordering::SeqCst);
+                continue;
+            }
+            let mut done = std::mem::take(&mut self.completions);
+            self.reactor.wait(Some(TICK), &mut done);
+            self.shared.inboxes[self.index]
+                .sleeping
+                .store(false, Ordering::SeqCst);
+            for completion in done.drain(..) {
+                self.on_completion(completion);
+            }
+            self.completions = done;
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let fd = self.shared.inboxes[self.index].wake.as_raw_fd();
+        self.reactor.push(KIND_WAKE, Op::ReadEventfd { fd });
+    }
+
+    fn arm_accept(&mut self) {
+        if let Some(listener) = &self.listener {
+            let fd = listener.as_raw_fd();
+            self.reactor.push(KIND_ACCEPT, Op::Accept { fd });
+        }
+    }
+
+    fn drain_inbox(&mut self) -> bool {
+        let mut any = false;
+        while let Some(msg) = self.shared.inboxes[self.index].queue.pop() {
+            any = true;
+            self.on_msg(msg);
+        }
+        any
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Conn { fd, uid, gid } => self.add_conn(fd, uid, gid),
+            Msg::Submit { spec, reply } => self.submit(spec, reply),
+            Msg::Line {
+                conn,
+                line,
+                final_reply,
+            } => self.queue_line(conn, &line, final_reply),
+            Msg::Status { job, reply } => {
+                let line = match self.job_info(job) {
+                    Some(info) => protocol::status(reply.id.as_ref(), &info),
+                    None => protocol::error(reply.id.as_ref(), &unknown_job(job)),
+                };
+                self.reply(&reply, line, true);
+            }
+            Msg::Cancel { job, reply } => self.cancel(job, reply),
+            Msg::Gather {
+                stats,
+                reply,
+                gather,
+            } => {
+                let part = if stats {
+                    Msg::Part {
+                        gather,
+                        jobs: Vec::new(),
+                        stats: Some(self.current_stats()),
+                    }
+                } else {
+                    Msg::Part {
+                        gather,
+                        jobs: self.all_jobs(),
+                        stats: None,
+                    }
+                };
+                self.deliver(reply.shard, part);
+            }
+            Msg::Part {
+                gather,
+                jobs,
+                stats,
+            } => self.gathered(gather, jobs, stats),
+            Msg::Reload(ring) => self.ring = ring,
+            Msg::Shutdown { deadline } => self.begin_shutdown(deadline),
+        }
+    }
+
+    /// Sends to a shard, or handles it here when the target is this shard.
+    fn deliver(&mut self, to: usize, msg: Msg) {
+        if to == self.index {
+            self.on_msg(msg);
+        } else {
+            self.shared.send_must(to, msg);
+        }
+    }
+
+    fn reply(&mut self, to: &ReplyTo, line: String, final_reply: bool) {
+        self.deliver(
+            to.shard,
+            Msg::Line {
+                conn: to.conn,
+                line,
+                final_reply,
+            },
+        );
+    }
+
+    // ---- connections -------------------------------------------------------------------
+
+    fn add_conn(&mut self, fd: OwnedFd, uid: u32, _gid: u32) {
+        let key = self.next_conn;
+        self.next_conn += 1;
+        if self.reactor.kind() == BackendKind::Sync {
+            let _ = rustix::io::ioctl_fionbio(&fd, true);
+        }
+        let conn = Conn {
+            fd,
+            uid,
+            rbuf: Some(vec![0u8; RECV_BUFFER_BYTES]),
+            filled: 0,
+            discarding: false,
+            out: Vec::new(),
+            sending: false,
+            eof: false,
+            open_requests: 0,
+            last_active: Instant::now(),
+        };
+        self.conns.insert(key, conn);
+        self.arm_recv(key);
+    }
+
+    fn arm_recv(&mut self, key: u64) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.eof {
+            return;
+        }
+        let Some(data) = conn.rbuf.take() else { return };
+        let fd = conn.fd.as_raw_fd();
+        let filled = conn.filled;
+        self.reactor
+            .push(KIND_CONN_RECV | key, Op::Recv { fd, data, filled });
+    }
+
+    fn on_recv(&mut self, key: u64, mut done: Completion) {
+        let data = done.take_vec();
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        conn.rbuf = Some(data);
+        let n = match done.result {
+            Ok(0) | Err(_) => {
+                conn.eof = true;
+                self.maybe_close(key);
+                return;
+            }
+            Ok(n) => n as usize,
+        };
+        conn.last_active = Instant::now();
+        let start = conn.filled;
+        conn.filled += n;
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut errors: Vec<Error> = Vec::new();
+        {
+            let buf = conn.rbuf.as_mut().expect("just returned");
+            let mut consumed = 0;
+            let mut scan = start;
+            while let Some(pos) = buf[scan..conn.filled].iter().position(|&b| b == b'\n') {
+                let end = scan + pos;
+                if conn.discarding {
+                    conn.discarding = false;
+                } else {
+                    lines.push(buf[consumed..end].to_vec());
+                }
+                consumed = end + 1;
+                scan = consumed;
+            }
+            buf.copy_within(consumed..conn.filled, 0);
+            conn.filled -= consumed;
+            if conn.filled > MAX_REQUEST_LINE_BYTES {
+                // Too long and still no newline: answer now, drop the rest of the line.
+                if !conn.discarding {
+                    errors.push(Error::new(
+                        Code::TooLarge,
+                        format!("request line is longer than {MAX_REQUEST_LINE_BYTES} bytes; it was discarded"),
+                    ));
+                }
+                conn.discarding = true;
+                conn.filled = 0;
+            }
+        }
+        for err in errors {
+            self.queue_line(key, &protocol::error(None, &err), false);
+        }
+        for line in lines {
+            self.on_line(key, &line);
+        }
+        self.arm_recv(key);
+    }
+
+    fn queue_line(&mut self, key: u64, line: &str, final_reply: bool) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if final_reply {
+            conn.open_requests = conn.open_requests.saturating_sub(1);
+        }
+        let closing = conn.eof && conn.open_requests == 0;
+        conn.out.extend_from_slice(line.as_bytes());
+        self.flush(key);
+        if closing {
+            self.maybe_close(key);
+        }
+    }
+
+    fn flush(&mut self, key: u64) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.sending || conn.out.is_empty() {
+            return;
+        }
+        conn.sending = true;
+        let data = std::mem::take(&mut conn.out);
+        let fd = conn.fd.as_raw_fd();
+        self.reactor
+            .push(KIND_CONN_SEND | key, Op::Send { fd, data, sent: 0 });
+    }
+
+    fn on_send(&mut self, key: u64, mut done: Completion) {
+        let data = done.take_vec();
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        match done.result {
+            Ok(n) if (n as usize) < data.len() => {
+                // Partial send: the rest goes first, before anything queued since.
+                let mut rest = data[n as usize..].to_vec();
+                rest.extend_from_slice(&conn.out);
+                conn.out = rest;
+                conn.sending = false;
+                self.flush(key);
+            }
+            Ok(_) => {
+                conn.sending = false;
+                self.flush(key);
+                self.maybe_close(key);
+            }
+            Err(_) => {
+                // The peer is gone: drop what it will never read.
+                conn.out.clear();
+                conn.sending = false;
+                conn.eof = true;
+                let _ = rustix::net::shutdown(&conn.fd, rustix::net::Shutdown::Both);
+                self.maybe_close(key);
+            }
+        }
+    }
+
+    /// Closes a connection once its peer is gone (or it must go) and nothing is in flight.
+    /// Jobs it submitted go on: their replies are dropped.
+    fn maybe_close(&mut self, key: u64) {
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
+        if conn.eof
+            && conn.open_requests == 0
+            && !conn.sending
+            && conn.rbuf.is_some()
+            && conn.out.is_empty()
+        {
+            self.conns.remove(&key);
+            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn on_line(&mut self, key: u64, line: &[u8]) {
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.open_requests += 1;
+        }
+        let parsed = protocol::parse_request(line);
+        let id = parsed.id;
+        let request = match parsed.request {
+            Ok(request) => request,
+            Err(err) => {
+                self.queue_line(key, &protocol::error(id.as_ref(), &err), true);
+                return;
+            }
+        };
+        let reply = ReplyTo {
+            shard: self.index,
+            conn: key,
+            id,
+        };
+        if self.shutdown.is_some()
+            && !matches!(
+                request,
+                Request::Ping | Request::Status { .. } | Request::Jobs | Request::Stats
+            )
+        {
+            let err = Error::new(
+                Code::ShuttingDown,
+                "the daemon is shutting down; it takes no new work",
+            );
+            self.queue_line(key, &protocol::error(reply.id.as_ref(), &err), true);
+            return;
+        }
+        match request {
+            Request::Ping => {
+                let line = protocol::pong(
+                    reply.id.as_ref(),
+                    self.shared.version,
+                    self.shared.inboxes.len(),
+                    self.reactor.kind().as_str(),
+                );
+                self.queue_line(key, &line, true);
+            }
+            Request::File(spec) => {
+                if spec.recursive {
+                    let err = Error::new(
+                        Code::BadRequest,
+                        "recursive directory jobs are not supported by this daemon yet",
+                    );
+                    self.queue_line(key, &protocol::error(reply.id.as_ref(), &err), true);
+                    return;
+                }
+                // Paths outside every allowed root are refused here, before a job exists.
+                let parent = spec.output.parent().unwrap_or(std::path::Path::new("/"));
+                let confined = self
+                    .shared
+                    .roots
+                    .locate(&spec.input)
+                    .and_then(|_| self.shared.roots.locate(parent));
+                if let Err(err) = confined {
+                    self.queue_line(key, &protocol::error(reply.id.as_ref(), &err), true);
+                    return;
+                }
+                let owner = self.shared.owner_of(&spec.input);
+                let msg = Msg::Submit { spec, reply };
+                if owner == self.index {
+                    self.on_msg(msg);
+                } else if let Err(Msg::Submit { reply, .. }) = self.shared.send(owner, msg) {
+                    self.refuse(
+                        &reply,
+                        Error::new(Code::Busy, "the daemon's queues are full; retry shortly"),
+                    );
+                }
+            }
+            Request::Status { job } | Request::Cancel { job }
+                if job.shard as usize >= self.shared.inboxes.len() =>
+            {
+                self.queue_line(
+                    key,
+                    &protocol::error(reply.id.as_ref(), &unknown_job(job)),
+                    true,
+                );
+            }
+            Request::Status { job } => self.deliver(job.shard as usize, Msg::Status { job, reply }),
+            Request::Cancel { job } => self.deliver(job.shard as usize, Msg::Cancel { job, reply }),
+            Request::Jobs | Request::Stats => {
+                let stats = matches!(request, Request::Stats);
+                let gather = self.next_gather;
+                self.next_gather += 1;
+                let shards = self.shared.inboxes.len();
+                self.gathers.insert(
+                    gather,
+                    Gathering {
+                        conn: key,
+                        id: reply.id.clone(),
+                        stats,
+                        remaining: shards,
+                        jobs: Vec::new(),
+                        shards: Vec::new(),
+                    },
+                );
+                for shard in 0..shards {
+                    self.deliver(
+                        shard,
+                        Msg::Gather {
+                            stats,
+                            reply: reply.clone(),
+                            gather,
+                        },
+                    );
+                }
+            }
+            Request::Keys => {
+                let ring = Arc::clone(&self.ring);
+                let infos: Vec<protocol::KeyInfo> = ring
+                    .entries()
+                    .iter()
+                    .map(|entry| protocol::KeyInfo {
+                        name: entry.name.clone(),
+                        id: entry.id_hex(),
+                        kind: entry.material.kind(),
+                        state: entry.state.as_str(),
+                    })
+                    .collect();
+                let default = ring.default_entry().map(|entry| entry.name.as_str());
+                let line = protocol::keys(reply.id.as_ref(), default, &infos);
+                self.queue_line(key, &line, true);
+            }
+            Request::Reload => {
+                let uid = self.conns.get(&key).map(|c| c.uid).unwrap_or(u32::MAX);
+                let line = if uid != 0 && uid != self.shared.daemon_uid {
+                    let err = Error::new(
+                        Code::PermissionDenied,
+                        "reload is an admin operation: it needs uid 0 or the daemon's uid",
+                    );
+                    protocol::error(reply.id.as_ref(), &err)
+                } else {
+                    match self.reload() {
+                        Ok(count) => protocol::reloaded(reply.id.as_ref(), count),
+                        Err(err) => protocol::error(reply.id.as_ref(), &err),
+                    }
+                };
+                self.queue_line(key, &line, true);
+            }
+        }
+    }
+
+    /// Loads the key ring again and hands it to every shard. A ring that fails to load
+    /// leaves the current one in force.
+    pub fn reload(&mut self) -> Result<usize, Error> {
+        let ring = Arc::new(KeyRing::load(&self.shared.keys_path)?);
+        let count = ring.entries().len();
+        for shard in 0..self.shared.inboxes.len() {
+            self.deliver(shard, Msg::Reload(Arc::clone(&ring)));
+        }
+        Ok(count)
+    }
+
+    fn gathered(&mut self, gather: u64, jobs: Vec<JobInfo>, stats: Option<ShardStats>) {
+        let Some(state) = self.gathers.get_mut(&gather) else {
+            return;
+        };
+        state.jobs.extend(jobs);
+        state.shards.extend(stats);
+        state.remaining -= 1;
+        if state.remaining > 0 {
+            return;
+        }
+        let mut state = self.gathers.remove(&gather).expect("present");
+        let line = if state.stats {
+            state.shards.sort_by_key(|s| s.shard);
+            protocol::stats(state.id.as_ref(), &state.shards)
+        } else {
+            protocol::jobs(state.id.as_ref(), &state.jobs)
+        };
+        self.queue_line(state.conn, &line, true);
+    }
+
+    // ---- jobs on the owner shard -------------------------------------------------------
+
+    fn refuse(&mut self, reply: &ReplyTo, err: Error) {
+        let line = protocol::error(reply.id.as_ref(), &err);
+        self.reply(reply, line, true);
+    }
+
+    fn submit(&mut self, spec: FileJobSpec, reply: ReplyTo) {
+        let waiter = Waiter {
+            wait: spec.wait,
+            reply,
+        };
+        if self.shutdown.is_some() {
+            let err = Error::new(
+                Code::ShuttingDown,
+                "the daemon is shutting down; it takes no new work",
+            );
+            self.refuse(&waiter.reply, err);
+            return;
+        }
+        let key = (spec.op, spec.input.clone(), spec.output.clone());
+        if let Some(&id) = self.by_key.get(&key) {
+            // The same work is in flight: attach to it; it runs once.
+            let line = protocol::accepted(waiter.reply.id.as_ref(), id);
+            self.reply(&waiter.reply, line, !waiter.wait);
+            if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
+                self.jobs[slot]
+                    .as_mut()
+                    .expect("live slot")
+                    .waiters
+                    .push(waiter);
+            } else if let Some(queued) = self.queue.iter_mut().find(|q| q.id == id) {
+                queued.waiters.push(waiter);
+            }
+            return;
+        }
+        if self.queue.len() >= MAX_QUEUED_JOBS_PER_SHARD {
+            self.refuse(
+                &waiter.reply,
+                Error::new(Code::Busy, "this shard's job queue is full; retry shortly"),
+            );
+            return;
+        }
+        let id = JobId {
+            shard: self.index as u32,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        self.by_key.insert(key, id);
+        let line = protocol::accepted(waiter.reply.id.as_ref(), id);
+        self.reply(&waiter.reply, line, !waiter.wait);
+        self.queue.push_back(Queued {
+            id,
+            spec,
+            waiters: vec![waiter],
+        });
+        self.admit();
+    }
+
+    /// Starts queued jobs while buffers last.
+    fn admit(&mut self) {
+        while !self.queue.is_empty() {
+            let mut bufs = Vec::with_capacity(BUFFERS_PER_JOB);
+            while bufs.len() < BUFFERS_PER_JOB {
+                match self.reactor.acquire() {
+                    Some(buf) => bufs.push(buf),
+                    None => break,
+                }
+            }
+            if bufs.len() < BUFFERS_PER_JOB {
+                for buf in bufs {
+                    self.reactor.release(buf);
+                }
+                return;
+            }
+            let queued = self.queue.pop_front().expect("not empty");
+            let slot = match self.free_jobs.pop() {
+                Some(slot) => slot,
+                None => {
+                    self.jobs.push(None);
+                    self.jobs.len() - 1
+                }
+            };
+            let bufs: [BufId; BUFFERS_PER_JOB] = bufs.try_into().expect("exactly BUFFERS_PER_JOB");
+            let token_base = KIND_JOB | ((slot as u64) << 8);
+            let job = FileJob::new(queued.id, queued.spec, token_base, bufs);
+            self.seq_to_slot.insert(queued.id.seq, slot);
+            self.jobs[slot] = Some(Slot {
+                job,
+                waiters: queued.waiters,
+            });
+            self.with_job(slot, |job, ctx| job.start(ctx));
+        }
+    }
+
+    fn with_job(&mut self, slot: usize, f: impl FnOnce(&mut FileJob, &mut JobCtx)) {
+        let Some(entry) = self.jobs[slot].as_mut() else {
+            return;
+        };
+        let mut ctx = JobCtx {
+            reactor: &mut self.reactor,
+            ring: &self.ring,
+            roots: &self.shared.roots,
+            durability: self.shared.durability,
+            chunk_log2: self.shared.chunk_log2,
+        };
+        f(&mut entry.job, &mut ctx);
+        if entry.job.is_finished() {
+            self.finish(slot);
+        }
+    }
+
+    fn finish(&mut self, slot: usize) {
+        let Slot { job, waiters } = self.jobs[slot].take().expect("live slot");
+        self.free_jobs.push(slot);
+        self.seq_to_slot.remove(&job.id.seq);
+        self.by_key
+            .remove(&(job.spec.op, job.spec.input.clone(), job.spec.output.clone()));
+        for buf in job.buffers() {
+            self.reactor.release(buf);
+        }
+        let outcome = job.outcome();
+        let state = match &outcome {
+            Ok(_) => JobState::Done,
+            Err(err) if err.code == Code::Cancelled => JobState::Cancelled,
+            Err(_) => JobState::Failed,
+        };
+        self.stats.bytes_in += job.bytes_in;
+        self.stats.bytes_out += job.bytes_out;
+        self.stats.jobs_done += 1;
+        self.remember(JobInfo {
+            job: job.id,
+            op: job.spec.op,
+            input: job.spec.input.clone(),
+            output: job.spec.output.clone(),
+            state,
+            bytes_done: job.bytes_in,
+            bytes_total: job.input_len(),
+        });
+        for waiter in waiters.into_iter().filter(|w| w.wait) {
+            let line = match &outcome {
+                Ok(done) => protocol::done(
+                    waiter.reply.id.as_ref(),
+                    &protocol::DoneReport {
+                        job: job.id,
+                        bytes_in: done.bytes_in,
+                        bytes_out: done.bytes_out,
+                        micros: done.micros,
+                        files_ok: 1,
+                        files_failed: 0,
+                        files_skipped: 0,
+                        failures: Vec::new(),
+                    },
+                ),
+                Err(err) => protocol::error(waiter.reply.id.as_ref(), err),
+            };
+            self.reply(&waiter.reply, line, true);
+        }
+        self.admit();
+    }
+
+    fn remember(&mut self, info: JobInfo) {
+        if self.finished.len() == FINISHED_JOBS_KEPT {
+            self.finished.pop_front();
+        }
+        self.finished.push_back(info);
+    }
+
+    fn job_info(&self, id: JobId) -> Option<JobInfo> {
+        if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
+            let job = &self.jobs[slot].as_ref()?.job;
+            return Some(JobInfo {
+                job: id,
+                op: job.spec.op,
+                input: job.spec.input.clone(),
+                output: job.spec.output.clone(),
+                state: JobState::Running,
+                bytes_done: job.bytes_in,
+                bytes_total: job.input_len(),
+            });
+        }
+        if let Some(queued) = self.queue.iter().find(|q| q.id == id) {
+            return Some(JobInfo {
+                job: id,
+                op: queued.spec.op,
+                input: queued.spec.input.clone(),
+                output: queued.spec.output.clone(),
+                state: JobState::Queued,
+                bytes_done: 0,
+                bytes_total: 0,
+            });
+        }
+        self.finished.iter().find(|info| info.job == id).cloned()
+    }
+
+    fn all_jobs(&self) -> Vec<JobInfo> {
+        let live = self
+            .seq_to_slot
+            .keys()
+            .chain(self.queue.iter().map(|q| &q.id.seq));
+        let mut out: Vec<JobInfo> = live
+            .filter_map(|&seq| {
+                self.job_info(JobId {
+                    shard: self.index as u32,
+                    seq,
+                })
+            })
+            .collect();
+        out.extend(self.finished.iter().cloned());
+        out
+    }
+
+    fn current_stats(&self) -> ShardStats {
+        ShardStats {
+            queued: self.queue.len() as u64,
+            running: self.seq_to_slot.len() as u64,
+            ..self.stats.clone()
+        }
+    }
+
+    fn cancel(&mut self, id: JobId, reply: ReplyTo) {
+        if let Some(pos) = self.queue.iter().position(|q| q.id == id) {
+            let queued = self.queue.remove(pos).expect("position is valid");
+            self.by_key.remove(&(
+                queued.spec.op,
+                queued.spec.input.clone(),
+                queued.spec.output.clone(),
+            ));
+            let err = Error::new(
+                Code::Cancelled,
+                format!("{}: the job was cancelled", queued.spec.input.display()),
+            );
+            for waiter in queued.waiters.into_iter().filter(|w| w.wait) {
+                let line = protocol::error(waiter.reply.id.as_ref(), &err);
+                self.reply(&waiter.reply, line, true);
+            }
+            self.remember(JobInfo {
+                job: id,
+                op: queued.spec.op,
+                input: queued.spec.input,
+                output: queued.spec.output,
+                state: JobState::Cancelled,
+                bytes_done: 0,
+                bytes_total: 0,
+            });
+            let line = protocol::cancelled(reply.id.as_ref(), id);
+            self.reply(&reply, line, true);
+            return;
+        }
+        if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
+            self.with_job(slot, |job, ctx| job.cancel(ctx));
+            let line = protocol::cancelled(reply.id.as_ref(), id);
+            self.reply(&reply, line, true);
+            return;
+        }
+        let err = match self.finished.iter().find(|info| info.job == id) {
+            Some(info) => Error::new(
+                Code::NotFound,
+                format!(
+                    "job {id} already ended ({}); there is nothing to cancel",
+                    info.state.as_str()
+                ),
+            ),
+            None => unknown_job(id),
+        };
+        let line = protocol::error(reply.id.as_ref(), &err);
+        self.reply(&reply, line, true);
+    }
+
+    // ---- completions, timers, shutdown -------------------------------------------------
+
+    fn on_completion(&mut self, mut done: Completion) {
+        let kind = done.token & KIND_MASK;
+        let rest = done.token & !KIND_MASK;
+        match kind {
+            KIND_JOB => {
+                let slot = (rest >> 8) as usize;
+                let tag = rest & 0xff;
+                self.with_job(slot, |job, ctx| job.on_complete(ctx, tag, done));
+            }
+            KIND_CONN_RECV => self.on_recv(rest, done),
+            KIND_CONN_SEND => self.on_send(rest, done),
+            KIND_ACCEPT => {
+                let fd = done.take_fd();
+                self.on_accept(done.result.map(|_| fd.expect("accept yields an fd")));
+            }
+            KIND_WAKE => self.arm_wake(),
+            _ => {}
+        }
+    }
+
+    fn on_accept(&mut self, result: std::io::Result<OwnedFd>) {
+        match result {
+            Ok(fd) => {
+                let creds = rustix::net::sockopt::socket_peercred(&fd);
+                let open = self.shared.connections.fetch_add(1, Ordering::Relaxed);
+                match creds {
+                    Ok(creds) if open < MAX_CONNECTIONS => {
+                        let target = self.next_conn_shard % self.shared.inboxes.len();
+                        self.next_conn_shard += 1;
+                        let msg = Msg::Conn {
+                            fd,
+                            uid: creds.uid.as_raw(),
+                            gid: creds.gid.as_raw(),
+                        };
+                        self.deliver(target, msg);
+                    }
+                    _ => {
+                        // Over the limit (or no credentials): say so, then close.
+                        let err = Error::new(Code::Busy, "too many connections; retry shortly");
+                        let _ = rustix::net::send(
+                            &fd,
+                            protocol::error(None, &err).as_bytes(),
+                            rustix::net::SendFlags::DONTWAIT,
+                        );
+                        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(err) => {
+                if matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                    // Out of descriptors: pause accepting instead of spinning.
+                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+                    return;
+                }
+                if !self.accepting {
+                    return;
+                }
+            }
+        }
+        if self.accepting {
+            self.arm_accept();
+        }
+    }
+
+    fn tick(&mut self) {
+        if let Some(until) = self.accept_paused_until
+            && Instant::now() >= until
+        {
+            self.accept_paused_until = None;
+            if self.accepting {
+                self.arm_accept();
+            }
+        }
+        let idle: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.open_requests == 0 && !c.sending && c.last_active.elapsed() > IDLE_TIMEOUT
+            })
+            .map(|(&k, _)| k)
+            .collect();
+        for key in idle {
+            self.close_conn(key);
+        }
+        if let Some(deadline) = self.shutdown
+            && Instant::now() >= deadline
+        {
+            let running: Vec<usize> = self.seq_to_slot.values().copied().collect();
+            for slot in running {
+                self.with_job(slot, |job, ctx| job.cancel(ctx));
+            }
+        }
+    }
+
+    /// Shuts a connection's socket so its pending recv completes, then it closes.
+    fn close_conn(&mut self, key: u64) {
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.eof = true;
+            let _ = rustix::net::shutdown(&conn.fd, rustix::net::Shutdown::Both);
+        }
+        self.maybe_close(key);
+    }
+
+    fn begin_shutdown(&mut self, deadline: Instant) {
+        self.shutdown = Some(deadline);
+        if let Some(listener) = &self.listener {
+            self.accepting = false;
+            let _ = rustix::net::shutdown(listener, rustix::net::Shutdown::Both);
+        }
+        // Queued jobs never started: cancel them now; running ones get until the deadline.
+        let queued: Vec<JobId> = self.queue.iter().map(|q| q.id).collect();
+        for id in queued {
+            let reply = ReplyTo {
+                shard: self.index,
+                conn: 0,
+                id: None,
+            };
+            self.cancel(id, reply);
+        }
+    }
+
+    fn finished_shutdown(&mut self) -> bool {
+        if self.shutdown.is_none() || !self.seq_to_slot.is_empty() || !self.queue.is_empty() {
+            return false;
+        }
+        // Jobs are done: close connections once their last replies are out.
+        let keys: Vec<u64> = self.conns.keys().copied().collect();
+        for key in keys {
+            let flushed = self
+                .conns
+                .get(&key)
+                .is_some_and(|c| c.out.is_empty() && !c.sending);
+            if flushed {
+                self.close_conn(key);
+            }
+        }
+        let deadline_passed = self
+            .shutdown
+            .is_some_and(|d| Instant::now() >= d + Duration::from_secs(1));
+        self.conns.is_empty() || deadline_passed
+    }
+}
+
+fn unknown_job(id: JobId) -> Error {
+    Error::new(
+        Code::NotFound,
+        format!("no job {id} is known to this daemon"),
+    )
+}
+
+/// The raw fd of anything with one (for ops).
+pub fn raw(fd: &impl AsFd) -> RawFd {
+    fd.as_fd().as_raw_fd()
+}
