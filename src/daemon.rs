@@ -262,6 +262,44 @@ fn bind(path: &Path) -> Result<OwnedFd, Error> {
     Ok(OwnedFd::from(listener))
 }
 
+/// Directory entries the start-up sweep looks at, across all roots, before it stops: the
+/// sweep must not turn a restart into a walk of a million-file tree.
+pub const SWEEP_MAX_ENTRIES: usize = 200_000;
+
+/// Removes named temp files (`.ringcrypt-tmp-*`, regular files owned by this user) that an
+/// interrupted job on a filesystem without `O_TMPFILE` left under the allowed roots. Symlinks
+/// are never followed. Runs in the background at start; returns what it removed.
+pub fn sweep_temp_files(roots: &[PathBuf], daemon_uid: u32) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let mut removed = 0;
+    let mut seen = 0;
+    let mut pending: std::collections::VecDeque<PathBuf> = roots.iter().cloned().collect();
+    while let Some(dir) = pending.pop_front() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > SWEEP_MAX_ENTRIES {
+                return removed;
+            }
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                pending.push_back(entry.path());
+            } else if meta.is_file()
+                && meta.uid() == daemon_uid
+                && crate::output::is_temp_name(&entry.file_name())
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
 pub fn run(config: Config) -> Result<(), Error> {
     let ring = Arc::new(KeyRing::load(&config.keys)?);
@@ -299,6 +337,26 @@ pub fn run(config: Config) -> Result<(), Error> {
         connections: AtomicUsize::new(0),
         started: Instant::now(),
     });
+    {
+        let roots = config.allow_roots.clone();
+        let uid = shared.daemon_uid;
+        std::thread::Builder::new()
+            .name("sweep".into())
+            .spawn(move || {
+                let removed = sweep_temp_files(&roots, uid);
+                if removed > 0 {
+                    eprintln!(
+                        "ringcryptd: removed {removed} temp file(s) left by interrupted jobs"
+                    );
+                }
+            })
+            .map_err(|e| {
+                Error::new(
+                    Code::Internal,
+                    format!("cannot start the sweep thread: {e}"),
+                )
+            })?;
+    }
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -431,4 +489,31 @@ pub fn run(config: Config) -> Result<(), Error> {
     let _ = std::fs::remove_file(&config.socket);
     eprintln!("ringcryptd: stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_removes_only_our_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::write(nested.join(".ringcrypt-tmp-0011223344556677"), b"debris").unwrap();
+        std::fs::write(nested.join("keep.txt"), b"data").unwrap();
+        std::fs::write(dir.path().join(".ringcrypt-tmpX"), b"not ours: no dash").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join(".ringcrypt-tmp-ff"), b"outside").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        let uid = rustix::process::geteuid().as_raw();
+        assert_eq!(sweep_temp_files(&[dir.path().to_path_buf()], uid), 1);
+        assert!(nested.join("keep.txt").exists());
+        assert!(!nested.join(".ringcrypt-tmp-0011223344556677").exists());
+        assert!(dir.path().join(".ringcrypt-tmpX").exists());
+        assert!(
+            outside.path().join(".ringcrypt-tmp-ff").exists(),
+            "followed a symlink"
+        );
+    }
 }

@@ -38,10 +38,10 @@ use crate::protocol::{FileJobSpec, FileOp, JobId};
 use crate::reactor::{BufId, Completion, Op, Reactor};
 use crate::roots::{RESOLVE_CONFINED, Roots};
 
-/// Pool buffers each running job holds: one being filled or written while the other is
-/// sealed. Two keeps the disk and the AES unit both busy; more adds memory, not speed, while
-/// one job's crypto is the bottleneck.
-pub const BUFFERS_PER_JOB: usize = 2;
+/// Pool buffers each running job holds: one being sealed, one being written, and two being
+/// read ahead, so the crypto never waits for a read. Measured here (1 GiB on tmpfs,
+/// `--fsync never`): two buffers 2.96 s, four 1.64-1.83 s; the offline client takes 1.8 s.
+pub const BUFFERS_PER_JOB: usize = 4;
 
 /// Bytes in one pool buffer: a batch of LANES records at the daemon's largest supported
 /// chunk size for pool IO (2^16 + tag).
