@@ -1,29 +1,46 @@
 //! The `ringcrypt` command line: parse arguments, run, map the outcome to the exit codes of
 //! DESIGN §1 (0 success, 1 the job failed, 2 usage error, 3 the daemon could not be reached).
 //!
-//! Errors print as `error: ...`, followed by `hint: ...` where a next step is clear.
+//! Without `--keys`, file jobs and the daemon's own commands go to `ringcryptd` over its socket
+//! (the connection lives in [`crate::client`]); with `--keys`, file jobs run in this process
+//! ([`crate::offline`]). Errors print as `error: ...`, followed by `hint: ...` where a next step
+//! is clear. With `--json`, every reply line from the daemon goes to stdout as received, and
+//! nothing else does.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
 
+use crate::client::{self, Client, ClientError};
+use crate::daemon::DEFAULT_SOCKET;
 use crate::error::{Code, Error};
 use crate::keys::{self, KeyRing};
 use crate::limits::{CHUNK_LOG2_DEFAULT, CHUNK_LOG2_MAX, CHUNK_LOG2_MIN};
 use crate::offline::{self, Format, Job, Outcome};
 use crate::output::Durability;
+use crate::protocol::{FileJobSpec, FileOp, JobId, Reply, Request};
 
 /// Exit code: the job failed; the message says why.
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: the command line was wrong.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the daemon could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// The hint printed when the daemon cannot be reached.
+const UNREACHABLE_HINT: &str = "start it with `ringcryptd --dev`, or set RINGCRYPT_SOCKET / \
+     --socket to where it listens (or pass --keys FILE to work without a daemon)";
 
 const AFTER_HELP: &str = "\
 Examples:
+  ringcrypt encrypt report.pdf                             # via ringcryptd: report.pdf.rcrypt
+  ringcrypt --socket ./ringcrypt-dev/ringcrypt.sock ping
+  ringcrypt --json decrypt report.pdf.rcrypt -o copy.pdf   # the daemon's reply lines, as JSON
   ringcrypt keygen --name prod-2026 >> keys.toml && chmod 600 keys.toml
-  ringcrypt --keys keys.toml encrypt report.pdf            # writes report.pdf.rcrypt
+  ringcrypt --keys keys.toml encrypt report.pdf            # offline: no daemon
   ringcrypt --keys keys.toml decrypt report.pdf.rcrypt -o copy.pdf
   ringcrypt --keys keys.toml rewrap old.rcrypt --in-place  # re-encrypt under the default key
 
@@ -34,8 +51,19 @@ Exit codes: 0 success, 1 the job failed, 2 usage error, 3 the daemon could not b
 #[command(name = "ringcrypt", version, after_help = AFTER_HELP, max_term_width = 100)]
 pub struct Cli {
     /// Key ring (TOML, mode 0600): do the work in this process with these keys.
+    /// Without it, file jobs go to the daemon.
     #[arg(long, global = true, value_name = "FILE", env = "RINGCRYPT_KEYS")]
     keys: Option<PathBuf>,
+
+    /// The daemon's socket.
+    #[arg(long, global = true, value_name = "PATH", env = "RINGCRYPT_SOCKET",
+          default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+
+    /// Print the daemon's reply lines (JSON, one per line) to stdout as they arrive, and
+    /// nothing else.
+    #[arg(long, global = true)]
+    json: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -59,8 +87,9 @@ A ring with one active key uses it by default; with several, set `default = \"NA
     /// Encrypt a file (default output: IN.rcrypt).
     #[command(after_help = "\
 Examples:
-  ringcrypt --keys keys.toml encrypt data.csv                   # -> data.csv.rcrypt
-  ringcrypt --keys keys.toml encrypt data.csv -o /backup/d.rcrypt --key prod-2026
+  ringcrypt encrypt data.csv                                    # via the daemon -> data.csv.rcrypt
+  ringcrypt encrypt data.csv -o /backup/d.rcrypt --key prod-2026 --force
+  ringcrypt --keys keys.toml encrypt data.csv                   # offline
   ringcrypt --keys keys.toml encrypt old.tar --format openssl --key legacy
 
 The output appears only when complete and on disk; an existing output is never replaced
@@ -75,13 +104,14 @@ without --force.")]
         #[arg(long, value_name = "NAME")]
         key: Option<String>,
         /// Output format. `openssl` is what `openssl enc -aes-256-cbc -pbkdf2` writes; it is
-        /// NOT authenticated, so use it only for tools that need it.
+        /// NOT authenticated, so use it only for tools that need it (offline only).
         #[arg(long, value_enum, default_value_t = FormatArg::Ringcrypt)]
         format: FormatArg,
-        /// Chunk size as a power of two, 12 (4 KiB) to 24 (16 MiB).
-        #[arg(long, value_name = "N", default_value_t = CHUNK_LOG2_DEFAULT,
+        /// Chunk size as a power of two, 12 (4 KiB) to 24 (16 MiB) [default: 16]; offline
+        /// only (the daemon uses its own).
+        #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u8).range(CHUNK_LOG2_MIN as i64..=CHUNK_LOG2_MAX as i64))]
-        chunk_log2: u8,
+        chunk_log2: Option<u8>,
         /// Replace OUT atomically if it exists.
         #[arg(short, long)]
         force: bool,
@@ -90,7 +120,8 @@ without --force.")]
     /// Decrypt a file (ringcrypt or openssl format, detected; default output: IN without .rcrypt).
     #[command(after_help = "\
 Examples:
-  ringcrypt --keys keys.toml decrypt data.csv.rcrypt            # -> data.csv
+  ringcrypt decrypt data.csv.rcrypt                             # via the daemon -> data.csv
+  ringcrypt --keys keys.toml decrypt data.csv.rcrypt            # offline
   ringcrypt --keys keys.toml decrypt legacy.enc -o legacy.tar --key legacy
 
 A ringcrypt file names its key; every chunk is verified before any plaintext is written, and
@@ -112,6 +143,7 @@ a file that fails verification leaves nothing behind.")]
     /// Re-encrypt a file under the key ring's default key, with no plaintext on disk.
     #[command(after_help = "\
 Examples:
+  ringcrypt rewrap a.rcrypt --in-place                          # via the daemon
   ringcrypt --keys keys.toml rewrap a.rcrypt -o a.new.rcrypt
   ringcrypt --keys keys.toml rewrap a.rcrypt --in-place         # after making a new key default
   ringcrypt --keys keys.toml rewrap legacy.enc -o legacy.rcrypt --key legacy   # migrate
@@ -129,14 +161,77 @@ The source may be a ringcrypt or openssl-format file; the result is always ringc
         /// Passphrase entry for an openssl-format source.
         #[arg(long, value_name = "NAME")]
         key: Option<String>,
-        /// Chunk size of the new file as a power of two, 12 to 24.
-        #[arg(long, value_name = "N", default_value_t = CHUNK_LOG2_DEFAULT,
+        /// Chunk size of the new file as a power of two, 12 to 24 [default: 16]; offline only.
+        #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u8).range(CHUNK_LOG2_MIN as i64..=CHUNK_LOG2_MAX as i64))]
-        chunk_log2: u8,
+        chunk_log2: Option<u8>,
         /// Replace OUT atomically if it exists.
         #[arg(short, long)]
         force: bool,
     },
+
+    /// Check that the daemon answers; print its version, shards and IO backend.
+    #[command(after_help = "\
+Examples:
+  ringcrypt ping
+  ringcrypt --socket ./ringcrypt-dev/ringcrypt.sock ping
+
+Exit code 3 means the daemon could not be reached at the socket.")]
+    Ping,
+
+    /// Show a job's state and progress.
+    #[command(after_help = "\
+Examples:
+  ringcrypt status 1-42                # the job id that `jobs` or `--json` showed
+  ringcrypt --json status 1-42")]
+    Status {
+        /// The job id, as `<shard>-<seq>` (e.g. 1-42).
+        #[arg(value_parser = parse_job)]
+        job: JobId,
+    },
+
+    /// Cancel a queued or running job; its output is never created.
+    #[command(after_help = "\
+Examples:
+  ringcrypt cancel 1-42
+
+Exit code 1 if the daemon has no such job.")]
+    Cancel {
+        /// The job id, as `<shard>-<seq>` (e.g. 1-42).
+        #[arg(value_parser = parse_job)]
+        job: JobId,
+    },
+
+    /// List the daemon's jobs (queued, running and recently finished).
+    #[command(after_help = "\
+Examples:
+  ringcrypt jobs
+  ringcrypt --json jobs | jq -r '.jobs[] | select(.state == \"running\") | .job'")]
+    Jobs,
+
+    /// Per-shard counters: queued and running jobs, jobs done, bytes in and out.
+    #[command(after_help = "\
+Examples:
+  ringcrypt stats
+  ringcrypt --json stats")]
+    Stats,
+
+    /// The daemon's keys: name, id, kind and state (never key bytes).
+    #[command(after_help = "\
+Examples:
+  ringcrypt keys
+  ringcrypt --json keys | jq -r .default")]
+    Keys,
+
+    /// Make the daemon reload its key ring (admin only; same as SIGHUP).
+    #[command(after_help = "\
+Examples:
+  ringcrypt keygen --name prod-2027 >> /etc/ringcrypt/keys.toml && ringcrypt reload")]
+    Reload,
+}
+
+fn parse_job(text: &str) -> Result<JobId, String> {
+    text.parse().map_err(|err: Error| err.message)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -181,6 +276,19 @@ fn usage(error: impl Into<String>, hint: impl Into<String>) -> Failure {
     }
 }
 
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Failure {
+        match err {
+            ClientError::Unreachable { .. } => Failure {
+                exit: EXIT_UNREACHABLE,
+                error: err.to_string(),
+                hint: Some(UNREACHABLE_HINT.into()),
+            },
+            ClientError::Failed(err) => err.into(),
+        }
+    }
+}
+
 /// Runs the client with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -198,6 +306,13 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    let file_job = matches!(
+        cli.command,
+        Command::Encrypt { .. } | Command::Decrypt { .. } | Command::Rewrap { .. }
+    );
+    if file_job && cli.keys.is_none() {
+        return run_daemon(cli);
+    }
     match &cli.command {
         Command::Keygen { name } => keygen(name.as_deref()),
         Command::Encrypt {
@@ -208,6 +323,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             chunk_log2,
             force,
         } => {
+            no_json(&cli)?;
             let ring = load_ring(cli.keys.as_deref())?;
             let output = output.clone().unwrap_or_else(|| with_suffix(input));
             let format = match format {
@@ -226,7 +342,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 output: &output,
                 key: key.as_deref(),
                 format,
-                chunk_log2: *chunk_log2,
+                chunk_log2: chunk_log2.unwrap_or(CHUNK_LOG2_DEFAULT),
                 overwrite: *force,
                 durability: Durability::Fsync,
             };
@@ -240,18 +356,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             key,
             force,
         } => {
-            let output = match output {
-                Some(output) => output.clone(),
-                None => without_suffix(input).ok_or_else(|| {
-                    usage(
-                        format!(
-                            "cannot guess an output name: {} does not end in .rcrypt",
-                            input.display()
-                        ),
-                        "pass -o OUT",
-                    )
-                })?,
-            };
+            no_json(&cli)?;
+            let output = decrypt_output(input, output.as_deref())?;
             let ring = load_ring(cli.keys.as_deref())?;
             let job = Job {
                 input,
@@ -274,6 +380,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             chunk_log2,
             force,
         } => {
+            no_json(&cli)?;
             let ring = load_ring(cli.keys.as_deref())?;
             let (input, output, overwrite) = match output {
                 Some(output) => {
@@ -302,7 +409,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 output: &output,
                 key: key.as_deref(),
                 format: Format::Ringcrypt,
-                chunk_log2: *chunk_log2,
+                chunk_log2: chunk_log2.unwrap_or(CHUNK_LOG2_DEFAULT),
                 overwrite,
                 durability: Durability::Fsync,
             };
@@ -310,7 +417,386 @@ fn run(cli: Cli) -> Result<(), Failure> {
             report("rewrapped", &job, &outcome);
             Ok(())
         }
+        Command::Ping
+        | Command::Status { .. }
+        | Command::Cancel { .. }
+        | Command::Jobs
+        | Command::Stats
+        | Command::Keys
+        | Command::Reload => run_daemon(cli),
     }
+}
+
+/// `--json` prints the daemon's replies; offline jobs have none.
+fn no_json(cli: &Cli) -> Result<(), Failure> {
+    if cli.json {
+        return Err(usage(
+            "--json prints the daemon's replies, and --keys works without the daemon",
+            "leave out --keys (and RINGCRYPT_KEYS) to send the job to ringcryptd",
+        ));
+    }
+    Ok(())
+}
+
+/// Decrypt's output: `-o`, or the input without `.rcrypt`; never a guess.
+fn decrypt_output(input: &Path, output: Option<&Path>) -> Result<PathBuf, Failure> {
+    match output {
+        Some(output) => Ok(output.to_path_buf()),
+        None => without_suffix(input).ok_or_else(|| {
+            usage(
+                format!(
+                    "cannot guess an output name: {} does not end in .rcrypt",
+                    input.display()
+                ),
+                "pass -o OUT",
+            )
+        }),
+    }
+}
+
+/// Refuses an option that only the offline mode has.
+fn offline_only(given: bool, what: &str) -> Result<(), Failure> {
+    if given {
+        return Err(usage(
+            format!("{what} works only offline; the daemon uses its own settings"),
+            "pass --keys FILE to do this job in this process",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a command through the daemon: builds the request, sends it, prints the outcome.
+fn run_daemon(cli: Cli) -> Result<(), Failure> {
+    let (request, shown) = daemon_request(&cli.command)?;
+    let mut client = Client::connect(&cli.socket)?;
+    let json = cli.json;
+    let reply = client.request(&request, |line, _reply| {
+        if json {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout
+                .write_all(line.as_bytes())
+                .and_then(|()| stdout.flush());
+        }
+    })?;
+    let failed_files = match &request {
+        Request::File(_) => count(&reply, "files_failed"),
+        _ => 0,
+    };
+    if !json {
+        print_reply(&request, shown.as_ref(), client.socket(), &reply);
+    }
+    if failed_files > 0 {
+        return Err(Failure {
+            exit: EXIT_FAILED,
+            error: format!(
+                "{failed_files} file(s) of job {} failed",
+                field(&reply, "job")
+            ),
+            hint: None,
+        });
+    }
+    Ok(())
+}
+
+/// A file job's paths as the user named them, for the summary line.
+struct Shown {
+    verb: &'static str,
+    input: PathBuf,
+    output: PathBuf,
+}
+
+/// The request for a daemon command; for file jobs, also the paths to show.
+fn daemon_request(command: &Command) -> Result<(Request, Option<Shown>), Failure> {
+    let (op, input, output, key, overwrite) = match command {
+        Command::Keygen { .. } => unreachable!("keygen needs no daemon and is run offline"),
+        Command::Ping => return Ok((Request::Ping, None)),
+        Command::Status { job } => return Ok((Request::Status { job: *job }, None)),
+        Command::Cancel { job } => return Ok((Request::Cancel { job: *job }, None)),
+        Command::Jobs => return Ok((Request::Jobs, None)),
+        Command::Stats => return Ok((Request::Stats, None)),
+        Command::Keys => return Ok((Request::Keys, None)),
+        Command::Reload => return Ok((Request::Reload, None)),
+        Command::Encrypt {
+            input,
+            output,
+            key,
+            format,
+            chunk_log2,
+            force,
+        } => {
+            if matches!(format, FormatArg::Openssl) {
+                return Err(usage(
+                    "the daemon seals the ringcrypt format only",
+                    "pass --keys FILE to write the openssl format in this process",
+                ));
+            }
+            offline_only(chunk_log2.is_some(), "--chunk-log2")?;
+            let output = output.clone().unwrap_or_else(|| with_suffix(input));
+            (FileOp::Encrypt, input.clone(), output, key, *force)
+        }
+        Command::Decrypt {
+            input,
+            output,
+            key,
+            force,
+        } => {
+            let output = decrypt_output(input, output.as_deref())?;
+            (FileOp::Decrypt, input.clone(), output, key, *force)
+        }
+        Command::Rewrap {
+            input,
+            output,
+            in_place,
+            key,
+            chunk_log2,
+            force,
+        } => {
+            offline_only(chunk_log2.is_some(), "--chunk-log2")?;
+            match output {
+                Some(output) => (FileOp::Rewrap, input.clone(), output.clone(), key, *force),
+                None => {
+                    debug_assert!(*in_place, "clap requires -o or --in-place");
+                    (FileOp::Rewrap, input.clone(), input.clone(), key, true)
+                }
+            }
+        }
+    };
+    let cwd = std::env::current_dir().map_err(|e| {
+        Failure::from(Error::new(
+            Code::IoError,
+            format!("cannot find the current directory: {e}"),
+        ))
+    })?;
+    let abs_input = wire_path(&cwd, &input)?;
+    let abs_output = wire_path(&cwd, &output)?;
+    if op == FileOp::Rewrap && !overwrite_in_place(command) && abs_input == abs_output {
+        return Err(usage(
+            format!("{} is the input itself", output.display()),
+            "use --in-place to replace the input",
+        ));
+    }
+    let mut spec = FileJobSpec::new(op, abs_input, abs_output);
+    spec.key = key.clone();
+    spec.overwrite = overwrite;
+    let verb = match op {
+        FileOp::Encrypt => "encrypted",
+        FileOp::Decrypt => "decrypted",
+        FileOp::Rewrap => "rewrapped",
+    };
+    Ok((
+        Request::File(spec),
+        Some(Shown {
+            verb,
+            input,
+            output,
+        }),
+    ))
+}
+
+fn overwrite_in_place(command: &Command) -> bool {
+    matches!(command, Command::Rewrap { in_place: true, .. })
+}
+
+/// A path as the daemon needs it: absolute (lexically, against our working directory) and
+/// UTF-8, since the wire carries paths as JSON strings.
+fn wire_path(cwd: &Path, path: &Path) -> Result<PathBuf, Failure> {
+    if path.to_str().is_none() {
+        return Err(usage(
+            format!(
+                "{} is not UTF-8, so it cannot be named to the daemon",
+                path.display()
+            ),
+            "rename it, or pass --keys FILE to work on it in this process",
+        ));
+    }
+    Ok(client::absolute(cwd, path))
+}
+
+/// Prints the human form of a final reply.
+fn print_reply(request: &Request, shown: Option<&Shown>, socket: &Path, reply: &Reply) {
+    let mut out = String::new();
+    match request {
+        Request::File(_) => {
+            if let Some(shown) = shown {
+                out = format!(
+                    "{} {} -> {} ({} bytes -> {} bytes, job {})\n",
+                    shown.verb,
+                    shown.input.display(),
+                    shown.output.display(),
+                    count(reply, "bytes_in"),
+                    count(reply, "bytes_out"),
+                    field(reply, "job"),
+                );
+            }
+        }
+        Request::Ping => {
+            out = format!(
+                "ringcryptd {} at {}: {} shards, {} backend\n",
+                field(reply, "version"),
+                socket.display(),
+                field(reply, "shards"),
+                field(reply, "backend"),
+            );
+        }
+        Request::Status { .. } => {
+            let (done, total) = progress(reply.fields.get("progress"));
+            out = format!(
+                "job {}: {}, {}\n  {} {} -> {}\n",
+                field(reply, "job"),
+                field(reply, "state"),
+                progress_text(done, total),
+                field(reply, "op"),
+                field(reply, "input"),
+                field(reply, "output"),
+            );
+        }
+        Request::Cancel { job } => out = format!("cancelled job {job}\n"),
+        Request::Jobs => {
+            let mut rows = vec![[
+                "JOB".to_string(),
+                "STATE".into(),
+                "OP".into(),
+                "PROGRESS".into(),
+                "INPUT -> OUTPUT".into(),
+            ]];
+            for job in array(reply, "jobs") {
+                let (done, total) = progress(job.get("progress"));
+                rows.push([
+                    text(job.get("job")),
+                    text(job.get("state")),
+                    text(job.get("op")),
+                    progress_text(done, total),
+                    format!("{} -> {}", text(job.get("input")), text(job.get("output"))),
+                ]);
+            }
+            if rows.len() == 1 {
+                out = "no jobs\n".into();
+            } else {
+                out = table(&rows);
+            }
+        }
+        Request::Stats => {
+            let mut rows = vec![[
+                "SHARD".to_string(),
+                "QUEUED".into(),
+                "RUNNING".into(),
+                "JOBS_DONE".into(),
+                "BYTES_IN".into(),
+                "BYTES_OUT".into(),
+            ]];
+            for shard in array(reply, "shards") {
+                rows.push(
+                    [
+                        "shard",
+                        "queued",
+                        "running",
+                        "jobs_done",
+                        "bytes_in",
+                        "bytes_out",
+                    ]
+                    .map(|name| text(shard.get(name))),
+                );
+            }
+            out = table(&rows);
+        }
+        Request::Keys => {
+            let default = reply.fields.get("default").and_then(Value::as_str);
+            let mut rows = vec![[
+                "NAME".to_string(),
+                "ID".into(),
+                "KIND".into(),
+                "STATE".into(),
+            ]];
+            for key in array(reply, "keys") {
+                let mut name = text(key.get("name"));
+                if default == Some(name.as_str()) {
+                    name.push_str(" (default)");
+                }
+                rows.push([
+                    name,
+                    text(key.get("id")),
+                    text(key.get("kind")),
+                    text(key.get("state")),
+                ]);
+            }
+            out = table(&rows);
+        }
+        Request::Reload => out = format!("reloaded: {} keys\n", field(reply, "keys")),
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
+/// A reply field as text: strings bare, `-` when absent or null.
+fn field(reply: &Reply, name: &str) -> String {
+    text(reply.fields.get(name))
+}
+
+fn text(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn count(reply: &Reply, name: &str) -> u64 {
+    reply.fields.get(name).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn array<'a>(reply: &'a Reply, name: &str) -> &'a [Value] {
+    reply
+        .fields
+        .get(name)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// `{bytes_done, bytes_total}`, zeros when absent.
+fn progress(value: Option<&Value>) -> (u64, u64) {
+    let get = |name| {
+        value
+            .and_then(|v| v.get(name))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    (get("bytes_done"), get("bytes_total"))
+}
+
+fn progress_text(done: u64, total: u64) -> String {
+    if total == 0 {
+        format!("{done}/{total} bytes")
+    } else {
+        // u128: done * 100 cannot overflow.
+        let percent = u128::from(done.min(total)) * 100 / u128::from(total);
+        format!("{done}/{total} bytes ({percent}%)")
+    }
+}
+
+/// Left-aligned columns, two spaces apart; the last column is not padded.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                let pad = widths[i] - cell.chars().count() + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn keygen(name: Option<&str>) -> Result<(), Failure> {

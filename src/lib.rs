@@ -16,11 +16,13 @@
 //! - [`stream`]: sealing and opening over `Read`/`Write`.
 //! - [`output`]: atomic, durable output files.
 //! - [`offline`]: file jobs run in this process (the client's `--keys` mode).
+//! - [`client`]: the client's side of the socket: connect, send a request, read its replies.
 //! - [`cli`]: the `ringcrypt` command line.
 
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod client;
 pub mod daemon;
 pub mod error;
 pub mod format;

@@ -37,7 +37,7 @@ pub enum BackendKind {
 impl BackendKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            BackendKind::Uring => "io_uring",
+            BackendKind::Uring => "uring",
             BackendKind::Sync => "sync",
         }
     }
@@ -176,6 +176,9 @@ struct Slot {
     /// The op's result is a new descriptor (open, accept) that the completion must own.
     yields_fd: bool,
 }
+
+/// `user_data` of cancel requests; their own completions carry no slot and are skipped.
+const CANCEL_USER_DATA: u64 = u64::MAX;
 
 /// Ops per ring submission queue: enough for every running job's batch reads (8 per
 /// buffer) plus connection traffic; the completion queue is twice this by default.
@@ -803,6 +806,9 @@ impl Reactor {
                     .map(|cqe| (cqe.user_data() as usize, cqe.result()))
                     .collect();
                 for (index, raw) in reaped {
+                    if index as u64 == CANCEL_USER_DATA {
+                        continue;
+                    }
                     let result = if raw < 0 {
                         Err(io::Error::from_raw_os_error(-raw))
                     } else {
@@ -922,9 +928,20 @@ impl Op {
 
 impl Drop for Reactor {
     fn drop(&mut self) {
-        // The kernel may still write into slot memory for ops in flight; wait for them so
-        // freeing the buffers cannot race it. Callers drain first, so this is a backstop.
+        // The kernel may still write into slot memory for ops in flight (a shard always has
+        // its wake-up read and, on shard 0, an accept armed): cancel them all, then wait for
+        // their completions so freeing the buffers cannot race the kernel.
         if let Backend::Uring { .. } = self.backend {
+            let live: Vec<u64> = (0..self.slots.len())
+                .filter(|&i| self.slots[i].is_some())
+                .map(|i| i as u64)
+                .collect();
+            for user_data in live {
+                let entry = opcode::AsyncCancel::new(user_data)
+                    .build()
+                    .user_data(CANCEL_USER_DATA);
+                self.push_entry(entry);
+            }
             let mut sink = Vec::new();
             let mut rounds = 0;
             while self.in_flight > 0 && rounds < 1000 {

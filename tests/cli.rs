@@ -1540,15 +1540,19 @@ fn bad_usage_exits_2() {
     .usage();
     assert_eq!(listing(dir.path()), before);
 
+    // Without --keys the client asks the daemon; with none listening that is exit 3, and
+    // the message names the socket and says how to start one or go offline.
+    let socket = dir.path().join("no-daemon.sock");
     for args in [
-        vec!["encrypt", s(&plain)],
-        vec!["decrypt", "x.rcrypt"],
-        vec!["rewrap", "x.rcrypt", "--in-place"],
+        vec!["--socket", s(&socket), "encrypt", s(&plain)],
+        vec!["--socket", s(&socket), "decrypt", "x.rcrypt"],
+        vec!["--socket", s(&socket), "rewrap", "x.rcrypt", "--in-place"],
     ] {
-        let run = ringcrypt(&args).usage();
+        let run = ringcrypt(&args);
+        assert_eq!(run.code, 3, "no daemon: {run:#?}");
         assert!(
-            run.stderr.contains("--keys") && run.stderr.contains("hint: "),
-            "missing --keys needs a hint: {run:#?}"
+            run.stderr.contains(s(&socket)) && run.stderr.contains("hint: "),
+            "an unreachable daemon needs the socket named and a hint: {run:#?}"
         );
     }
     assert_eq!(listing(dir.path()), before);

@@ -1,0 +1,439 @@
+//! Drives the real binaries over a real socket: starts `ringcryptd` in a temp directory (its
+//! own key ring, socket and allowed root), then runs the `ringcrypt` client in daemon mode
+//! against it. Every daemon test runs twice, once per IO backend (`RINGCRYPT_BACKEND=uring`
+//! and `=sync`).
+//!
+//! Exit codes are DESIGN §1: 0 success, 1 the job failed (stderr `error: ... [code]`), 2 usage
+//! error, 3 the daemon could not be reached.
+
+use std::fs;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_ringcrypt");
+const DAEMON: &str = env!("CARGO_BIN_EXE_ringcryptd");
+
+/// How long the daemon may take to answer its first ping.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The name of the key the test ring holds.
+const KEY_NAME: &str = "test-key";
+
+/// One finished client run.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success: {self:#?}");
+        self
+    }
+
+    /// Exit 1 with `[code]` on stderr.
+    #[track_caller]
+    fn failed(self, code: &str) -> Run {
+        assert_eq!(self.code, 1, "expected a failed job (exit 1): {self:#?}");
+        assert!(
+            self.stderr.contains(&format!("[{code}]")),
+            "expected [{code}] on stderr: {self:#?}"
+        );
+        self
+    }
+}
+
+/// A running `ringcryptd` in its own temp directory; SIGTERMed and reaped on drop.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    keys: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon with `RINGCRYPT_BACKEND=backend` and waits until it answers ping.
+    fn start(backend: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("a temp directory");
+        let keys = dir.path().join("keys.toml");
+        let entry = Command::new(CLIENT)
+            .args(["keygen", "--name", KEY_NAME])
+            .output()
+            .expect("ringcrypt keygen runs");
+        assert!(entry.status.success(), "{entry:?}");
+        fs::write(&keys, &entry.stdout).unwrap();
+        fs::set_permissions(&keys, fs::Permissions::from_mode(0o600)).unwrap();
+        let socket = dir.path().join("s.sock");
+        let log = fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(DAEMON)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--keys")
+            .arg(&keys)
+            .arg("--allow-root")
+            .arg(dir.path())
+            .args(["--fsync", "never", "--shards", "2"])
+            .env("RINGCRYPT_BACKEND", backend)
+            .env_remove("RINGCRYPT_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("ringcryptd starts");
+        let mut daemon = Daemon {
+            child,
+            dir,
+            socket,
+            keys,
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                panic!("ringcryptd exited with {status}: {}", daemon.log());
+            }
+            if daemon.client(&["ping"]).code == 0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < STARTUP_TIMEOUT,
+                "ringcryptd did not answer ping within {STARTUP_TIMEOUT:?}: {}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs `ringcrypt --socket SOCKET ARGS` in the temp directory.
+    fn client(&self, args: &[&str]) -> Run {
+        client_in(self.root(), &self.socket, args)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `ringcrypt --socket SOCKET ARGS` with `cwd` as its working directory and no key ring
+/// or socket inherited from the environment.
+fn client_in(cwd: &Path, socket: &Path, args: &[&str]) -> Run {
+    let out = Command::new(CLIENT)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RINGCRYPT_KEYS")
+        .env_remove("RINGCRYPT_SOCKET")
+        .output()
+        .expect("the ringcrypt binary runs");
+    Run {
+        code: out.status.code().expect("ringcrypt exited, not killed"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `len` bytes that are not all alike (a simple LCG), so a misplaced chunk shows.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut state: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// Each scenario below, once per backend.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(#[test] fn $name() { super::$name("uring") })*
+        }
+        mod sync {
+            $(#[test] fn $name() { super::$name("sync") })*
+        }
+    };
+}
+
+both_backends!(
+    ping,
+    pong_backend_is_a_documented_name,
+    round_trip_with_relative_paths,
+    offline_mode_reads_daemon_files,
+    json_prints_every_reply_line,
+    an_existing_output_is_kept,
+    a_tampered_file_leaves_nothing,
+    paths_outside_the_root_are_refused,
+    status_jobs_stats_keys,
+    sigterm_stops_an_idle_daemon_promptly,
+);
+
+/// How long an idle daemon may take to exit after SIGTERM: it has no job to drain.
+const IDLE_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn sigterm_stops_an_idle_daemon_promptly(backend: &str) {
+    let mut daemon = Daemon::start(backend);
+    let start = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = daemon.child.wait().unwrap();
+    let took = start.elapsed();
+    assert!(exit.success(), "{exit}: {}", daemon.log());
+    assert!(
+        took < IDLE_STOP_TIMEOUT,
+        "an idle daemon took {took:?} to stop: {}",
+        daemon.log()
+    );
+}
+
+fn ping(backend: &str) {
+    let daemon = Daemon::start(backend);
+    let run = daemon.client(&["ping"]).ok();
+    assert!(run.stdout.contains("backend"), "{run:#?}");
+    assert!(run.stdout.contains(backend), "names the backend: {run:#?}");
+    assert!(run.stdout.contains("2 shards"), "{run:#?}");
+}
+
+/// The protocol (src/protocol.rs, the `pong` row) documents `backend` as `"uring"` or
+/// `"sync"`; a script comparing it must get one of those.
+fn pong_backend_is_a_documented_name(backend: &str) {
+    let daemon = Daemon::start(backend);
+    let run = daemon.client(&["--json", "ping"]).ok();
+    let pong: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(pong["type"], "pong");
+    assert_eq!(pong["backend"], backend, "{run:#?}");
+}
+
+fn round_trip_with_relative_paths(backend: &str) {
+    let daemon = Daemon::start(backend);
+    let sub = daemon.root().join("sub");
+    fs::create_dir(&sub).unwrap();
+    let plain = pattern(1 << 20);
+    fs::write(sub.join("data.bin"), &plain).unwrap();
+
+    // Relative to the client's working directory, `.` components and all.
+    let run = client_in(&sub, &daemon.socket, &["encrypt", "./data.bin"]).ok();
+    assert!(
+        run.stdout
+            .starts_with("encrypted ./data.bin -> ./data.bin.rcrypt (1048576 bytes -> "),
+        "{run:#?}"
+    );
+    assert!(run.stdout.contains(", job "), "{run:#?}");
+    let sealed = fs::read(sub.join("data.bin.rcrypt")).unwrap();
+    assert!(sealed.starts_with(b"\x89RCRYPT\n"));
+    assert!(sealed.len() > plain.len());
+
+    client_in(
+        &sub,
+        &daemon.socket,
+        &["decrypt", "data.bin.rcrypt", "-o", "copy.bin"],
+    )
+    .ok();
+    assert_eq!(fs::read(sub.join("copy.bin")).unwrap(), plain);
+
+    // The default decrypt name strips .rcrypt; with nothing to strip it refuses to guess.
+    fs::remove_file(sub.join("data.bin")).unwrap();
+    client_in(&sub, &daemon.socket, &["decrypt", "data.bin.rcrypt"]).ok();
+    assert_eq!(fs::read(sub.join("data.bin")).unwrap(), plain);
+    let run = client_in(&sub, &daemon.socket, &["decrypt", "copy.bin"]);
+    assert_eq!(run.code, 2, "{run:#?}");
+
+    // --force replaces; rewrap --in-place keeps the content.
+    client_in(&sub, &daemon.socket, &["encrypt", "data.bin", "--force"]).ok();
+    client_in(
+        &sub,
+        &daemon.socket,
+        &["rewrap", "data.bin.rcrypt", "--in-place"],
+    )
+    .ok();
+    client_in(
+        &sub,
+        &daemon.socket,
+        &["decrypt", "data.bin.rcrypt", "-o", "copy.bin", "--force"],
+    )
+    .ok();
+    assert_eq!(fs::read(sub.join("copy.bin")).unwrap(), plain);
+
+    // The daemon seals ringcrypt only: the openssl format is an offline job.
+    let run = client_in(
+        &sub,
+        &daemon.socket,
+        &["encrypt", "data.bin", "--format", "openssl"],
+    );
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.stderr.contains("--keys"), "{run:#?}");
+}
+
+fn offline_mode_reads_daemon_files(backend: &str) {
+    let daemon = Daemon::start(backend);
+    let plain = pattern(300_000);
+    let input = daemon.root().join("a.txt");
+    fs::write(&input, &plain).unwrap();
+    daemon.client(&["encrypt", s(&input)]).ok();
+    let out = daemon.root().join("offline.txt");
+    let run = Command::new(CLIENT)
+        .arg("--keys")
+        .arg(&daemon.keys)
+        .args([
+            "decrypt",
+            s(&daemon.root().join("a.txt.rcrypt")),
+            "-o",
+            s(&out),
+        ])
+        .env_remove("RINGCRYPT_SOCKET")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(fs::read(&out).unwrap(), plain);
+}
+
+fn json_prints_every_reply_line(backend: &str) {
+    let daemon = Daemon::start(backend);
+    let input = daemon.root().join("j.bin");
+    fs::write(&input, pattern(70_000)).unwrap();
+    let run = daemon.client(&["--json", "encrypt", s(&input)]).ok();
+    let types: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|line| {
+            let reply: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+            reply["type"]
+                .as_str()
+                .expect("every reply has a type")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        types.first().map(String::as_str),
+        Some("accepted"),
+        "{run:#?}"
+    );
+    assert_eq!(types.last().map(String::as_str), Some("done"), "{run:#?}");
+    assert!(run.stdout.contains("\"bytes_in\":70000"), "{run:#?}");
+}
+
+fn an_existing_output_is_kept(backend: &str) {
+    let daemon = Daemon::start(backend);
+    let input = daemon.root().join("in.txt");
+    let output = daemon.root().join("in.txt.rcrypt");
+    fs::write(&input, b"secret").unwrap();
+    fs::write(&output, b"keep me").unwrap();
+    let run = daemon.client(&["encrypt", s(&input)]).failed("exists");
+    assert!(run.stderr.contains("hint: "), "{run:#?}");
+    assert_eq!(fs::read(&output).unwrap(), b"keep me");
+}
+
+fn a_tampered_file_leaves_nothing(backend: &str) {
+    let daemon = Daemon::start(backend);
+    let input = daemon.root().join("t.bin");
+    fs::write(&input, pattern(200_000)).unwrap();
+    daemon.client(&["encrypt", s(&input)]).ok();
+    let sealed = daemon.root().join("t.bin.rcrypt");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&sealed)
+        .unwrap();
+    let at = file.metadata().unwrap().len() / 2;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x01], at).unwrap();
+    drop(file);
+    let out = daemon.root().join("t.out");
+    daemon
+        .client(&["decrypt", s(&sealed), "-o", s(&out)])
+        .failed("auth_failed");
+    assert!(!out.exists(), "no plaintext may be left behind");
+}
+
+fn paths_outside_the_root_are_refused(backend: &str) {
+    let daemon = Daemon::start(backend);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let input = elsewhere.path().join("x.txt");
+    fs::write(&input, b"x").unwrap();
+    daemon
+        .client(&["encrypt", s(&input)])
+        .failed("forbidden_path");
+    assert!(!elsewhere.path().join("x.txt.rcrypt").exists());
+    // `..` is sent as is, and the daemon refuses it rather than guessing.
+    let run = daemon.client(&["encrypt", "../x.txt"]);
+    assert_eq!(run.code, 1, "{run:#?}");
+}
+
+fn status_jobs_stats_keys(backend: &str) {
+    let daemon = Daemon::start(backend);
+    let input = daemon.root().join("st.bin");
+    fs::write(&input, pattern(50_000)).unwrap();
+    let run = daemon.client(&["--json", "encrypt", s(&input)]).ok();
+    let accepted: serde_json::Value =
+        serde_json::from_str(run.stdout.lines().next().unwrap()).unwrap();
+    let job = accepted["job"].as_str().unwrap().to_string();
+
+    let status = daemon.client(&["status", &job]).ok();
+    assert!(status.stdout.contains("done"), "{status:#?}");
+    assert!(status.stdout.contains(&job), "{status:#?}");
+    let jobs = daemon.client(&["jobs"]).ok();
+    assert!(jobs.stdout.contains(&job), "{jobs:#?}");
+    let stats = daemon.client(&["stats"]).ok();
+    assert_eq!(
+        stats.stdout.lines().count(),
+        3,
+        "a header and two shards: {stats:#?}"
+    );
+
+    let keys = daemon.client(&["keys"]).ok();
+    assert!(keys.stdout.contains(KEY_NAME), "{keys:#?}");
+    let ring = fs::read_to_string(&daemon.keys).unwrap();
+    let secret = ring
+        .lines()
+        .find_map(|l| l.strip_prefix("secret = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("the ring has a secret");
+    for run in [&keys, &daemon.client(&["--json", "keys"]).ok()] {
+        assert!(!run.stdout.contains(secret), "never key bytes: {run:#?}");
+    }
+
+    daemon.client(&["cancel", "9-9"]).failed("not_found");
+    let run = daemon.client(&["status", "nope"]);
+    assert_eq!(run.code, 2, "{run:#?}");
+}
+
+#[test]
+fn an_absent_daemon_is_exit_3_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("absent.sock");
+    for args in [&["ping"][..], &["encrypt", "whatever.txt"], &["jobs"]] {
+        let run = client_in(dir.path(), &socket, args);
+        assert_eq!(run.code, 3, "{run:#?}");
+        assert!(run.stderr.contains(s(&socket)), "{run:#?}");
+        assert!(run.stderr.contains("hint: "), "{run:#?}");
+        assert!(run.stdout.is_empty(), "{run:#?}");
+    }
+}
