@@ -818,11 +818,18 @@ impl Reactor {
                 }
             }
             Backend::Sync { ready, parked } => {
-                if ready.is_empty() && !parked.is_empty() && timeout != Some(Duration::ZERO) {
-                    self.poll_parked(timeout);
-                } else if ready.is_empty()
-                    && parked.is_empty()
-                    && let Some(limit) = timeout
+                // Parked sockets are polled on every call, without blocking when file ops
+                // already completed: a long job whose ops complete at once must not starve
+                // the connections (a `cancel` for it, say) on the same shard.
+                let limit = if ready.is_empty() {
+                    timeout
+                } else {
+                    Some(Duration::ZERO)
+                };
+                if !parked.is_empty() {
+                    self.poll_parked(limit);
+                } else if let Some(limit) = limit
+                    && !limit.is_zero()
                 {
                     std::thread::sleep(limit);
                 }
