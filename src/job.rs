@@ -186,7 +186,7 @@ pub struct FileJob {
     lanes: Vec<Lane>,
     next_read: u64,
     next_process: u64,
-    /// Plaintext offset of the next batch's first unit... derived; kept for progress.
+    /// Bytes read from the input and written to the output so far (progress and stats).
     pub bytes_in: u64,
     pub bytes_out: u64,
     started: Instant,

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -1220,9 +1220,4 @@ fn unknown_job(id: JobId) -> Error {
         Code::NotFound,
         format!("no job {id} is known to this daemon"),
     )
-}
-
-/// The raw fd of anything with one (for ops).
-pub fn raw(fd: &impl AsFd) -> RawFd {
-    fd.as_fd().as_raw_fd()
 }
