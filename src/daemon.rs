@@ -5,12 +5,13 @@
 //! What this room does not do: serve requests (shards do).
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
@@ -19,6 +20,8 @@ use crate::error::{Code, Error};
 use crate::job::{BUFFERS_PER_JOB, pool_buf_bytes};
 use crate::keys::{self, KeyRing};
 use crate::limits::{CHUNK_LOG2_DEFAULT, CHUNK_LOG2_MIN, DRAIN_TIMEOUT, RUNNING_JOBS_PER_SHARD};
+use crate::metrics;
+use crate::notify::{self, Notifier};
 use crate::output::Durability;
 use crate::reactor::BackendKind;
 use crate::roots::Roots;
@@ -73,6 +76,10 @@ pub struct Args {
     /// Chunk size for new files as a power of two, 12 (4 KiB) to 16 (64 KiB) [default: 16].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(CHUNK_LOG2_MIN as i64..=DAEMON_CHUNK_LOG2_MAX as i64))]
     chunk_log2: Option<u8>,
+    /// Prometheus metrics at http://ADDR/metrics, or `off` [default: 127.0.0.1:9477; if that
+    /// default is taken the daemon warns and runs without metrics, an explicit ADDR must bind].
+    #[arg(long, value_name = "ADDR|off")]
+    metrics: Option<String>,
     /// Try it out: socket and a generated key ring under ./ringcrypt-dev, the current
     /// directory as the allowed root.
     #[arg(long)]
@@ -97,6 +104,7 @@ struct FileConfig {
     shards: Option<u16>,
     fsync: Option<FsyncArg>,
     chunk_log2: Option<u8>,
+    metrics: Option<String>,
 }
 
 /// The settled configuration.
@@ -108,7 +116,36 @@ pub struct Config {
     pub shards: usize,
     pub durability: Durability,
     pub chunk_log2: u8,
+    pub metrics: MetricsSetting,
     pub dev: bool,
+}
+
+/// Where metrics are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsSetting {
+    Off,
+    /// The default address: if it is taken, warn and run without metrics.
+    Default(SocketAddr),
+    /// An address the administrator chose: failing to bind it stops the start.
+    Explicit(SocketAddr),
+}
+
+/// The metrics address unless told otherwise (DESIGN §7).
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9477";
+
+fn metrics_setting(text: Option<&str>) -> Result<MetricsSetting, Error> {
+    match text {
+        None => Ok(MetricsSetting::Default(
+            DEFAULT_METRICS.parse().expect("a valid address"),
+        )),
+        Some("off") => Ok(MetricsSetting::Off),
+        Some(addr) => addr.parse().map(MetricsSetting::Explicit).map_err(|_| {
+            Error::new(
+                Code::BadRequest,
+                format!("metrics address {addr:?} is not HOST:PORT (e.g. 127.0.0.1:9477) or off"),
+            )
+        }),
+    }
 }
 
 impl Config {
@@ -173,7 +210,9 @@ impl Config {
             .or(file.shards)
             .map(usize::from)
             .unwrap_or_else(cores);
+        let metrics = metrics_setting(args.metrics.as_deref().or(file.metrics.as_deref()))?;
         Ok(Config {
+            metrics,
             socket,
             keys,
             allow_roots,
@@ -222,6 +261,7 @@ fn dev_config(args: &Args) -> Result<Config, Error> {
         shards: args.shards.map(usize::from).unwrap_or_else(cores),
         durability: Durability::Fsync,
         chunk_log2: CHUNK_LOG2_DEFAULT,
+        metrics: metrics_setting(args.metrics.as_deref())?,
         dev: true,
     })
 }
@@ -260,6 +300,87 @@ fn bind(path: &Path) -> Result<OwnedFd, Error> {
     rustix::process::umask(old);
     let listener = bound.map_err(|e| Error::io("listen on", path, e))?;
     Ok(OwnedFd::from(listener))
+}
+
+/// How often the main thread looks at signals, the watchdog and the status line.
+const SUPERVISE_TICK: Duration = Duration::from_millis(50);
+
+/// How often `STATUS=` is sent to the service manager.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// The main thread's loop until SIGTERM/SIGINT: SIGHUP reloads the key ring; `WATCHDOG=1`
+/// goes out only while every shard has completed a loop turn within the watchdog interval,
+/// so one wedged shard stops the pings and systemd restarts the daemon.
+fn supervise(
+    config: &Config,
+    shared: &Shared,
+    notifier: &Notifier,
+    mut signals: signal_hook::iterator::Signals,
+) {
+    let watchdog = notify::watchdog_interval();
+    let mut last_ping = Instant::now();
+    let mut last_status = Instant::now();
+    loop {
+        for signal in signals.pending() {
+            if signal != signal_hook::consts::SIGHUP {
+                return;
+            }
+            match KeyRing::load(&config.keys) {
+                Ok(ring) => {
+                    let ring = Arc::new(ring);
+                    for shard in 0..config.shards {
+                        shared.send_must(shard, Msg::Reload(Arc::clone(&ring)));
+                    }
+                    eprintln!(
+                        "ringcryptd: key ring reloaded ({} keys)",
+                        ring.entries().len()
+                    );
+                }
+                Err(err) => {
+                    eprintln!("ringcryptd: reload failed, keeping the current key ring: {err}")
+                }
+            }
+        }
+        if let Some(interval) = watchdog
+            && last_ping.elapsed() >= interval
+        {
+            let now_ms = shared.started.elapsed().as_millis() as u64;
+            let limit_ms = interval.as_millis() as u64;
+            let alive = shared.inboxes.iter().all(|inbox| {
+                now_ms.saturating_sub(inbox.heartbeat_ms.load(Ordering::Relaxed)) <= limit_ms
+            });
+            if alive {
+                notifier.send("WATCHDOG=1");
+                last_ping = Instant::now();
+            }
+        }
+        if notifier.is_active() && last_status.elapsed() >= STATUS_EVERY {
+            notifier.send(&status_line(shared));
+            last_status = Instant::now();
+        }
+        std::thread::sleep(SUPERVISE_TICK);
+    }
+}
+
+/// `STATUS=` for `systemctl status`: connections, jobs and bytes so far.
+fn status_line(shared: &Shared) -> String {
+    let jobs: u64 = shared
+        .inboxes
+        .iter()
+        .map(|i| i.jobs_done.load(Ordering::Relaxed))
+        .sum();
+    let bytes: u64 = shared
+        .inboxes
+        .iter()
+        .map(|i| i.bytes_out.load(Ordering::Relaxed))
+        .sum();
+    let uptime = shared.started.elapsed().as_secs_f64().max(1e-3);
+    format!(
+        "STATUS=serving: {} connections, {jobs} jobs done, {:.1} MB written ({:.1} MB/s average)",
+        shared.connections.load(Ordering::Relaxed),
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / uptime
+    )
 }
 
 /// Directory entries the start-up sweep looks at, across all roots, before it stops: the
@@ -304,7 +425,18 @@ pub fn sweep_temp_files(roots: &[PathBuf], daemon_uid: u32) -> usize {
 pub fn run(config: Config) -> Result<(), Error> {
     let ring = Arc::new(KeyRing::load(&config.keys)?);
     let roots = Roots::open(&config.allow_roots)?;
-    let listener = bind(&config.socket)?;
+    let notifier = Notifier::from_env();
+    let inherited = notify::inherited_listener().map_err(|e| {
+        Error::new(
+            Code::Internal,
+            format!("the socket passed by systemd is unusable: {e}"),
+        )
+    })?;
+    let activated = inherited.is_some();
+    let listener = match inherited {
+        Some(listener) => listener,
+        None => bind(&config.socket)?,
+    };
     let backend = match std::env::var("RINGCRYPT_BACKEND").ok().as_deref() {
         Some("sync") => Some(BackendKind::Sync),
         Some("uring") | Some("io_uring") => Some(BackendKind::Uring),
@@ -369,6 +501,18 @@ pub fn run(config: Config) -> Result<(), Error> {
         )
     })?;
 
+    // The recorder goes in before the shards start: they take their metric handles at birth.
+    let metrics_addr = match config.metrics {
+        MetricsSetting::Off => None,
+        MetricsSetting::Explicit(addr) => Some(metrics::install(addr, config.shards)?.addr),
+        MetricsSetting::Default(addr) => match metrics::install(addr, config.shards) {
+            Ok(exporter) => Some(exporter.addr),
+            Err(err) => {
+                eprintln!("ringcryptd: warning: running without metrics: {err}");
+                None
+            }
+        },
+    };
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let buffers = RUNNING_JOBS_PER_SHARD * BUFFERS_PER_JOB as u16;
     let buf_bytes = pool_buf_bytes(DAEMON_CHUNK_LOG2_MAX);
@@ -454,27 +598,15 @@ pub fn run(config: Config) -> Result<(), Error> {
         );
     }
 
-    let mut signals = signals;
-    for signal in signals.forever() {
-        match signal {
-            signal_hook::consts::SIGHUP => match KeyRing::load(&config.keys) {
-                Ok(ring) => {
-                    let ring = Arc::new(ring);
-                    for shard in 0..config.shards {
-                        shared.send_must(shard, Msg::Reload(Arc::clone(&ring)));
-                    }
-                    eprintln!(
-                        "ringcryptd: key ring reloaded ({} keys)",
-                        ring.entries().len()
-                    );
-                }
-                Err(err) => {
-                    eprintln!("ringcryptd: reload failed, keeping the current key ring: {err}")
-                }
-            },
-            _ => break,
-        }
+    if let Some(addr) = metrics_addr {
+        metrics::build_info(env!("CARGO_PKG_VERSION"), backend);
+        eprintln!("ringcryptd: metrics at http://{addr}/metrics");
     }
+    // The socket listens, the key ring is loaded and every shard runs: ready.
+    notifier.send("READY=1");
+    notifier.send(&status_line(&shared));
+    supervise(&config, &shared, &notifier, signals);
+    notifier.send("STOPPING=1");
     eprintln!(
         "ringcryptd: stopping: finishing running jobs (up to {} s)",
         DRAIN_TIMEOUT.as_secs()
@@ -486,7 +618,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     for thread in threads {
         let _ = thread.join();
     }
-    let _ = std::fs::remove_file(&config.socket);
+    if !activated {
+        let _ = std::fs::remove_file(&config.socket);
+    }
     eprintln!("ringcryptd: stopped");
     Ok(())
 }

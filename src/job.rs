@@ -33,6 +33,7 @@ use crate::error::{Code, Error};
 use crate::format::{self, Header, Layout, Opener, Sealer};
 use crate::keys::{KeyMaterial, KeyRing};
 use crate::limits::{HEADER_BYTES, LANES, TAG_BYTES};
+use crate::metrics::ShardMetrics;
 use crate::output::{Durability, TEMP_PREFIX};
 use crate::protocol::{FileJobSpec, FileOp, JobId};
 use crate::reactor::{BufId, Completion, Op, Reactor};
@@ -73,6 +74,7 @@ pub struct JobCtx<'a> {
     pub durability: Durability,
     /// Chunk size for newly sealed files.
     pub chunk_log2: u8,
+    pub metrics: &'a ShardMetrics,
 }
 
 /// How a job ended.
@@ -249,6 +251,11 @@ impl FileJob {
         self.phase == Phase::Finished
     }
 
+    /// Time since the job was created.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     /// Bytes of input, for progress reports.
     pub fn input_len(&self) -> u64 {
         self.in_len
@@ -358,12 +365,14 @@ impl FileJob {
             TAG_HEADER_READ => result
                 .map_err(|e| self.io_err("read", true, e))
                 .and_then(|n| {
+                    ctx.metrics.read(u64::from(n));
                     let head = done.take_vec();
                     self.got_header(ctx, &head[..n as usize])
                 }),
-            TAG_HEADER_WRITE => self
-                .wrote(result, HEADER_BYTES as u32)
-                .map(|()| self.pump(ctx)),
+            TAG_HEADER_WRITE => self.wrote(result, HEADER_BYTES as u32).map(|()| {
+                ctx.metrics.written(HEADER_BYTES as u64);
+                self.pump(ctx)
+            }),
             TAG_EOF_PROBE => match result {
                 Ok(0) => self.commit(ctx),
                 Ok(_) => Err(format::AuthFailed.into()),
@@ -820,6 +829,7 @@ impl FileJob {
     ) -> Result<(), Error> {
         let n = result.map_err(|e| self.io_err("read", true, e))?;
         self.bytes_in += u64::from(n);
+        ctx.metrics.read(u64::from(n));
         let state = &mut self.lanes[lane];
         state.ops_left -= 1;
         state.done += n as usize;
@@ -845,7 +855,9 @@ impl FileJob {
             };
             let batch = self.next_process;
             self.next_process += 1;
+            let started = Instant::now();
             let writes = self.crypto(ctx, lane, batch)?;
+            ctx.metrics.crypto(started.elapsed());
             let fd = self.temp.as_ref().expect("temp is open").as_raw_fd();
             let buf = self.lanes[lane].buf;
             self.lanes[lane].state = LaneState::Writing;
@@ -954,6 +966,7 @@ impl FileJob {
         result: io::Result<u32>,
     ) -> Result<(), Error> {
         let n = result.map_err(|e| self.io_err("write", false, e))?;
+        ctx.metrics.written(u64::from(n));
         let state = &mut self.lanes[lane];
         state.ops_left -= 1;
         state.done += n as usize;

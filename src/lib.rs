@@ -30,6 +30,8 @@ pub mod job;
 pub mod keys;
 pub mod lanes;
 pub mod limits;
+pub mod metrics;
+pub mod notify;
 pub mod offline;
 pub mod openssl;
 pub mod output;

@@ -33,6 +33,7 @@ use crate::limits::{
     FINISHED_JOBS_KEPT, IDLE_TIMEOUT, INBOX_DEPTH, MAX_CONNECTIONS, MAX_QUEUED_JOBS_PER_SHARD,
     RECV_BUFFER_BYTES, TICK,
 };
+use crate::metrics::{self, JobResult, ShardMetrics};
 use crate::output::Durability;
 use crate::protocol::{
     self, FileJobSpec, FileOp, JobId, JobInfo, JobState, MAX_REQUEST_LINE_BYTES, Request,
@@ -104,6 +105,9 @@ pub struct Inbox {
     wake: OwnedFd,
     /// Set by the shard on every loop turn (ms since start), read by the watchdog.
     pub heartbeat_ms: AtomicU64,
+    /// Jobs ended and bytes written by the shard, for the service manager's status line.
+    pub jobs_done: AtomicU64,
+    pub bytes_out: AtomicU64,
 }
 
 /// What every shard can see: the inboxes and the fixed configuration.
@@ -130,6 +134,8 @@ impl Shared {
             sleeping: AtomicBool::new(false),
             wake,
             heartbeat_ms: AtomicU64::new(0),
+            jobs_done: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
         })
     }
 
@@ -263,6 +269,7 @@ pub struct Shard {
     stats: ShardStats,
     shutdown: Option<Instant>,
     completions: Vec<Completion>,
+    metrics: ShardMetrics,
 }
 
 impl Shard {
@@ -309,6 +316,7 @@ impl Shard {
             stats,
             shutdown: None,
             completions: Vec::new(),
+            metrics: ShardMetrics::new(index),
         };
         Ok((shard, warning))
     }
@@ -400,7 +408,7 @@ impl Shard {
             Msg::Status { job, reply } => {
                 let line = match self.job_info(job) {
                     Some(info) => protocol::status(reply.id.as_ref(), &info),
-                    None => protocol::error(reply.id.as_ref(), &unknown_job(job)),
+                    None => error_line(reply.id.as_ref(), &unknown_job(job)),
                 };
                 self.reply(&reply, line, true);
             }
@@ -541,7 +549,7 @@ impl Shard {
             }
         }
         for err in errors {
-            self.queue_line(key, &protocol::error(None, &err), false);
+            self.queue_line(key, &error_line(None, &err), false);
         }
         for line in lines {
             self.on_line(key, &line);
@@ -621,7 +629,8 @@ impl Shard {
             && conn.out.is_empty()
         {
             self.conns.remove(&key);
-            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            let open = self.shared.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+            metrics::connections(open);
         }
     }
 
@@ -634,7 +643,7 @@ impl Shard {
         let request = match parsed.request {
             Ok(request) => request,
             Err(err) => {
-                self.queue_line(key, &protocol::error(id.as_ref(), &err), true);
+                self.queue_line(key, &error_line(id.as_ref(), &err), true);
                 return;
             }
         };
@@ -653,7 +662,7 @@ impl Shard {
                 Code::ShuttingDown,
                 "the daemon is shutting down; it takes no new work",
             );
-            self.queue_line(key, &protocol::error(reply.id.as_ref(), &err), true);
+            self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
             return;
         }
         match request {
@@ -672,7 +681,7 @@ impl Shard {
                         Code::BadRequest,
                         "recursive directory jobs are not supported by this daemon yet",
                     );
-                    self.queue_line(key, &protocol::error(reply.id.as_ref(), &err), true);
+                    self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
                     return;
                 }
                 // Paths outside every allowed root are refused here, before a job exists.
@@ -683,7 +692,7 @@ impl Shard {
                     .locate(&spec.input)
                     .and_then(|_| self.shared.roots.locate(parent));
                 if let Err(err) = confined {
-                    self.queue_line(key, &protocol::error(reply.id.as_ref(), &err), true);
+                    self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
                     return;
                 }
                 let owner = self.shared.owner_of(&spec.input);
@@ -700,11 +709,7 @@ impl Shard {
             Request::Status { job } | Request::Cancel { job }
                 if job.shard as usize >= self.shared.inboxes.len() =>
             {
-                self.queue_line(
-                    key,
-                    &protocol::error(reply.id.as_ref(), &unknown_job(job)),
-                    true,
-                );
+                self.queue_line(key, &error_line(reply.id.as_ref(), &unknown_job(job)), true);
             }
             Request::Status { job } => self.deliver(job.shard as usize, Msg::Status { job, reply }),
             Request::Cancel { job } => self.deliver(job.shard as usize, Msg::Cancel { job, reply }),
@@ -758,11 +763,11 @@ impl Shard {
                         Code::PermissionDenied,
                         "reload is an admin operation: it needs uid 0 or the daemon's uid",
                     );
-                    protocol::error(reply.id.as_ref(), &err)
+                    error_line(reply.id.as_ref(), &err)
                 } else {
                     match self.reload() {
                         Ok(count) => protocol::reloaded(reply.id.as_ref(), count),
-                        Err(err) => protocol::error(reply.id.as_ref(), &err),
+                        Err(err) => error_line(reply.id.as_ref(), &err),
                     }
                 };
                 self.queue_line(key, &line, true);
@@ -804,7 +809,7 @@ impl Shard {
     // ---- jobs on the owner shard -------------------------------------------------------
 
     fn refuse(&mut self, reply: &ReplyTo, err: Error) {
-        let line = protocol::error(reply.id.as_ref(), &err);
+        let line = error_line(reply.id.as_ref(), &err);
         self.reply(reply, line, true);
     }
 
@@ -862,6 +867,11 @@ impl Shard {
 
     /// Starts queued jobs while buffers last.
     fn admit(&mut self) {
+        self.start_queued();
+        self.metrics.jobs(self.queue.len(), self.seq_to_slot.len());
+    }
+
+    fn start_queued(&mut self) {
         while !self.queue.is_empty() {
             let mut bufs = Vec::with_capacity(BUFFERS_PER_JOB);
             while bufs.len() < BUFFERS_PER_JOB {
@@ -906,6 +916,7 @@ impl Shard {
             roots: &self.shared.roots,
             durability: self.shared.durability,
             chunk_log2: self.shared.chunk_log2,
+            metrics: &self.metrics,
         };
         f(&mut entry.job, &mut ctx);
         if entry.job.is_finished() {
@@ -928,9 +939,18 @@ impl Shard {
             Err(err) if err.code == Code::Cancelled => JobState::Cancelled,
             Err(_) => JobState::Failed,
         };
+        let result = match state {
+            JobState::Done => JobResult::Ok,
+            JobState::Cancelled => JobResult::Cancelled,
+            _ => JobResult::Failed,
+        };
+        metrics::job_ended(job.spec.op, result, job.elapsed().as_secs_f64());
         self.stats.bytes_in += job.bytes_in;
         self.stats.bytes_out += job.bytes_out;
         self.stats.jobs_done += 1;
+        let inbox = &self.shared.inboxes[self.index];
+        inbox.jobs_done.fetch_add(1, Ordering::Relaxed);
+        inbox.bytes_out.fetch_add(job.bytes_out, Ordering::Relaxed);
         self.remember(JobInfo {
             job: job.id,
             op: job.spec.op,
@@ -955,7 +975,7 @@ impl Shard {
                         failures: Vec::new(),
                     },
                 ),
-                Err(err) => protocol::error(waiter.reply.id.as_ref(), err),
+                Err(err) => error_line(waiter.reply.id.as_ref(), err),
             };
             self.reply(&waiter.reply, line, true);
         }
@@ -1024,6 +1044,8 @@ impl Shard {
     fn cancel(&mut self, id: JobId, reply: ReplyTo) {
         if let Some(pos) = self.queue.iter().position(|q| q.id == id) {
             let queued = self.queue.remove(pos).expect("position is valid");
+            metrics::job_ended(queued.spec.op, JobResult::Cancelled, 0.0);
+            self.metrics.jobs(self.queue.len(), self.seq_to_slot.len());
             self.by_key.remove(&(
                 queued.spec.op,
                 queued.spec.input.clone(),
@@ -1034,7 +1056,7 @@ impl Shard {
                 format!("{}: the job was cancelled", queued.spec.input.display()),
             );
             for waiter in queued.waiters.into_iter().filter(|w| w.wait) {
-                let line = protocol::error(waiter.reply.id.as_ref(), &err);
+                let line = error_line(waiter.reply.id.as_ref(), &err);
                 self.reply(&waiter.reply, line, true);
             }
             self.remember(JobInfo {
@@ -1066,7 +1088,7 @@ impl Shard {
             ),
             None => unknown_job(id),
         };
-        let line = protocol::error(reply.id.as_ref(), &err);
+        let line = error_line(reply.id.as_ref(), &err);
         self.reply(&reply, line, true);
     }
 
@@ -1097,6 +1119,7 @@ impl Shard {
             Ok(fd) => {
                 let creds = rustix::net::sockopt::socket_peercred(&fd);
                 let open = self.shared.connections.fetch_add(1, Ordering::Relaxed);
+                metrics::connections(open + 1);
                 match creds {
                     Ok(creds) if open < MAX_CONNECTIONS => {
                         let target = self.next_conn_shard % self.shared.inboxes.len();
@@ -1113,7 +1136,7 @@ impl Shard {
                         let err = Error::new(Code::Busy, "too many connections; retry shortly");
                         let _ = rustix::net::send(
                             &fd,
-                            protocol::error(None, &err).as_bytes(),
+                            error_line(None, &err).as_bytes(),
                             rustix::net::SendFlags::DONTWAIT,
                         );
                         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
@@ -1137,6 +1160,7 @@ impl Shard {
     }
 
     fn tick(&mut self) {
+        test_hooks::maybe_hang(self.index, self.shared.started);
         if let Some(until) = self.accept_paused_until
             && Instant::now() >= until
         {
@@ -1213,6 +1237,40 @@ impl Shard {
             .is_some_and(|d| Instant::now() >= d + Duration::from_secs(1));
         self.conns.is_empty() || deadline_passed
     }
+}
+
+/// Hooks that exist only in debug builds (the test suite's): never in a release binary.
+mod test_hooks {
+    use std::time::Instant;
+
+    /// `RINGCRYPT_TEST_HANG_SHARD=I:MS` makes shard I stop looping MS milliseconds after
+    /// start, as a wedged shard would, so the watchdog test can see the pings stop.
+    #[cfg(debug_assertions)]
+    pub fn maybe_hang(index: usize, started: Instant) {
+        let Ok(spec) = std::env::var("RINGCRYPT_TEST_HANG_SHARD") else {
+            return;
+        };
+        let Some((shard, after)) = spec.split_once(':') else {
+            return;
+        };
+        let (Ok(shard), Ok(after)) = (shard.parse::<usize>(), after.parse::<u64>()) else {
+            return;
+        };
+        if shard == index && started.elapsed().as_millis() as u64 >= after {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub fn maybe_hang(_index: usize, _started: Instant) {}
+}
+
+/// An error reply line, counted by code.
+fn error_line(id: Option<&RequestId>, err: &Error) -> String {
+    metrics::error_reply(err.code);
+    protocol::error(id, err)
 }
 
 fn unknown_job(id: JobId) -> Error {

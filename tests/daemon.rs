@@ -743,6 +743,46 @@ fn second_daemon_refused(backend: &'static str) {
     assert_eq!(pong["type"], "pong", "{pong}");
 }
 
+/// 10. A client that disconnects right after sending a job does not cancel it.
+///
+/// Intact: the job still runs to the end: the output appears, complete, and decrypts to the
+/// input; `status` from a new connection says `done`; no temp file remains.
+fn disconnect_does_not_cancel(backend: &'static str) {
+    let d = Daemon::start(backend);
+    let input = d.root.join("leave.bin");
+    let output = d.root.join("leave.bin.rc");
+    write_big(&input, 16);
+    let mut a = d.client();
+    let mut req = file_req("encrypt", &input, &output);
+    req["id"] = json!("gone");
+    a.send(&req);
+    let accepted = a.recv();
+    assert_eq!(accepted["type"], "accepted", "{accepted}");
+    let job = accepted["job"].as_str().unwrap().to_string();
+    drop(a);
+    let mut b = d.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = b.call(&json!({"op": "status", "job": job}));
+        assert_eq!(status["type"], "status", "{status}");
+        if status["state"] == "done" {
+            break;
+        }
+        assert!(
+            status["state"] == "running" || status["state"] == "queued",
+            "the job must go on after its client left: {status}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {job} never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let plain = fs::read(&input).unwrap();
+    assert_decrypts_to(&d.ring(), &output, &plain, &d.dir.path().join("scratch"));
+    assert!(temp_files(d.dir.path()).is_empty());
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod uring {
@@ -764,4 +804,5 @@ both_backends!(
     refused_requests,
     sigterm_under_load,
     second_daemon_refused,
+    disconnect_does_not_cancel,
 );

@@ -1,0 +1,257 @@
+//! Prometheus metrics (DESIGN §7): the only place metric names are spelled.
+//!
+//! Counters, gauges and the job histogram go through the `metrics` facade into
+//! `metrics-exporter-prometheus`'s recorder. Each shard holds its own labelled handles, so
+//! shards never touch the same atomic. Crypto time is a fractional-seconds counter, which the
+//! facade's integer counters cannot carry, so this room keeps it (one cache line per shard)
+//! and renders that family itself. `/metrics` is served by a small std HTTP endpoint on its
+//! own thread: one request per connection, bounded in size and time. With metrics off, or
+//! before [`install`], every call here is a no-op.
+//!
+//! What this room does not do: decide what to count (the shards and jobs call it).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ::metrics::{
+    Counter, Gauge, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::{Code, Error};
+use crate::limits::MAX_QUEUED_JOBS_PER_SHARD;
+use crate::protocol::FileOp;
+
+const JOBS: &str = "ringcrypt_jobs_total";
+const JOB_SECONDS: &str = "ringcrypt_job_duration_seconds";
+const BYTES_READ: &str = "ringcrypt_bytes_read_total";
+const BYTES_WRITTEN: &str = "ringcrypt_bytes_written_total";
+const QUEUE_DEPTH: &str = "ringcrypt_queue_depth";
+const QUEUE_CAPACITY: &str = "ringcrypt_queue_capacity";
+const INFLIGHT: &str = "ringcrypt_jobs_inflight";
+const CRYPTO_SECONDS: &str = "ringcrypt_crypto_seconds_total";
+const CONNECTIONS: &str = "ringcrypt_connections_active";
+const ERRORS: &str = "ringcrypt_errors_total";
+const BUILD_INFO: &str = "ringcrypt_build_info";
+
+/// Job duration buckets: 10 µs (a cached 4 KiB file) to 100 s (tens of GiB).
+const JOB_BUCKETS: [f64; 15] = [
+    1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0,
+];
+
+/// Largest HTTP request head read from a scraper; anything longer is answered 400.
+const MAX_HTTP_REQUEST_BYTES: usize = 8192;
+
+/// How long a scraper may take to send its request or read the answer.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One shard's crypto nanoseconds, alone on its cache line.
+#[repr(align(64))]
+struct Padded(AtomicU64);
+
+static CRYPTO_NANOS: OnceLock<Box<[Padded]>> = OnceLock::new();
+
+/// One shard's metric handles.
+pub struct ShardMetrics {
+    shard: usize,
+    bytes_read: Counter,
+    bytes_written: Counter,
+    queue_depth: Gauge,
+    inflight: Gauge,
+}
+
+impl ShardMetrics {
+    pub fn new(shard: usize) -> ShardMetrics {
+        let label = shard.to_string();
+        gauge!(QUEUE_CAPACITY, "shard" => label.clone()).set(MAX_QUEUED_JOBS_PER_SHARD as f64);
+        ShardMetrics {
+            shard,
+            bytes_read: counter!(BYTES_READ, "shard" => label.clone()),
+            bytes_written: counter!(BYTES_WRITTEN, "shard" => label.clone()),
+            queue_depth: gauge!(QUEUE_DEPTH, "shard" => label.clone()),
+            inflight: gauge!(INFLIGHT, "shard" => label),
+        }
+    }
+
+    pub fn read(&self, bytes: u64) {
+        self.bytes_read.increment(bytes);
+    }
+
+    pub fn written(&self, bytes: u64) {
+        self.bytes_written.increment(bytes);
+    }
+
+    pub fn jobs(&self, queued: usize, running: usize) {
+        self.queue_depth.set(queued as f64);
+        self.inflight.set(running as f64);
+    }
+
+    pub fn crypto(&self, spent: Duration) {
+        if let Some(table) = CRYPTO_NANOS.get()
+            && let Some(slot) = table.get(self.shard)
+        {
+            slot.0.fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How a job ended, for `ringcrypt_jobs_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobResult {
+    Ok,
+    Failed,
+    Cancelled,
+}
+
+/// A file job ended after `seconds`.
+pub fn job_ended(op: FileOp, result: JobResult, seconds: f64) {
+    let result = match result {
+        JobResult::Ok => "ok",
+        JobResult::Failed => "failed",
+        JobResult::Cancelled => "cancelled",
+    };
+    counter!(JOBS, "op" => op.as_str(), "result" => result).increment(1);
+    histogram!(JOB_SECONDS, "op" => op.as_str()).record(seconds);
+}
+
+/// An error reply with `code` was sent.
+pub fn error_reply(code: Code) {
+    counter!(ERRORS, "code" => code.as_str()).increment(1);
+}
+
+/// The number of open client connections.
+pub fn connections(open: usize) {
+    gauge!(CONNECTIONS).set(open as f64);
+}
+
+/// Sets `ringcrypt_build_info` once the IO backend is known.
+pub fn build_info(version: &str, backend: &str) {
+    gauge!(BUILD_INFO, "version" => version.to_string(), "backend" => backend.to_string()).set(1.0);
+}
+
+/// The running endpoint.
+pub struct Exporter {
+    pub addr: SocketAddr,
+}
+
+/// Installs the recorder and serves `/metrics` on `addr` from a background thread.
+pub fn install(addr: SocketAddr, shards: usize) -> Result<Exporter, Error> {
+    let listener = TcpListener::bind(addr).map_err(|e| {
+        Error::new(
+            Code::from_io(&e),
+            format!("cannot serve metrics on {addr}: {e}"),
+        )
+    })?;
+    let addr = listener.local_addr().unwrap_or(addr);
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(JOB_SECONDS.into()), &JOB_BUCKETS)
+        .map_err(|e| Error::new(Code::Internal, format!("metrics: {e}")))?
+        .install_recorder()
+        .map_err(|e| Error::new(Code::Internal, format!("metrics: {e}")))?;
+    let _ = CRYPTO_NANOS.set((0..shards).map(|_| Padded(AtomicU64::new(0))).collect());
+    describe();
+    connections(0);
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || serve(listener, handle))
+        .map_err(|e| {
+            Error::new(
+                Code::Internal,
+                format!("cannot start the metrics thread: {e}"),
+            )
+        })?;
+    Ok(Exporter { addr })
+}
+
+fn describe() {
+    describe_counter!(
+        JOBS,
+        "File jobs that ended, by operation and result (ok, failed, cancelled)."
+    );
+    describe_histogram!(
+        JOB_SECONDS,
+        "Wall time of file jobs from start to done, by operation."
+    );
+    describe_counter!(BYTES_READ, "Bytes read from input files, by shard.");
+    describe_counter!(BYTES_WRITTEN, "Bytes written to output files, by shard.");
+    describe_gauge!(QUEUE_DEPTH, "Jobs waiting for buffers on the shard.");
+    describe_gauge!(
+        QUEUE_CAPACITY,
+        "Jobs a shard's queue holds before new single jobs get busy."
+    );
+    describe_gauge!(INFLIGHT, "Jobs running on the shard.");
+    describe_gauge!(CONNECTIONS, "Open client connections.");
+    describe_counter!(ERRORS, "Error replies sent, by wire code.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; labels carry the version and the IO backend."
+    );
+}
+
+/// The exposition text: the recorder's families plus the crypto-seconds counter.
+fn render(handle: &PrometheusHandle) -> String {
+    handle.run_upkeep();
+    let mut text = handle.render();
+    text.push_str(&format!(
+        "# HELP {CRYPTO_SECONDS} Seconds spent in AES and HMAC, by shard.\n# TYPE {CRYPTO_SECONDS} counter\n"
+    ));
+    if let Some(table) = CRYPTO_NANOS.get() {
+        for (shard, slot) in table.iter().enumerate() {
+            let seconds = slot.0.load(Ordering::Relaxed) as f64 / 1e9;
+            text.push_str(&format!(
+                "{CRYPTO_SECONDS}{{shard=\"{shard}\"}} {seconds}\n"
+            ));
+        }
+    }
+    text
+}
+
+fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    // One scrape at a time: scrapes are rare, and a slow one is cut off by the timeouts.
+    for stream in listener.incoming().flatten() {
+        let _ = answer(stream, &handle);
+    }
+}
+
+fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > MAX_HTTP_REQUEST_BYTES {
+            return respond(&mut stream, "400 Bad Request", "request too large\n");
+        }
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some("GET"), Some("/metrics")) => respond(&mut stream, "200 OK", &render(handle)),
+        (Some("GET"), Some(_)) => respond(&mut stream, "404 Not Found", "try /metrics\n"),
+        _ => respond(
+            &mut stream,
+            "400 Bad Request",
+            "only GET /metrics is served\n",
+        ),
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
+}
