@@ -1,0 +1,777 @@
+//! The daemon end to end: throughput and latency of `ringcryptd` through its socket, with
+//! `openssl enc` as the baseline in the same run (DESIGN §1, §2, §5; README "Performance").
+//!
+//! A plain bench binary (`harness = false`): `cargo bench --bench daemon` prints a table and
+//! asserts nothing about speed. It makes a scratch directory (under /dev/shm when it exists,
+//! so tmpfs keeps the disk out of the figures; `--dir PATH` puts it under PATH instead), a
+//! 0600 key ring with `ringcrypt keygen`, and starts a fresh `ringcryptd` for every row of the
+//! table, so each row's peak RSS (VmHWM) is that row's alone. Requests are raw JSON lines on a
+//! `UnixStream`, all with `wait: true`, timed from the send to the `done` line.
+//!
+//! The measurements, after reading every input once to warm the page cache:
+//!
+//! 1. one 1 GiB file: encrypt (`--fsync never` and `always`) and decrypt (`never`), against
+//!    `openssl enc -aes-256-cbc -pbkdf2 -iter 10000`;
+//! 2. 1000 files of 1 MiB from 16 concurrent clients, each on its own connection pipelining
+//!    its share, against `find | xargs -0 -P2 openssl enc`;
+//! 3. 10,000 sequential 4 KiB encrypt jobs on one connection: p50, p99, max.
+//!
+//! `--quick` (or `RINGCRYPT_BENCH_QUICK=1`) shrinks every size for a smoke run; other
+//! arguments, such as the `--bench` that `cargo bench` passes, are ignored. Each measurement's
+//! outputs are deleted before the next, so at most one input set and one output set exist at
+//! a time (about 2 GiB in a full run).
+
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const DAEMON_EXE: &str = env!("CARGO_BIN_EXE_ringcryptd");
+const CLIENT_EXE: &str = env!("CARGO_BIN_EXE_ringcrypt");
+
+/// How long a fresh daemon may take to answer its first ping.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long SIGTERM may take: the daemon drains running jobs for up to 30 s.
+const STOP_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long any one reply may take; a 1 GiB job with fsync on a slow disk stays well inside.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(600);
+/// Concurrent clients in measurement 2, each with its own connection.
+const CLIENTS: usize = 16;
+/// Parallel openssl processes in the `xargs` baseline.
+const XARGS_PARALLEL: usize = 2;
+/// The baseline's cipher and key derivation, as README "Performance" quotes it.
+const OPENSSL_ENC: &str = "openssl enc -aes-256-cbc -pbkdf2 -iter 10000 -pass pass:x";
+
+const MIB: u64 = 1 << 20;
+
+/// What one run measures.
+struct Sizes {
+    big_bytes: u64,
+    many_files: usize,
+    many_file_bytes: u64,
+    latency_jobs: usize,
+    latency_file_bytes: u64,
+}
+
+const FULL: Sizes = Sizes {
+    big_bytes: 1024 * MIB,
+    many_files: 1000,
+    many_file_bytes: MIB,
+    latency_jobs: 10_000,
+    latency_file_bytes: 4096,
+};
+
+const QUICK: Sizes = Sizes {
+    big_bytes: 64 * MIB,
+    many_files: 100,
+    many_file_bytes: MIB,
+    latency_jobs: 1000,
+    latency_file_bytes: 4096,
+};
+
+struct Args {
+    quick: bool,
+    dir: Option<PathBuf>,
+}
+
+impl Args {
+    fn parse() -> Args {
+        let mut quick = std::env::var("RINGCRYPT_BENCH_QUICK").is_ok_and(|v| v == "1");
+        let mut dir = None;
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            if arg == "--quick" {
+                quick = true;
+            } else if arg == "--dir" {
+                dir = args.next().map(PathBuf::from);
+            } else if let Some(path) = arg.strip_prefix("--dir=") {
+                dir = Some(PathBuf::from(path));
+            }
+        }
+        Args { quick, dir }
+    }
+}
+
+/// The scratch directory: created empty, removed with everything in it on drop.
+struct Scratch {
+    path: PathBuf,
+    /// Where it is, in words, for the report.
+    note: String,
+}
+
+impl Scratch {
+    fn create(dir: Option<PathBuf>) -> Scratch {
+        let (base, note) = match dir {
+            Some(dir) => (dir, "--dir: the figures include that filesystem"),
+            None if Path::new("/dev/shm").is_dir() => (
+                PathBuf::from("/dev/shm"),
+                "tmpfs: the disk is kept out of the figures, and fsync costs little",
+            ),
+            None => (
+                std::env::temp_dir(),
+                "no /dev/shm: the figures include the disk",
+            ),
+        };
+        let path = base.join(format!("ringcrypt-bench-{}", std::process::id()));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        // Canonical, so request paths are absolute and free of symlinks as the daemon needs.
+        let path = fs::canonicalize(&path).expect("the scratch directory was just made");
+        let note = format!("{} ({note})", path.display());
+        Scratch { path, note }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            eprintln!("warning: could not remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Fsync {
+    Never,
+    Always,
+}
+
+impl Fsync {
+    fn as_str(self) -> &'static str {
+        match self {
+            Fsync::Never => "never",
+            Fsync::Always => "always",
+        }
+    }
+}
+
+/// A running `ringcryptd`; SIGTERM and a wait for its exit on drop.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    /// The `pong` it answered its first ping with (shards, backend).
+    pong: Value,
+}
+
+impl Daemon {
+    fn start(dir: &Path, keys: &Path, fsync: Fsync) -> Daemon {
+        let socket = dir.join("s.sock");
+        let log = dir.join("daemon.log");
+        let log_file = fs::File::create(&log).expect("create the daemon log");
+        let child = Command::new(DAEMON_EXE)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--keys")
+            .arg(keys)
+            .arg("--allow-root")
+            .arg(dir)
+            .args(["--fsync", fsync.as_str()])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone the log fd"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn ringcryptd");
+        let mut daemon = Daemon {
+            child,
+            socket,
+            log,
+            pong: Value::Null,
+        };
+        daemon.pong = daemon.wait_for_pong();
+        daemon
+    }
+
+    fn wait_for_pong(&mut self) -> Value {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "ringcryptd exited at start ({status}); log:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(mut conn) = Conn::connect(&self.socket) {
+                conn.send(&json!({"op": "ping"}));
+                let reply = conn.recv();
+                if reply["type"] == "pong" {
+                    return reply;
+                }
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "ringcryptd did not answer ping within {START_TIMEOUT:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    fn connect(&self) -> Conn {
+        Conn::connect(&self.socket).expect("connect to ringcryptd")
+    }
+
+    /// Peak resident set size so far, from VmHWM in /proc/PID/status.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return,
+                Ok(Some(status)) => {
+                    eprintln!("warning: ringcryptd exited with {status} after SIGTERM");
+                    eprintln!("{}", self.log_text());
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    eprintln!("warning: ringcryptd ignored SIGTERM for {STOP_TIMEOUT:?}; killed");
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One client connection: JSON lines each way.
+struct Conn {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Conn {
+    fn connect(socket: &Path) -> io::Result<Conn> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Conn { stream, reader })
+    }
+
+    fn send(&mut self, request: &Value) {
+        self.send_raw(&line(request));
+    }
+
+    fn send_raw(&mut self, lines: &[u8]) {
+        self.stream.write_all(lines).expect("send a request");
+    }
+
+    fn recv(&mut self) -> Value {
+        let mut text = String::new();
+        let n = self.reader.read_line(&mut text).expect("read a reply");
+        assert!(n > 0, "ringcryptd closed the connection");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("reply {text:?} is not JSON: {e}"))
+    }
+
+    /// Reads replies until a job ends and returns its `done`; a job that fails stops the bench.
+    fn until_done(&mut self) -> Value {
+        loop {
+            let reply = self.recv();
+            match reply["type"].as_str() {
+                Some("done") => return reply,
+                Some("error") => panic!("job failed: {reply}"),
+                _ => {} // accepted, progress
+            }
+        }
+    }
+}
+
+fn line(request: &Value) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(request).expect("a JSON value serializes");
+    bytes.push(b'\n');
+    bytes
+}
+
+fn file_job(op: &str, id: usize, input: &Path, output: &Path) -> Value {
+    json!({
+        "op": op,
+        "id": id,
+        "input": input.to_str().expect("scratch paths are UTF-8"),
+        "output": output.to_str().expect("scratch paths are UTF-8"),
+        "wait": true,
+    })
+}
+
+/// Sends one file job and waits for its `done`; returns the time from send to `done`.
+fn one_job(conn: &mut Conn, op: &str, id: usize, input: &Path, output: &Path) -> Duration {
+    let start = Instant::now();
+    conn.send(&file_job(op, id, input, output));
+    let done = conn.until_done();
+    let time = start.elapsed();
+    assert_eq!(done["files_ok"], 1, "{op} {}: {done}", input.display());
+    time
+}
+
+/// `--fsync` variants, fresh daemon each, then `run` on it; returns the figure and the
+/// daemon's peak RSS.
+fn with_daemon<T>(bench: &Bench, fsync: Fsync, run: impl FnOnce(&Daemon) -> T) -> (T, String) {
+    let daemon = Daemon::start(&bench.dir, &bench.keys, fsync);
+    let figure = run(&daemon);
+    let rss = daemon
+        .peak_rss_mib()
+        .map_or("?".to_string(), |mib| format!("{mib:.0} MiB"));
+    (figure, rss)
+}
+
+/// Everything the measurements share.
+struct Bench {
+    dir: PathBuf,
+    keys: PathBuf,
+    sizes: Sizes,
+}
+
+/// Fills a file with `bytes` of pseudo-random data (the cipher does not care what, but the
+/// data should not be trivially compressible by anything in between).
+fn write_input(path: &Path, bytes: u64, seed: u64) {
+    let mut block = vec![0u8; (8 * MIB).min(bytes) as usize];
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for word in block.chunks_exact_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        word.copy_from_slice(&state.to_le_bytes());
+    }
+    let mut file = fs::File::create(path).expect("create an input");
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n]).expect("write an input");
+        left -= n as u64;
+    }
+}
+
+/// Reads a file once so the measurement finds it in the page cache.
+fn warm(path: &Path) {
+    let mut file = fs::File::open(path).expect("open an input");
+    io::copy(&mut file, &mut io::sink()).expect("read an input");
+}
+
+fn remove(path: &Path) {
+    fs::remove_file(path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+}
+
+/// Runs a command to completion and returns how long it took; a failure stops the bench.
+fn time_command(cmd: &mut Command) -> Duration {
+    let start = Instant::now();
+    let out = cmd.output().expect("spawn a baseline command");
+    let time = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    time
+}
+
+fn openssl_enc(input: &Path, output: &Path) -> Command {
+    let mut words = OPENSSL_ENC.split_whitespace();
+    let mut cmd = Command::new(words.next().expect("a program name"));
+    cmd.args(words)
+        .arg("-in")
+        .arg(input)
+        .arg("-out")
+        .arg(output);
+    cmd
+}
+
+fn mb_per_s(bytes: u64, time: Duration) -> f64 {
+    bytes as f64 / time.as_secs_f64() / 1e6
+}
+
+/// A left-aligned first column, right-aligned figures, widths from the contents.
+struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&'static str]) -> Table {
+        Table {
+            header: header.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        assert_eq!(cells.len(), self.header.len(), "one cell per column");
+        self.rows.push(cells);
+    }
+
+    fn print(&self) {
+        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
+        let widths: Vec<usize> = (0..header.len())
+            .map(|col| {
+                std::iter::once(&header)
+                    .chain(&self.rows)
+                    .map(|row| row[col].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let print_row = |row: &[String]| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(col, (cell, &width))| match col {
+                    0 => format!("{cell:<width$}"),
+                    _ => format!("{cell:>width$}"),
+                })
+                .collect();
+            println!("{}", cells.join("  ").trim_end());
+        };
+        print_row(&header);
+        let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
+        println!("{}", rule.join("  "));
+        for row in &self.rows {
+            print_row(row);
+        }
+    }
+}
+
+fn throughput_row(
+    what: String,
+    fsync: &str,
+    bytes: u64,
+    files: usize,
+    time: Duration,
+    baseline_mb_s: Option<f64>,
+    rss: &str,
+) -> Vec<String> {
+    let rate = mb_per_s(bytes, time);
+    vec![
+        what,
+        fsync.to_string(),
+        format!("{:.3}", time.as_secs_f64()),
+        format!("{rate:.0}"),
+        // A single file's files/s only restates its time.
+        match files {
+            1 => "-".to_string(),
+            _ => format!("{:.0}", files as f64 / time.as_secs_f64()),
+        },
+        baseline_mb_s.map_or("1.00x".to_string(), |base| format!("{:.2}x", rate / base)),
+        rss.to_string(),
+    ]
+}
+
+/// Measurement 1: one big file through the socket, and `openssl enc` on it.
+fn one_big_file(bench: &Bench, table: &mut Table) {
+    let bytes = bench.sizes.big_bytes;
+    let mib = bytes / MIB;
+    let input = bench.dir.join("big.bin");
+    let sealed = bench.dir.join("big.bin.rcrypt");
+    eprintln!("1. writing a {mib} MiB input");
+    write_input(&input, bytes, 1);
+    warm(&input);
+
+    eprintln!("1. openssl enc, {mib} MiB");
+    let openssl_out = bench.dir.join("big.bin.enc");
+    let openssl_time = time_command(&mut openssl_enc(&input, &openssl_out));
+    remove(&openssl_out);
+    let openssl_rate = mb_per_s(bytes, openssl_time);
+    table.row(throughput_row(
+        format!("1 x {mib} MiB, openssl enc (baseline)"),
+        "-",
+        bytes,
+        1,
+        openssl_time,
+        None,
+        "-",
+    ));
+
+    for fsync in [Fsync::Never, Fsync::Always] {
+        eprintln!("1. encrypt {mib} MiB, fsync {}", fsync.as_str());
+        let (time, rss) = with_daemon(bench, fsync, |daemon| {
+            one_job(&mut daemon.connect(), "encrypt", 1, &input, &sealed)
+        });
+        table.row(throughput_row(
+            format!("1 x {mib} MiB, encrypt"),
+            fsync.as_str(),
+            bytes,
+            1,
+            time,
+            Some(openssl_rate),
+            &rss,
+        ));
+        if let Fsync::Never = fsync {
+            remove(&sealed);
+        }
+    }
+
+    // The last sealed output (fsync always) is decrypt's input; the plaintext goes first so
+    // that only one input and one output exist at a time.
+    remove(&input);
+    warm(&sealed);
+    eprintln!("1. decrypt {mib} MiB, fsync never");
+    let opened = bench.dir.join("big.out");
+    let (time, rss) = with_daemon(bench, Fsync::Never, |daemon| {
+        one_job(&mut daemon.connect(), "decrypt", 2, &sealed, &opened)
+    });
+    let opened_bytes = fs::metadata(&opened)
+        .expect("decrypt wrote its output")
+        .len();
+    assert_eq!(opened_bytes, bytes, "decrypt gave back a different length");
+    remove(&sealed);
+    remove(&opened);
+    table.row(throughput_row(
+        format!("1 x {mib} MiB, decrypt"),
+        "never",
+        bytes,
+        1,
+        time,
+        Some(openssl_rate),
+        &rss,
+    ));
+}
+
+/// Sends every job of `inputs` from `CLIENTS` threads, each on its own connection with its
+/// share pipelined (all lines written at once), and returns the time until the last `done`.
+fn concurrent_clients(daemon: &Daemon, inputs: &[PathBuf]) -> Duration {
+    let start_line = Arc::new(Barrier::new(CLIENTS + 1));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let mut conn = daemon.connect();
+            let mut lines = Vec::new();
+            let mut jobs = 0;
+            for (id, input) in inputs.iter().enumerate().skip(client).step_by(CLIENTS) {
+                let output = input.with_extension("bin.rcrypt");
+                lines.extend(line(&file_job("encrypt", id, input, &output)));
+                jobs += 1;
+            }
+            let start_line = Arc::clone(&start_line);
+            thread::spawn(move || {
+                start_line.wait();
+                conn.send_raw(&lines);
+                for _ in 0..jobs {
+                    conn.until_done();
+                }
+                Instant::now()
+            })
+        })
+        .collect();
+    start_line.wait();
+    let start = Instant::now();
+    let end = clients
+        .into_iter()
+        .map(|client| client.join().expect("a client thread"))
+        .max()
+        .expect("at least one client");
+    end - start
+}
+
+/// Measurement 2: many 1 MiB files from concurrent clients, and `find | xargs openssl`.
+fn many_files(bench: &Bench, table: &mut Table) {
+    let Sizes {
+        many_files: count,
+        many_file_bytes: file_bytes,
+        ..
+    } = bench.sizes;
+    let dir = bench.dir.join("many");
+    fs::create_dir(&dir).expect("create the many-files directory");
+    eprintln!("2. writing {count} x {} MiB inputs", file_bytes / MIB);
+    let inputs: Vec<PathBuf> = (0..count)
+        .map(|i| {
+            let path = dir.join(format!("f{i:05}.bin"));
+            write_input(&path, file_bytes, i as u64 + 2);
+            path
+        })
+        .collect();
+    for input in &inputs {
+        warm(input);
+    }
+    let total = file_bytes * count as u64;
+    let label = format!("{count} x {} MiB", file_bytes / MIB);
+
+    eprintln!("2. find | xargs -P{XARGS_PARALLEL} openssl enc, {label}");
+    let script = format!(
+        "find \"$1\" -name '*.bin' -print0 | xargs -0 -P{XARGS_PARALLEL} -I{{}} \
+         {OPENSSL_ENC} -in {{}} -out {{}}.enc"
+    );
+    let openssl_time = time_command(Command::new("sh").args(["-c", &script, "sh"]).arg(&dir));
+    for input in &inputs {
+        remove(&input.with_extension("bin.enc"));
+    }
+    let openssl_rate = mb_per_s(total, openssl_time);
+    table.row(throughput_row(
+        format!("{label}, openssl via xargs -P{XARGS_PARALLEL} (baseline)"),
+        "-",
+        total,
+        count,
+        openssl_time,
+        None,
+        "-",
+    ));
+
+    for fsync in [Fsync::Never, Fsync::Always] {
+        eprintln!(
+            "2. encrypt {label}, {CLIENTS} clients, fsync {}",
+            fsync.as_str()
+        );
+        let (time, rss) = with_daemon(bench, fsync, |daemon| concurrent_clients(daemon, &inputs));
+        for input in &inputs {
+            remove(&input.with_extension("bin.rcrypt"));
+        }
+        table.row(throughput_row(
+            format!("{label}, encrypt, {CLIENTS} clients"),
+            fsync.as_str(),
+            total,
+            count,
+            time,
+            Some(openssl_rate),
+            &rss,
+        ));
+    }
+    fs::remove_dir_all(&dir).expect("remove the many-files directory");
+}
+
+/// The nearest-rank percentile `p` (0..=1) of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Measurement 3: sequential small jobs on one connection, each sent after the last `done`.
+fn latency(bench: &Bench, table: &mut Table) {
+    let Sizes {
+        latency_jobs: jobs,
+        latency_file_bytes: file_bytes,
+        ..
+    } = bench.sizes;
+    let dir = bench.dir.join("small");
+    fs::create_dir(&dir).expect("create the small-files directory");
+    eprintln!("3. writing {jobs} x {} KiB inputs", file_bytes / 1024);
+    let inputs: Vec<PathBuf> = (0..jobs)
+        .map(|i| {
+            let path = dir.join(format!("s{i:05}.bin"));
+            write_input(&path, file_bytes, i as u64 + 1_000_000);
+            path
+        })
+        .collect();
+    for input in &inputs {
+        warm(input);
+    }
+
+    eprintln!("3. {jobs} sequential encrypt jobs, fsync never");
+    let ((mut samples, total), rss) = with_daemon(bench, Fsync::Never, |daemon| {
+        let mut conn = daemon.connect();
+        let start = Instant::now();
+        let samples: Vec<Duration> = inputs
+            .iter()
+            .enumerate()
+            .map(|(id, input)| {
+                let output = input.with_extension("bin.rcrypt");
+                one_job(&mut conn, "encrypt", id, input, &output)
+            })
+            .collect();
+        (samples, start.elapsed())
+    });
+    fs::remove_dir_all(&dir).expect("remove the small-files directory");
+    samples.sort();
+    let micros = |d: Duration| format!("{}", d.as_micros());
+    table.row(vec![
+        format!("{jobs} x {} KiB encrypt, one connection", file_bytes / 1024),
+        "never".to_string(),
+        micros(percentile(&samples, 0.50)),
+        micros(percentile(&samples, 0.99)),
+        micros(*samples.last().expect("at least one job")),
+        format!("{:.0}", jobs as f64 / total.as_secs_f64()),
+        rss,
+    ]);
+}
+
+/// A fresh key ring, mode 0600, from `ringcrypt keygen`.
+fn make_key_ring(dir: &Path) -> PathBuf {
+    let out = Command::new(CLIENT_EXE)
+        .args(["keygen", "--name", "bench"])
+        .output()
+        .expect("run ringcrypt keygen");
+    assert!(out.status.success(), "ringcrypt keygen failed: {out:?}");
+    let path = dir.join("keys.toml");
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| file.write_all(&out.stdout))
+        .expect("write the key ring");
+    path
+}
+
+fn main() {
+    let args = Args::parse();
+    let scratch = Scratch::create(args.dir);
+    let bench = Bench {
+        keys: make_key_ring(&scratch.path),
+        dir: scratch.path.clone(),
+        sizes: if args.quick { QUICK } else { FULL },
+    };
+
+    let pong = Daemon::start(&bench.dir, &bench.keys, Fsync::Never)
+        .pong
+        .clone();
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+
+    let mut throughput = Table::new(&[
+        "throughput",
+        "fsync",
+        "seconds",
+        "MB/s",
+        "files/s",
+        "vs openssl",
+        "daemon VmHWM",
+    ]);
+    one_big_file(&bench, &mut throughput);
+    many_files(&bench, &mut throughput);
+    let mut latencies = Table::new(&[
+        "latency",
+        "fsync",
+        "p50 us",
+        "p99 us",
+        "max us",
+        "jobs/s",
+        "daemon VmHWM",
+    ]);
+    latency(&bench, &mut latencies);
+
+    println!(
+        "\nringcrypt daemon bench{}: ringcryptd {} with {} shards, backend {}, {cores} cores",
+        if args.quick { " (quick)" } else { "" },
+        pong["version"].as_str().unwrap_or("?"),
+        pong["shards"],
+        pong["backend"].as_str().unwrap_or("?"),
+    );
+    println!("scratch: {}", scratch.note);
+    println!(
+        "MB/s = 10^6 plaintext bytes/s from request sent to the last `done`; a fresh daemon per \
+         row, so VmHWM is that row's peak RSS\n"
+    );
+    throughput.print();
+    println!();
+    latencies.print();
+    println!(
+        "\nbaselines: `{OPENSSL_ENC} -in F -out F.enc`, one process per file (single-chain CBC, \
+         no MAC); \"vs openssl\" divides by the baseline of the same size in this run"
+    );
+}
