@@ -783,6 +783,51 @@ fn disconnect_does_not_cancel(backend: &'static str) {
     assert!(temp_files(d.dir.path()).is_empty());
 }
 
+/// 11. SIGHUP reloads the key ring; a ring that no longer parses leaves the old one in force.
+///
+/// Intact: after a good reload `keys` lists the added key and it encrypts; after a bad one
+/// the daemon still serves with the previous ring.
+fn sighup_reloads_keys(backend: &'static str) {
+    let d = Daemon::start(backend);
+    let mut text = fs::read_to_string(&d.keys).unwrap();
+    text.push_str(&keygen("hup"));
+    fs::write(&d.keys, &text).unwrap();
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &d.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    hup();
+    let mut c = d.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = c.call(&json!({"op": "keys"}));
+        if keys.to_string().contains("\"hup\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP never reloaded: {keys}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let input = d.root.join("hup.txt");
+    fs::write(&input, b"after reload").unwrap();
+    let mut req = file_req("encrypt", &input, &d.root.join("hup.rc"));
+    req["key"] = json!("hup");
+    let replies = c.job(&req);
+    assert_eq!(replies.last().unwrap()["type"], "done", "{replies:?}");
+    // A broken ring: the reload is refused and the daemon keeps the one it has.
+    fs::write(&d.keys, "this is not toml [").unwrap();
+    hup();
+    std::thread::sleep(Duration::from_millis(300));
+    let keys = c.call(&json!({"op": "keys"}));
+    assert!(
+        keys.to_string().contains("\"hup\""),
+        "the old ring was dropped: {keys}"
+    );
+    assert_eq!(c.call(&json!({"op": "ping"}))["type"], "pong");
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod uring {
@@ -805,4 +850,5 @@ both_backends!(
     sigterm_under_load,
     second_daemon_refused,
     disconnect_does_not_cancel,
+    sighup_reloads_keys,
 );
