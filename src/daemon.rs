@@ -23,7 +23,7 @@ use crate::limits::{CHUNK_LOG2_DEFAULT, CHUNK_LOG2_MIN, DRAIN_TIMEOUT, RUNNING_J
 use crate::metrics;
 use crate::notify::{self, Notifier};
 use crate::output::Durability;
-use crate::reactor::BackendKind;
+use crate::reactor::{BackendKind, Reactor};
 use crate::roots::Roots;
 use crate::shard::{Msg, Shard, Shared};
 
@@ -438,17 +438,27 @@ pub fn run(config: Config) -> Result<(), Error> {
         None => bind(&config.socket)?,
     };
     let backend = match std::env::var("RINGCRYPT_BACKEND").ok().as_deref() {
-        Some("sync") => Some(BackendKind::Sync),
-        Some("uring") | Some("io_uring") => Some(BackendKind::Uring),
+        Some("sync") => BackendKind::Sync,
+        Some("uring") | Some("io_uring") => BackendKind::Uring,
         Some(other) => {
             return Err(Error::new(
                 Code::BadRequest,
                 format!("RINGCRYPT_BACKEND={other:?}: use sync or uring"),
             ));
         }
-        None => None,
+        // Decided once, here, so every shard runs the same backend, the listener's blocking
+        // mode matches it, and the metrics can name it before the first request.
+        None => match Reactor::probe_uring() {
+            Ok(()) => BackendKind::Uring,
+            Err(err) => {
+                eprintln!(
+                    "ringcryptd: warning: io_uring is not available ({err}); using the synchronous backend"
+                );
+                BackendKind::Sync
+            }
+        },
     };
-    if backend == Some(BackendKind::Sync) {
+    if backend == BackendKind::Sync {
         rustix::io::ioctl_fionbio(&listener, true)
             .map_err(|e| Error::io("configure", &config.socket, e.into()))?;
     }
@@ -513,6 +523,12 @@ pub fn run(config: Config) -> Result<(), Error> {
             }
         },
     };
+    if metrics_addr.is_some() {
+        // Every series exists (at zero) before the socket serves: dashboards and alerts see
+        // the whole daemon from the first scrape.
+        metrics::build_info(env!("CARGO_PKG_VERSION"), backend.as_str());
+        metrics::preregister(config.shards);
+    }
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let buffers = RUNNING_JOBS_PER_SHARD * BUFFERS_PER_JOB as u16;
     let buf_bytes = pool_buf_bytes(DAEMON_CHUNK_LOG2_MAX);
@@ -531,7 +547,15 @@ pub fn run(config: Config) -> Result<(), Error> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                match Shard::new(index, shared, ring, listener, backend, buffers, buf_bytes) {
+                match Shard::new(
+                    index,
+                    shared,
+                    ring,
+                    listener,
+                    Some(backend),
+                    buffers,
+                    buf_bytes,
+                ) {
                     Ok((shard, warning)) => {
                         let _ = ready.send(Ok((shard.backend(), warning)));
                         shard.run();
@@ -599,7 +623,6 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
 
     if let Some(addr) = metrics_addr {
-        metrics::build_info(env!("CARGO_PKG_VERSION"), backend);
         eprintln!("ringcryptd: metrics at http://{addr}/metrics");
     }
     // The socket listens, the key ring is loaded and every shard runs: ready.

@@ -132,6 +132,21 @@ pub fn build_info(version: &str, backend: &str) {
     gauge!(BUILD_INFO, "version" => version.to_string(), "backend" => backend.to_string()).set(1.0);
 }
 
+/// Creates every series at zero: each shard's, each error code's, each job outcome's.
+pub fn preregister(shards: usize) {
+    for shard in 0..shards {
+        drop(ShardMetrics::new(shard));
+    }
+    for code in Code::ALL {
+        counter!(ERRORS, "code" => code.as_str()).absolute(0);
+    }
+    for op in FileOp::ALL {
+        for result in ["ok", "failed", "cancelled"] {
+            counter!(JOBS, "op" => op.as_str(), "result" => result).absolute(0);
+        }
+    }
+}
+
 /// The running endpoint.
 pub struct Exporter {
     pub addr: SocketAddr,

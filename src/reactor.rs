@@ -256,6 +256,13 @@ impl Reactor {
         Ok((reactor, fallback))
     }
 
+    /// Checks that this process may use io_uring with fixed buffers (seccomp, the
+    /// `kernel.io_uring_disabled` sysctl and the memlock limit all can forbid it).
+    pub fn probe_uring() -> io::Result<()> {
+        let mut pool = vec![vec![0u8; 4096].into_boxed_slice()];
+        Self::setup_uring(&mut pool).map(drop)
+    }
+
     fn setup_uring(pool: &mut [Box<[u8]>]) -> io::Result<IoUring> {
         let ring = IoUring::builder().build(RING_ENTRIES)?;
         if !pool.is_empty() {

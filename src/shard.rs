@@ -1139,7 +1139,8 @@ impl Shard {
                             error_line(None, &err).as_bytes(),
                             rustix::net::SendFlags::DONTWAIT,
                         );
-                        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+                        let open = self.shared.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+                        metrics::connections(open);
                     }
                 }
             }
