@@ -201,6 +201,8 @@ enum Backend {
     Uring {
         ring: Box<IoUring>,
         unsubmitted: usize,
+        /// The pool is registered: pool reads and writes use the fixed-buffer opcodes.
+        fixed: bool,
     },
     Sync {
         ready: VecDeque<(usize, io::Result<u32>)>,
@@ -227,10 +229,14 @@ impl Reactor {
                 parked: Vec::new(),
             },
             _ => match Self::setup_uring(&mut pool) {
-                Ok(ring) => Backend::Uring {
-                    ring: Box::new(ring),
-                    unsubmitted: 0,
-                },
+                Ok((ring, fixed, warning)) => {
+                    fallback = warning;
+                    Backend::Uring {
+                        ring: Box::new(ring),
+                        unsubmitted: 0,
+                        fixed,
+                    }
+                }
                 Err(err) if kind.is_none() => {
                     fallback = Some(format!(
                         "io_uring is not available ({err}); using the synchronous backend"
@@ -259,26 +265,45 @@ impl Reactor {
     /// Checks that this process may use io_uring with fixed buffers (seccomp, the
     /// `kernel.io_uring_disabled` sysctl and the memlock limit all can forbid it).
     pub fn probe_uring() -> io::Result<()> {
-        let mut pool = vec![vec![0u8; 4096].into_boxed_slice()];
-        Self::setup_uring(&mut pool).map(drop)
+        IoUring::builder().build(RING_ENTRIES).map(|_: IoUring| ())
     }
 
-    fn setup_uring(pool: &mut [Box<[u8]>]) -> io::Result<IoUring> {
+    /// A ring, and whether the pool is registered as fixed buffers. Registration counts
+    /// against RLIMIT_MEMLOCK for unprivileged users (8 MiB by default, less than a shard's
+    /// pool); when it is refused the ring still runs, with plain reads and writes into the
+    /// same buffers, and the caller is told why.
+    fn setup_uring(pool: &mut [Box<[u8]>]) -> io::Result<(IoUring, bool, Option<String>)> {
         let ring = IoUring::builder().build(RING_ENTRIES)?;
-        if !pool.is_empty() {
-            let iovecs: Vec<libc::iovec> = pool
-                .iter_mut()
-                .map(|buf| libc::iovec {
-                    iov_base: buf.as_mut_ptr().cast(),
-                    iov_len: buf.len(),
-                })
-                .collect();
-            // SAFETY: the buffers are boxed slices owned by the reactor for its whole life
-            // (never reallocated or dropped before the ring), so the registered addresses
-            // stay valid while the ring can use them.
-            unsafe { ring.submitter().register_buffers(&iovecs)? };
+        if pool.is_empty() {
+            return Ok((ring, false, None));
         }
-        Ok(ring)
+        let iovecs: Vec<libc::iovec> = pool
+            .iter_mut()
+            .map(|buf| libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            })
+            .collect();
+        // SAFETY: the buffers are boxed slices owned by the reactor for its whole life
+        // (never reallocated or dropped before the ring), so the registered addresses
+        // stay valid while the ring can use them.
+        match unsafe { ring.submitter().register_buffers(&iovecs) } {
+            Ok(()) => Ok((ring, true, None)),
+            Err(err) => {
+                let bytes: usize = pool.iter().map(|b| b.len()).sum();
+                let warning = format!(
+                    "cannot register {} MiB of fixed buffers ({err}); using plain io_uring reads \
+                     and writes. Raise the locked-memory limit (LimitMEMLOCK=, ulimit -l) to use them",
+                    bytes >> 20
+                );
+                Ok((ring, false, Some(warning)))
+            }
+        }
+    }
+
+    /// True when pool buffers are registered with the kernel.
+    pub fn fixed_buffers(&self) -> bool {
+        matches!(self.backend, Backend::Uring { fixed: true, .. })
     }
 
     pub fn kind(&self) -> BackendKind {
@@ -367,7 +392,10 @@ impl Reactor {
     }
 
     fn push_entry(&mut self, entry: squeue::Entry) {
-        let Backend::Uring { ring, unsubmitted } = &mut self.backend else {
+        let Backend::Uring {
+            ring, unsubmitted, ..
+        } = &mut self.backend
+        else {
             unreachable!("uring only")
         };
         loop {
@@ -401,10 +429,17 @@ impl Reactor {
             } => {
                 let ptr = self.lend(buf, at, len);
                 slot.held = Held::Buf(buf);
-                opcode::ReadFixed::new(types::Fd(fd), ptr, len as u32, buf.0)
-                    .offset(offset)
-                    .build()
-                    .user_data(ud)
+                if self.fixed_buffers() {
+                    opcode::ReadFixed::new(types::Fd(fd), ptr, len as u32, buf.0)
+                        .offset(offset)
+                        .build()
+                        .user_data(ud)
+                } else {
+                    opcode::Read::new(types::Fd(fd), ptr, len as u32)
+                        .offset(offset)
+                        .build()
+                        .user_data(ud)
+                }
             }
             Op::WriteFixed {
                 fd,
@@ -415,10 +450,17 @@ impl Reactor {
             } => {
                 let ptr = self.lend(buf, at, len);
                 slot.held = Held::Buf(buf);
-                opcode::WriteFixed::new(types::Fd(fd), ptr, len as u32, buf.0)
-                    .offset(offset)
-                    .build()
-                    .user_data(ud)
+                if self.fixed_buffers() {
+                    opcode::WriteFixed::new(types::Fd(fd), ptr, len as u32, buf.0)
+                        .offset(offset)
+                        .build()
+                        .user_data(ud)
+                } else {
+                    opcode::Write::new(types::Fd(fd), ptr, len as u32)
+                        .offset(offset)
+                        .build()
+                        .user_data(ud)
+                }
             }
             Op::WriteVec { fd, data, offset } => {
                 let entry = opcode::Write::new(types::Fd(fd), data.as_ptr(), data.len() as u32)
@@ -768,7 +810,9 @@ impl Reactor {
     /// Hands queued ops to the kernel without waiting (after each crypto batch, so reads
     /// overlap the AES loop).
     pub fn submit(&mut self) {
-        if let Backend::Uring { ring, unsubmitted } = &mut self.backend
+        if let Backend::Uring {
+            ring, unsubmitted, ..
+        } = &mut self.backend
             && *unsubmitted > 0
         {
             match ring.submit() {
@@ -783,7 +827,9 @@ impl Reactor {
     /// without limit; zero: do not wait). Returns the completions, in no particular order.
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) {
         match &mut self.backend {
-            Backend::Uring { ring, unsubmitted } => {
+            Backend::Uring {
+                ring, unsubmitted, ..
+            } => {
                 let want =
                     usize::from(timeout != Some(Duration::ZERO) && ring.completion().is_empty());
                 let result = match timeout {

@@ -196,3 +196,116 @@ fn a_wedged_shard_stops_the_watchdog_pings() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// An unprivileged user's locked-memory limit (8 MiB by default) is smaller than a shard's
+/// buffer pool (32 MiB): the
+/// daemon must still start, say once why it runs without fixed buffers, and serve.
+/// As root (whose CAP_IPC_LOCK ignores the limit) the daemon runs as `nobody`.
+#[test]
+fn a_small_memlock_limit_costs_fixed_buffers_not_the_daemon() {
+    let setup = setup();
+    let root = running_as_root();
+    // nobody must reach the files: a world-traversable scratch dir owned by nobody.
+    let work = tempfile::Builder::new()
+        .prefix("ringcrypt-memlock")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let keys = work.path().join("keys.toml");
+    std::fs::copy(&setup.keys, &keys).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let input = work.path().join("in.bin");
+    std::fs::write(&input, vec![7u8; 300_000]).unwrap();
+    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let socket = work.path().join("s.sock");
+    let script = format!(
+        "ulimit -l 8192 && exec {DAEMON} --socket {} --keys {} --allow-root {} --shards 1 --metrics off",
+        socket.display(),
+        keys.display(),
+        work.path().display()
+    );
+    let mut cmd = if root {
+        let ok = Command::new("chown")
+            .args(["-R", "nobody"])
+            .arg(work.path())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        // setpriv execs in place (no session wrapper), so the child's pid is the daemon's.
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        cmd
+    } else {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script]);
+        cmd
+    };
+    let log = work.path().join("d.log");
+    let mut child = cmd
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the daemon exited ({status:?}): {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        assert!(
+            Instant::now() < end,
+            "no socket: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let request = format!(
+        "{{\"op\":\"encrypt\",\"input\":\"{}\",\"output\":\"{}\"}}\n",
+        input.display(),
+        work.path().join("in.bin.rcrypt").display()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut lines = String::new();
+    while !lines.contains("\"done\"") && !lines.contains("\"error\"") {
+        assert!(
+            reader.read_line(&mut lines).unwrap() > 0,
+            "connection closed: {lines}"
+        );
+    }
+    assert!(lines.contains("\"done\""), "{lines}");
+    let status = terminate(&mut child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status:?}: {text}");
+    assert_eq!(
+        text.matches("fixed buffers").count(),
+        1,
+        "one warning, naming the cause: {text}"
+    );
+    assert!(
+        text.contains("LimitMEMLOCK"),
+        "the warning says how to fix it: {text}"
+    );
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        .unwrap_or(false)
+}
