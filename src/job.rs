@@ -83,6 +83,8 @@ pub struct JobOutcome {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub micros: u64,
+    /// The output already existed and verified (`skip_existing`): nothing was done.
+    pub skipped: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +182,10 @@ pub struct FileJob {
     input: Option<OwnedFd>,
     in_len: u64,
     in_mode: u32,
+    /// The input's modification time (seconds, nanoseconds), given to the output.
+    in_mtime: (i64, i64),
+    /// Finished without work: the output existed and verified.
+    skipped: bool,
     out_dir: Option<OwnedFd>,
     out_name: CString,
     temp: Option<OwnedFd>,
@@ -218,6 +224,8 @@ impl FileJob {
             input: None,
             in_len: 0,
             in_mode: 0o600,
+            in_mtime: (0, 0),
+            skipped: false,
             out_dir: None,
             out_name,
             temp: None,
@@ -273,6 +281,7 @@ impl FileJob {
                 bytes_in: self.bytes_in,
                 bytes_out: self.bytes_out,
                 micros: self.started.elapsed().as_micros() as u64,
+                skipped: self.skipped,
             }),
         }
     }
@@ -286,6 +295,7 @@ impl FileJob {
     pub fn start(&mut self, ctx: &mut JobCtx) {
         match ctx.roots.locate(&self.spec.input) {
             Ok((root, rel)) => {
+                let root = root.as_raw_fd();
                 let flags =
                     (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
                 self.push(
@@ -483,6 +493,7 @@ impl FileJob {
         }
         self.in_len = stat.st_size as u64;
         self.in_mode = stat.st_mode & 0o777;
+        self.in_mtime = (stat.st_mtime, stat.st_mtime_nsec as i64);
         let parent = self
             .spec
             .output
@@ -490,6 +501,7 @@ impl FileJob {
             .unwrap_or(Path::new("/"))
             .to_path_buf();
         let (root, rel) = ctx.roots.locate(&parent)?;
+        let root = root.as_raw_fd();
         let flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
         self.push(
             ctx,
@@ -512,30 +524,38 @@ impl FileJob {
                 format!("{} has no file name", self.spec.output.display()),
             ));
         }
-        if !self.spec.overwrite {
-            match rustix::fs::statat(&dir, self.out_name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(stat) => {
-                    let input = self
-                        .input
-                        .as_ref()
-                        .and_then(|fd| rustix::fs::fstat(fd).ok());
-                    let same =
-                        input.is_some_and(|i| i.st_dev == stat.st_dev && i.st_ino == stat.st_ino);
-                    return Err(if same {
-                        Error::new(
-                            Code::BadRequest,
-                            format!(
-                                "{} is the input itself; inputs are never modified",
-                                self.spec.output.display()
-                            ),
-                        )
-                    } else {
-                        self.link_err(io::Error::from_raw_os_error(libc::EEXIST))
-                    });
+        match rustix::fs::statat(&dir, self.out_name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => {
+                let input = self
+                    .input
+                    .as_ref()
+                    .and_then(|fd| rustix::fs::fstat(fd).ok());
+                let same =
+                    input.is_some_and(|i| i.st_dev == stat.st_dev && i.st_ino == stat.st_ino);
+                // Replacing the input is only ever a rewrap in place, asked for explicitly.
+                if same && !(self.spec.op == FileOp::Rewrap && self.spec.overwrite) {
+                    return Err(Error::new(
+                        Code::BadRequest,
+                        format!(
+                            "{} is the input itself; inputs are never modified",
+                            self.spec.output.display()
+                        ),
+                    ));
                 }
-                Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(self.io_err("check", false, e.into())),
+                if self.spec.skip_existing && !same {
+                    if verify_existing(&dir, self.out_name.as_c_str(), self.spec.op, ctx.ring) {
+                        self.skipped = true;
+                        self.finish();
+                        return Ok(());
+                    }
+                    // It exists but does not verify (damaged, or another key): replace it.
+                    self.spec.overwrite = true;
+                } else if !self.spec.overwrite {
+                    return Err(self.link_err(io::Error::from_raw_os_error(libc::EEXIST)));
+                }
             }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(self.io_err("check", false, e.into())),
         }
         let dir_raw = dir.as_raw_fd();
         self.out_dir = Some(dir);
@@ -1015,6 +1035,18 @@ impl FileJob {
         let temp = self.temp.as_ref().expect("temp is open");
         rustix::fs::fchmod(temp, Mode::from_raw_mode(self.in_mode))
             .map_err(|e| self.io_err("set permissions on", false, e.into()))?;
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: self.in_mtime.0,
+                tv_nsec: self.in_mtime.1,
+            },
+        };
+        rustix::fs::futimens(temp, &times)
+            .map_err(|e| self.io_err("set the modification time of", false, e.into()))?;
         if ctx.durability == Durability::Fsync {
             let fd = temp.as_raw_fd();
             self.push(ctx, TAG_FSYNC, Op::Fsync { fd });
@@ -1107,4 +1139,56 @@ impl FileJob {
     pub fn input(&self) -> &PathBuf {
         &self.spec.input
     }
+}
+
+/// True when an existing output is already what this job would make, for `skip_existing`:
+/// a ringcrypt output's header parses, names a key of the ring (for rewrap: the default key),
+/// and its header tag and final chunk's tag verify; a decrypt output is a regular file.
+/// Earlier chunks are not read: an interrupted job never leaves a partial output (outputs are
+/// linked only when complete), so this catches foreign or damaged files, not torn ones.
+fn verify_existing(dir: &OwnedFd, name: &std::ffi::CStr, op: FileOp, ring: &KeyRing) -> bool {
+    use rustix::fs::OFlags;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) else {
+        return false;
+    };
+    let Ok(stat) = rustix::fs::fstat(&fd) else {
+        return false;
+    };
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return false;
+    }
+    if op == FileOp::Decrypt {
+        return true;
+    }
+    let size = stat.st_size as u64;
+    let mut head = [0u8; HEADER_BYTES];
+    if rustix::io::pread(&fd, &mut head, 0) != Ok(HEADER_BYTES) {
+        return false;
+    }
+    let Ok(header) = Header::parse(&head) else {
+        return false;
+    };
+    let Ok(master) = ring.opening_key(&header.key_id) else {
+        return false;
+    };
+    if op == FileOp::Rewrap
+        && ring.default_entry().and_then(|entry| entry.id_hex())
+            != Some(crate::keys::hex_encode(&header.key_id))
+    {
+        return false;
+    }
+    let Ok(mut opener) = Opener::new(&header, master.bytes()) else {
+        return false;
+    };
+    let Ok(layout) = Layout::for_file(size, header.chunk_log2) else {
+        return false;
+    };
+    let mut last = vec![0u8; layout.final_record_bytes];
+    let at = size - layout.final_record_bytes as u64;
+    if rustix::io::pread(&fd, &mut last, at) != Ok(last.len()) {
+        return false;
+    }
+    opener.skip_to(layout.full_records);
+    opener.open_final(&mut last).is_ok()
 }

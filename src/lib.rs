@@ -12,6 +12,7 @@
 //! - [`roots`]: allowed roots and confined path resolution.
 //! - [`job`]: one file job's state machine on its owner shard.
 //! - [`shard`]: a pinned thread with its inbox, connections and jobs.
+//! - [`tree_job`]: one directory-tree job on the shard that received it.
 //! - [`daemon`]: `ringcryptd` setup: configuration, socket, shards, signals.
 //! - [`stream`]: sealing and opening over `Read`/`Write`.
 //! - [`output`]: atomic, durable output files.
@@ -40,5 +41,6 @@ pub mod reactor;
 pub mod roots;
 pub mod shard;
 pub mod stream;
+pub mod tree_job;
 
 pub use error::{Code, Error};

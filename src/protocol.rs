@@ -961,6 +961,17 @@ pub struct DoneReport {
     pub files_skipped: u64,
     /// May hold more than [`MAX_FAILURES_REPORTED`]; the reply lists the first ones.
     pub failures: Vec<Failure>,
+    /// Entries of a tree that were not files to process (symlinks, FIFOs, sockets,
+    /// devices, outputs that already exist and verify), with the reason; the reply lists
+    /// the first [`MAX_FAILURES_REPORTED`].
+    pub skipped: Vec<Skipped>,
+}
+
+/// One entry of a tree job that was skipped, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
 }
 
 /// One file of a job that failed.
@@ -999,6 +1010,21 @@ pub fn done(id: Option<&RequestId>, report: &DoneReport) -> String {
         .raw("failures", &failures);
     if omitted > 0 {
         obj.u64("failures_omitted", omitted);
+    }
+    let shown = report.skipped.len().min(MAX_FAILURES_REPORTED);
+    let skipped = array(report.skipped[..shown].iter().map(|entry| {
+        Obj::new()
+            .path("path", &entry.path)
+            .str("reason", &entry.reason)
+            .finish()
+    }));
+    obj.raw("skipped", &skipped);
+    let skipped_omitted = report
+        .files_skipped
+        .max(report.skipped.len() as u64)
+        .saturating_sub(shown as u64);
+    if skipped_omitted > 0 {
+        obj.u64("skipped_omitted", skipped_omitted);
     }
     obj.line()
 }

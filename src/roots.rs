@@ -8,7 +8,7 @@
 //! an op on the shard's reactor.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -52,7 +52,7 @@ impl Roots {
 
     /// The root fd and the path relative to it (`.` for the root itself) for an absolute,
     /// lexically normal path; `forbidden_path` when no root contains it.
-    pub fn locate(&self, path: &Path) -> Result<(RawFd, CString), Error> {
+    pub fn locate(&self, path: &Path) -> Result<(BorrowedFd<'_>, CString), Error> {
         let forbidden = || {
             Error::new(
                 Code::ForbiddenPath,
@@ -82,7 +82,7 @@ impl Roots {
                         format!("{} contains a NUL byte", path.display()),
                     )
                 })?;
-                return Ok((fd.as_raw_fd(), rel));
+                return Ok((fd.as_fd(), rel));
             }
         }
         Err(forbidden())

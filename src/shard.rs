@@ -41,6 +41,7 @@ use crate::protocol::{
 };
 use crate::reactor::{BackendKind, BufId, Completion, Op, Reactor};
 use crate::roots::Roots;
+use crate::tree_job::{FileResult, TreeJob};
 
 /// Where a reply goes: a connection on some shard, and the request id to echo.
 #[derive(Clone, Debug)]
@@ -48,6 +49,9 @@ pub struct ReplyTo {
     pub shard: usize,
     pub conn: u64,
     pub id: Option<RequestId>,
+    /// A file of tree job `tree` on shard `shard`: results go back as [`Msg::TreeResult`],
+    /// not as reply lines.
+    pub tree: Option<u64>,
 }
 
 /// A message between shards (or from the main thread).
@@ -89,6 +93,13 @@ pub enum Msg {
         gather: u64,
         jobs: Vec<JobInfo>,
         stats: Option<ShardStats>,
+    },
+    /// One file of a tree job ended (or must be retried), for the tree's shard.
+    TreeResult {
+        tree: u64,
+        input: PathBuf,
+        size: u64,
+        result: FileResult,
     },
     /// A new key ring for every later job.
     Reload(Arc<KeyRing>),
@@ -236,6 +247,13 @@ struct Queued {
     waiters: Vec<Waiter>,
 }
 
+/// A tree job and where its replies go.
+struct Tree {
+    job: TreeJob,
+    reply: ReplyTo,
+    wait: bool,
+}
+
 struct Gathering {
     conn: u64,
     id: Option<RequestId>,
@@ -270,6 +288,7 @@ pub struct Shard {
     shutdown: Option<Instant>,
     completions: Vec<Completion>,
     metrics: ShardMetrics,
+    trees: HashMap<u64, Tree>,
 }
 
 impl Shard {
@@ -317,6 +336,7 @@ impl Shard {
             shutdown: None,
             completions: Vec::new(),
             metrics: ShardMetrics::new(index),
+            trees: HashMap::new(),
         };
         Ok((shard, warning))
     }
@@ -345,6 +365,9 @@ impl Shard {
                 self.on_completion(completion);
             }
             self.completions = done;
+            if !self.trees.is_empty() {
+                progressed |= self.pump_trees();
+            }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.tick();
@@ -439,6 +462,12 @@ impl Shard {
                 stats,
             } => self.gathered(gather, jobs, stats),
             Msg::Reload(ring) => self.ring = ring,
+            Msg::TreeResult {
+                tree,
+                input,
+                size,
+                result,
+            } => self.tree_result(tree, &input, size, result),
             Msg::Shutdown { deadline } => self.begin_shutdown(deadline),
         }
     }
@@ -651,6 +680,7 @@ impl Shard {
             shard: self.index,
             conn: key,
             id,
+            tree: None,
         };
         if self.shutdown.is_some()
             && !matches!(
@@ -676,23 +706,25 @@ impl Shard {
                 self.queue_line(key, &line, true);
             }
             Request::File(spec) => {
-                if spec.recursive {
-                    let err = Error::new(
-                        Code::BadRequest,
-                        "recursive directory jobs are not supported by this daemon yet",
-                    );
-                    self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
-                    return;
-                }
                 // Paths outside every allowed root are refused here, before a job exists.
+                // A tree's output directory itself must lie under a root (it is created).
                 let parent = spec.output.parent().unwrap_or(std::path::Path::new("/"));
+                let out_check = if spec.recursive {
+                    spec.output.as_path()
+                } else {
+                    parent
+                };
                 let confined = self
                     .shared
                     .roots
                     .locate(&spec.input)
-                    .and_then(|_| self.shared.roots.locate(parent));
+                    .and_then(|_| self.shared.roots.locate(out_check));
                 if let Err(err) = confined {
                     self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
+                    return;
+                }
+                if spec.recursive {
+                    self.start_tree(key, spec, reply);
                     return;
                 }
                 let owner = self.shared.owner_of(&spec.input);
@@ -823,14 +855,25 @@ impl Shard {
                 Code::ShuttingDown,
                 "the daemon is shutting down; it takes no new work",
             );
-            self.refuse(&waiter.reply, err);
+            if waiter.reply.tree.is_some() {
+                self.answer_tree(
+                    &waiter.reply,
+                    spec.input.clone(),
+                    0,
+                    FileResult::Failed(err),
+                );
+            } else {
+                self.refuse(&waiter.reply, err);
+            }
             return;
         }
         let key = (spec.op, spec.input.clone(), spec.output.clone());
         if let Some(&id) = self.by_key.get(&key) {
             // The same work is in flight: attach to it; it runs once.
-            let line = protocol::accepted(waiter.reply.id.as_ref(), id);
-            self.reply(&waiter.reply, line, !waiter.wait);
+            if waiter.reply.tree.is_none() {
+                let line = protocol::accepted(waiter.reply.id.as_ref(), id);
+                self.reply(&waiter.reply, line, !waiter.wait);
+            }
             if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
                 self.jobs[slot]
                     .as_mut()
@@ -843,10 +886,16 @@ impl Shard {
             return;
         }
         if self.queue.len() >= MAX_QUEUED_JOBS_PER_SHARD {
-            self.refuse(
-                &waiter.reply,
-                Error::new(Code::Busy, "this shard's job queue is full; retry shortly"),
-            );
+            if waiter.reply.tree.is_some() {
+                // Trees wait for capacity: the file goes back to its tree for a retry.
+                let input = spec.input.clone();
+                self.answer_tree(&waiter.reply, input, 0, FileResult::Busy(Box::new(spec)));
+            } else {
+                self.refuse(
+                    &waiter.reply,
+                    Error::new(Code::Busy, "this shard's job queue is full; retry shortly"),
+                );
+            }
             return;
         }
         let id = JobId {
@@ -855,8 +904,10 @@ impl Shard {
         };
         self.next_seq += 1;
         self.by_key.insert(key, id);
-        let line = protocol::accepted(waiter.reply.id.as_ref(), id);
-        self.reply(&waiter.reply, line, !waiter.wait);
+        if waiter.reply.tree.is_none() {
+            let line = protocol::accepted(waiter.reply.id.as_ref(), id);
+            self.reply(&waiter.reply, line, !waiter.wait);
+        }
         self.queue.push_back(Queued {
             id,
             spec,
@@ -961,25 +1012,199 @@ impl Shard {
             bytes_total: job.input_len(),
         });
         for waiter in waiters.into_iter().filter(|w| w.wait) {
-            let line = match &outcome {
-                Ok(done) => protocol::done(
-                    waiter.reply.id.as_ref(),
-                    &protocol::DoneReport {
-                        job: job.id,
+            if waiter.reply.tree.is_some() {
+                let result = match &outcome {
+                    Ok(done) if done.skipped => FileResult::Skipped,
+                    Ok(done) => FileResult::Done {
                         bytes_in: done.bytes_in,
                         bytes_out: done.bytes_out,
-                        micros: done.micros,
-                        files_ok: 1,
-                        files_failed: 0,
-                        files_skipped: 0,
-                        failures: Vec::new(),
                     },
-                ),
+                    Err(err) => FileResult::Failed(err.clone()),
+                };
+                self.answer_tree(
+                    &waiter.reply,
+                    job.spec.input.clone(),
+                    job.input_len(),
+                    result,
+                );
+                continue;
+            }
+            let line = match &outcome {
+                Ok(done) => {
+                    let skipped = if done.skipped {
+                        vec![protocol::Skipped {
+                            path: job.spec.output.clone(),
+                            reason: "exists and verifies".into(),
+                        }]
+                    } else {
+                        Vec::new()
+                    };
+                    protocol::done(
+                        waiter.reply.id.as_ref(),
+                        &protocol::DoneReport {
+                            job: job.id,
+                            bytes_in: done.bytes_in,
+                            bytes_out: done.bytes_out,
+                            micros: done.micros,
+                            files_ok: u64::from(!done.skipped),
+                            files_failed: 0,
+                            files_skipped: u64::from(done.skipped),
+                            failures: Vec::new(),
+                            skipped,
+                        },
+                    )
+                }
                 Err(err) => error_line(waiter.reply.id.as_ref(), err),
             };
             self.reply(&waiter.reply, line, true);
         }
         self.admit();
+    }
+
+    // ---- tree jobs on the connection's shard ----------------------------------------------
+
+    /// Sends a tree file's result to its tree (here or on the tree's shard).
+    fn answer_tree(&mut self, reply: &ReplyTo, input: PathBuf, size: u64, result: FileResult) {
+        let tree = reply.tree.expect("only for tree files");
+        self.deliver(
+            reply.shard,
+            Msg::TreeResult {
+                tree,
+                input,
+                size,
+                result,
+            },
+        );
+    }
+
+    fn start_tree(&mut self, key: u64, spec: FileJobSpec, reply: ReplyTo) {
+        let id = JobId {
+            shard: self.index as u32,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        let wait = spec.wait;
+        match TreeJob::start(id, spec, &self.shared.roots) {
+            Ok(job) => {
+                let line = protocol::accepted(reply.id.as_ref(), id);
+                self.queue_line(key, &line, !wait);
+                self.trees.insert(id.seq, Tree { job, reply, wait });
+                self.pump_trees();
+            }
+            Err(err) => self.queue_line(key, &error_line(reply.id.as_ref(), &err), true),
+        }
+    }
+
+    /// Walks every tree that has room for more files; returns whether any did.
+    fn pump_trees(&mut self) -> bool {
+        let ready: Vec<u64> = self
+            .trees
+            .iter()
+            .filter(|(_, t)| t.job.wants_step())
+            .map(|(&k, _)| k)
+            .collect();
+        for seq in &ready {
+            let specs = match self.trees.get_mut(seq) {
+                Some(tree) => tree.job.step(&self.shared.roots),
+                None => continue,
+            };
+            for spec in specs {
+                let reply = ReplyTo {
+                    shard: self.index,
+                    conn: 0,
+                    id: None,
+                    tree: Some(*seq),
+                };
+                let owner = self.shared.owner_of(&spec.input);
+                if owner == self.index {
+                    self.submit(spec, reply);
+                } else if let Err(Msg::Submit { spec, reply }) =
+                    self.shared.send(owner, Msg::Submit { spec, reply })
+                {
+                    let input = spec.input.clone();
+                    self.answer_tree(&reply, input, 0, FileResult::Busy(Box::new(spec)));
+                }
+            }
+            self.tree_progress(*seq);
+            // A tree whose walk found no file (or whose files all came back during the
+            // step) ends here: no result will arrive to end it.
+            if self.trees.get(seq).is_some_and(|t| t.job.is_finished()) {
+                self.tree_result_finish(*seq);
+            }
+        }
+        !ready.is_empty()
+    }
+
+    fn tree_result(&mut self, seq: u64, input: &std::path::Path, size: u64, result: FileResult) {
+        let Some(tree) = self.trees.get_mut(&seq) else {
+            return;
+        };
+        tree.job.on_result(input, size, result);
+        if !tree.job.is_finished() {
+            self.tree_progress(seq);
+            self.pump_trees();
+            return;
+        }
+        self.tree_result_finish(seq);
+    }
+
+    /// Ends a finished tree: metrics, the job record, and its one `done` (or `error`).
+    fn tree_result_finish(&mut self, seq: u64) {
+        let Tree { job, reply, wait } = self.trees.remove(&seq).expect("present");
+        let report = job.report();
+        let cancelled = job.is_cancelled();
+        let result = match (cancelled, report.files_failed) {
+            (true, _) => JobResult::Cancelled,
+            (false, 0) => JobResult::Ok,
+            _ => JobResult::Failed,
+        };
+        metrics::job_ended(job.spec.op, result, report.micros as f64 / 1e6);
+        let progress = job.progress();
+        self.remember(JobInfo {
+            job: job.id,
+            op: job.spec.op,
+            input: job.spec.input.clone(),
+            output: job.spec.output.clone(),
+            state: match result {
+                JobResult::Ok => JobState::Done,
+                JobResult::Failed => JobState::Failed,
+                JobResult::Cancelled => JobState::Cancelled,
+            },
+            bytes_done: progress.bytes_done,
+            bytes_total: progress.bytes_total,
+        });
+        if !wait {
+            return;
+        }
+        let line = if cancelled {
+            let err = Error::new(
+                Code::Cancelled,
+                format!(
+                    "{}: the tree job was cancelled after {} files ({} failed)",
+                    job.spec.input.display(),
+                    report.files_ok,
+                    report.files_failed
+                ),
+            );
+            error_line(reply.id.as_ref(), &err)
+        } else {
+            protocol::done(reply.id.as_ref(), &report)
+        };
+        self.queue_line(reply.conn, &line, true);
+    }
+
+    fn tree_progress(&mut self, seq: u64) {
+        let Some(tree) = self.trees.get_mut(&seq) else {
+            return;
+        };
+        if !tree.wait {
+            return;
+        }
+        if let Some(progress) = tree.job.progress_due() {
+            let line = protocol::progress(tree.reply.id.as_ref(), &progress);
+            let conn = tree.reply.conn;
+            self.queue_line(conn, &line, false);
+        }
     }
 
     fn remember(&mut self, info: JobInfo) {
@@ -990,6 +1215,18 @@ impl Shard {
     }
 
     fn job_info(&self, id: JobId) -> Option<JobInfo> {
+        if let Some(tree) = self.trees.get(&id.seq) {
+            let progress = tree.job.progress();
+            return Some(JobInfo {
+                job: id,
+                op: tree.job.spec.op,
+                input: tree.job.spec.input.clone(),
+                output: tree.job.spec.output.clone(),
+                state: JobState::Running,
+                bytes_done: progress.bytes_done,
+                bytes_total: progress.bytes_total,
+            });
+        }
         if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
             let job = &self.jobs[slot].as_ref()?.job;
             return Some(JobInfo {
@@ -1020,6 +1257,7 @@ impl Shard {
         let live = self
             .seq_to_slot
             .keys()
+            .chain(self.trees.keys())
             .chain(self.queue.iter().map(|q| &q.id.seq));
         let mut out: Vec<JobInfo> = live
             .filter_map(|&seq| {
@@ -1042,6 +1280,17 @@ impl Shard {
     }
 
     fn cancel(&mut self, id: JobId, reply: ReplyTo) {
+        if let Some(tree) = self.trees.get_mut(&id.seq) {
+            // The walk stops; files already handed out finish, then the tree ends with a
+            // `cancelled` error.
+            tree.job.cancel();
+            let line = protocol::cancelled(reply.id.as_ref(), id);
+            self.reply(&reply, line, true);
+            if self.trees[&id.seq].job.is_finished() {
+                self.tree_result_finish(id.seq);
+            }
+            return;
+        }
         if let Some(pos) = self.queue.iter().position(|q| q.id == id) {
             let queued = self.queue.remove(pos).expect("position is valid");
             metrics::job_ended(queued.spec.op, JobResult::Cancelled, 0.0);
@@ -1202,6 +1451,18 @@ impl Shard {
 
     fn begin_shutdown(&mut self, deadline: Instant) {
         self.shutdown = Some(deadline);
+        for tree in self.trees.values_mut() {
+            tree.job.cancel();
+        }
+        let idle: Vec<u64> = self
+            .trees
+            .iter()
+            .filter(|(_, t)| t.job.is_finished())
+            .map(|(&k, _)| k)
+            .collect();
+        for seq in idle {
+            self.tree_result_finish(seq);
+        }
         if let Some(listener) = &self.listener {
             self.accepting = false;
             let _ = rustix::net::shutdown(listener, rustix::net::Shutdown::Both);
@@ -1213,13 +1474,18 @@ impl Shard {
                 shard: self.index,
                 conn: 0,
                 id: None,
+                tree: None,
             };
             self.cancel(id, reply);
         }
     }
 
     fn finished_shutdown(&mut self) -> bool {
-        if self.shutdown.is_none() || !self.seq_to_slot.is_empty() || !self.queue.is_empty() {
+        if self.shutdown.is_none()
+            || !self.seq_to_slot.is_empty()
+            || !self.queue.is_empty()
+            || !self.trees.is_empty()
+        {
             return false;
         }
         // Jobs are done: close connections once their last replies are out.

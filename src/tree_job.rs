@@ -1,0 +1,433 @@
+//! One directory-tree job on the shard that received it (the aggregator): walk the input tree
+//! a slice at a time, mirror its directories under the output, fan its regular files out as
+//! file jobs to their owner shards, count what comes back, and report progress and one final
+//! `done`.
+//!
+//! Bounded however large the tree: at most [`TREE_WINDOW`] file jobs are out at once (the walk
+//! pauses until results come back), the walk holds one open directory per level (at most
+//! [`TREE_MAX_DEPTH`]), and only the first failures and skips are kept. A walk step stops
+//! after [`WALK_SLICE`] so the shard's IO never waits long for it.
+//!
+//! Confinement: every input directory is opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` from its allowed root and listed through that descriptor; output
+//! directories are made with `mkdirat` in a parent opened the same way. A symlink swapped in
+//! for a directory mid-walk is refused, never followed. Files themselves are opened by their
+//! file jobs, confined the same way.
+//!
+//! What this room does not do: run file jobs (their owner shards do) or touch sockets.
+
+use std::collections::VecDeque;
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use crate::error::{Code, Error};
+use crate::protocol::{
+    DoneReport, Failure, FileJobSpec, FileOp, JobId, MAX_FAILURES_REPORTED, Progress, Skipped,
+};
+use crate::roots::{RESOLVE_CONFINED, Roots};
+
+/// File jobs one tree keeps out at once: enough to keep every shard's pipeline full, few
+/// enough that a million-file tree is never a million queued jobs.
+pub const TREE_WINDOW: usize = 256;
+
+/// Directory levels a tree may have: each open level holds two descriptors.
+pub const TREE_MAX_DEPTH: usize = 256;
+
+/// Longest one walk step runs before the shard goes back to its IO.
+pub const WALK_SLICE: Duration = Duration::from_millis(1);
+
+/// Shortest gap between two `progress` lines of one tree.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// The result of one file of a tree, from its owner shard.
+pub enum FileResult {
+    Done {
+        bytes_in: u64,
+        bytes_out: u64,
+    },
+    /// The output existed and verified (skip_existing).
+    Skipped,
+    Failed(Error),
+    /// The owner's queue was full: try again later (trees wait, they never get `busy`).
+    Busy(Box<FileJobSpec>),
+}
+
+struct Level {
+    dir: Dir,
+    /// The input directory, relative to the tree's input root ("" for the root).
+    rel: PathBuf,
+    /// The output directory, opened (confined) so files and subdirectories go into it.
+    out: OwnedFd,
+}
+
+/// A tree job. See the module docs.
+pub struct TreeJob {
+    pub id: JobId,
+    pub spec: FileJobSpec,
+    stack: Vec<Level>,
+    walked: bool,
+    retry: VecDeque<FileJobSpec>,
+    pub in_flight: usize,
+    files_total: u64,
+    bytes_total: u64,
+    files_ok: u64,
+    files_failed: u64,
+    files_skipped: u64,
+    bytes_done: u64,
+    bytes_out: u64,
+    failures: Vec<Failure>,
+    skipped: Vec<Skipped>,
+    started: Instant,
+    last_progress: Option<Instant>,
+    cancelled: bool,
+}
+
+impl TreeJob {
+    /// Opens the input root and creates (or reuses) the output root.
+    pub fn start(id: JobId, spec: FileJobSpec, roots: &Roots) -> Result<TreeJob, Error> {
+        let input = open_dir(roots, &spec.input)?;
+        let out = make_dir_path(roots, &spec.output, dir_mode(&input))?;
+        let dir = Dir::read_from(&input).map_err(|e| Error::io("list", &spec.input, e.into()))?;
+        Ok(TreeJob {
+            id,
+            spec,
+            stack: vec![Level {
+                dir,
+                rel: PathBuf::new(),
+                out,
+            }],
+            walked: false,
+            retry: VecDeque::new(),
+            in_flight: 0,
+            files_total: 0,
+            bytes_total: 0,
+            files_ok: 0,
+            files_failed: 0,
+            files_skipped: 0,
+            bytes_done: 0,
+            bytes_out: 0,
+            failures: Vec::new(),
+            skipped: Vec::new(),
+            started: Instant::now(),
+            last_progress: None,
+            cancelled: false,
+        })
+    }
+
+    /// True while the walk has entries left or files wait for a retry, and there is room
+    /// in the window.
+    pub fn wants_step(&self) -> bool {
+        !self.cancelled && (!self.walked || !self.retry.is_empty()) && self.in_flight < TREE_WINDOW
+    }
+
+    /// Walks for up to [`WALK_SLICE`], returning the file jobs to submit.
+    pub fn step(&mut self, roots: &Roots) -> Vec<FileJobSpec> {
+        let until = Instant::now() + WALK_SLICE;
+        let mut out = Vec::new();
+        while self.in_flight + out.len() < TREE_WINDOW
+            && let Some(spec) = self.retry.pop_front()
+        {
+            out.push(spec);
+        }
+        while !self.walked && self.in_flight + out.len() < TREE_WINDOW && Instant::now() < until {
+            let Some(level) = self.stack.last_mut() else {
+                self.walked = true;
+                break;
+            };
+            let entry = match level.dir.read() {
+                None => {
+                    self.stack.pop();
+                    continue;
+                }
+                Some(Err(err)) => {
+                    let path = self.spec.input.join(&level.rel);
+                    self.fail(&path, Error::io("list", &path, err.into()));
+                    self.stack.pop();
+                    continue;
+                }
+                Some(Ok(entry)) => entry,
+            };
+            let name = entry.file_name().to_owned();
+            if name.as_bytes() == b"." || name.as_bytes() == b".." {
+                continue;
+            }
+            let kind = entry.file_type();
+            self.visit(roots, &name, kind, &mut out);
+        }
+        self.in_flight += out.len();
+        out
+    }
+
+    fn visit(&mut self, roots: &Roots, name: &CStr, kind: FileType, out: &mut Vec<FileJobSpec>) {
+        let level = self.stack.last().expect("visit runs inside a level");
+        let rel = level.rel.join(OsStr::from_bytes(name.to_bytes()));
+        let input = self.spec.input.join(&rel);
+        // d_type can be unknown on some filesystems: ask without following links.
+        let stat = match rustix::fs::statat(
+            level.dir.fd().expect("an open directory"),
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(stat) => stat,
+            Err(err) => {
+                self.fail(&input, Error::io("stat", &input, err.into()));
+                return;
+            }
+        };
+        let kind = if kind == FileType::Unknown {
+            FileType::from_raw_mode(stat.st_mode)
+        } else {
+            kind
+        };
+        match kind {
+            FileType::Directory => {
+                if self.stack.len() >= TREE_MAX_DEPTH {
+                    let err = Error::new(
+                        Code::BadRequest,
+                        format!(
+                            "{}: deeper than {TREE_MAX_DEPTH} levels; not descended",
+                            input.display()
+                        ),
+                    );
+                    self.fail(&input, err);
+                    return;
+                }
+                match self.descend(roots, name, &rel, stat.st_mode & 0o7777) {
+                    Ok(level) => self.stack.push(level),
+                    Err(err) => self.fail(&input, err),
+                }
+            }
+            FileType::RegularFile => {
+                let Some(output_name) = self.output_name(name.to_bytes()) else {
+                    self.skip(&input, "not a .rcrypt file");
+                    return;
+                };
+                let out_rel = rel.with_file_name(OsStr::from_bytes(&output_name));
+                let mut spec =
+                    FileJobSpec::new(self.spec.op, input, self.spec.output.join(out_rel));
+                spec.key = self.spec.key.clone();
+                spec.overwrite = self.spec.overwrite;
+                spec.skip_existing = self.spec.skip_existing;
+                self.files_total += 1;
+                self.bytes_total += stat.st_size as u64;
+                out.push(spec);
+            }
+            FileType::Symlink => self.skip(&input, "symbolic link"),
+            FileType::Fifo => self.skip(&input, "fifo"),
+            FileType::Socket => self.skip(&input, "socket"),
+            FileType::BlockDevice | FileType::CharacterDevice => self.skip(&input, "device"),
+            FileType::Unknown => self.skip(&input, "unknown file type"),
+        }
+    }
+
+    /// Opens an input subdirectory and creates its output twin with the same mode bits.
+    fn descend(&self, roots: &Roots, name: &CStr, rel: &Path, mode: u32) -> Result<Level, Error> {
+        let input = self.spec.input.join(rel);
+        let output = self.spec.output.join(rel);
+        let fd = open_dir(roots, &input)?;
+        let parent = &self.stack.last().expect("inside a level").out;
+        let out = make_dir_in(parent, name, mode, &output)?;
+        let dir = Dir::read_from(&fd).map_err(|e| Error::io("list", &input, e.into()))?;
+        Ok(Level {
+            dir,
+            rel: rel.to_path_buf(),
+            out,
+        })
+    }
+
+    /// The name a file gets in the output tree, or None when it is not for this op.
+    fn output_name(&self, name: &[u8]) -> Option<Vec<u8>> {
+        match self.spec.op {
+            FileOp::Encrypt => Some([name, b".rcrypt"].concat()),
+            FileOp::Decrypt => name
+                .strip_suffix(b".rcrypt")
+                .filter(|stem| !stem.is_empty())
+                .map(<[u8]>::to_vec),
+            FileOp::Rewrap => Some(name.to_vec()),
+        }
+    }
+
+    fn fail(&mut self, path: &Path, err: Error) {
+        self.files_failed += 1;
+        if self.failures.len() < MAX_FAILURES_REPORTED {
+            self.failures.push(Failure {
+                path: path.to_path_buf(),
+                code: err.code,
+                message: err.message,
+            });
+        }
+    }
+
+    fn skip(&mut self, path: &Path, reason: &str) {
+        self.files_skipped += 1;
+        if self.skipped.len() < MAX_FAILURES_REPORTED {
+            self.skipped.push(Skipped {
+                path: path.to_path_buf(),
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    /// Counts one file's result.
+    pub fn on_result(&mut self, input: &Path, size: u64, result: FileResult) {
+        match result {
+            FileResult::Busy(spec) => {
+                self.in_flight -= 1;
+                self.retry.push_back(*spec);
+                return;
+            }
+            FileResult::Done {
+                bytes_in,
+                bytes_out,
+            } => {
+                self.files_ok += 1;
+                self.bytes_out += bytes_out;
+                let _ = bytes_in;
+            }
+            FileResult::Skipped => self.skip(input, "exists and verifies"),
+            FileResult::Failed(err) => self.fail(input, err),
+        }
+        self.in_flight -= 1;
+        self.bytes_done += size;
+    }
+
+    /// Stops walking; files already out finish and are counted.
+    pub fn cancel(&mut self) {
+        self.cancelled = true;
+        self.retry.clear();
+        self.stack.clear();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    /// True once the walk ended and every file reported.
+    pub fn is_finished(&self) -> bool {
+        (self.walked || self.cancelled) && self.in_flight == 0 && self.retry.is_empty()
+    }
+
+    /// A progress report, if one is due.
+    pub fn progress_due(&mut self) -> Option<Progress> {
+        if self
+            .last_progress
+            .is_some_and(|at| at.elapsed() < PROGRESS_EVERY)
+        {
+            return None;
+        }
+        self.last_progress = Some(Instant::now());
+        Some(self.progress())
+    }
+
+    pub fn progress(&self) -> Progress {
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
+        Progress {
+            job: self.id,
+            files_done: self.files_ok + self.files_failed + self.files_skipped_files(),
+            files_total: self.files_total,
+            bytes_done: self.bytes_done,
+            bytes_total: self.bytes_total,
+            rate_bytes_per_sec: (self.bytes_done as f64 / seconds) as u64,
+            totals_final: self.walked,
+        }
+    }
+
+    /// Regular files among the skipped entries (outputs that exist and verify), which
+    /// count towards `files_done`; skipped specials never entered `files_total`.
+    fn files_skipped_files(&self) -> u64 {
+        self.files_total
+            .saturating_sub(
+                self.files_ok + self.files_failed + self.in_flight as u64 + self.retry.len() as u64,
+            )
+            .min(self.files_skipped)
+    }
+
+    /// The final report.
+    pub fn report(&self) -> DoneReport {
+        DoneReport {
+            job: self.id,
+            bytes_in: self.bytes_done,
+            bytes_out: self.bytes_out,
+            micros: self.started.elapsed().as_micros() as u64,
+            files_ok: self.files_ok,
+            files_failed: self.files_failed,
+            files_skipped: self.files_skipped,
+            failures: self.failures.clone(),
+            skipped: self.skipped.clone(),
+        }
+    }
+}
+
+fn dir_mode(fd: &OwnedFd) -> u32 {
+    rustix::fs::fstat(fd)
+        .map(|s| s.st_mode & 0o7777)
+        .unwrap_or(0o755)
+}
+
+/// Opens a directory confined beneath its allowed root.
+fn open_dir(roots: &Roots, path: &Path) -> Result<OwnedFd, Error> {
+    let (root, rel) = roots.locate(path)?;
+    rustix::fs::openat2(
+        root,
+        rel.as_c_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::from_bits_retain(RESOLVE_CONFINED),
+    )
+    .map_err(|e| confined_error("open", path, e))
+}
+
+/// Creates `path` (its parent must exist) with `mode` if missing, and opens it confined.
+fn make_dir_path(roots: &Roots, path: &Path, mode: u32) -> Result<OwnedFd, Error> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let name = path.file_name().ok_or_else(|| {
+        Error::new(
+            Code::BadRequest,
+            format!("{} has no directory name", path.display()),
+        )
+    })?;
+    let parent = open_dir(roots, parent)?;
+    let name =
+        CString::new(name.as_bytes()).map_err(|_| Error::new(Code::BadRequest, "NUL in a path"))?;
+    make_dir_in(&parent, &name, mode, path)
+}
+
+/// `mkdirat(parent, name, mode)` (an existing directory is reused), then opens it without
+/// following a symlink.
+fn make_dir_in(parent: &OwnedFd, name: &CStr, mode: u32, shown: &Path) -> Result<OwnedFd, Error> {
+    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(mode)) {
+        Ok(()) => {
+            // mkdir applies the umask; set the source's bits exactly.
+            let _ = rustix::fs::chmodat(parent, name, Mode::from_raw_mode(mode), AtFlags::empty());
+        }
+        Err(Errno::EXIST) => {}
+        Err(e) => return Err(Error::io("create directory", shown, e.into())),
+    }
+    rustix::fs::openat2(
+        parent.as_fd(),
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::from_bits_retain(RESOLVE_CONFINED),
+    )
+    .map_err(|e| confined_error("open", shown, e))
+}
+
+fn confined_error(op: &str, path: &Path, err: Errno) -> Error {
+    match err {
+        Errno::XDEV | Errno::LOOP | Errno::NOTDIR => Error::new(
+            Code::ForbiddenPath,
+            format!(
+                "{}: refused: not a directory, or the path crosses a symbolic link or leaves its allowed root",
+                path.display()
+            ),
+        ),
+        e => Error::io(op, path, e.into()),
+    }
+}
