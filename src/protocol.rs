@@ -1985,6 +1985,10 @@ mod tests {
             files_failed: 2,
             files_skipped: 5,
             failures: (0..2).map(failure).collect(),
+            skipped: vec![Skipped {
+                path: PathBuf::from("/d/link"),
+                reason: "symbolic link".into(),
+            }],
         };
         let id = RequestId::from(1u64);
         let r = reply(&done(Some(&id), &report), "done", Some(&id));
@@ -1992,6 +1996,8 @@ mod tests {
         assert_eq!(r.fields["failures"][1]["path"], "/d/f1");
         assert_eq!(r.fields["failures"][1]["code"], "auth_failed");
         assert_eq!(r.fields["files_skipped"], 5);
+        assert_eq!(r.fields["skipped"][0]["reason"], "symbolic link");
+        assert_eq!(r.fields["skipped_omitted"], 4, "5 skipped, 1 listed");
         assert!(!r.fields.contains_key("failures_omitted"));
 
         report.failures = (0..MAX_FAILURES_REPORTED).map(failure).collect();
