@@ -103,7 +103,19 @@ fn collect(notify: &UnixDatagram, within: Duration) -> Vec<String> {
 }
 
 fn ping(socket: &Path) -> String {
-    let mut stream = UnixStream::connect(socket).expect("the activated socket accepts");
+    // The socket file appears at bind(), a moment before systemd-socket-activate listens.
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match UnixStream::connect(socket) {
+            Ok(stream) => break stream,
+            Err(err)
+                if err.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < end =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(err) => panic!("the activated socket does not accept: {err}"),
+        }
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -193,6 +193,25 @@ impl Daemon {
         KeyRing::load(&self.keys).expect("key ring loads")
     }
 
+    /// After the daemon was killed from outside (kill -9): reap it and stop tracking it.
+    pub fn forget(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a new daemon on the same directory, key ring, root and socket (after
+    /// [`Daemon::forget`] or [`Daemon::stop`]).
+    pub fn restart(mut self) -> Daemon {
+        assert!(self.child.is_none(), "restart needs the old daemon gone");
+        let log = self.dir.path().join("d2.log");
+        let child = spawn_daemon(self.backend, &self.socket, &self.keys, &self.root, &log);
+        self.log = log;
+        self.child = Some(child);
+        self.wait_ready();
+        self
+    }
+
     /// SIGTERM, then wait up to `within`; returns the exit status and how long it took.
     /// Panics if the daemon is still running after `within` (and kills it).
     pub fn stop(&mut self, within: Duration) -> (ExitStatus, Duration) {
