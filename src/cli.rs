@@ -6,12 +6,18 @@
 //! ([`crate::offline`]). Errors print as `error: ...`, followed by `hint: ...` where a next step
 //! is clear. With `--json`, every reply line from the daemon goes to stdout as received, and
 //! nothing else does.
+//!
+//! With `-r`, a file job is a directory tree: offline it runs in [`crate::tree`], through the
+//! daemon it is one recursive request whose `progress` lines drive the same display. Either
+//! way the outcome is one [`tree::Summary`], printed the same way.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
 use crate::client::{self, Client, ClientError};
@@ -22,6 +28,7 @@ use crate::limits::{CHUNK_LOG2_DEFAULT, CHUNK_LOG2_MAX, CHUNK_LOG2_MIN};
 use crate::offline::{self, Format, Job, Outcome};
 use crate::output::Durability;
 use crate::protocol::{FileJobSpec, FileOp, JobId, Reply, Request};
+use crate::tree::{self, Summary, TreeJob};
 
 /// Exit code: the job failed; the message says why.
 pub const EXIT_FAILED: u8 = 1;
@@ -34,15 +41,21 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 const UNREACHABLE_HINT: &str = "start it with `ringcryptd --dev`, or set RINGCRYPT_SOCKET / \
      --socket to where it listens (or pass --keys FILE to work without a daemon)";
 
+/// How often the plain (not a terminal) progress line is printed, at most.
+const PLAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+
 const AFTER_HELP: &str = "\
 Examples:
   ringcrypt encrypt report.pdf                             # via ringcryptd: report.pdf.rcrypt
+  ringcrypt encrypt -r photos                              # a directory tree -> photos.rcrypt/
   ringcrypt --socket ./ringcrypt-dev/ringcrypt.sock ping
   ringcrypt --json decrypt report.pdf.rcrypt -o copy.pdf   # the daemon's reply lines, as JSON
   ringcrypt keygen --name prod-2026 >> keys.toml && chmod 600 keys.toml
   ringcrypt --keys keys.toml encrypt report.pdf            # offline: no daemon
   ringcrypt --keys keys.toml decrypt report.pdf.rcrypt -o copy.pdf
   ringcrypt --keys keys.toml rewrap old.rcrypt --in-place  # re-encrypt under the default key
+  ringcrypt --keys keys.toml decrypt -r photos.rcrypt      # offline, all cores -> photos/
+  ringcrypt completions bash > ~/.local/share/bash-completion/completions/ringcrypt
 
 Exit codes: 0 success, 1 the job failed, 2 usage error, 3 the daemon could not be reached.";
 
@@ -84,20 +97,24 @@ A ring with one active key uses it by default; with several, set `default = \"NA
         name: Option<String>,
     },
 
-    /// Encrypt a file (default output: IN.rcrypt).
+    /// Encrypt a file or, with -r, a directory tree (default output: IN.rcrypt).
     #[command(after_help = "\
 Examples:
   ringcrypt encrypt data.csv                                    # via the daemon -> data.csv.rcrypt
   ringcrypt encrypt data.csv -o /backup/d.rcrypt --key prod-2026 --force
   ringcrypt --keys keys.toml encrypt data.csv                   # offline
   ringcrypt --keys keys.toml encrypt old.tar --format openssl --key legacy
+  ringcrypt encrypt -r photos                                   # tree -> photos.rcrypt/
+  ringcrypt --keys keys.toml encrypt -r photos -o /backup/photos --skip-existing
 
 The output appears only when complete and on disk; an existing output is never replaced
-without --force.")]
+without --force. With -r, every file FILE becomes OUT/FILE.rcrypt (OUT defaults to the
+sibling directory IN.rcrypt); the summary lists failed and skipped entries, and the exit
+code is 1 if any file failed.")]
     Encrypt {
-        /// The file to encrypt.
+        /// The file (or, with -r, the directory) to encrypt.
         input: PathBuf,
-        /// Where to write (default: IN.rcrypt).
+        /// Where to write (default: IN.rcrypt; with -r, a directory).
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
         /// Key to encrypt with (default: the key ring's default).
@@ -112,45 +129,58 @@ without --force.")]
         #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u8).range(CHUNK_LOG2_MIN as i64..=CHUNK_LOG2_MAX as i64))]
         chunk_log2: Option<u8>,
-        /// Replace OUT atomically if it exists.
+        /// Replace OUT atomically if it exists (with -r: every existing output file).
         #[arg(short, long)]
         force: bool,
+        #[command(flatten)]
+        tree: TreeArgs,
     },
 
-    /// Decrypt a file (ringcrypt or openssl format, detected; default output: IN without .rcrypt).
+    /// Decrypt a file or, with -r, a directory tree (ringcrypt or openssl format, detected;
+    /// default output: IN without .rcrypt).
     #[command(after_help = "\
 Examples:
   ringcrypt decrypt data.csv.rcrypt                             # via the daemon -> data.csv
   ringcrypt --keys keys.toml decrypt data.csv.rcrypt            # offline
   ringcrypt --keys keys.toml decrypt legacy.enc -o legacy.tar --key legacy
+  ringcrypt decrypt -r photos.rcrypt                            # tree -> photos/
+  ringcrypt --keys keys.toml decrypt -r /backup/photos -o photos --skip-existing
 
 A ringcrypt file names its key; every chunk is verified before any plaintext is written, and
-a file that fails verification leaves nothing behind.")]
+a file that fails verification leaves nothing behind. With -r, every FILE.rcrypt becomes
+OUT/FILE; other files are skipped (\"not a .rcrypt file\"). Without -o, IN must end in
+.rcrypt (the output is IN without it); no other name is guessed.")]
     Decrypt {
-        /// The file to decrypt.
+        /// The file (or, with -r, the directory) to decrypt.
         input: PathBuf,
-        /// Where to write (default: IN without its .rcrypt suffix).
+        /// Where to write (default: IN without its .rcrypt suffix; with -r, a directory).
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
         /// Passphrase entry for openssl-format files (ringcrypt files name their own key).
         #[arg(long, value_name = "NAME")]
         key: Option<String>,
-        /// Replace OUT atomically if it exists.
+        /// Replace OUT atomically if it exists (with -r: every existing output file).
         #[arg(short, long)]
         force: bool,
+        #[command(flatten)]
+        tree: TreeArgs,
     },
 
-    /// Re-encrypt a file under the key ring's default key, with no plaintext on disk.
+    /// Re-encrypt a file or, with -r, a directory tree under the key ring's default key, with
+    /// no plaintext on disk.
     #[command(after_help = "\
 Examples:
   ringcrypt rewrap a.rcrypt --in-place                          # via the daemon
   ringcrypt --keys keys.toml rewrap a.rcrypt -o a.new.rcrypt
   ringcrypt --keys keys.toml rewrap a.rcrypt --in-place         # after making a new key default
   ringcrypt --keys keys.toml rewrap legacy.enc -o legacy.rcrypt --key legacy   # migrate
+  ringcrypt rewrap -r /backup/photos --in-place                 # a whole tree, file by file
+  ringcrypt --keys keys.toml rewrap -r old-archive -o new-archive --skip-existing
 
-The source may be a ringcrypt or openssl-format file; the result is always ringcrypt.")]
+The source may be a ringcrypt or openssl-format file; the result is always ringcrypt. With
+-r, file names are kept and either -o OUTDIR or --in-place is required (no default).")]
     Rewrap {
-        /// The encrypted file.
+        /// The encrypted file (or, with -r, the directory).
         input: PathBuf,
         /// Where to write the re-encrypted file.
         #[arg(short, long, value_name = "OUT", required_unless_present = "in_place")]
@@ -165,9 +195,11 @@ The source may be a ringcrypt or openssl-format file; the result is always ringc
         #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u8).range(CHUNK_LOG2_MIN as i64..=CHUNK_LOG2_MAX as i64))]
         chunk_log2: Option<u8>,
-        /// Replace OUT atomically if it exists.
+        /// Replace OUT atomically if it exists (with -r: every existing output file).
         #[arg(short, long)]
         force: bool,
+        #[command(flatten)]
+        tree: TreeArgs,
     },
 
     /// Check that the daemon answers; print its version, shards and IO backend.
@@ -228,6 +260,37 @@ Examples:
 Examples:
   ringcrypt keygen --name prod-2027 >> /etc/ringcrypt/keys.toml && ringcrypt reload")]
     Reload,
+
+    /// Print a shell completion script to stdout.
+    #[command(after_help = "\
+Examples:
+  ringcrypt completions bash > ~/.local/share/bash-completion/completions/ringcrypt
+  ringcrypt completions zsh > \"${fpath[1]}/_ringcrypt\"
+  ringcrypt completions fish > ~/.config/fish/completions/ringcrypt.fish")]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The directory-tree options shared by encrypt, decrypt and rewrap.
+#[derive(Args, Debug, Clone, Copy)]
+struct TreeArgs {
+    /// IN is a directory: process every regular file under it into the same relative path
+    /// under the output directory (created if missing). Directories keep their mode bits,
+    /// files their mode bits and mtime; symlinks are never followed, and symlinks, FIFOs,
+    /// sockets and devices are skipped. One bad file never stops the tree.
+    #[arg(short, long)]
+    recursive: bool,
+    /// With -r: leave outputs that already exist and verify (ringcrypt outputs: they open
+    /// with this key ring; decrypt outputs: they exist) and replace those that do not. For
+    /// resuming an interrupted tree.
+    #[arg(long, requires = "recursive", conflicts_with = "force")]
+    skip_existing: bool,
+    /// No progress display (the summary is still printed).
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 fn parse_job(text: &str) -> Result<JobId, String> {
@@ -306,6 +369,12 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    if let Some(plan) = TreePlan::from_command(&cli.command)? {
+        return match cli.keys.is_some() {
+            true => run_tree_offline(&cli, &plan),
+            false => run_tree_daemon(&cli, &plan),
+        };
+    }
     let file_job = matches!(
         cli.command,
         Command::Encrypt { .. } | Command::Decrypt { .. } | Command::Rewrap { .. }
@@ -315,6 +384,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
     match &cli.command {
         Command::Keygen { name } => keygen(name.as_deref()),
+        Command::Completions { shell } => {
+            let mut stdout = std::io::stdout().lock();
+            clap_complete::generate(*shell, &mut Cli::command(), "ringcrypt", &mut stdout);
+            Ok(())
+        }
         Command::Encrypt {
             input,
             output,
@@ -322,6 +396,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             format,
             chunk_log2,
             force,
+            tree: _,
         } => {
             no_json(&cli)?;
             let ring = load_ring(cli.keys.as_deref())?;
@@ -355,6 +430,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             output,
             key,
             force,
+            tree: _,
         } => {
             no_json(&cli)?;
             let output = decrypt_output(input, output.as_deref())?;
@@ -379,6 +455,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             key,
             chunk_log2,
             force,
+            tree: _,
         } => {
             no_json(&cli)?;
             let ring = load_ring(cli.keys.as_deref())?;
@@ -508,7 +585,9 @@ struct Shown {
 /// The request for a daemon command; for file jobs, also the paths to show.
 fn daemon_request(command: &Command) -> Result<(Request, Option<Shown>), Failure> {
     let (op, input, output, key, overwrite) = match command {
-        Command::Keygen { .. } => unreachable!("keygen needs no daemon and is run offline"),
+        Command::Keygen { .. } | Command::Completions { .. } => {
+            unreachable!("keygen and completions need no daemon and are run offline")
+        }
         Command::Ping => return Ok((Request::Ping, None)),
         Command::Status { job } => return Ok((Request::Status { job: *job }, None)),
         Command::Cancel { job } => return Ok((Request::Cancel { job: *job }, None)),
@@ -523,6 +602,7 @@ fn daemon_request(command: &Command) -> Result<(Request, Option<Shown>), Failure
             format,
             chunk_log2,
             force,
+            tree: _,
         } => {
             if matches!(format, FormatArg::Openssl) {
                 return Err(usage(
@@ -539,6 +619,7 @@ fn daemon_request(command: &Command) -> Result<(Request, Option<Shown>), Failure
             output,
             key,
             force,
+            tree: _,
         } => {
             let output = decrypt_output(input, output.as_deref())?;
             (FileOp::Decrypt, input.clone(), output, key, *force)
@@ -550,6 +631,7 @@ fn daemon_request(command: &Command) -> Result<(Request, Option<Shown>), Failure
             key,
             chunk_log2,
             force,
+            tree: _,
         } => {
             offline_only(chunk_log2.is_some(), "--chunk-log2")?;
             match output {
@@ -882,6 +964,474 @@ fn report(verb: &str, job: &Job, outcome: &Outcome) {
         outcome.format.as_str(),
         outcome.key
     );
+}
+
+/// A `-r` file job, from the command line: what to do to which trees.
+#[derive(Debug)]
+struct TreePlan {
+    op: FileOp,
+    /// The input as the user named it, trailing `/` and `.` components dropped.
+    input: PathBuf,
+    output: PathBuf,
+    key: Option<String>,
+    format: Format,
+    chunk_log2: Option<u8>,
+    overwrite: bool,
+    skip_existing: bool,
+    quiet: bool,
+}
+
+impl TreePlan {
+    /// The plan when the command is a file job with `-r`; `None` otherwise.
+    fn from_command(command: &Command) -> Result<Option<TreePlan>, Failure> {
+        let tree = match command {
+            Command::Encrypt { tree, .. }
+            | Command::Decrypt { tree, .. }
+            | Command::Rewrap { tree, .. } => *tree,
+            _ => return Ok(None),
+        };
+        if !tree.recursive {
+            return Ok(None);
+        }
+        let plan = |op, input, output, key: &Option<String>, format, chunk_log2, overwrite| {
+            Some(TreePlan {
+                op,
+                input,
+                output,
+                key: key.clone(),
+                format,
+                chunk_log2,
+                overwrite,
+                skip_existing: tree.skip_existing,
+                quiet: tree.quiet,
+            })
+        };
+        Ok(match command {
+            Command::Encrypt {
+                input,
+                output,
+                key,
+                format,
+                chunk_log2,
+                force,
+                ..
+            } => {
+                let format = match format {
+                    FormatArg::Ringcrypt => Format::Ringcrypt,
+                    FormatArg::Openssl => Format::Openssl,
+                };
+                let input = tidy(input);
+                let output = match output {
+                    Some(output) => output.clone(),
+                    None => {
+                        named(&input)?;
+                        with_suffix(&input)
+                    }
+                };
+                plan(
+                    FileOp::Encrypt,
+                    input,
+                    output,
+                    key,
+                    format,
+                    *chunk_log2,
+                    *force,
+                )
+            }
+            Command::Decrypt {
+                input,
+                output,
+                key,
+                force,
+                ..
+            } => {
+                let input = tidy(input);
+                let output = decrypt_output(&input, output.as_deref())?;
+                plan(
+                    FileOp::Decrypt,
+                    input,
+                    output,
+                    key,
+                    Format::Ringcrypt,
+                    None,
+                    *force,
+                )
+            }
+            Command::Rewrap {
+                input,
+                output,
+                in_place,
+                key,
+                chunk_log2,
+                force,
+                ..
+            } => {
+                let input = tidy(input);
+                if *in_place && tree.skip_existing {
+                    return Err(usage(
+                        "--skip-existing with --in-place would skip every file (each output \
+                         is its own input, and it verifies)",
+                        "leave out --skip-existing, or write to another tree with -o OUTDIR",
+                    ));
+                }
+                // In place, every file is replaced: that is the point.
+                let (output, overwrite) = match output {
+                    Some(output) => (output.clone(), *force),
+                    None => (input.clone(), true),
+                };
+                let format = Format::Ringcrypt;
+                plan(
+                    FileOp::Rewrap,
+                    input,
+                    output,
+                    key,
+                    format,
+                    *chunk_log2,
+                    overwrite,
+                )
+            }
+            _ => None,
+        })
+    }
+
+    fn verb(&self) -> &'static str {
+        match self.op {
+            FileOp::Encrypt => "encrypted",
+            FileOp::Decrypt => "decrypted",
+            FileOp::Rewrap => "rewrapped",
+        }
+    }
+
+    fn in_place(&self) -> bool {
+        self.input == self.output
+    }
+}
+
+/// `path` without trailing `/` or `.` components, so `photos/` gets the sibling
+/// `photos.rcrypt` rather than `photos/.rcrypt`.
+fn tidy(path: &Path) -> PathBuf {
+    let tidy: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    if tidy.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        tidy
+    }
+}
+
+/// Refuses to derive an output name from a path without a final name (`.`, `..`, `/`).
+fn named(input: &Path) -> Result<(), Failure> {
+    if input.file_name().is_none() {
+        return Err(usage(
+            format!("cannot derive an output name from {}", input.display()),
+            "pass -o OUTDIR",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a tree job in this process.
+fn run_tree_offline(cli: &Cli, plan: &TreePlan) -> Result<(), Failure> {
+    no_json(cli)?;
+    let ring = load_ring(cli.keys.as_deref())?;
+    if plan.format == Format::Openssl {
+        eprintln!(
+            "warning: the openssl format is NOT authenticated: anyone who can modify the files \
+             under {} can change what they decrypt to, undetected. Prefer the default \
+             ringcrypt format.",
+            plan.output.display()
+        );
+    }
+    let job = TreeJob {
+        op: plan.op,
+        input: &plan.input,
+        output: &plan.output,
+        key: plan.key.as_deref(),
+        format: plan.format,
+        chunk_log2: plan.chunk_log2.unwrap_or(CHUNK_LOG2_DEFAULT),
+        overwrite: plan.overwrite,
+        skip_existing: plan.skip_existing,
+        durability: Durability::Fsync,
+        workers: 0,
+    };
+    let mut display = ProgressDisplay::new(plan.quiet);
+    let summary = tree::run(&ring, &job, |snapshot| display.update(snapshot));
+    display.finish();
+    finish_tree(plan, &summary?, None)
+}
+
+/// Runs a tree job through the daemon: one recursive request, its `progress` lines shown.
+fn run_tree_daemon(cli: &Cli, plan: &TreePlan) -> Result<(), Failure> {
+    if plan.format == Format::Openssl {
+        return Err(usage(
+            "the daemon seals the ringcrypt format only",
+            "pass --keys FILE to write the openssl format in this process",
+        ));
+    }
+    offline_only(plan.chunk_log2.is_some(), "--chunk-log2")?;
+    let cwd = std::env::current_dir().map_err(|e| {
+        Failure::from(Error::new(
+            Code::IoError,
+            format!("cannot find the current directory: {e}"),
+        ))
+    })?;
+    let mut spec = FileJobSpec::new(
+        plan.op,
+        wire_path(&cwd, &plan.input)?,
+        wire_path(&cwd, &plan.output)?,
+    );
+    if spec.input == spec.output && !plan.in_place() {
+        return Err(usage(
+            format!("{} is the input directory itself", plan.output.display()),
+            "choose another output directory",
+        ));
+    }
+    spec.key = plan.key.clone();
+    spec.recursive = true;
+    spec.overwrite = plan.overwrite;
+    spec.skip_existing = plan.skip_existing;
+    let request = Request::File(spec);
+    let mut client = Client::connect(&cli.socket)?;
+    let json = cli.json;
+    let mut display = ProgressDisplay::new(plan.quiet || json);
+    let reply = client.request(&request, |line, reply| {
+        if json {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout
+                .write_all(line.as_bytes())
+                .and_then(|()| stdout.flush());
+        } else if reply.kind == "progress" {
+            display.update(&snapshot_from(reply));
+        }
+    });
+    display.finish();
+    let reply = reply?;
+    let summary = summary_from(&reply);
+    if json {
+        return match summary.files_failed {
+            0 => Ok(()),
+            failed => Err(files_failed(failed, Some(&field(&reply, "job")))),
+        };
+    }
+    finish_tree(plan, &summary, Some(&field(&reply, "job")))
+}
+
+/// A `progress` reply as a snapshot for the display.
+fn snapshot_from(reply: &Reply) -> tree::Snapshot {
+    tree::Snapshot {
+        files_done: count(reply, "files_done"),
+        files_total: count(reply, "files_total"),
+        bytes_done: count(reply, "bytes_done"),
+        bytes_total: count(reply, "bytes_total"),
+        rate_bytes_per_sec: count(reply, "rate_bytes_per_sec"),
+        totals_final: reply
+            .fields
+            .get("totals_final")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    }
+}
+
+/// A tree job's `done` reply as a summary. Unknown error codes become `internal` (the list
+/// may grow), keeping the daemon's code in the message.
+fn summary_from(reply: &Reply) -> Summary {
+    let failures = array(reply, "failures")
+        .iter()
+        .map(|f| {
+            let code_text = text(f.get("code"));
+            let message = text(f.get("message"));
+            let (code, message) = match Code::parse(&code_text) {
+                Some(code) => (code, message),
+                None => (
+                    Code::Internal,
+                    format!("{message} (error code {code_text})"),
+                ),
+            };
+            tree::Failure {
+                path: PathBuf::from(text(f.get("path"))),
+                code,
+                message,
+            }
+        })
+        .collect();
+    let skipped = array(reply, "skipped")
+        .iter()
+        .map(|s| tree::Skipped {
+            path: PathBuf::from(text(s.get("path"))),
+            reason: text(s.get("reason")),
+        })
+        .collect();
+    Summary {
+        bytes_in: count(reply, "bytes_in"),
+        bytes_out: count(reply, "bytes_out"),
+        files_ok: count(reply, "files_ok"),
+        files_failed: count(reply, "files_failed"),
+        files_skipped: count(reply, "files_skipped"),
+        failures,
+        failures_omitted: count(reply, "failures_omitted"),
+        skipped,
+        skipped_omitted: count(reply, "skipped_omitted"),
+    }
+}
+
+/// Prints a tree job's summary (stdout), then its failures and skipped entries (stderr);
+/// fails with exit 1 when any file failed.
+fn finish_tree(plan: &TreePlan, summary: &Summary, job: Option<&str>) -> Result<(), Failure> {
+    let job_text = job.map(|job| format!(", job {job}")).unwrap_or_default();
+    {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(
+            stdout,
+            "{} tree {} -> {}: {} ok, {} failed, {} skipped ({} bytes -> {} bytes{job_text})",
+            plan.verb(),
+            plan.input.display(),
+            plan.output.display(),
+            summary.files_ok,
+            summary.files_failed,
+            summary.files_skipped,
+            summary.bytes_in,
+            summary.bytes_out,
+        )
+        .and_then(|()| stdout.flush());
+    }
+    let mut stderr = std::io::stderr().lock();
+    for failure in &summary.failures {
+        let _ = writeln!(
+            stderr,
+            "failed: {}: {} [{}]",
+            failure.path.display(),
+            failure.message,
+            failure.code
+        );
+    }
+    if summary.failures_omitted > 0 {
+        let _ = writeln!(
+            stderr,
+            "failed: ... and {} more not listed",
+            summary.failures_omitted
+        );
+    }
+    // Outputs left because they exist and verify are the point of --skip-existing, not news.
+    for skipped in summary
+        .skipped
+        .iter()
+        .filter(|s| s.reason != tree::REASON_EXISTS)
+    {
+        let _ = writeln!(
+            stderr,
+            "skipped: {} ({})",
+            skipped.path.display(),
+            skipped.reason
+        );
+    }
+    if summary.skipped_omitted > 0 {
+        let _ = writeln!(
+            stderr,
+            "skipped: ... and {} more not listed",
+            summary.skipped_omitted
+        );
+    }
+    match summary.files_failed {
+        0 => Ok(()),
+        failed => Err(files_failed(failed, job)),
+    }
+}
+
+fn files_failed(failed: u64, job: Option<&str>) -> Failure {
+    let of_job = job.map(|job| format!(" of job {job}")).unwrap_or_default();
+    Failure {
+        exit: EXIT_FAILED,
+        error: format!("{failed} file(s){of_job} failed"),
+        hint: None,
+    }
+}
+
+/// How a tree job's progress is shown on stderr: a bar on a terminal, a plain line at most
+/// every [`PLAIN_PROGRESS_INTERVAL`] otherwise (logs, CI), nothing with `--quiet`.
+enum ProgressDisplay {
+    Quiet,
+    Bar { bar: ProgressBar, counting: bool },
+    Plain { last: Instant },
+}
+
+impl ProgressDisplay {
+    fn new(quiet: bool) -> ProgressDisplay {
+        if quiet {
+            ProgressDisplay::Quiet
+        } else if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            bar.set_style(Self::counting_style());
+            ProgressDisplay::Bar {
+                bar,
+                counting: true,
+            }
+        } else {
+            ProgressDisplay::Plain {
+                last: Instant::now(),
+            }
+        }
+    }
+
+    fn counting_style() -> ProgressStyle {
+        ProgressStyle::with_template("{spinner} {msg} (counting…)")
+            .expect("a fixed, valid template")
+    }
+
+    fn final_style() -> ProgressStyle {
+        ProgressStyle::with_template("[{bar:30}] {msg}, eta {eta}")
+            .expect("a fixed, valid template")
+            .progress_chars("=> ")
+    }
+
+    fn update(&mut self, s: &tree::Snapshot) {
+        match self {
+            ProgressDisplay::Quiet => {}
+            ProgressDisplay::Bar { bar, counting } => {
+                if *counting && s.totals_final {
+                    bar.set_style(Self::final_style());
+                    *counting = false;
+                }
+                bar.set_length(s.bytes_total);
+                bar.set_position(s.bytes_done.min(s.bytes_total));
+                bar.set_message(progress_line(s));
+                if *counting {
+                    bar.tick();
+                }
+            }
+            ProgressDisplay::Plain { last } => {
+                if last.elapsed() >= PLAIN_PROGRESS_INTERVAL {
+                    *last = Instant::now();
+                    let counting = if s.totals_final {
+                        ""
+                    } else {
+                        " (still counting)"
+                    };
+                    eprintln!("progress: {}{counting}", progress_line(s));
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let ProgressDisplay::Bar { bar, .. } = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `120/5000 files, 12.3/50.0 MB, 40.1 MB/s` (MB = 10^6 bytes).
+fn progress_line(s: &tree::Snapshot) -> String {
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    format!(
+        "{}/{} files, {:.1}/{:.1} MB, {:.1} MB/s",
+        s.files_done,
+        s.files_total,
+        mb(s.bytes_done),
+        mb(s.bytes_total),
+        mb(s.rate_bytes_per_sec)
+    )
 }
 
 #[cfg(test)]

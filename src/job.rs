@@ -1152,43 +1152,17 @@ fn verify_existing(dir: &OwnedFd, name: &std::ffi::CStr, op: FileOp, ring: &KeyR
     let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) else {
         return false;
     };
-    let Ok(stat) = rustix::fs::fstat(&fd) else {
-        return false;
-    };
-    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+    let file = std::fs::File::from(fd);
+    if !file.metadata().is_ok_and(|meta| meta.is_file()) {
         return false;
     }
-    if op == FileOp::Decrypt {
-        return true;
+    match op {
+        FileOp::Decrypt => true,
+        FileOp::Encrypt => crate::stream::verify_last_record(&file, ring).is_ok(),
+        // A rewrap is done only when the output is under the current default key.
+        FileOp::Rewrap => crate::stream::verify_last_record(&file, ring).is_ok_and(|id| {
+            ring.default_entry().and_then(|entry| entry.id_hex())
+                == Some(crate::keys::hex_encode(&id))
+        }),
     }
-    let size = stat.st_size as u64;
-    let mut head = [0u8; HEADER_BYTES];
-    if rustix::io::pread(&fd, &mut head, 0) != Ok(HEADER_BYTES) {
-        return false;
-    }
-    let Ok(header) = Header::parse(&head) else {
-        return false;
-    };
-    let Ok(master) = ring.opening_key(&header.key_id) else {
-        return false;
-    };
-    if op == FileOp::Rewrap
-        && ring.default_entry().and_then(|entry| entry.id_hex())
-            != Some(crate::keys::hex_encode(&header.key_id))
-    {
-        return false;
-    }
-    let Ok(mut opener) = Opener::new(&header, master.bytes()) else {
-        return false;
-    };
-    let Ok(layout) = Layout::for_file(size, header.chunk_log2) else {
-        return false;
-    };
-    let mut last = vec![0u8; layout.final_record_bytes];
-    let at = size - layout.final_record_bytes as u64;
-    if rustix::io::pread(&fd, &mut last, at) != Ok(last.len()) {
-        return false;
-    }
-    opener.skip_to(layout.full_records);
-    opener.open_final(&mut last).is_ok()
 }

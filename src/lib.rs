@@ -12,11 +12,12 @@
 //! - [`roots`]: allowed roots and confined path resolution.
 //! - [`job`]: one file job's state machine on its owner shard.
 //! - [`shard`]: a pinned thread with its inbox, connections and jobs.
-//! - [`tree_job`]: one directory-tree job on the shard that received it.
 //! - [`daemon`]: `ringcryptd` setup: configuration, socket, shards, signals.
 //! - [`stream`]: sealing and opening over `Read`/`Write`.
 //! - [`output`]: atomic, durable output files.
 //! - [`offline`]: file jobs run in this process (the client's `--keys` mode).
+//! - [`tree`]: directory-tree jobs in this process: the walk, its skip and naming rules, and
+//!   a worker per core running `offline`'s file jobs.
 //! - [`client`]: the client's side of the socket: connect, send a request, read its replies.
 //! - [`cli`]: the `ringcrypt` command line.
 
@@ -41,6 +42,7 @@ pub mod reactor;
 pub mod roots;
 pub mod shard;
 pub mod stream;
+pub mod tree;
 pub mod tree_job;
 
 pub use error::{Code, Error};

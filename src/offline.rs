@@ -1,17 +1,23 @@
 //! File-level encrypt, decrypt and rewrap in this process (the client's `--keys` mode): open
 //! the input, stream it through `stream`/`openssl` into an [`AtomicFile`], commit. Inputs are
 //! only read; on any failure nothing appears under the output name and no temp file remains.
+//!
+//! Directory trees are walked by [`crate::tree`], which runs each file through
+//! [`tree_file`] (the same work, plus the tree rules: no symlink followed, mtime kept) and
+//! checks existing outputs with [`verify_sealed`].
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::SystemTime;
 
 use crate::error::{Code, Error};
 use crate::format::{self, Sealer};
 use crate::keys::{KeyMaterial, KeyRing};
 use crate::openssl::{self, OpensslWriter};
 use crate::output::{AtomicFile, Durability};
+use crate::protocol::FileOp;
 use crate::stream::{self, SealWriter};
 
 /// The on-disk format of an encrypted file.
@@ -65,10 +71,27 @@ struct Input {
     len: u64,
     mode: u32,
     dev_ino: (u64, u64),
+    mtime: Option<SystemTime>,
 }
 
-fn open_input(path: &Path) -> Result<Input, Error> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+/// How a file job treats its input and output beyond the [`Job`] fields. Single-file jobs
+/// follow a symlink the user named and give the output a fresh mtime; files of a tree are
+/// opened without following symlinks and keep their mtime (the tree is mirrored).
+#[derive(Clone, Copy, Debug, Default)]
+struct Rules {
+    in_tree: bool,
+}
+
+fn open_input(path: &Path, rules: Rules) -> Result<Input, Error> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if rules.in_tree {
+        // The walker saw a regular file; if it was swapped for a symlink or a FIFO since,
+        // refuse it (ELOOP) or do not block on it (O_NONBLOCK; the is_file check below
+        // refuses it). O_NONBLOCK does nothing to reads of regular files.
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| Error::io("open", path, e))?;
     let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
     if meta.is_dir() {
         return Err(Error::new(
@@ -87,7 +110,23 @@ fn open_input(path: &Path) -> Result<Input, Error> {
         len: meta.len(),
         mode: meta.mode() & 0o777,
         dev_ino: (meta.dev(), meta.ino()),
+        mtime: meta.modified().ok(),
     })
+}
+
+/// Commits `out` with the input's mode bits and, in a tree, its mtime. The mtime is set on
+/// the temp file before it is linked, so the output never appears with a fresh mtime (a
+/// `--skip-existing` rerun or an rsync in between sees the final state), and the fsync in
+/// `commit` makes it durable with the data. Linking and chmod change only the ctime.
+fn commit(mut out: AtomicFile, input: &Input, job: &Job, rules: Rules) -> Result<(), Error> {
+    if rules.in_tree
+        && let Some(mtime) = input.mtime
+    {
+        out.file()
+            .set_modified(mtime)
+            .map_err(|e| Error::io("set the modification time of", job.output, e))?;
+    }
+    out.commit(input.mode, job.overwrite, job.durability)
 }
 
 /// Refuses an output that is the input itself: inputs are never modified.
@@ -112,11 +151,36 @@ fn write_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 
 /// Encrypts `job.input` into `job.output`.
 pub fn encrypt(ring: &KeyRing, job: &Job) -> Result<Outcome, Error> {
+    encrypt_with(ring, job, Rules::default())
+}
+
+/// One file of a directory tree: `op` on `job`, with the tree rules (the input is not
+/// followed if it is a symlink, nor waited on if it is a FIFO; the output keeps the
+/// input's mtime as well as its mode bits).
+pub fn tree_file(op: FileOp, ring: &KeyRing, job: &Job) -> Result<Outcome, Error> {
+    let rules = Rules { in_tree: true };
+    match op {
+        FileOp::Encrypt => encrypt_with(ring, job, rules),
+        FileOp::Decrypt => decrypt_with(ring, job, rules),
+        FileOp::Rewrap => rewrap_with(ring, job, rules),
+    }
+}
+
+/// Checks an existing output of a tree being resumed: a ringcrypt file whose header
+/// parses, whose key is in the ring (not retired), and whose header tag and final record's
+/// tag verify (see [`stream::verify_last_record`]); returns the key id it names. A symlink at
+/// `path` is not followed (it does not verify). Used by `--skip-existing`, as the daemon does.
+pub fn verify_sealed(ring: &KeyRing, path: &Path) -> Result<format::KeyId, Error> {
+    let input = open_input(path, Rules { in_tree: true })?;
+    stream::verify_last_record(&input.file, ring).map_err(|e| e.context(path.display()))
+}
+
+fn encrypt_with(ring: &KeyRing, job: &Job, rules: Rules) -> Result<Outcome, Error> {
     let entry = match job.format {
         Format::Ringcrypt => ring.sealing_entry(job.key)?,
         Format::Openssl => ring.sealing_passphrase(job.key)?.0,
     };
-    let mut input = open_input(job.input)?;
+    let mut input = open_input(job.input, rules)?;
     refuse_same_file(&input, job)?;
     let mut out = AtomicFile::create(job.output, job.overwrite)?;
     let bytes_out = match (&entry.material, job.format) {
@@ -154,7 +218,7 @@ pub fn encrypt(ring: &KeyRing, job: &Job) -> Result<Outcome, Error> {
             ));
         }
     };
-    out.commit(input.mode, job.overwrite, job.durability)?;
+    commit(out, &input, job, rules)?;
     Ok(Outcome {
         bytes_in: input.len,
         bytes_out,
@@ -222,7 +286,11 @@ fn decrypt_into(
 
 /// Decrypts `job.input` (format detected from its first bytes) into `job.output`.
 pub fn decrypt(ring: &KeyRing, job: &Job) -> Result<Outcome, Error> {
-    let mut input = open_input(job.input)?;
+    decrypt_with(ring, job, Rules::default())
+}
+
+fn decrypt_with(ring: &KeyRing, job: &Job, rules: Rules) -> Result<Outcome, Error> {
+    let mut input = open_input(job.input, rules)?;
     refuse_same_file(&input, job)?;
     let mut out = AtomicFile::create(job.output, job.overwrite)?;
     let (plain, format, key) = decrypt_into(
@@ -231,7 +299,7 @@ pub fn decrypt(ring: &KeyRing, job: &Job) -> Result<Outcome, Error> {
         &mut input,
         &mut std::io::BufWriter::with_capacity(1 << 20, out.file()),
     )?;
-    out.commit(input.mode, job.overwrite, job.durability)?;
+    commit(out, &input, job, rules)?;
     Ok(Outcome {
         bytes_in: input.len,
         bytes_out: plain,
@@ -244,6 +312,10 @@ pub fn decrypt(ring: &KeyRing, job: &Job) -> Result<Outcome, Error> {
 /// pass: plaintext only ever exists in memory. With `job.output == job.input` and
 /// `overwrite`, the input is replaced atomically once the new file is complete.
 pub fn rewrap(ring: &KeyRing, job: &Job) -> Result<Outcome, Error> {
+    rewrap_with(ring, job, Rules::default())
+}
+
+fn rewrap_with(ring: &KeyRing, job: &Job, rules: Rules) -> Result<Outcome, Error> {
     let entry = ring.sealing_entry(None)?;
     let KeyMaterial::Secret(master) = &entry.material else {
         return Err(Error::new(
@@ -251,13 +323,13 @@ pub fn rewrap(ring: &KeyRing, job: &Job) -> Result<Outcome, Error> {
             "the default key is not a ringcrypt key",
         ));
     };
-    let mut input = open_input(job.input)?;
+    let mut input = open_input(job.input, rules)?;
     let mut out = AtomicFile::create(job.output, job.overwrite)?;
     let sealer = Sealer::new(master.bytes(), job.chunk_log2, format::random_salt()?);
     let mut writer = SealWriter::new(sealer, out.file()).map_err(write_error(job.output))?;
     decrypt_into(ring, job, &mut input, &mut writer)?;
     let bytes_out = writer.finish().map_err(write_error(job.output))?.1;
-    out.commit(input.mode, job.overwrite, job.durability)?;
+    commit(out, &input, job, rules)?;
     Ok(Outcome {
         bytes_in: input.len,
         bytes_out,
