@@ -267,7 +267,12 @@ macro_rules! both_backends {
     };
 }
 
-both_backends!(encrypt_decrypt_identical, killed_mid_tree_resumes);
+both_backends!(
+    encrypt_decrypt_identical,
+    killed_mid_tree_resumes,
+    client_killed_mid_tree_resumes,
+    json_output_snapshot,
+);
 
 fn running_as_root() -> bool {
     fs::read_to_string("/proc/self/status")
@@ -377,4 +382,106 @@ fn an_unreadable_file_fails_alone() {
         .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_ringcrypt");
+
+fn client(d: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new(CLIENT)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .env_remove("RINGCRYPT_KEYS")
+        .output()
+        .unwrap()
+}
+
+/// The client, killed in the middle of a tree, and run again with `--skip-existing`: the
+/// result is complete and identical to the input after decryption, with no partial file.
+fn client_killed_mid_tree_resumes(backend: &'static str) {
+    let d = Daemon::start(backend);
+    let src = d.root.join("src");
+    let (_, _) = make_tree(&src);
+    let enc = d.root.join("enc");
+    let mut child = Command::new(CLIENT)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["encrypt", "-r", "--quiet"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&enc)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count_files(&enc) < 100 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let run = client(
+        &d,
+        &[
+            "encrypt",
+            "-r",
+            "--skip-existing",
+            "--quiet",
+            p(&src),
+            "-o",
+            p(&enc),
+        ],
+    );
+    assert!(run.status.success(), "{run:?}");
+    let summary = String::from_utf8_lossy(&run.stdout);
+    assert!(summary.contains("0 failed"), "{summary}");
+    let dec = d.root.join("dec");
+    let run = client(&d, &["decrypt", "-r", "--quiet", p(&enc), "-o", p(&dec)]);
+    assert!(run.status.success(), "{run:?}");
+    let mut want = describe(&src);
+    want.remove(Path::new("d1/link"));
+    want.remove(Path::new("d2/fifo"));
+    assert_eq!(describe(&dec), want);
+    assert!(temp_files(d.dir.path()).is_empty(), "temp files left");
+}
+
+/// The raw `--json` lines of a small tree, normalized (job ids, times, rates, paths).
+fn json_output_snapshot(backend: &'static str) {
+    let d = Daemon::start(backend);
+    let src = d.root.join("small");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("a.txt"), b"alpha").unwrap();
+    fs::write(src.join("sub/b.bin"), bytes(70_000, 2)).unwrap();
+    std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
+    let run = client(
+        &d,
+        &[
+            "--json",
+            "encrypt",
+            "-r",
+            p(&src),
+            "-o",
+            p(&d.root.join("out")),
+        ],
+    );
+    assert!(run.status.success(), "{run:?}");
+    let text = String::from_utf8(run.stdout).unwrap();
+    let root = p(&d.root).to_string();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let mut value: Value =
+                serde_json::from_str(line).expect("--json prints JSON lines only");
+            for field in ["job", "micros", "rate_bytes_per_sec"] {
+                if value.get(field).is_some() {
+                    value[field] = json!(field.to_uppercase());
+                }
+            }
+            value.to_string().replace(&root, "[ROOT]")
+        })
+        .filter(|line| !line.contains("\"progress\""))
+        .collect();
+    insta::assert_snapshot!("json_tree", lines.join("\n"));
 }
