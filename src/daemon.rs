@@ -25,7 +25,7 @@ use crate::notify::{self, Notifier};
 use crate::output::Durability;
 use crate::reactor::{BackendKind, Reactor};
 use crate::roots::Roots;
-use crate::shard::{Msg, Shard, Shared};
+use crate::shard::{Callers, Msg, Shard, Shared};
 
 /// Where the socket lives unless told otherwise (DESIGN §1).
 pub const DEFAULT_SOCKET: &str = "/run/ringcrypt/ringcrypt.sock";
@@ -63,6 +63,13 @@ pub struct Args {
     /// allowed roots is ever read or written.
     #[arg(long = "allow-root", value_name = "DIR")]
     allow_roots: Vec<PathBuf>,
+    /// A uid that may use the daemon (repeat for several). With no --allow-uid and no
+    /// --allow-gid, anyone who can open the socket may; root and the daemon's uid always may.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// A primary gid whose members may use the daemon (repeat for several).
+    #[arg(long = "allow-gid", value_name = "GID")]
+    allow_gids: Vec<u32>,
     /// Shards (threads, one per core) [default: the number of cores].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     shards: Option<u16>,
@@ -101,6 +108,10 @@ struct FileConfig {
     keys: Option<PathBuf>,
     #[serde(default)]
     allow_roots: Vec<PathBuf>,
+    #[serde(default)]
+    allow_uids: Vec<u32>,
+    #[serde(default)]
+    allow_gids: Vec<u32>,
     shards: Option<u16>,
     fsync: Option<FsyncArg>,
     chunk_log2: Option<u8>,
@@ -113,6 +124,7 @@ pub struct Config {
     pub socket: PathBuf,
     pub keys: PathBuf,
     pub allow_roots: Vec<PathBuf>,
+    pub callers: Callers,
     pub shards: usize,
     pub durability: Durability,
     pub chunk_log2: u8,
@@ -211,8 +223,21 @@ impl Config {
             .map(usize::from)
             .unwrap_or_else(cores);
         let metrics = metrics_setting(args.metrics.as_deref().or(file.metrics.as_deref()))?;
+        let callers = Callers {
+            uids: if args.allow_uids.is_empty() {
+                file.allow_uids
+            } else {
+                args.allow_uids
+            },
+            gids: if args.allow_gids.is_empty() {
+                file.allow_gids
+            } else {
+                args.allow_gids
+            },
+        };
         Ok(Config {
             metrics,
+            callers,
             socket,
             keys,
             allow_roots,
@@ -258,6 +283,10 @@ fn dev_config(args: &Args) -> Result<Config, Error> {
             .unwrap_or_else(|| dir.join("ringcrypt.sock")),
         keys,
         allow_roots: vec![cwd],
+        callers: Callers {
+            uids: args.allow_uids.clone(),
+            gids: args.allow_gids.clone(),
+        },
         shards: args.shards.map(usize::from).unwrap_or_else(cores),
         durability: Durability::Fsync,
         chunk_log2: CHUNK_LOG2_DEFAULT,
@@ -423,6 +452,8 @@ pub fn sweep_temp_files(roots: &[PathBuf], daemon_uid: u32) -> usize {
 
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
 pub fn run(config: Config) -> Result<(), Error> {
+    // Key material must not end up in a core dump or be readable through ptrace by others.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let ring = Arc::new(KeyRing::load(&config.keys)?);
     let roots = Roots::open(&config.allow_roots)?;
     let notifier = Notifier::from_env();
@@ -470,6 +501,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let shared = Arc::new(Shared {
         inboxes,
+        callers: config.callers.clone(),
         roots,
         durability: config.durability,
         chunk_log2: config.chunk_log2,

@@ -122,8 +122,29 @@ pub struct Inbox {
 }
 
 /// What every shard can see: the inboxes and the fixed configuration.
+/// Who may use the daemon, by the uid and gid the kernel reports for the peer
+/// (`SO_PEERCRED`), never by anything the client says. Empty lists allow every peer that
+/// can open the socket (its file mode is the gate). Root and the daemon's own uid are
+/// always allowed.
+#[derive(Clone, Debug, Default)]
+pub struct Callers {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl Callers {
+    pub fn allows(&self, uid: u32, gid: u32, daemon_uid: u32) -> bool {
+        (self.uids.is_empty() && self.gids.is_empty())
+            || uid == 0
+            || uid == daemon_uid
+            || self.uids.contains(&uid)
+            || self.gids.contains(&gid)
+    }
+}
+
 pub struct Shared {
     pub inboxes: Vec<Inbox>,
+    pub callers: Callers,
     pub roots: Roots,
     pub durability: Durability,
     pub chunk_log2: u8,
@@ -219,6 +240,7 @@ const KIND_MASK: u64 = 0xff << 56;
 struct Conn {
     fd: OwnedFd,
     uid: u32,
+    gid: u32,
     /// The receive buffer, or None while a recv owns it.
     rbuf: Option<Vec<u8>>,
     filled: usize,
@@ -494,7 +516,7 @@ impl Shard {
 
     // ---- connections -------------------------------------------------------------------
 
-    fn add_conn(&mut self, fd: OwnedFd, uid: u32, _gid: u32) {
+    fn add_conn(&mut self, fd: OwnedFd, uid: u32, gid: u32) {
         let key = self.next_conn;
         self.next_conn += 1;
         if self.reactor.kind() == BackendKind::Sync {
@@ -503,6 +525,7 @@ impl Shard {
         let conn = Conn {
             fd,
             uid,
+            gid,
             rbuf: Some(vec![0u8; RECV_BUFFER_BYTES]),
             filled: 0,
             discarding: false,
@@ -682,6 +705,24 @@ impl Shard {
             id,
             tree: None,
         };
+        let (uid, gid) = self
+            .conns
+            .get(&key)
+            .map(|c| (c.uid, c.gid))
+            .unwrap_or((u32::MAX, u32::MAX));
+        let allowed = matches!(request, Request::Ping)
+            || self.shared.callers.allows(uid, gid, self.shared.daemon_uid);
+        audit(uid, gid, &request, allowed);
+        if !allowed {
+            let err = Error::new(
+                Code::PermissionDenied,
+                format!(
+                    "uid {uid} (gid {gid}) may not use this daemon; ask its administrator to add it to allow_uids or allow_gids"
+                ),
+            );
+            self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
+            return;
+        }
         if self.shutdown.is_some()
             && !matches!(
                 request,
@@ -1532,6 +1573,24 @@ mod test_hooks {
 
     #[cfg(not(debug_assertions))]
     pub fn maybe_hang(_index: usize, _started: Instant) {}
+}
+
+/// One audit line per request, accepted or refused: who (from SO_PEERCRED), what, and on
+/// which paths. Never key material (requests carry key names at most).
+fn audit(uid: u32, gid: u32, request: &Request, allowed: bool) {
+    let verdict = if allowed { "accepted" } else { "refused" };
+    match request {
+        Request::File(spec) => eprintln!(
+            "audit: {verdict} uid={uid} gid={gid} op={}{} input={:?} output={:?}",
+            spec.op.as_str(),
+            if spec.recursive { " recursive" } else { "" },
+            spec.input,
+            spec.output
+        ),
+        // Health checks are not audited: a monitoring loop would drown the log.
+        Request::Ping if allowed => {}
+        other => eprintln!("audit: {verdict} uid={uid} gid={gid} op={}", other.op()),
+    }
 }
 
 /// An error reply line, counted by code.

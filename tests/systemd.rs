@@ -519,7 +519,10 @@ fn daemon_settings() -> Vec<String> {
         let flag = flag.split_whitespace().next().unwrap();
         match flag {
             "config" | "dev" | "help" | "version" => {}
+            // Repeatable flags are lists in the file, named in the plural.
             "allow-root" => names.push("allow_roots".to_string()),
+            "allow-uid" => names.push("allow_uids".to_string()),
+            "allow-gid" => names.push("allow_gids".to_string()),
             other => names.push(other.replace('-', "_")),
         }
     }

@@ -1,0 +1,270 @@
+//! Caller checks and key hygiene of the real daemon (DESIGN §6).
+//!
+//! Checked: a client whose uid is not on `--allow-uid` is refused with `permission_denied`
+//! (its `ping` still answers), an allowed uid is served, root always is; every request is
+//! audited with the caller's uid and op and never with key material; `reload` needs root or
+//! the daemon's uid; the daemon is not dumpable (no core dumps or ptrace of key memory).
+//! The client runs as `nobody` through `setpriv`, so this needs root; as another user the
+//! test says so and checks only what it can.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_ringcryptd");
+const CLIENT: &str = env!("CARGO_BIN_EXE_ringcrypt");
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        .unwrap_or(false)
+}
+
+fn uid_of(name: &str) -> u32 {
+    let out = Command::new("id").args(["-u", name]).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+struct Running {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, allow_uid: Option<u32>) -> Running {
+    let keys = dir.join("keys.toml");
+    let entry = Command::new(CLIENT)
+        .args(["keygen", "--name", "k"])
+        .output()
+        .unwrap();
+    std::fs::write(&keys, &entry.stdout).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let socket = dir.join("s.sock");
+    let log = dir.join("d.log");
+    let mut cmd = Command::new(DAEMON);
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--keys")
+        .arg(&keys)
+        .arg("--allow-root")
+        .arg(dir);
+    cmd.args(["--metrics", "off", "--shards", "1"]);
+    if let Some(uid) = allow_uid {
+        cmd.args(["--allow-uid", &uid.to_string()]);
+    }
+    let child = cmd
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(
+            Instant::now() < end,
+            "no socket: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The socket is 0660 root:root here; let `nobody` reach it so the daemon, not the file
+    // mode, is what decides.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    Running { child, log }
+}
+
+fn as_nobody(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+            CLIENT,
+            "--socket",
+        ])
+        .arg(dir.join("s.sock"))
+        .args(args)
+        .env_remove("RINGCRYPT_KEYS")
+        .output()
+        .unwrap()
+}
+
+fn request(socket: &Path, line: &str) -> String {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(line.as_bytes()).unwrap();
+    stream.write_all(b"\n").unwrap();
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).unwrap();
+    reply
+}
+
+fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("ringcrypt-sec")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn callers_off_the_allow_list_are_refused_and_audited() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run the client as another uid (setpriv)");
+        return;
+    }
+    let dir = scratch();
+    let daemon = start(dir.path(), Some(4242));
+    std::fs::write(dir.path().join("in.txt"), b"data").unwrap();
+
+    // nobody: ping answers (health checks are open), everything else is refused.
+    let ping = as_nobody(dir.path(), &["ping"]);
+    assert!(ping.status.success(), "{ping:?}");
+    let keys = as_nobody(dir.path(), &["keys"]);
+    assert_eq!(keys.status.code(), Some(1), "{keys:?}");
+    let stderr = String::from_utf8_lossy(&keys.stderr);
+    assert!(
+        stderr.contains("[permission_denied]") && stderr.contains("allow_uids"),
+        "{stderr}"
+    );
+    let enc = as_nobody(
+        dir.path(),
+        &["encrypt", "/tmp/none-such", "-o", "/tmp/none-such.rcrypt"],
+    );
+    assert_eq!(enc.status.code(), Some(1), "{enc:?}");
+    assert!(!dir.path().join("in.txt.rcrypt").exists());
+
+    // root is always allowed.
+    let input = dir.path().join("in.txt");
+    let line = format!(
+        "{{\"op\":\"encrypt\",\"input\":\"{}\",\"output\":\"{}.rcrypt\"}}",
+        input.display(),
+        input.display()
+    );
+    assert!(request(&dir.path().join("s.sock"), &line).contains("accepted"));
+
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    let nobody = uid_of("nobody");
+    assert!(
+        log.contains(&format!("audit: refused uid={nobody}")),
+        "{log}"
+    );
+    assert!(log.contains("op=keys"), "{log}");
+    assert!(
+        log.contains("audit: accepted uid=0") && log.contains("op=encrypt"),
+        "{log}"
+    );
+    let secret = std::fs::read_to_string(dir.path().join("keys.toml")).unwrap();
+    let hex = secret
+        .split('"')
+        .find(|part| part.len() == 64)
+        .expect("the secret");
+    assert!(!log.contains(hex), "key material in the log");
+}
+
+#[test]
+fn an_allowed_uid_is_served_but_reload_stays_admin_only() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run the client as another uid (setpriv)");
+        return;
+    }
+    let dir = scratch();
+    let _daemon = start(dir.path(), Some(uid_of("nobody")));
+    let keys = as_nobody(dir.path(), &["keys"]);
+    assert!(keys.status.success(), "{keys:?}");
+    let reload = as_nobody(dir.path(), &["reload"]);
+    assert_eq!(reload.status.code(), Some(1), "{reload:?}");
+    assert!(String::from_utf8_lossy(&reload.stderr).contains("[permission_denied]"));
+}
+
+#[test]
+fn the_daemon_is_not_dumpable() {
+    // For a non-dumpable process the kernel makes root the owner of /proc/PID/*; so run the
+    // daemon as nobody and look at who owns its /proc files. No core dump, no ptrace by
+    // other processes of the same uid, so key memory stays in the daemon.
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run the daemon as nobody (setpriv)");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let dir = scratch();
+    let keys = dir.path().join("keys.toml");
+    let entry = Command::new(CLIENT)
+        .args(["keygen", "--name", "k"])
+        .output()
+        .unwrap();
+    std::fs::write(&keys, &entry.stdout).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(
+        Command::new("chown")
+            .args(["-R", "nobody"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let socket = dir.path().join("s.sock");
+    let script = format!(
+        "exec {DAEMON} --socket {} --keys {} --allow-root {} --metrics off --shards 1",
+        socket.display(),
+        keys.display(),
+        dir.path().display()
+    );
+    let child = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = Running {
+        child,
+        log: dir.path().join("unused"),
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < end, "the daemon never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = daemon.child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nobody = uid_of("nobody");
+    assert!(
+        status.contains(&format!("Uid:\t{nobody}")),
+        "the daemon runs as nobody: {status}"
+    );
+    let owner = std::fs::metadata(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .uid();
+    assert_eq!(
+        owner, 0,
+        "/proc/{pid} is owned by its uid: the daemon is still dumpable"
+    );
+}
