@@ -268,3 +268,76 @@ fn the_daemon_is_not_dumpable() {
         "/proc/{pid} is owned by its uid: the daemon is still dumpable"
     );
 }
+
+/// A disk that fills up mid-write: `no_space`, no partial output, no temp file, the
+/// daemon keeps serving, and the next job fits once there is room. Needs root to mount a
+/// small tmpfs; otherwise the test says so.
+#[test]
+fn a_full_disk_gives_no_space_and_leaves_nothing() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let dir = scratch();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m"])
+        .arg("tmpfs")
+        .arg(&small)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here (no mount permission in this container)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let daemon = start(dir.path(), None);
+    let socket = dir.path().join("s.sock");
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![0x5a; 20 << 20]).unwrap();
+    let line = format!(
+        "{{\"op\":\"encrypt\",\"input\":\"{}\",\"output\":\"{}\"}}",
+        big.display(),
+        small.join("big.rcrypt").display()
+    );
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut replies = String::new();
+    while !replies.contains("\"done\"") && !replies.contains("\"error\"") {
+        assert!(reader.read_line(&mut replies).unwrap() > 0, "{replies}");
+    }
+    assert!(replies.contains("\"code\":\"no_space\""), "{replies}");
+    let left: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
+    assert!(left.is_empty(), "the full disk kept {left:?}");
+    // The space came back with the temp file: a job that fits succeeds.
+    let fits = dir.path().join("fits.bin");
+    std::fs::write(&fits, vec![1u8; 1 << 20]).unwrap();
+    let line = format!(
+        "{{\"op\":\"encrypt\",\"input\":\"{}\",\"output\":\"{}\"}}",
+        fits.display(),
+        small.join("fits.rcrypt").display()
+    );
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut replies = String::new();
+    while !replies.contains("\"done\"") && !replies.contains("\"error\"") {
+        assert!(reader.read_line(&mut replies).unwrap() > 0, "{replies}");
+    }
+    assert!(replies.contains("\"done\""), "{replies}");
+    assert!(small.join("fits.rcrypt").exists());
+    drop(daemon);
+}
