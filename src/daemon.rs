@@ -412,6 +412,21 @@ fn status_line(shared: &Shared) -> String {
     )
 }
 
+/// Raises the soft descriptor limit to the hard one: every connection, job and tree level
+/// holds descriptors, and the default soft limit (1024) is far below what a busy daemon
+/// needs. (Under systemd, LimitNOFILE= sets both.)
+fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, raised);
+    }
+}
+
 /// Directory entries the start-up sweep looks at, across all roots, before it stops: the
 /// sweep must not turn a restart into a walk of a million-file tree.
 pub const SWEEP_MAX_ENTRIES: usize = 200_000;
@@ -454,6 +469,7 @@ pub fn sweep_temp_files(roots: &[PathBuf], daemon_uid: u32) -> usize {
 pub fn run(config: Config) -> Result<(), Error> {
     // Key material must not end up in a core dump or be readable through ptrace by others.
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    raise_fd_limit();
     let ring = Arc::new(KeyRing::load(&config.keys)?);
     let roots = Roots::open(&config.allow_roots)?;
     let notifier = Notifier::from_env();

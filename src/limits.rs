@@ -50,8 +50,17 @@ pub const MAX_QUEUED_JOBS_PER_SHARD: usize = 1024;
 /// a descriptor and a receive buffer (`RECV_BUFFER_BYTES`).
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// A connection's receive buffer: one maximal request line plus room to find its newline.
+/// The most a connection's receive buffer grows to: one maximal request line plus room to
+/// find its newline.
 pub const RECV_BUFFER_BYTES: usize = 64 * 1024 + 4096;
+
+/// A connection's receive buffer to start with, and again after a long line is consumed:
+/// a typical request fits, and a thousand idle connections cost 1 MiB, not 68.
+pub const RECV_INITIAL_BYTES: usize = 1024;
+
+/// Replies waiting to be sent on one connection before the daemon stops reading its
+/// requests: a client that writes and never reads gets back-pressure, not unbounded memory.
+pub const MAX_PENDING_REPLY_BYTES: usize = 1 << 20;
 
 /// A connection with no request and no job in flight for this long is closed, so idle or
 /// abandoned clients cannot hold descriptors forever.

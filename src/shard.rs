@@ -30,8 +30,8 @@ use crate::error::{Code, Error};
 use crate::job::{BUFFERS_PER_JOB, FileJob, JobCtx};
 use crate::keys::KeyRing;
 use crate::limits::{
-    FINISHED_JOBS_KEPT, IDLE_TIMEOUT, INBOX_DEPTH, MAX_CONNECTIONS, MAX_QUEUED_JOBS_PER_SHARD,
-    RECV_BUFFER_BYTES, TICK,
+    FINISHED_JOBS_KEPT, IDLE_TIMEOUT, INBOX_DEPTH, MAX_CONNECTIONS, MAX_PENDING_REPLY_BYTES,
+    MAX_QUEUED_JOBS_PER_SHARD, RECV_BUFFER_BYTES, RECV_INITIAL_BYTES, TICK,
 };
 use crate::metrics::{self, JobResult, ShardMetrics};
 use crate::output::Durability;
@@ -526,7 +526,7 @@ impl Shard {
             fd,
             uid,
             gid,
-            rbuf: Some(vec![0u8; RECV_BUFFER_BYTES]),
+            rbuf: Some(vec![0u8; RECV_INITIAL_BYTES]),
             filled: 0,
             discarding: false,
             out: Vec::new(),
@@ -543,7 +543,8 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if conn.eof {
+        // Back-pressure: while its replies pile up unread, read no more of its requests.
+        if conn.eof || conn.out.len() > MAX_PENDING_REPLY_BYTES {
             return;
         }
         let Some(data) = conn.rbuf.take() else { return };
@@ -598,6 +599,15 @@ impl Shard {
                 }
                 conn.discarding = true;
                 conn.filled = 0;
+            }
+            // Grow for a long line, shrink back once it is consumed: an idle connection
+            // costs RECV_INITIAL_BYTES, not a whole maximal line.
+            if conn.filled == buf.len() && buf.len() < RECV_BUFFER_BYTES {
+                let grown = (buf.len() * 2).min(RECV_BUFFER_BYTES);
+                buf.resize(grown, 0);
+            } else if conn.filled == 0 && buf.len() > RECV_INITIAL_BYTES {
+                buf.truncate(RECV_INITIAL_BYTES);
+                buf.shrink_to_fit();
             }
         }
         for err in errors {
@@ -656,6 +666,8 @@ impl Shard {
                 conn.sending = false;
                 self.flush(key);
                 self.maybe_close(key);
+                // Reading may have paused for back-pressure; resume (no-op if a recv is out).
+                self.arm_recv(key);
             }
             Err(_) => {
                 // The peer is gone: drop what it will never read.
