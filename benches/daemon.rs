@@ -14,7 +14,14 @@
 //!    `openssl enc -aes-256-cbc -pbkdf2 -iter 10000`;
 //! 2. 1000 files of 1 MiB from 16 concurrent clients, each on its own connection pipelining
 //!    its share, against `find | xargs -0 -P2 openssl enc`;
-//! 3. 10,000 sequential 4 KiB encrypt jobs on one connection: p50, p99, max.
+//! 3. 10,000 sequential 4 KiB encrypt jobs on one connection: p50, p99, max;
+//! 4. trees: 20,000 files of 4 KiB in 100 directories, encrypted by the real client
+//!    (`ringcrypt encrypt -r`) through a fresh daemon (`--fsync never` and `always`) and
+//!    offline (`--keys`), and by a raw socket tree request, against `find | xargs -0 -P2
+//!    openssl enc` and a Python `ProcessPoolExecutor` (2 workers) over the `cryptography`
+//!    package (skipped, with a note, when python3 cannot import it). The issue's targets for
+//!    the client through the daemon, ≥ 25,000 files/s, ≥ 60× xargs and ≥ 10× the Python
+//!    pool, are marked "met" or "not met".
 //!
 //! `--quick` (or `RINGCRYPT_BENCH_QUICK=1`) shrinks every size for a smoke run; other
 //! arguments, such as the `--bench` that `cargo bench` passes, are ignored. Each measurement's
@@ -60,6 +67,9 @@ struct Sizes {
     many_file_bytes: u64,
     latency_jobs: usize,
     latency_file_bytes: u64,
+    tree_files: usize,
+    tree_dirs: usize,
+    tree_file_bytes: u64,
 }
 
 const FULL: Sizes = Sizes {
@@ -68,6 +78,9 @@ const FULL: Sizes = Sizes {
     many_file_bytes: MIB,
     latency_jobs: 10_000,
     latency_file_bytes: 4096,
+    tree_files: 20_000,
+    tree_dirs: 100,
+    tree_file_bytes: 4096,
 };
 
 const QUICK: Sizes = Sizes {
@@ -76,6 +89,9 @@ const QUICK: Sizes = Sizes {
     many_file_bytes: MIB,
     latency_jobs: 1000,
     latency_file_bytes: 4096,
+    tree_files: 2000,
+    tree_dirs: 100,
+    tree_file_bytes: 4096,
 };
 
 struct Args {
@@ -701,6 +717,359 @@ fn latency(bench: &Bench, table: &mut Table) {
     ]);
 }
 
+/// The Python baseline of measurement 4: a `ProcessPoolExecutor` over the `cryptography`
+/// package. AES-256-CBC + PKCS7 with a random IV per file (written before the ciphertext) and
+/// one PBKDF2-HMAC-SHA256 key for the run; unauthenticated, like `openssl enc`. Prints
+/// `FILES BYTES` when done.
+const PYTHON_POOL: &str = r#"import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+KEY = None
+
+
+def init(key):
+    global KEY
+    KEY = key
+
+
+def seal(job):
+    src, dst = job
+    with open(src, "rb") as f:
+        data = f.read()
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(data) + padder.finalize()
+    iv = os.urandom(16)
+    enc = Cipher(algorithms.AES(KEY), modes.CBC(iv)).encryptor()
+    with open(dst, "wb") as f:
+        f.write(iv + enc.update(padded) + enc.finalize())
+    return len(data)
+
+
+def main():
+    src, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=os.urandom(16), iterations=10000)
+    key = kdf.derive(b"x")
+    jobs = []
+    for root, _dirs, files in os.walk(src):
+        target = os.path.join(out, os.path.relpath(root, src))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            jobs.append((os.path.join(root, name), os.path.join(target, name + ".enc")))
+    with ProcessPoolExecutor(max_workers=workers, initializer=init, initargs=(key,)) as pool:
+        total = sum(pool.map(seal, jobs, chunksize=64))
+    print(len(jobs), total)
+
+
+if __name__ == "__main__":
+    main()
+"#;
+
+/// Worker processes in the Python baseline, like `XARGS_PARALLEL`.
+const PYTHON_WORKERS: usize = 2;
+/// The targets of measurement 4 (the issue's), for the daemon client's rows.
+const TREE_TARGET_FILES_S: f64 = 25_000.0;
+const TREE_TARGET_VS_XARGS: f64 = 60.0;
+const TREE_TARGET_VS_PYTHON: f64 = 10.0;
+
+/// Regular files under `dir` (recursively), and how many of them end in `suffix`.
+fn count_files(dir: &Path, suffix: &str) -> (usize, usize) {
+    let mut all = 0;
+    let mut matching = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+            let entry = entry.expect("a directory entry");
+            let kind = entry.file_type().expect("an entry's type");
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                all += 1;
+                if entry.file_name().to_string_lossy().ends_with(suffix) {
+                    matching += 1;
+                }
+            }
+        }
+    }
+    (all, matching)
+}
+
+/// Runs a command to completion; a failure stops the bench. Returns the time and stdout.
+fn time_command_output(cmd: &mut Command) -> (Duration, String) {
+    let start = Instant::now();
+    let out = cmd.output().expect("spawn a command");
+    let time = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (time, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Asserts that `out` mirrors the tree with exactly `count` files, all ending in `suffix`.
+fn check_tree_output(out: &Path, count: usize, suffix: &str, what: &str) {
+    let (all, matching) = count_files(out, suffix);
+    assert_eq!(
+        (all, matching),
+        (count, count),
+        "{what}: {} holds {all} files, {matching} of them *{suffix}; expected {count}",
+        out.display()
+    );
+}
+
+/// One row of measurement 4, before the ratios are known.
+struct TreeRow {
+    what: String,
+    fsync: &'static str,
+    time: Duration,
+    rss: String,
+    /// The issue's targets apply to this row (the client through the daemon).
+    targeted: bool,
+}
+
+/// `"62.1x met"`-style cell: the ratio of `rate` to `base`, and the verdict when asked.
+fn ratio_cell(rate: f64, base: Option<f64>, target: Option<f64>) -> String {
+    let Some(base) = base else {
+        return "-".to_string();
+    };
+    let ratio = rate / base;
+    let digits = if ratio < 1.0 { 3 } else { 1 };
+    match target {
+        Some(target) if ratio >= target => format!("{ratio:.digits$}x met"),
+        Some(_) => format!("{ratio:.digits$}x not met"),
+        None => format!("{ratio:.digits$}x"),
+    }
+}
+
+/// Measurement 4: a directory tree of small files through the real client (via the daemon
+/// and offline), a raw socket tree request, `find | xargs openssl` and a Python process pool.
+fn trees(bench: &Bench, table: &mut Table) -> Vec<String> {
+    let Sizes {
+        tree_files: count,
+        tree_dirs: dirs,
+        tree_file_bytes: file_bytes,
+        ..
+    } = bench.sizes;
+    let mut notes = Vec::new();
+    let root = bench.dir.join("tree");
+    let src = root.join("src");
+    eprintln!(
+        "4. writing {count} x {} KiB inputs in {dirs} directories",
+        file_bytes / 1024
+    );
+    let inputs: Vec<PathBuf> = (0..count)
+        .map(|i| {
+            let dir = src.join(format!("d{:03}", i % dirs));
+            if i < dirs {
+                fs::create_dir_all(&dir).expect("create a tree directory");
+            }
+            let path = dir.join(format!("f{i:06}.bin"));
+            write_input(&path, file_bytes, i as u64 + 2_000_000);
+            path
+        })
+        .collect();
+    for input in &inputs {
+        warm(input);
+    }
+    let total = file_bytes * count as u64;
+    let rate = |time: Duration| count as f64 / time.as_secs_f64();
+    let mut rows = Vec::new();
+
+    // a. The real client through a fresh daemon, and the raw request it makes, for comparison.
+    for fsync in [Fsync::Never, Fsync::Always] {
+        eprintln!(
+            "4. ringcrypt encrypt -r via the daemon, {count} files, fsync {}",
+            fsync.as_str()
+        );
+        let out = root.join("out");
+        let (time, rss) = with_daemon(bench, fsync, |daemon| {
+            let (time, _) = time_command_output(
+                Command::new(CLIENT_EXE)
+                    .arg("--socket")
+                    .arg(&daemon.socket)
+                    .args(["encrypt", "-r"])
+                    .arg(&src)
+                    .arg("-o")
+                    .arg(&out)
+                    .arg("--quiet"),
+            );
+            time
+        });
+        check_tree_output(
+            &out,
+            count,
+            ".rcrypt",
+            "ringcrypt encrypt -r via the daemon",
+        );
+        fs::remove_dir_all(&out).expect("remove the tree output");
+        rows.push(TreeRow {
+            what: "ringcrypt encrypt -r, via the daemon".to_string(),
+            fsync: fsync.as_str(),
+            time,
+            rss,
+            targeted: true,
+        });
+    }
+
+    eprintln!("4. raw socket tree request, {count} files, fsync never");
+    let out = root.join("out-raw");
+    let (time, rss) = with_daemon(bench, Fsync::Never, |daemon| {
+        let mut conn = daemon.connect();
+        let start = Instant::now();
+        conn.send(&json!({
+            "op": "encrypt",
+            "id": 1,
+            "input": src.to_str().expect("scratch paths are UTF-8"),
+            "output": out.to_str().expect("scratch paths are UTF-8"),
+            "recursive": true,
+            "wait": true,
+        }));
+        let done = conn.until_done();
+        let time = start.elapsed();
+        assert_eq!(done["files_ok"], count, "raw tree request: {done}");
+        time
+    });
+    check_tree_output(&out, count, ".rcrypt", "raw tree request");
+    fs::remove_dir_all(&out).expect("remove the tree output");
+    rows.push(TreeRow {
+        what: "raw socket request (no client)".to_string(),
+        fsync: "never",
+        time,
+        rss,
+        targeted: false,
+    });
+
+    // b. The offline client: every core in one process, no daemon.
+    eprintln!("4. ringcrypt --keys encrypt -r (offline), {count} files");
+    let out2 = root.join("out2");
+    let (time, _) = time_command_output(
+        Command::new(CLIENT_EXE)
+            .arg("--keys")
+            .arg(&bench.keys)
+            .args(["encrypt", "-r"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&out2)
+            .arg("--quiet"),
+    );
+    check_tree_output(&out2, count, ".rcrypt", "ringcrypt --keys encrypt -r");
+    fs::remove_dir_all(&out2).expect("remove the tree output");
+    rows.push(TreeRow {
+        what: "ringcrypt --keys encrypt -r, offline".to_string(),
+        // The offline client always fsyncs each output and its directory before linking.
+        fsync: "always",
+        time,
+        rss: "-".to_string(),
+        targeted: false,
+    });
+
+    // c. find | xargs openssl: outputs land next to the inputs and go right after.
+    eprintln!("4. find | xargs -P{XARGS_PARALLEL} openssl enc, {count} files");
+    let script = format!(
+        "find \"$1\" -type f -print0 | xargs -0 -P{XARGS_PARALLEL} -I{{}} \
+         {OPENSSL_ENC} -in {{}} -out {{}}.enc"
+    );
+    let (xargs_time, _) =
+        time_command_output(Command::new("sh").args(["-c", &script, "sh"]).arg(&src));
+    let (all, enc) = count_files(&src, ".enc");
+    assert_eq!((all, enc), (2 * count, count), "xargs openssl: outputs");
+    for input in &inputs {
+        remove(&input.with_extension("bin.enc"));
+    }
+
+    // d. Python's process pool over `cryptography`, when python3 can import it.
+    let python_ok = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    let python_time = if python_ok {
+        eprintln!("4. python3 ProcessPoolExecutor({PYTHON_WORKERS}) + cryptography, {count} files");
+        let script = bench.dir.join("tree_pool.py");
+        fs::write(&script, PYTHON_POOL).expect("write the Python baseline");
+        let out3 = root.join("out3");
+        let (time, stdout) = time_command_output(
+            Command::new("python3")
+                .arg(&script)
+                .arg(&src)
+                .arg(&out3)
+                .arg(PYTHON_WORKERS.to_string()),
+        );
+        assert_eq!(
+            stdout.trim(),
+            format!("{count} {total}"),
+            "the Python baseline's count"
+        );
+        check_tree_output(&out3, count, ".enc", "Python pool");
+        fs::remove_dir_all(&out3).expect("remove the tree output");
+        Some(time)
+    } else {
+        notes.push(format!(
+            "python3 ProcessPoolExecutor({PYTHON_WORKERS}) + cryptography: skipped: python3 \
+             cannot import cryptography (pip install cryptography)"
+        ));
+        None
+    };
+    fs::remove_dir_all(&root).expect("remove the tree directory");
+
+    let xargs_rate = rate(xargs_time);
+    let python_rate = python_time.map(rate);
+    let label = format!("{count} x {} KiB", file_bytes / 1024);
+    let mut push = |what: String, fsync: &str, time: Duration, rss: &str, targeted: bool| {
+        let files_s = rate(time);
+        let target = |t: f64| targeted.then_some(t);
+        table.row(vec![
+            format!("{label}, {what}"),
+            fsync.to_string(),
+            count.to_string(),
+            format!("{:.3}", time.as_secs_f64()),
+            match target(TREE_TARGET_FILES_S) {
+                Some(t) if files_s >= t => format!("{files_s:.0} met"),
+                Some(_) => format!("{files_s:.0} not met"),
+                None => format!("{files_s:.0}"),
+            },
+            format!("{:.1}", mb_per_s(total, time)),
+            ratio_cell(files_s, Some(xargs_rate), target(TREE_TARGET_VS_XARGS)),
+            ratio_cell(files_s, python_rate, target(TREE_TARGET_VS_PYTHON)),
+            rss.to_string(),
+        ]);
+    };
+    for row in &rows {
+        push(
+            row.what.clone(),
+            row.fsync,
+            row.time,
+            &row.rss,
+            row.targeted,
+        );
+    }
+    push(
+        format!("find | xargs -P{XARGS_PARALLEL} openssl enc (baseline)"),
+        "-",
+        xargs_time,
+        "-",
+        false,
+    );
+    if let Some(time) = python_time {
+        push(
+            format!("python3 ProcessPoolExecutor({PYTHON_WORKERS}) + cryptography (baseline)"),
+            "-",
+            time,
+            "-",
+            false,
+        );
+    }
+    notes
+}
+
 /// A fresh key ring, mode 0600, from `ringcrypt keygen`.
 fn make_key_ring(dir: &Path) -> PathBuf {
     let out = Command::new(CLIENT_EXE)
@@ -754,6 +1123,18 @@ fn main() {
         "daemon VmHWM",
     ]);
     latency(&bench, &mut latencies);
+    let mut tree_table = Table::new(&[
+        "trees",
+        "fsync",
+        "files",
+        "seconds",
+        "files/s",
+        "MB/s",
+        "vs xargs",
+        "vs python",
+        "daemon VmHWM",
+    ]);
+    let tree_notes = trees(&bench, &mut tree_table);
 
     println!(
         "\nringcrypt daemon bench{}: ringcryptd {} with {} shards, backend {}, {cores} cores",
@@ -773,5 +1154,16 @@ fn main() {
     println!(
         "\nbaselines: `{OPENSSL_ENC} -in F -out F.enc`, one process per file (single-chain CBC, \
          no MAC); \"vs openssl\" divides by the baseline of the same size in this run"
+    );
+    println!();
+    tree_table.print();
+    for note in &tree_notes {
+        println!("note: {note}");
+    }
+    println!(
+        "\ntrees: the client rows are whole `ringcrypt` processes (start to exit); \"vs xargs\" and \
+         \"vs python\" divide files/s by those baselines' in this run; targets (client via the \
+         daemon): >= {TREE_TARGET_FILES_S:.0} files/s, >= {TREE_TARGET_VS_XARGS:.0}x xargs, \
+         >= {TREE_TARGET_VS_PYTHON:.0}x the Python pool; the offline client always fsyncs"
     );
 }

@@ -581,6 +581,10 @@ pub fn run(config: Config) -> Result<(), Error> {
     let buffers = RUNNING_JOBS_PER_SHARD * BUFFERS_PER_JOB as u16;
     let buf_bytes = pool_buf_bytes(DAEMON_CHUNK_LOG2_MAX);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    // No shard serves until every shard is built: otherwise shard 0 could accept and answer
+    // while another is still allocating and registering its buffers. (If a shard fails to
+    // build, the daemon exits with its error and the others never pass.)
+    let all_built = Arc::new(std::sync::Barrier::new(config.shards));
     let mut listener = Some(listener);
     let mut threads = Vec::with_capacity(config.shards);
     for index in 0..config.shards {
@@ -589,6 +593,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         let listener = if index == 0 { listener.take() } else { None };
         let core = (!core_ids.is_empty()).then(|| core_ids[index % core_ids.len()]);
         let ready = ready_tx.clone();
+        let all_built = Arc::clone(&all_built);
         let thread = std::thread::Builder::new()
             .name(format!("shard-{index}"))
             .spawn(move || {
@@ -606,6 +611,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 ) {
                     Ok((shard, warning)) => {
                         let _ = ready.send(Ok((shard.backend(), warning)));
+                        all_built.wait();
                         shard.run();
                     }
                     Err(err) => {
