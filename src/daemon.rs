@@ -299,14 +299,27 @@ fn dev_config(args: &Args) -> Result<Config, Error> {
 /// is no moment where it is wider). A socket file left by a dead daemon is replaced; one that
 /// answers is another daemon, and is refused.
 fn bind(path: &Path) -> Result<OwnedFd, Error> {
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(Error::new(
-            Code::Exists,
-            format!(
-                "{} is in use by a running daemon; stop it first or pick another --socket",
-                path.display()
-            ),
-        ));
+    match socket_owner(path) {
+        SocketOwner::Nobody => {}
+        SocketOwner::Daemon => {
+            return Err(Error::new(
+                Code::Exists,
+                format!(
+                    "{} is in use by a running daemon; stop it first or pick another --socket",
+                    path.display()
+                ),
+            ));
+        }
+        SocketOwner::Silent => {
+            return Err(Error::new(
+                Code::Exists,
+                format!(
+                    "{} accepts connections but does not answer; something else owns it, or a daemon there \
+                     is stuck: stop it first or pick another --socket",
+                    path.display()
+                ),
+            ));
+        }
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
@@ -463,6 +476,43 @@ pub fn sweep_temp_files(roots: &[PathBuf], daemon_uid: u32) -> usize {
         }
     }
     removed
+}
+
+/// Whether another daemon owns the socket at `path`.
+#[derive(Debug, PartialEq, Eq)]
+enum SocketOwner {
+    /// Nothing accepts there (or it never existed): the file, if any, is stale.
+    Nobody,
+    /// A daemon answered `ping`.
+    Daemon,
+    /// Something accepts but does not answer.
+    Silent,
+}
+
+/// Looks for a daemon at `path` for up to 5 s. After a crash the kernel may keep the dead
+/// daemon's listening socket for a moment (an io_uring accept holds it until the ring is torn
+/// down): it accepts but never answers, then refuses. A live daemon answers `ping`.
+fn socket_owner(path: &Path) -> SocketOwner {
+    use std::io::{BufRead, BufReader};
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(path) else {
+            return SocketOwner::Nobody;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
+        let mut line = String::new();
+        if stream.write_all(b"{\"op\":\"ping\"}\n").is_ok()
+            && BufReader::new(stream).read_line(&mut line).is_ok()
+            && line.contains("\"pong\"")
+        {
+            return SocketOwner::Daemon;
+        }
+        if Instant::now() >= deadline {
+            return SocketOwner::Silent;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
