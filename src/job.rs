@@ -471,6 +471,7 @@ impl FileJob {
     }
 
     fn opened_input(&mut self, ctx: &mut JobCtx, fd: OwnedFd) -> Result<(), Error> {
+        failpoint("opened");
         let stat = rustix::fs::fstat(&fd).map_err(|e| self.io_err("stat", true, e.into()))?;
         self.input = Some(fd);
         match FileType::from_raw_mode(stat.st_mode) {
@@ -615,6 +616,7 @@ impl FileJob {
     }
 
     fn have_temp(&mut self, ctx: &mut JobCtx, fd: OwnedFd) -> Result<(), Error> {
+        failpoint("temp_created");
         self.temp = Some(fd);
         match self.spec.op {
             FileOp::Encrypt => {
@@ -1031,6 +1033,7 @@ impl FileJob {
     }
 
     fn commit(&mut self, ctx: &mut JobCtx) -> Result<(), Error> {
+        failpoint("written");
         self.phase = Phase::Committing;
         let temp = self.temp.as_ref().expect("temp is open");
         rustix::fs::fchmod(temp, Mode::from_raw_mode(self.in_mode))
@@ -1057,6 +1060,7 @@ impl FileJob {
     }
 
     fn link(&mut self, ctx: &mut JobCtx) -> Result<(), Error> {
+        failpoint("fsynced");
         let dir = self.out_dir.as_ref().expect("dir is open").as_raw_fd();
         if let Some(temp_name) = self.temp_name.clone() {
             let flags = if self.spec.overwrite {
@@ -1104,6 +1108,7 @@ impl FileJob {
     }
 
     fn linked(&mut self, ctx: &mut JobCtx, tag: u64) -> Result<(), Error> {
+        failpoint("linked");
         if tag == TAG_LINK && self.temp_name.is_some() {
             // Overwrite: the temp name now exists; rename it over the target.
             return self.link(ctx);
@@ -1119,6 +1124,7 @@ impl FileJob {
     }
 
     fn finish(&mut self) {
+        failpoint("done");
         self.input = None;
         self.temp = None;
         self.out_dir = None;
@@ -1166,3 +1172,21 @@ fn verify_existing(dir: &OwnedFd, name: &std::ffi::CStr, op: FileOp, ring: &KeyR
         }),
     }
 }
+
+/// A test hook: with the `test-hooks` feature and `RINGCRYPT_FAILPOINT=NAME` in the
+/// environment, the daemon kills itself (SIGKILL, as `kill -9` would) when a job reaches the
+/// step NAME: `opened`, `temp_created`, `written` (all data written, before the fsync),
+/// `fsynced` (before the link), `linked` (before the directory fsync), `done`.
+#[cfg(feature = "test-hooks")]
+fn failpoint(name: &str) {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var("RINGCRYPT_FAILPOINT").ok());
+    if armed.as_deref() == Some(name) {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+fn failpoint(_name: &str) {}

@@ -1559,13 +1559,13 @@ impl Shard {
     }
 }
 
-/// Hooks that exist only in debug builds (the test suite's): never in a release binary.
+/// Hooks that exist only with the `test-hooks` feature (the test suite's).
 mod test_hooks {
     use std::time::Instant;
 
     /// `RINGCRYPT_TEST_HANG_SHARD=I:MS` makes shard I stop looping MS milliseconds after
     /// start, as a wedged shard would, so the watchdog test can see the pings stop.
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "test-hooks")]
     pub fn maybe_hang(index: usize, started: Instant) {
         let Ok(spec) = std::env::var("RINGCRYPT_TEST_HANG_SHARD") else {
             return;
@@ -1583,7 +1583,7 @@ mod test_hooks {
         }
     }
 
-    #[cfg(not(debug_assertions))]
+    #[cfg(not(feature = "test-hooks"))]
     pub fn maybe_hang(_index: usize, _started: Instant) {}
 }
 
