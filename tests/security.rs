@@ -341,3 +341,159 @@ fn a_full_disk_gives_no_space_and_leaves_nothing() {
     assert!(small.join("fits.rcrypt").exists());
     drop(daemon);
 }
+
+/// A race against path confinement: one thread swaps a directory and a symlink to outside
+/// the root (atomically, renameat2 RENAME_EXCHANGE) 100,000 times while jobs read through it
+/// and write through a second flipping path. Intact: every output that exists holds the
+/// inside file's content (never the outside file's), nothing is written outside the root,
+/// and refused jobs say `forbidden_path`.
+#[test]
+fn symlink_races_never_leave_the_root() {
+    use std::os::unix::fs::symlink;
+    let dir = scratch();
+    let root = dir.path().join("root");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(root.join("real")).unwrap();
+    std::fs::create_dir_all(root.join("realout")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(root.join("real/f"), b"inside").unwrap();
+    std::fs::write(outside.join("f"), b"OUTSIDE SECRET").unwrap();
+    // `flip` and `flipout` start as directories; `alt` and `altout` are symlinks out.
+    std::fs::rename(root.join("real"), root.join("flip")).unwrap();
+    std::fs::rename(root.join("realout"), root.join("flipout")).unwrap();
+    symlink(&outside, root.join("alt")).unwrap();
+    symlink(&outside, root.join("altout")).unwrap();
+
+    let keys = dir.path().join("keys.toml");
+    let entry = Command::new(CLIENT)
+        .args(["keygen", "--name", "k"])
+        .output()
+        .unwrap();
+    std::fs::write(&keys, &entry.stdout).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut child = Command::new(DAEMON)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--keys")
+        .arg(&keys)
+        .arg("--allow-root")
+        .arg(&root)
+        .args(["--metrics", "off", "--fsync", "never"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < end, "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let root = root.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use rustix::fs::{CWD, RenameFlags};
+            for i in 0..100_000u32 {
+                let (a, b) = if i % 2 == 0 {
+                    ("flip", "alt")
+                } else {
+                    ("flipout", "altout")
+                };
+                rustix::fs::renameat_with(
+                    CWD,
+                    root.join(a),
+                    CWD,
+                    root.join(b),
+                    RenameFlags::EXCHANGE,
+                )
+                .unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let (mut done, mut refused, mut n) = (0, 0, 0);
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 200 {
+        // Read through the flipping directory; write through the other one.
+        let line = format!(
+            "{{\"op\":\"encrypt\",\"input\":\"{}\",\"output\":\"{}\"}}\n",
+            root.join("flip/f").display(),
+            root.join(format!("flipout/o{n}.rcrypt")).display()
+        );
+        stream.write_all(line.as_bytes()).unwrap();
+        let mut reply = String::new();
+        loop {
+            reply.clear();
+            reader.read_line(&mut reply).unwrap();
+            if reply.contains("\"done\"") {
+                done += 1;
+                break;
+            }
+            if reply.contains("\"error\"") {
+                assert!(
+                    ["forbidden_path", "not_found", "exists"]
+                        .iter()
+                        .any(|code| reply.contains(code)),
+                    "unexpected refusal: {reply}"
+                );
+                refused += 1;
+                break;
+            }
+        }
+        n += 1;
+    }
+    flipper.join().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    println!("{n} jobs during the flips: {done} done, {refused} refused");
+
+    // Nothing was written outside; every output decrypts to the inside content.
+    let names: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("f")],
+        "something was written outside the root"
+    );
+    assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"OUTSIDE SECRET");
+    let ring =
+        ringcrypt::keys::KeyRing::parse(&std::fs::read_to_string(&keys).unwrap(), "k").unwrap();
+    let mut checked = 0;
+    for side in ["flip", "flipout", "alt", "altout"] {
+        let path = root.join(side);
+        if path.is_symlink() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let entry = entry.unwrap();
+            let data = std::fs::read(entry.path()).unwrap();
+            if entry.file_name() == "f" {
+                assert_eq!(data, b"inside");
+                continue;
+            }
+            let mut plain = Vec::new();
+            ringcrypt::stream::open(&mut &data[..], data.len() as u64, &ring, &mut plain).unwrap();
+            assert_eq!(
+                plain,
+                b"inside",
+                "{} holds a byte from outside the root",
+                entry.path().display()
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked, done,
+        "every done job left one verified output inside the root"
+    );
+}
