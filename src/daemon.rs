@@ -521,6 +521,12 @@ pub fn run(config: Config) -> Result<(), Error> {
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     raise_fd_limit();
     let ring = Arc::new(KeyRing::load(&config.keys)?);
+    if !ring.memory_locked() {
+        eprintln!(
+            "ringcryptd: warning: key memory could not be locked in RAM (mlock; raise LimitMEMLOCK=); \
+             keys may reach swap"
+        );
+    }
     let roots = Roots::open(&config.allow_roots)?;
     let notifier = Notifier::from_env();
     let inherited = notify::inherited_listener().map_err(|e| {

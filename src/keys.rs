@@ -142,6 +142,8 @@ impl KeyEntry {
 pub struct KeyRing {
     default: Option<String>,
     entries: Vec<KeyEntry>,
+    /// Whether every secret's page could be locked in RAM (see `memory_locked`).
+    memory_locked: bool,
 }
 
 #[derive(Deserialize)]
@@ -320,11 +322,19 @@ impl KeyRing {
                 material,
             });
         }
-        let ring = KeyRing {
+        let mut ring = KeyRing {
             default: raw.default.clone(),
             entries,
+            memory_locked: true,
         };
         ring.check_default(origin)?;
+        // Keep the secrets out of swap. The entries never move after this: the ring is
+        // immutable once loaded.
+        for entry in &ring.entries {
+            if let KeyMaterial::Secret(key) = &entry.material {
+                ring.memory_locked &= crate::reactor::lock_in_memory(key.bytes()).is_ok();
+            }
+        }
         Ok(ring)
     }
 
@@ -351,6 +361,12 @@ impl KeyRing {
             )));
         }
         Ok(())
+    }
+
+    /// True when every secret key's page is locked in RAM (never swapped). False under a
+    /// locked-memory limit too small for them; the keys work either way.
+    pub fn memory_locked(&self) -> bool {
+        self.memory_locked
     }
 
     pub fn entries(&self) -> &[KeyEntry] {
@@ -719,6 +735,24 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("\"a\""), "{shown}");
+    }
+
+    #[test]
+    fn secrets_are_locked_in_memory_when_the_limit_allows() {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock);
+        let ring = ring(&format!("[[key]]\nname = \"a\"\nsecret = \"{A}\"\n")).unwrap();
+        // Two pages at most; any usable limit (the default is 8 MiB) allows them.
+        if limit.current.is_none_or(|bytes| bytes >= 64 * 1024) {
+            assert!(ring.memory_locked());
+            // The kernel's own count: only mlock raises VmLck (io_uring pins are VmPin).
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let locked_kib: u64 = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmLck:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap();
+            assert!(locked_kib >= 4, "no page is locked: VmLck {locked_kib} kB");
+        }
     }
 
     #[test]
