@@ -24,9 +24,17 @@ const FILES: usize = 5_000;
 /// A tree of `FILES` regular files in nested directories, plus a symlink and a FIFO.
 /// Returns the regular files' relative paths and total size.
 fn make_tree(root: &Path) -> (Vec<PathBuf>, u64) {
-    let mut files = Vec::with_capacity(FILES);
+    make_tree_of(root, FILES)
+}
+
+/// Files in the trees of the kill-and-resume tests: enough that a kill lands mid-tree.
+const KILL_FILES: usize = 2_000;
+
+/// The same shape with `count` files.
+fn make_tree_of(root: &Path, count: usize) -> (Vec<PathBuf>, u64) {
+    let mut files = Vec::with_capacity(count);
     let mut total = 0u64;
-    for i in 0..FILES {
+    for i in 0..count {
         let dir = PathBuf::from(format!("d{}/e{}", i % 7, i % 13));
         fs::create_dir_all(root.join(&dir)).unwrap();
         // Sizes 0 ..= 3 chunks of 64 KiB, mostly small so the test stays quick.
@@ -201,7 +209,7 @@ fn total_of(root: &Path) -> u64 {
 fn killed_mid_tree_resumes(backend: &'static str) {
     let mut d = Daemon::start(backend);
     let src = d.root.join("src");
-    let (_, total) = make_tree(&src);
+    let (_, total) = make_tree_of(&src, KILL_FILES);
     let enc = d.root.join("enc");
     let mut c = d.client();
     c.send(&tree_req("encrypt", &src, &enc));
@@ -217,28 +225,28 @@ fn killed_mid_tree_resumes(backend: &'static str) {
     d.forget();
     let partial = count_files(&enc);
     assert!(
-        partial < FILES,
+        partial < KILL_FILES,
         "the tree finished before the kill ({partial} files)"
     );
 
     let d2 = d.restart();
     let mut request = tree_req("encrypt", &src, &enc);
     request["skip_existing"] = json!(true);
-    let done = run_tree(&d2, &request, FILES as u64, total);
+    let done = run_tree(&d2, &request, KILL_FILES as u64, total);
     let ok = done["files_ok"].as_u64().unwrap();
     let skipped = done["files_skipped"].as_u64().unwrap();
     assert_eq!(done["files_failed"], 0, "{done}");
     // Everything written before the kill verified and was skipped; the rest was done now.
-    assert_eq!(ok + skipped - 2, FILES as u64, "{done}");
+    assert_eq!(ok + skipped - 2, KILL_FILES as u64, "{done}");
     assert!(skipped >= partial as u64, "{done}: {partial} existed");
     let dec = d2.root.join("dec");
     let done = run_tree(
         &d2,
         &tree_req("decrypt", &enc, &dec),
-        FILES as u64,
+        KILL_FILES as u64,
         total_of(&enc),
     );
-    assert_eq!(done["files_ok"], FILES as u64, "{done}");
+    assert_eq!(done["files_ok"], KILL_FILES as u64, "{done}");
     let mut want = describe(&src);
     want.remove(Path::new("d1/link"));
     want.remove(Path::new("d2/fifo"));
@@ -401,7 +409,7 @@ fn client(d: &Daemon, args: &[&str]) -> std::process::Output {
 fn client_killed_mid_tree_resumes(backend: &'static str) {
     let d = Daemon::start(backend);
     let src = d.root.join("src");
-    let (_, _) = make_tree(&src);
+    make_tree_of(&src, KILL_FILES);
     let enc = d.root.join("enc");
     let mut child = Command::new(CLIENT)
         .arg("--socket")
