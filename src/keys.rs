@@ -227,8 +227,12 @@ impl KeyRing {
 
     /// Parses key ring text; `origin` names it in messages. Does not check file permissions.
     pub fn parse(text: &str, origin: &str) -> Result<KeyRing, Error> {
-        let refuse =
-            |why: String| Error::new(Code::BadRequest, format!("key ring {origin}: {why}"));
+        let refuse = |why: String| {
+            Error::new(
+                Code::BadRequest,
+                redact_hex(&format!("key ring {origin}: {why}")),
+            )
+        };
         let raw: RawRing = toml::from_str(text).map_err(|err| {
             // toml's messages quote the offending line and value; for a `secret` or
             // `passphrase` that would print key material, so only the line number and the
@@ -341,8 +345,12 @@ impl KeyRing {
     /// The default must name an active ringcrypt key. Without `default`, a ring with exactly
     /// one active ringcrypt key uses that one, so `ringcrypt keygen > keys.toml` is usable.
     fn check_default(&self, origin: &str) -> Result<(), Error> {
-        let refuse =
-            |why: String| Error::new(Code::BadRequest, format!("key ring {origin}: {why}"));
+        let refuse = |why: String| {
+            Error::new(
+                Code::BadRequest,
+                redact_hex(&format!("key ring {origin}: {why}")),
+            )
+        };
         let Some(name) = &self.default else {
             return Ok(());
         };
@@ -568,6 +576,32 @@ fn redact(message: &str) -> String {
     out.trim_end().to_string()
 }
 
+/// A message with every run of 32 or more hex digits replaced: a secret pasted into a
+/// `name`, `state` or `default` by mistake must not reach a terminal or a log.
+fn redact_hex(message: &str) -> String {
+    const RUN: usize = 32;
+    let mut out = String::with_capacity(message.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= RUN {
+            out.push_str("[hex redacted]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in message.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 fn parse_secret(text: &str) -> Option<Zeroizing<[u8; 32]>> {
     let bytes = text.as_bytes();
     if bytes.len() != 64 {
@@ -721,6 +755,23 @@ mod tests {
             redact("unknown field `x`, expected `name`"),
             "unknown field …, expected `name`"
         );
+    }
+
+    #[test]
+    fn names_states_and_defaults_never_echo_a_pasted_secret() {
+        for text in [
+            format!("[[key]]\nname = \"{A}\"\nsecret = \"{A}\"\nstate = \"x\"\n"),
+            format!("[[key]]\nname = \"a\"\nsecret = \"{B}\"\nstate = \"{A}\"\n"),
+            format!("default = \"{A}\"\n[[key]]\nname = \"a\"\nsecret = \"{B}\"\n"),
+        ] {
+            let err = ring(&text).unwrap_err();
+            assert!(!err.message.contains(&A[..32]), "{err}");
+        }
+        assert_eq!(
+            redact_hex("id 3495ebfe1279056bcf6bed69d84c7236 ok"),
+            "id [hex redacted] ok"
+        );
+        assert_eq!(redact_hex("short 0123abcd"), "short 0123abcd");
     }
 
     #[test]

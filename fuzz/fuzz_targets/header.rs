@@ -1,0 +1,8 @@
+//! `Header::parse` on arbitrary bytes; see `check_header` in `../checks.rs`.
+#![no_main]
+
+#[allow(dead_code)] // each target uses one check
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::check_header(data));
