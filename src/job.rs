@@ -24,7 +24,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use rustix::fs::{AtFlags, FileType, Mode};
@@ -267,10 +267,6 @@ impl FileJob {
     /// Bytes of input, for progress reports.
     pub fn input_len(&self) -> u64 {
         self.in_len
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.phase != Phase::Opening || self.pending > 0
     }
 
     /// The result once finished.
@@ -1140,11 +1136,6 @@ impl FileJob {
             ),
         )
     }
-
-    /// The input path, for routing and reports.
-    pub fn input(&self) -> &PathBuf {
-        &self.spec.input
-    }
 }
 
 /// True when an existing output is already what this job would make, for `skip_existing`:
@@ -1166,10 +1157,9 @@ fn verify_existing(dir: &OwnedFd, name: &std::ffi::CStr, op: FileOp, ring: &KeyR
         FileOp::Decrypt => true,
         FileOp::Encrypt => crate::stream::verify_last_record(&file, ring).is_ok(),
         // A rewrap is done only when the output is under the current default key.
-        FileOp::Rewrap => crate::stream::verify_last_record(&file, ring).is_ok_and(|id| {
-            ring.default_entry().and_then(|entry| entry.id_hex())
-                == Some(crate::keys::hex_encode(&id))
-        }),
+        FileOp::Rewrap => {
+            crate::stream::verify_last_record(&file, ring).is_ok_and(|id| ring.is_default_key(&id))
+        }
     }
 }
 

@@ -431,6 +431,11 @@ impl KeyRing {
         }
     }
 
+    /// True when `id` is the default key's: a file sealed under it needs no rewrap.
+    pub fn is_default_key(&self, id: &KeyId) -> bool {
+        matches!(self.default_entry().map(|e| &e.material), Some(KeyMaterial::Secret(key)) if key.id() == id)
+    }
+
     /// The name of the ringcrypt key with id `id`.
     pub fn name_for_id(&self, id: &KeyId) -> Option<&str> {
         self.entries.iter().find_map(|entry| match &entry.material {
@@ -673,6 +678,16 @@ mod tests {
             KeyMaterial::Passphrase { .. } => unreachable!(),
         };
         assert!(ring.opening_key(&a_id).is_ok());
+        assert!(!ring.is_default_key(&a_id), "a is not the default");
+        let b_id = *ring
+            .opening_key(&a_id)
+            .map(|_| ())
+            .and_then(|()| match &ring.by_name("b").unwrap().material {
+                KeyMaterial::Secret(key) => Ok(key.id()),
+                KeyMaterial::Passphrase { .. } => unreachable!(),
+            })
+            .unwrap();
+        assert!(ring.is_default_key(&b_id), "b is the default");
         assert_eq!(
             ring.opening_key(&[0; 16]).unwrap_err().code,
             Code::UnknownKey

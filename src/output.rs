@@ -40,7 +40,6 @@ pub struct AtomicFile {
     name: OsString,
     /// `Some` for a named temp file (no `O_TMPFILE`), which must be removed on failure.
     temp_name: Option<OsString>,
-    committed: bool,
 }
 
 impl AtomicFile {
@@ -100,17 +99,12 @@ impl AtomicFile {
             path: path.to_path_buf(),
             name,
             temp_name,
-            committed: false,
         })
     }
 
     /// The temp file to write into.
     pub fn file(&mut self) -> &mut File {
         &mut self.file
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Makes the output visible under its name with permission bits `mode`: fsync, link (or
@@ -133,14 +127,13 @@ impl AtomicFile {
             None if !overwrite => self.link_tmpfile(self.name.clone().as_os_str())?,
             None => {
                 // Give the unnamed file a temporary name, then rename it over the target.
-                let temp = temp_name_for(&path)?;
+                let temp = temp_name()?;
                 self.link_tmpfile(&temp)?;
                 self.temp_name = Some(temp);
                 self.rename_temp(true)?;
             }
             Some(_) => self.rename_temp(overwrite)?,
         }
-        self.committed = true;
         if durability == Durability::Fsync {
             rustix::fs::fsync(&self.dir)
                 .map_err(|e| Error::io("fsync directory of", &path, e.into()))?;
@@ -206,7 +199,6 @@ impl Drop for AtomicFile {
             // Best effort: the job already failed, and its error is what the caller reports.
             let _ = rustix::fs::unlinkat(&self.dir, temp.as_os_str(), AtFlags::empty());
         }
-        let _ = self.committed;
     }
 }
 
@@ -220,7 +212,7 @@ fn exists(path: &Path) -> Error {
     )
 }
 
-fn temp_name_for(path: &Path) -> Result<OsString, Error> {
+fn temp_name() -> Result<OsString, Error> {
     let mut random = [0u8; 8];
     getrandom::fill(&mut random).map_err(|e| {
         Error::new(
@@ -228,7 +220,6 @@ fn temp_name_for(path: &Path) -> Result<OsString, Error> {
             format!("the OS random generator failed: {e}"),
         )
     })?;
-    let _ = path;
     Ok(OsString::from(format!(
         "{TEMP_PREFIX}{}",
         hex_encode(&random)
@@ -237,7 +228,7 @@ fn temp_name_for(path: &Path) -> Result<OsString, Error> {
 
 fn create_named_temp(dir: &OwnedFd, path: &Path) -> Result<(OwnedFd, OsString), Error> {
     for _ in 0..16 {
-        let temp = temp_name_for(path)?;
+        let temp = temp_name()?;
         let flags =
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
         match rustix::fs::openat(

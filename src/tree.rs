@@ -485,10 +485,9 @@ fn one_file(ring: &KeyRing, job: &TreeJob, shared: &Shared, input: &Path, output
             FileOp::Encrypt => offline::verify_sealed(ring, output).is_ok(),
             // A rewrap is done only when the output is under the current default key, as
             // in the daemon.
-            FileOp::Rewrap => offline::verify_sealed(ring, output).is_ok_and(|id| {
-                ring.default_entry().and_then(|entry| entry.id_hex())
-                    == Some(crate::keys::hex_encode(&id))
-            }),
+            FileOp::Rewrap => {
+                offline::verify_sealed(ring, output).is_ok_and(|id| ring.is_default_key(&id))
+            }
         };
         if verified {
             // Counted, not listed: see `Summary::skipped`.

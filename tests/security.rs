@@ -269,6 +269,21 @@ fn the_daemon_is_not_dumpable() {
     );
 }
 
+/// Sends one job line and returns its reply lines up to its `done` or `error`.
+fn job_replies(socket: &Path, line: &str) -> String {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut replies = String::new();
+    while !replies.contains("\"done\"") && !replies.contains("\"error\"") {
+        assert!(reader.read_line(&mut replies).unwrap() > 0, "{replies}");
+    }
+    replies
+}
+
 /// A disk that fills up mid-write: `no_space`, no partial output, no temp file, the
 /// daemon keeps serving, and the next job fits once there is room. Needs root to mount a
 /// small tmpfs; otherwise the test says so.
@@ -306,16 +321,7 @@ fn a_full_disk_gives_no_space_and_leaves_nothing() {
         big.display(),
         small.join("big.rcrypt").display()
     );
-    let mut stream = UnixStream::connect(&socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut replies = String::new();
-    while !replies.contains("\"done\"") && !replies.contains("\"error\"") {
-        assert!(reader.read_line(&mut replies).unwrap() > 0, "{replies}");
-    }
+    let replies = job_replies(&socket, &line);
     assert!(replies.contains("\"code\":\"no_space\""), "{replies}");
     let left: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
     assert!(left.is_empty(), "the full disk kept {left:?}");
@@ -327,16 +333,7 @@ fn a_full_disk_gives_no_space_and_leaves_nothing() {
         fits.display(),
         small.join("fits.rcrypt").display()
     );
-    let mut stream = UnixStream::connect(&socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut replies = String::new();
-    while !replies.contains("\"done\"") && !replies.contains("\"error\"") {
-        assert!(reader.read_line(&mut replies).unwrap() > 0, "{replies}");
-    }
+    let replies = job_replies(&socket, &line);
     assert!(replies.contains("\"done\""), "{replies}");
     assert!(small.join("fits.rcrypt").exists());
     drop(daemon);
