@@ -121,6 +121,11 @@ fn run_tree(d: &Daemon, request: &Value, files: u64, bytes_total: u64) -> Value 
     assert_eq!(done["type"], "done", "{done}");
     let mut last = (0u64, 0u64);
     let progress: Vec<&Value> = replies.iter().filter(|r| r["type"] == "progress").collect();
+    // The first walk step always reports (a tree starts with a progress line).
+    assert!(
+        !progress.is_empty(),
+        "a tree job sent no progress line: {replies:?}"
+    );
     for line in &progress {
         let now = (
             line["files_done"].as_u64().unwrap(),
