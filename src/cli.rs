@@ -12,6 +12,7 @@
 //! way the outcome is one [`tree::Summary`], printed the same way.
 
 use std::io::{IsTerminal, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use crate::error::{Code, Error};
 use crate::keys::{self, KeyRing};
 use crate::limits::{CHUNK_LOG2_DEFAULT, CHUNK_LOG2_MAX, CHUNK_LOG2_MIN};
 use crate::offline::{self, Format, Job, Outcome};
-use crate::output::Durability;
+use crate::output::{AtomicFile, Durability};
 use crate::protocol::{FileJobSpec, FileOp, JobId, Reply, Request};
 use crate::tree::{self, Summary, TreeJob};
 
@@ -544,17 +545,32 @@ fn offline_only(given: bool, what: &str) -> Result<(), Failure> {
 
 /// Runs a command through the daemon: builds the request, sends it, prints the outcome.
 fn run_daemon(cli: Cli) -> Result<(), Failure> {
-    let (request, shown) = daemon_request(&cli.command)?;
+    let (mut request, shown) = daemon_request(&cli.command)?;
     let mut client = Client::connect(&cli.socket)?;
+    let mut passing = match &mut request {
+        Request::File(spec) if !spec.recursive => PassedFiles::open(spec)?,
+        _ => None,
+    };
     let json = cli.json;
-    let reply = client.request(&request, |line, _reply| {
+    let print_json = |line: &str, _reply: &Reply| {
         if json {
             let mut stdout = std::io::stdout().lock();
             let _ = stdout
                 .write_all(line.as_bytes())
                 .and_then(|()| stdout.flush());
         }
-    })?;
+    };
+    let reply = match &mut passing {
+        Some(files) => {
+            let output = files.output.file();
+            let fds = [files.input.as_fd(), output.as_fd()];
+            client.request_passing(&request, &fds, print_json)?
+        }
+        None => client.request(&request, print_json)?,
+    };
+    if let (Some(files), Request::File(spec)) = (passing, &request) {
+        files.commit(spec)?;
+    }
     let failed_files = match &request {
         Request::File(_) => count(&reply, "files_failed"),
         _ => 0,
@@ -573,6 +589,70 @@ fn run_daemon(cli: Cli) -> Result<(), Failure> {
         });
     }
     Ok(())
+}
+
+/// A single-file job's input and output opened by this process, to pass to the daemon as
+/// descriptors: the kernel checks *our* permissions to read the input and to create a file in
+/// the output's directory, and the output is ours. The daemon reads the one and fills the
+/// other (an unnamed `O_TMPFILE`); this process then links it into place. Trees, and outputs
+/// on file systems without `O_TMPFILE`, go by path instead.
+struct PassedFiles {
+    input: std::fs::File,
+    output: AtomicFile,
+    mode: u32,
+    mtime: Option<std::time::SystemTime>,
+}
+
+impl PassedFiles {
+    /// Opens both files and marks `spec` as passing descriptors; None when the output's file
+    /// system has no `O_TMPFILE`, so the request goes by path.
+    fn open(spec: &mut FileJobSpec) -> Result<Option<PassedFiles>, Failure> {
+        use std::os::unix::fs::MetadataExt;
+        let input = std::fs::File::open(&spec.input)
+            .map_err(|e| Failure::from(Error::io("open", &spec.input, e)))?;
+        let meta = input
+            .metadata()
+            .map_err(|e| Failure::from(Error::io("stat", &spec.input, e)))?;
+        let in_place = spec.op == FileOp::Rewrap && spec.overwrite && spec.input == spec.output;
+        if !in_place
+            && let Ok(out) = std::fs::metadata(&spec.output)
+            && (out.dev(), out.ino()) == (meta.dev(), meta.ino())
+        {
+            return Err(Error::new(
+                Code::BadRequest,
+                format!(
+                    "{} is the input itself; inputs are never modified, choose another output",
+                    spec.output.display()
+                ),
+            )
+            .into());
+        }
+        let output = AtomicFile::create(&spec.output, spec.overwrite)?;
+        if !output.is_unnamed() {
+            return Ok(None);
+        }
+        spec.fds = true;
+        Ok(Some(PassedFiles {
+            input,
+            output,
+            mode: meta.mode() & 0o777,
+            mtime: meta.modified().ok(),
+        }))
+    }
+
+    /// After `done`: gives the output the input's mode and time, as the daemon does for
+    /// jobs by path, makes it durable (file and directory, whatever the daemon's fsync
+    /// policy: this process cannot know it) and links it into place.
+    fn commit(mut self, spec: &FileJobSpec) -> Result<(), Failure> {
+        if let Some(mtime) = self.mtime {
+            self.output.file().set_modified(mtime).map_err(|e| {
+                Failure::from(Error::io("set the modification time of", &spec.output, e))
+            })?;
+        }
+        self.output
+            .commit(self.mode, spec.overwrite, Durability::Fsync)?;
+        Ok(())
+    }
 }
 
 /// A file job's paths as the user named them, for the summary line.

@@ -14,9 +14,12 @@
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 use crate::error::{Code, Error};
 use crate::protocol::{self, Reply, Request, RequestId};
@@ -114,6 +117,17 @@ impl Client {
     pub fn request(
         &mut self,
         request: &Request,
+        on_line: impl FnMut(&str, &Reply),
+    ) -> Result<Reply, ClientError> {
+        self.request_passing(request, &[], on_line)
+    }
+
+    /// As [`Client::request`], passing `fds` with the request line (`SCM_RIGHTS`, attached
+    /// to its first byte), as a request with `"fds": true` needs: the input, then the output.
+    pub fn request_passing(
+        &mut self,
+        request: &Request,
+        fds: &[BorrowedFd<'_>],
         mut on_line: impl FnMut(&str, &Reply),
     ) -> Result<Reply, ClientError> {
         let id = RequestId::from(self.next_id);
@@ -126,9 +140,7 @@ impl Client {
             .map_err(|err| self.failed(format!("cannot set a read timeout: {err}")))?;
 
         let line = protocol::encode_request(Some(&id), request);
-        self.writer
-            .write_all(line.as_bytes())
-            .and_then(|()| self.writer.flush())
+        self.send_line(line.as_bytes(), fds)
             .map_err(|err| self.broken(request, "sending the request", err))?;
 
         let mut raw = Vec::new();
@@ -167,6 +179,36 @@ impl Client {
                 return Ok(reply);
             }
         }
+    }
+
+    /// Writes one request line; descriptors go with the first `sendmsg`, so they arrive
+    /// with the line's first bytes.
+    fn send_line(&mut self, line: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let mut sent = 0;
+        if !fds.is_empty() {
+            let mut space = vec![
+                std::mem::MaybeUninit::<u8>::uninit();
+                rustix::cmsg_space!(ScmRights(fds.len()))
+            ];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(io::Error::other("too many descriptors for one message"));
+            }
+            sent = loop {
+                match rustix::net::sendmsg(
+                    &self.writer,
+                    &[io::IoSlice::new(line)],
+                    &mut control,
+                    SendFlags::NOSIGNAL,
+                ) {
+                    Ok(n) => break n,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(err) => return Err(err.into()),
+                }
+            };
+        }
+        self.writer.write_all(&line[sent..])?;
+        self.writer.flush()
     }
 
     fn failed(&self, message: String) -> ClientError {

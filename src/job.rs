@@ -66,6 +66,78 @@ const TAG_UNLINK: u64 = 12;
 const TAG_LANE_READ: u64 = 16;
 const TAG_LANE_WRITE: u64 = 32;
 
+/// The two descriptors a request with `"fds": true` passed: the input, open for reading,
+/// and an unnamed temp file the caller made in the output's directory, open for writing.
+/// The kernel checked the caller's permissions when the caller opened them; the daemon
+/// only reads the one and writes the other, and the caller links the output into place.
+pub struct Passed {
+    input: OwnedFd,
+    output: OwnedFd,
+}
+
+impl Passed {
+    /// Checks that the descriptors are what the request promises, so the daemon never
+    /// writes into a file that has a name (it could be anyone's) or reads through a
+    /// descriptor that was not opened for reading.
+    pub fn check(input: OwnedFd, output: OwnedFd, spec: &FileJobSpec) -> Result<Passed, Error> {
+        use rustix::fs::OFlags;
+        let bad = |message: String| Error::new(Code::BadRequest, message);
+        let io = |what: &str, path: &Path, e: rustix::io::Errno| {
+            Error::new(
+                Code::IoError,
+                format!(
+                    "cannot {what} the descriptor passed for {}: {}",
+                    path.display(),
+                    io::Error::from(e)
+                ),
+            )
+        };
+        let in_flags =
+            rustix::fs::fcntl_getfl(&input).map_err(|e| io("inspect", &spec.input, e))?;
+        if in_flags.contains(OFlags::PATH)
+            || in_flags.intersection(OFlags::RWMODE) == OFlags::WRONLY
+        {
+            return Err(bad(format!(
+                "the descriptor passed for {} is not open for reading",
+                spec.input.display()
+            )));
+        }
+        let out_flags =
+            rustix::fs::fcntl_getfl(&output).map_err(|e| io("inspect", &spec.output, e))?;
+        let out_mode = out_flags.intersection(OFlags::RWMODE);
+        if out_flags.contains(OFlags::PATH)
+            || (out_mode != OFlags::WRONLY && out_mode != OFlags::RDWR)
+            || out_flags.contains(OFlags::APPEND)
+        {
+            return Err(bad(format!(
+                "the descriptor passed for {} is not open for writing (without O_APPEND)",
+                spec.output.display()
+            )));
+        }
+        let out_stat = rustix::fs::fstat(&output).map_err(|e| io("stat", &spec.output, e))?;
+        if FileType::from_raw_mode(out_stat.st_mode) != FileType::RegularFile
+            || out_stat.st_nlink != 0
+            || out_stat.st_size != 0
+        {
+            return Err(bad(format!(
+                "the descriptor passed for {} must be a new, empty, unnamed temp file \
+                 (open(dir, O_TMPFILE | O_WRONLY)); the daemon never writes into a file that \
+                 has a name",
+                spec.output.display()
+            )));
+        }
+        let in_stat = rustix::fs::fstat(&input).map_err(|e| io("stat", &spec.input, e))?;
+        if in_stat.st_dev == out_stat.st_dev && in_stat.st_ino == out_stat.st_ino {
+            return Err(bad(format!(
+                "the descriptors passed for {} and {} are the same file",
+                spec.input.display(),
+                spec.output.display()
+            )));
+        }
+        Ok(Passed { input, output })
+    }
+}
+
 /// What the shard must pass a job on every call.
 pub struct JobCtx<'a> {
     pub reactor: &'a mut Reactor,
@@ -188,6 +260,11 @@ pub struct FileJob {
     skipped: bool,
     out_dir: Option<OwnedFd>,
     out_name: CString,
+    /// The descriptors the caller passed, until the job starts on them.
+    passed: Option<Passed>,
+    /// The job runs on passed descriptors: no paths are opened, and the caller, not the
+    /// job, sets the output's mode and time and links it into place.
+    on_passed: bool,
     temp: Option<OwnedFd>,
     temp_name: Option<CString>,
     codec: Option<Codec>,
@@ -206,6 +283,7 @@ impl FileJob {
     pub fn new(
         id: JobId,
         spec: FileJobSpec,
+        passed: Option<Passed>,
         token_base: u64,
         bufs: [BufId; BUFFERS_PER_JOB],
     ) -> FileJob {
@@ -228,6 +306,8 @@ impl FileJob {
             skipped: false,
             out_dir: None,
             out_name,
+            on_passed: passed.is_some(),
+            passed,
             temp: None,
             temp_name: None,
             codec: None,
@@ -287,8 +367,15 @@ impl FileJob {
         ctx.reactor.push(self.token_base | tag, op);
     }
 
-    /// Starts the job: opens the input.
+    /// Starts the job: opens the input (or takes the passed one).
     pub fn start(&mut self, ctx: &mut JobCtx) {
+        if let Some(passed) = self.passed.take() {
+            self.temp = Some(passed.output);
+            if let Err(err) = self.opened_input(ctx, passed.input) {
+                self.fail(ctx, err);
+            }
+            return;
+        }
         match ctx.roots.locate(&self.spec.input) {
             Ok((root, rel)) => {
                 let root = root.as_raw_fd();
@@ -491,6 +578,13 @@ impl FileJob {
         self.in_len = stat.st_size as u64;
         self.in_mode = stat.st_mode & 0o777;
         self.in_mtime = (stat.st_mtime, stat.st_mtime_nsec as i64);
+        if self.on_passed {
+            let temp = self
+                .temp
+                .take()
+                .expect("the passed output is kept until now");
+            return self.have_temp(ctx, temp);
+        }
         let parent = self
             .spec
             .output
@@ -556,6 +650,9 @@ impl FileJob {
         }
         let dir_raw = dir.as_raw_fd();
         self.out_dir = Some(dir);
+        if crate::output::tmpfile_refused() {
+            return self.created_temp(ctx, Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)));
+        }
         let flags = (libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC) as u64;
         self.push(
             ctx,
@@ -1032,6 +1129,15 @@ impl FileJob {
         failpoint("written");
         self.phase = Phase::Committing;
         let temp = self.temp.as_ref().expect("temp is open");
+        if self.on_passed {
+            // The caller owns the file: it sets the mode and time as it links it.
+            if ctx.durability == Durability::Fsync {
+                let fd = temp.as_raw_fd();
+                self.push(ctx, TAG_FSYNC, Op::Fsync { fd });
+                return Ok(());
+            }
+            return self.link(ctx);
+        }
         rustix::fs::fchmod(temp, Mode::from_raw_mode(self.in_mode))
             .map_err(|e| self.io_err("set permissions on", false, e.into()))?;
         let times = rustix::fs::Timestamps {
@@ -1057,6 +1163,10 @@ impl FileJob {
 
     fn link(&mut self, ctx: &mut JobCtx) -> Result<(), Error> {
         failpoint("fsynced");
+        if self.on_passed {
+            self.finish();
+            return Ok(());
+        }
         let dir = self.out_dir.as_ref().expect("dir is open").as_raw_fd();
         if let Some(temp_name) = self.temp_name.clone() {
             let flags = if self.spec.overwrite {

@@ -54,6 +54,11 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// find its newline.
 pub const RECV_BUFFER_BYTES: usize = 64 * 1024 + 4096;
 
+/// Passed descriptors a connection may hold that no request has taken yet. A well-behaved
+/// client passes two with each request line, which takes them at once; more than this
+/// waiting means a peer passing descriptors for nothing, and they are closed.
+pub const MAX_PASSED_FDS_PER_CONN: usize = 16;
+
 /// A connection's receive buffer to start with, and again after a long line is consumed:
 /// a typical request fits, and a thousand idle connections cost 1 MiB, not 68.
 pub const RECV_INITIAL_BYTES: usize = 1024;

@@ -79,12 +79,17 @@ impl AtomicFile {
             }
         }
         let private = Mode::from_raw_mode(0o600);
-        let (fd, temp_name) = match rustix::fs::openat(
-            &dir,
-            ".",
-            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-            private,
-        ) {
+        let unnamed = if tmpfile_refused() {
+            Err(Errno::OPNOTSUPP)
+        } else {
+            rustix::fs::openat(
+                &dir,
+                ".",
+                OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+                private,
+            )
+        };
+        let (fd, temp_name) = match unnamed {
             Ok(fd) => (fd, None),
             // Filesystems without O_TMPFILE answer EOPNOTSUPP (or EISDIR on old kernels).
             Err(Errno::OPNOTSUPP) | Err(Errno::ISDIR) | Err(Errno::INVAL) => {
@@ -100,6 +105,12 @@ impl AtomicFile {
             name,
             temp_name,
         })
+    }
+
+    /// True when the temp file is unnamed (`O_TMPFILE`): a crash leaves nothing, and it can
+    /// be handed to another process to fill.
+    pub fn is_unnamed(&self) -> bool {
+        self.temp_name.is_none()
     }
 
     /// The temp file to write into.
@@ -191,6 +202,22 @@ impl AtomicFile {
         self.temp_name = None;
         Ok(())
     }
+}
+
+/// Test hook (feature `test-hooks`): with `RINGCRYPT_TEST_NO_TMPFILE` set, answer as a file
+/// system without `O_TMPFILE` does, so the suite can drive the named-temp-file path that
+/// such file systems (vfat, some FUSE and network file systems) take. Always false in
+/// builds users run.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn tmpfile_refused() -> bool {
+    static REFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REFUSED.get_or_init(|| std::env::var_os("RINGCRYPT_TEST_NO_TMPFILE").is_some())
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) fn tmpfile_refused() -> bool {
+    false
 }
 
 impl Drop for AtomicFile {

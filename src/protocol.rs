@@ -29,9 +29,9 @@
 //! | op | fields (`?` = optional, with its default) | replies |
 //! | --- | --- | --- |
 //! | `ping` | | `pong` |
-//! | `encrypt` | `input`, `output`, `key?`, `format?` = `"ringcrypt"`, `recursive?` = false, `overwrite?` = false, `skip_existing?` = false, `wait?` = true | `accepted`, then `progress`* (recursive jobs), then `done` or `error` |
-//! | `decrypt` | `input`, `output`, `key?`, `recursive?`, `overwrite?`, `skip_existing?`, `wait?` | same |
-//! | `rewrap` | `input`, `output`, `key?`, `recursive?`, `overwrite?`, `skip_existing?`, `wait?` | same |
+//! | `encrypt` | `input`, `output`, `key?`, `format?` = `"ringcrypt"`, `recursive?` = false, `overwrite?` = false, `skip_existing?` = false, `wait?` = true, `fds?` = false | `accepted`, then `progress`* (recursive jobs), then `done` or `error` |
+//! | `decrypt` | `input`, `output`, `key?`, `recursive?`, `overwrite?`, `skip_existing?`, `wait?`, `fds?` | same |
+//! | `rewrap` | `input`, `output`, `key?`, `recursive?`, `overwrite?`, `skip_existing?`, `wait?`, `fds?` | same |
 //! | `status` | `job` | `status` |
 //! | `cancel` | `job` | `cancelled` |
 //! | `jobs` | | `jobs` |
@@ -61,6 +61,13 @@
 //! - `skip_existing` (bool): leave an existing output alone and count it in `files_skipped`
 //!   instead of failing with `exists`. Not together with `overwrite`.
 //! - `wait` (bool): when false, the reply is `accepted` alone; follow the job with `status`.
+//! - `fds` (bool): the input and the output come as two descriptors passed with this line
+//!   (`SCM_RIGHTS`, in the same `sendmsg` as the line's first byte): first the input, open for
+//!   reading, then an unnamed temp file (`O_TMPFILE`) open for writing, made by the caller in
+//!   the output's directory. The kernel checked the caller's own permissions when it opened
+//!   them, so no allowed root applies; `input` and `output` are only names for messages and
+//!   the audit log. The daemon writes the temp file and makes it durable; the caller links it
+//!   into place. Single files only: not with `recursive` or `skip_existing`.
 //!
 //! `status` and `cancel` take `job`, a job id as `accepted` gave it: `"<shard>-<seq>"`, both
 //! decimal without leading zeros (`"1-42"`). The shard part sends the request straight to the
@@ -260,6 +267,10 @@ pub struct FileJobSpec {
     pub overwrite: bool,
     pub skip_existing: bool,
     pub wait: bool,
+    /// The input and the output arrive as descriptors passed with the request line
+    /// (`SCM_RIGHTS`), not as paths the daemon opens: `input` and `output` are then only the
+    /// caller's names for them, used in messages and the audit log.
+    pub fds: bool,
 }
 
 impl FileJobSpec {
@@ -275,6 +286,7 @@ impl FileJobSpec {
             overwrite: false,
             skip_existing: false,
             wait: true,
+            fds: false,
         }
     }
 }
@@ -579,7 +591,7 @@ fn parse_op(mut fields: Map<String, Value>) -> Result<Request, Error> {
 }
 
 /// The fields of `encrypt`, `decrypt` and `rewrap`, besides `op` and `id`.
-const FILE_FIELDS: [&str; 8] = [
+const FILE_FIELDS: [&str; 9] = [
     "input",
     "output",
     "key",
@@ -588,6 +600,7 @@ const FILE_FIELDS: [&str; 8] = [
     "overwrite",
     "skip_existing",
     "wait",
+    "fds",
 ];
 
 fn parse_file_job(op: FileOp, fields: &mut Fields) -> Result<FileJobSpec, Error> {
@@ -616,6 +629,14 @@ fn parse_file_job(op: FileOp, fields: &mut Fields) -> Result<FileJobSpec, Error>
     let overwrite = fields.flag("overwrite", false)?;
     let skip_existing = fields.flag("skip_existing", false)?;
     let wait = fields.flag("wait", true)?;
+    let fds = fields.flag("fds", false)?;
+    if fds && (recursive || skip_existing) {
+        return Err(bad(
+            "field \"fds\" is for single files: a tree (\"recursive\") is walked by the \
+             daemon from its path, and \"skip_existing\" needs the output's name, so send \
+             those jobs by path",
+        ));
+    }
     if overwrite && skip_existing {
         return Err(bad(
             "fields \"overwrite\" and \"skip_existing\" are both true; an existing output can \
@@ -632,6 +653,7 @@ fn parse_file_job(op: FileOp, fields: &mut Fields) -> Result<FileJobSpec, Error>
         overwrite,
         skip_existing,
         wait,
+        fds,
     })
 }
 
@@ -1255,6 +1277,9 @@ pub fn encode_request(id: Option<&RequestId>, request: &Request) -> String {
             if !spec.wait {
                 obj.bool("wait", false);
             }
+            if spec.fds {
+                obj.bool("fds", true);
+            }
         }
         Request::Status { job } | Request::Cancel { job } => {
             obj.job("job", *job);
@@ -1405,6 +1430,11 @@ mod tests {
         want.recursive = true;
         want.overwrite = true;
         want.wait = false;
+        assert_eq!(ok(line), Request::File(want));
+
+        let line = r#"{"op":"decrypt","input":"/d/in","output":"/d/out","fds":true}"#;
+        let mut want = spec(FileOp::Decrypt, "/d/in", "/d/out");
+        want.fds = true;
         assert_eq!(ok(line), Request::File(want));
 
         for op in [FileOp::Decrypt, FileOp::Rewrap] {
@@ -1597,6 +1627,21 @@ mod tests {
                 r#"{"op":"encrypt","input":"/i","output":"/o","overwrite":true,"skip_existing":true}"#,
                 "\"skip_existing\"",
                 "not both",
+            ),
+            (
+                r#"{"op":"encrypt","input":"/i","output":"/o","fds":true,"recursive":true}"#,
+                "\"fds\"",
+                "single files",
+            ),
+            (
+                r#"{"op":"decrypt","input":"/i","output":"/o","fds":true,"skip_existing":true}"#,
+                "\"fds\"",
+                "by path",
+            ),
+            (
+                r#"{"op":"encrypt","input":"/i","output":"/o","fds":1}"#,
+                "\"fds\"",
+                "true or false",
             ),
             (r#"{"op":"status"}"#, "\"job\"", "1-42"),
             (r#"{"op":"status","job":42}"#, "\"job\"", "a number"),
@@ -2070,6 +2115,10 @@ mod tests {
             full.skip_existing = false;
             full.overwrite = true;
             requests.push(Request::File(full));
+            let mut passed = spec(op, "/in", "/out");
+            passed.fds = true;
+            passed.overwrite = true;
+            requests.push(Request::File(passed));
         }
         requests
     }

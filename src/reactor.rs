@@ -112,11 +112,11 @@ pub enum Op {
     Accept {
         fd: RawFd,
     },
-    /// recv into `data[filled..]` (up to its length).
+    /// recvmsg into `buf.data[buf.filled..]` (up to its length), taking any descriptors
+    /// passed with the bytes (`SCM_RIGHTS`) into `buf.fds`.
     Recv {
         fd: RawFd,
-        data: Vec<u8>,
-        filled: usize,
+        buf: Box<RecvBuf>,
     },
     /// send `data[sent..]`.
     Send {
@@ -134,6 +134,7 @@ pub enum Op {
 pub enum Held {
     Nothing,
     Vec(Vec<u8>),
+    Recv(Box<RecvBuf>),
     Buf(BufId),
     /// The descriptor an open or accept produced, owned from the moment it completed.
     Fd(OwnedFd),
@@ -156,11 +157,116 @@ impl Completion {
         }
     }
 
+    /// The receive buffer of a `Recv` back.
+    pub fn take_recv(&mut self) -> Option<Box<RecvBuf>> {
+        match std::mem::replace(&mut self.held, Held::Nothing) {
+            Held::Recv(buf) => Some(buf),
+            _ => None,
+        }
+    }
+
     /// The descriptor an `OpenAt2` or `Accept` produced (None if it failed).
     pub fn take_fd(&mut self) -> Option<OwnedFd> {
         match std::mem::replace(&mut self.held, Held::Nothing) {
             Held::Fd(fd) => Some(fd),
             _ => None,
+        }
+    }
+}
+
+/// Descriptors one `recvmsg` can take. A request that passes descriptors passes two, and
+/// the kernel never hands over more than one `sendmsg`'s worth per call; a peer that sends
+/// more has the rest closed by the kernel and sees its requests fail.
+pub const RECV_FDS_MAX: usize = 8;
+
+/// Control-message space for [`RECV_FDS_MAX`] descriptors: `CMSG_SPACE(8 * 4)` is 48 bytes
+/// on 64-bit Linux; a whole number of u64 keeps the header aligned.
+const CONTROL_WORDS: usize = 8;
+
+/// A connection's receive state: the bytes read so far, the descriptors that came with
+/// them, and the `msghdr` an io_uring `recvmsg` points at. Boxed and owned by the
+/// connection, lent to each `Recv` op and handed back with its completion, so its address
+/// is stable while the kernel writes into it and no receive allocates.
+pub struct RecvBuf {
+    /// Received bytes; the next recv writes at `filled` up to the vector's length.
+    pub data: Vec<u8>,
+    pub filled: usize,
+    /// Descriptors received and not yet taken by a request, oldest first.
+    pub fds: VecDeque<OwnedFd>,
+    /// The kernel dropped descriptors that did not fit (`MSG_CTRUNC`).
+    pub fds_truncated: bool,
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    control: [u64; CONTROL_WORDS],
+}
+
+// SAFETY: the raw pointers in `hdr` and `iov` only ever point into this same box (its
+// `data` vector and `control` array) and are rewritten before every op, so moving the box
+// to another thread moves everything they point to along with it.
+unsafe impl Send for RecvBuf {}
+
+impl RecvBuf {
+    pub fn new(bytes: usize) -> Box<RecvBuf> {
+        Box::new(RecvBuf {
+            data: vec![0u8; bytes],
+            filled: 0,
+            fds: VecDeque::new(),
+            fds_truncated: false,
+            // SAFETY: msghdr and iovec are plain C structs for which all-zero is a valid
+            // (empty) value.
+            hdr: unsafe { std::mem::zeroed() },
+            iov: unsafe { std::mem::zeroed() },
+            control: [0; CONTROL_WORDS],
+        })
+    }
+
+    /// Points `hdr` at this box's free bytes and control space for one recvmsg.
+    fn prepare(&mut self) -> *mut libc::msghdr {
+        let free = &mut self.data[self.filled..];
+        self.iov.iov_base = free.as_mut_ptr().cast();
+        self.iov.iov_len = free.len();
+        self.control = [0; CONTROL_WORDS];
+        // SAFETY: as in `new`.
+        self.hdr = unsafe { std::mem::zeroed() };
+        self.hdr.msg_iov = &mut self.iov;
+        self.hdr.msg_iovlen = 1;
+        self.hdr.msg_control = self.control.as_mut_ptr().cast();
+        self.hdr.msg_controllen = std::mem::size_of_val(&self.control) as _;
+        &mut self.hdr
+    }
+
+    /// After an io_uring recvmsg completed: takes ownership of the descriptors the kernel
+    /// installed, from the control messages it wrote back (`msg_controllen`, `msg_flags`).
+    fn collect_fds(&mut self) {
+        if self.hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+            self.fds_truncated = true;
+        }
+        let limit = std::mem::size_of_val(&self.control);
+        if self.hdr.msg_controllen > limit {
+            return;
+        }
+        // SAFETY: the kernel filled `control` with well-formed control messages up to
+        // `msg_controllen`, which is checked to lie inside it; CMSG_FIRSTHDR/NXTHDR stay
+        // within that length, and an SCM_RIGHTS message's data is an array of ints that
+        // the kernel installed as new descriptors of this process, owned by nobody else.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&self.hdr);
+            while !cmsg.is_null() {
+                let header_len = libc::CMSG_LEN(0) as usize;
+                let len = (*cmsg).cmsg_len as usize;
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+                    && len >= header_len
+                {
+                    let count = (len - header_len) / std::mem::size_of::<RawFd>();
+                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    for i in 0..count {
+                        let raw = data.add(i).read_unaligned();
+                        self.fds.push_back(OwnedFd::from_raw_fd(raw));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&self.hdr, cmsg);
+            }
         }
     }
 }
@@ -544,19 +650,14 @@ impl Reactor {
                     .build()
                     .user_data(ud)
             }
-            Op::Recv {
-                fd,
-                mut data,
-                filled,
-            } => {
-                let entry = opcode::Recv::new(
-                    types::Fd(fd),
-                    data[filled..].as_mut_ptr(),
-                    (data.len() - filled) as u32,
-                );
-                let entry = entry.build().user_data(ud);
-                let _ = &mut data;
-                slot.held = Held::Vec(data);
+            Op::Recv { fd, mut buf } => {
+                let hdr = buf.prepare();
+                // Received descriptors are close-on-exec, like every descriptor we open.
+                let entry = opcode::RecvMsg::new(types::Fd(fd), hdr)
+                    .flags(libc::MSG_CMSG_CLOEXEC as u32)
+                    .build()
+                    .user_data(ud);
+                slot.held = Held::Recv(buf);
                 entry
             }
             Op::Send { fd, data, sent } => {
@@ -737,26 +838,34 @@ impl Reactor {
                     .map_err(io::Error::from);
                 (result, Op::Accept { fd: raw })
             }
-            Op::Recv {
-                fd: raw,
-                mut data,
-                filled,
-            } => {
-                let result = rustix::net::recv(
+            Op::Recv { fd: raw, mut buf } => {
+                use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+                let mut space = [std::mem::MaybeUninit::<u8>::uninit();
+                    rustix::cmsg_space!(ScmRights(RECV_FDS_MAX))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let filled = buf.filled;
+                let mut iov = [io::IoSliceMut::new(&mut buf.data[filled..])];
+                let result = rustix::net::recvmsg(
                     fd(raw),
-                    &mut data[filled..],
-                    rustix::net::RecvFlags::DONTWAIT,
-                )
-                .map(|(n, _)| n as u32)
-                .map_err(io::Error::from);
-                (
-                    result,
-                    Op::Recv {
-                        fd: raw,
-                        data,
-                        filled,
-                    },
-                )
+                    &mut iov,
+                    &mut control,
+                    RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+                );
+                let result = match result {
+                    Ok(msg) => {
+                        if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+                            buf.fds_truncated = true;
+                        }
+                        for message in control.drain() {
+                            if let RecvAncillaryMessage::ScmRights(fds) = message {
+                                buf.fds.extend(fds);
+                            }
+                        }
+                        Ok(msg.bytes as u32)
+                    }
+                    Err(err) => Err(io::Error::from(err)),
+                };
+                (result, Op::Recv { fd: raw, buf })
             }
             Op::Send {
                 fd: raw,
@@ -798,7 +907,8 @@ impl Reactor {
             }
             result => {
                 slot.held = match op {
-                    Op::Recv { data, .. } | Op::Send { data, .. } => Held::Vec(data),
+                    Op::Recv { buf, .. } => Held::Recv(buf),
+                    Op::Send { data, .. } => Held::Vec(data),
                     _ => Held::Nothing,
                 };
                 parked.retain(|&i| i != index);
@@ -951,6 +1061,12 @@ impl Reactor {
         if let Held::Buf(buf) = held {
             self.lent[usize::from(buf.0)] -= 1;
         }
+        if let Held::Recv(buf) = &mut held
+            && matches!(self.backend, Backend::Uring { .. })
+            && result.is_ok()
+        {
+            buf.collect_fds();
+        }
         if slot.yields_fd
             && let Ok(fd) = &result
         {
@@ -1031,7 +1147,7 @@ impl Drop for Reactor {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
 
     fn backends() -> Vec<BackendKind> {
         vec![BackendKind::Uring, BackendKind::Sync]
@@ -1163,8 +1279,7 @@ mod tests {
                 5,
                 Op::Recv {
                     fd: a.as_raw_fd(),
-                    data: vec![0u8; 16],
-                    filled: 0,
+                    buf: RecvBuf::new(16),
                 },
             );
             let mut out = Vec::new();
@@ -1176,7 +1291,67 @@ mod tests {
             }
             let mut done = out.pop().unwrap();
             assert_eq!(done.result.as_ref().unwrap(), &4);
-            assert_eq!(&done.take_vec()[..4], b"ping");
+            let buf = done.take_recv().expect("recv hands its buffer back");
+            assert_eq!(&buf.data[..4], b"ping");
+            assert!(buf.fds.is_empty());
+        }
+    }
+
+    #[test]
+    fn recv_takes_passed_descriptors_on_both_backends() {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        for kind in backends() {
+            let Ok((mut reactor, _)) = Reactor::new(Some(kind), 0, 0) else {
+                continue;
+            };
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            if kind == BackendKind::Sync {
+                a.set_nonblocking(true).unwrap();
+            }
+            let file = tempfile::tempfile().unwrap();
+            (&file).write_all(b"passed").unwrap();
+            let mut space =
+                [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            let fds = [file.as_fd(), file.as_fd()];
+            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+            rustix::net::sendmsg(
+                &b,
+                &[io::IoSlice::new(b"line\n")],
+                &mut control,
+                SendFlags::empty(),
+            )
+            .unwrap();
+            let mut buf = RecvBuf::new(64);
+            buf.filled = 3;
+            reactor.push(
+                6,
+                Op::Recv {
+                    fd: a.as_raw_fd(),
+                    buf,
+                },
+            );
+            let mut out = Vec::new();
+            while out.is_empty() {
+                reactor.wait(Some(Duration::from_secs(5)), &mut out);
+            }
+            let mut done = out.pop().unwrap();
+            assert_eq!(done.result.as_ref().unwrap(), &5, "{kind:?}");
+            let mut buf = done.take_recv().unwrap();
+            assert_eq!(
+                &buf.data[3..8],
+                b"line\n",
+                "{kind:?}: bytes land after `filled`"
+            );
+            assert_eq!(buf.fds.len(), 2, "{kind:?}");
+            assert!(!buf.fds_truncated);
+            for fd in buf.fds.drain(..) {
+                let mut got = [0u8; 6];
+                rustix::io::pread(&fd, &mut got, 0).unwrap();
+                assert_eq!(&got, b"passed", "{kind:?}: the descriptor is the same file");
+                let flags = rustix::io::fcntl_getfd(&fd).unwrap();
+                assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "{kind:?}");
+            }
         }
     }
 }

@@ -27,11 +27,12 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 
 use crate::error::{Code, Error};
-use crate::job::{BUFFERS_PER_JOB, FileJob, JobCtx};
+use crate::job::{BUFFERS_PER_JOB, FileJob, JobCtx, Passed};
 use crate::keys::KeyRing;
 use crate::limits::{
-    FINISHED_JOBS_KEPT, IDLE_TIMEOUT, INBOX_DEPTH, MAX_CONNECTIONS, MAX_PENDING_REPLY_BYTES,
-    MAX_QUEUED_JOBS_PER_SHARD, RECV_BUFFER_BYTES, RECV_INITIAL_BYTES, TICK,
+    FINISHED_JOBS_KEPT, IDLE_TIMEOUT, INBOX_DEPTH, MAX_CONNECTIONS, MAX_PASSED_FDS_PER_CONN,
+    MAX_PENDING_REPLY_BYTES, MAX_QUEUED_JOBS_PER_SHARD, RECV_BUFFER_BYTES, RECV_INITIAL_BYTES,
+    TICK,
 };
 use crate::metrics::{self, JobResult, ShardMetrics};
 use crate::output::Durability;
@@ -39,7 +40,7 @@ use crate::protocol::{
     self, FileJobSpec, FileOp, JobId, JobInfo, JobState, MAX_REQUEST_LINE_BYTES, Request,
     RequestId, ShardStats,
 };
-use crate::reactor::{BackendKind, BufId, Completion, Op, Reactor};
+use crate::reactor::{BackendKind, BufId, Completion, Op, RECV_FDS_MAX, Reactor, RecvBuf};
 use crate::roots::Roots;
 use crate::tree_job::{FileResult, TreeJob};
 
@@ -241,9 +242,8 @@ struct Conn {
     fd: OwnedFd,
     uid: u32,
     gid: u32,
-    /// The receive buffer, or None while a recv owns it.
-    rbuf: Option<Vec<u8>>,
-    filled: usize,
+    /// The receive buffer (bytes and passed descriptors), or None while a recv owns it.
+    rbuf: Option<Box<RecvBuf>>,
     /// Inside a line longer than the limit: drop bytes until the next newline.
     discarding: bool,
     out: Vec<u8>,
@@ -266,6 +266,7 @@ struct Slot {
 struct Queued {
     id: JobId,
     spec: FileJobSpec,
+    passed: Option<Passed>,
     waiters: Vec<Waiter>,
 }
 
@@ -444,7 +445,7 @@ impl Shard {
     fn on_msg(&mut self, msg: Msg) {
         match msg {
             Msg::Conn { fd, uid, gid } => self.add_conn(fd, uid, gid),
-            Msg::Submit { spec, reply } => self.submit(spec, reply),
+            Msg::Submit { spec, reply } => self.submit(spec, reply, None),
             Msg::Line {
                 conn,
                 line,
@@ -526,8 +527,7 @@ impl Shard {
             fd,
             uid,
             gid,
-            rbuf: Some(vec![0u8; RECV_INITIAL_BYTES]),
-            filled: 0,
+            rbuf: Some(RecvBuf::new(RECV_INITIAL_BYTES)),
             discarding: false,
             out: Vec::new(),
             sending: false,
@@ -547,21 +547,23 @@ impl Shard {
         if conn.eof || conn.out.len() > MAX_PENDING_REPLY_BYTES {
             return;
         }
-        let Some(data) = conn.rbuf.take() else { return };
+        let Some(buf) = conn.rbuf.take() else { return };
         let fd = conn.fd.as_raw_fd();
-        let filled = conn.filled;
         self.reactor
-            .push(KIND_CONN_RECV | key, Op::Recv { fd, data, filled });
+            .push(KIND_CONN_RECV | key, Op::Recv { fd, buf });
     }
 
     fn on_recv(&mut self, key: u64, mut done: Completion) {
-        let data = done.take_vec();
+        let Some(mut buf) = done.take_recv() else {
+            return;
+        };
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        conn.rbuf = Some(data);
         let n = match done.result {
             Ok(0) | Err(_) => {
+                buf.fds.clear();
+                conn.rbuf = Some(buf);
                 conn.eof = true;
                 self.maybe_close(key);
                 return;
@@ -569,27 +571,39 @@ impl Shard {
             Ok(n) => n as usize,
         };
         conn.last_active = Instant::now();
-        let start = conn.filled;
-        conn.filled += n;
         let mut lines: Vec<Vec<u8>> = Vec::new();
         let mut errors: Vec<Error> = Vec::new();
+        if buf.fds.len() > MAX_PASSED_FDS_PER_CONN {
+            // Descriptors no request takes: close them rather than hold them.
+            buf.fds.clear();
+            errors.push(Error::new(
+                Code::BadRequest,
+                format!(
+                    "more than {MAX_PASSED_FDS_PER_CONN} passed descriptors are waiting for a \
+                     request with \"fds\": true; they were closed"
+                ),
+            ));
+        }
         {
-            let buf = conn.rbuf.as_mut().expect("just returned");
+            let start = buf.filled;
+            buf.filled += n;
+            let filled = buf.filled;
+            let data = &mut buf.data;
             let mut consumed = 0;
             let mut scan = start;
-            while let Some(pos) = buf[scan..conn.filled].iter().position(|&b| b == b'\n') {
+            while let Some(pos) = data[scan..filled].iter().position(|&b| b == b'\n') {
                 let end = scan + pos;
                 if conn.discarding {
                     conn.discarding = false;
                 } else {
-                    lines.push(buf[consumed..end].to_vec());
+                    lines.push(data[consumed..end].to_vec());
                 }
                 consumed = end + 1;
                 scan = consumed;
             }
-            buf.copy_within(consumed..conn.filled, 0);
-            conn.filled -= consumed;
-            if conn.filled > MAX_REQUEST_LINE_BYTES {
+            data.copy_within(consumed..filled, 0);
+            buf.filled -= consumed;
+            if buf.filled > MAX_REQUEST_LINE_BYTES {
                 // Too long and still no newline: answer now, drop the rest of the line.
                 if !conn.discarding {
                     errors.push(Error::new(
@@ -598,18 +612,19 @@ impl Shard {
                     ));
                 }
                 conn.discarding = true;
-                conn.filled = 0;
+                buf.filled = 0;
             }
             // Grow for a long line, shrink back once it is consumed: an idle connection
             // costs RECV_INITIAL_BYTES, not a whole maximal line.
-            if conn.filled == buf.len() && buf.len() < RECV_BUFFER_BYTES {
-                let grown = (buf.len() * 2).min(RECV_BUFFER_BYTES);
-                buf.resize(grown, 0);
-            } else if conn.filled == 0 && buf.len() > RECV_INITIAL_BYTES {
-                buf.truncate(RECV_INITIAL_BYTES);
-                buf.shrink_to_fit();
+            if buf.filled == buf.data.len() && buf.data.len() < RECV_BUFFER_BYTES {
+                let grown = (buf.data.len() * 2).min(RECV_BUFFER_BYTES);
+                buf.data.resize(grown, 0);
+            } else if buf.filled == 0 && buf.data.len() > RECV_INITIAL_BYTES {
+                buf.data.truncate(RECV_INITIAL_BYTES);
+                buf.data.shrink_to_fit();
             }
         }
+        conn.rbuf = Some(buf);
         for err in errors {
             self.queue_line(key, &error_line(None, &err), false);
         }
@@ -617,6 +632,41 @@ impl Shard {
             self.on_line(key, &line);
         }
         self.arm_recv(key);
+    }
+
+    /// Takes the two descriptors a request with `"fds": true` passed (input, then output)
+    /// and checks that they are what such a request promises.
+    fn take_passed(&mut self, key: u64, spec: &FileJobSpec) -> Result<Passed, Error> {
+        let conn = self.conns.get_mut(&key);
+        let buf = conn.and_then(|conn| conn.rbuf.as_mut());
+        let (input, output) = match buf {
+            Some(buf) if buf.fds.len() >= 2 => {
+                let input = buf.fds.pop_front().expect("two are queued");
+                let output = buf.fds.pop_front().expect("two are queued");
+                (input, output)
+            }
+            Some(buf) => {
+                let truncated = std::mem::take(&mut buf.fds_truncated);
+                buf.fds.clear();
+                return Err(Error::new(
+                    Code::BadRequest,
+                    if truncated {
+                        format!(
+                            "the request says \"fds\": true, but the descriptors passed with \
+                             it did not fit (at most {RECV_FDS_MAX} per message); the kernel \
+                             closed them"
+                        )
+                    } else {
+                        "the request says \"fds\": true, but two descriptors (the input, \
+                         then the output) did not come with it; pass them with SCM_RIGHTS in \
+                         the same sendmsg as the line, or send paths without \"fds\""
+                            .to_string()
+                    },
+                ));
+            }
+            None => return Err(Error::new(Code::Internal, "connection is gone")),
+        };
+        Passed::check(input, output, spec)
     }
 
     fn queue_line(&mut self, key: u64, line: &str, final_reply: bool) {
@@ -711,6 +761,12 @@ impl Shard {
                 return;
             }
         };
+        // Descriptors passed with this line are taken now, whatever happens to the request,
+        // so a refused request cannot leave them to be taken by the next one.
+        let passed = match &request {
+            Request::File(spec) if spec.fds => Some(self.take_passed(key, spec)),
+            _ => None,
+        };
         let reply = ReplyTo {
             shard: self.index,
             conn: key,
@@ -758,6 +814,13 @@ impl Shard {
                 );
                 self.queue_line(key, &line, true);
             }
+            Request::File(spec) if spec.fds => match passed.expect("taken above") {
+                // The caller opened both files itself, so its own permissions were checked
+                // by the kernel; no root applies. The job runs here, on the connection's
+                // shard: its paths are only names, so hashing them would route nothing.
+                Ok(passed) => self.submit(spec, reply, Some(passed)),
+                Err(err) => self.queue_line(key, &error_line(reply.id.as_ref(), &err), true),
+            },
             Request::File(spec) => {
                 // Paths outside every allowed root are refused here, before a job exists.
                 // A tree's output directory itself must lie under a root (it is created).
@@ -898,7 +961,7 @@ impl Shard {
         self.reply(reply, line, true);
     }
 
-    fn submit(&mut self, spec: FileJobSpec, reply: ReplyTo) {
+    fn submit(&mut self, spec: FileJobSpec, reply: ReplyTo, passed: Option<Passed>) {
         let waiter = Waiter {
             wait: spec.wait,
             reply,
@@ -920,8 +983,9 @@ impl Shard {
             }
             return;
         }
+        // Jobs on passed descriptors are never merged: their paths are only names.
         let key = (spec.op, spec.input.clone(), spec.output.clone());
-        if let Some(&id) = self.by_key.get(&key) {
+        if let Some(&id) = self.by_key.get(&key).filter(|_| passed.is_none()) {
             // The same work is in flight: attach to it; it runs once.
             if waiter.reply.tree.is_none() {
                 let line = protocol::accepted(waiter.reply.id.as_ref(), id);
@@ -956,7 +1020,9 @@ impl Shard {
             seq: self.next_seq,
         };
         self.next_seq += 1;
-        self.by_key.insert(key, id);
+        if passed.is_none() {
+            self.by_key.insert(key, id);
+        }
         if waiter.reply.tree.is_none() {
             let line = protocol::accepted(waiter.reply.id.as_ref(), id);
             self.reply(&waiter.reply, line, !waiter.wait);
@@ -964,6 +1030,7 @@ impl Shard {
         self.queue.push_back(Queued {
             id,
             spec,
+            passed,
             waiters: vec![waiter],
         });
         self.admit();
@@ -1000,7 +1067,7 @@ impl Shard {
             };
             let bufs: [BufId; BUFFERS_PER_JOB] = bufs.try_into().expect("exactly BUFFERS_PER_JOB");
             let token_base = KIND_JOB | ((slot as u64) << 8);
-            let job = FileJob::new(queued.id, queued.spec, token_base, bufs);
+            let job = FileJob::new(queued.id, queued.spec, queued.passed, token_base, bufs);
             self.seq_to_slot.insert(queued.id.seq, slot);
             self.jobs[slot] = Some(Slot {
                 job,
@@ -1032,8 +1099,10 @@ impl Shard {
         let Slot { job, waiters } = self.jobs[slot].take().expect("live slot");
         self.free_jobs.push(slot);
         self.seq_to_slot.remove(&job.id.seq);
-        self.by_key
-            .remove(&(job.spec.op, job.spec.input.clone(), job.spec.output.clone()));
+        let key = (job.spec.op, job.spec.input.clone(), job.spec.output.clone());
+        if self.by_key.get(&key) == Some(&job.id) {
+            self.by_key.remove(&key);
+        }
         for buf in job.buffers() {
             self.reactor.release(buf);
         }
@@ -1170,7 +1239,7 @@ impl Shard {
                 };
                 let owner = self.shared.owner_of(&spec.input);
                 if owner == self.index {
-                    self.submit(spec, reply);
+                    self.submit(spec, reply, None);
                 } else if let Err(Msg::Submit { spec, reply }) =
                     self.shared.send(owner, Msg::Submit { spec, reply })
                 {
@@ -1593,9 +1662,11 @@ fn audit(uid: u32, gid: u32, request: &Request, allowed: bool) {
     let verdict = if allowed { "accepted" } else { "refused" };
     match request {
         Request::File(spec) => eprintln!(
-            "audit: {verdict} uid={uid} gid={gid} op={}{} input={:?} output={:?}",
+            "audit: {verdict} uid={uid} gid={gid} op={}{}{} input={:?} output={:?}",
             spec.op.as_str(),
             if spec.recursive { " recursive" } else { "" },
+            // Passed descriptors: the paths are the caller's names for them.
+            if spec.fds { " fds" } else { "" },
             spec.input,
             spec.output
         ),

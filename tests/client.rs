@@ -186,7 +186,7 @@ both_backends!(
     json_prints_every_reply_line,
     an_existing_output_is_kept,
     a_tampered_file_leaves_nothing,
-    paths_outside_the_root_are_refused,
+    single_files_pass_descriptors_and_trees_stay_in_the_roots,
     status_jobs_stats_keys,
     sigterm_stops_an_idle_daemon_promptly,
 );
@@ -373,15 +373,58 @@ fn a_tampered_file_leaves_nothing(backend: &str) {
     assert!(!out.exists(), "no plaintext may be left behind");
 }
 
-fn paths_outside_the_root_are_refused(backend: &str) {
+/// A single file goes by descriptor: this process opens it, so the kernel checks its own
+/// permissions, and no allowed root applies. Trees go by path and stay inside the roots.
+fn single_files_pass_descriptors_and_trees_stay_in_the_roots(backend: &str) {
+    use std::os::unix::fs::PermissionsExt;
     let daemon = Daemon::start(backend);
     let elsewhere = tempfile::tempdir().unwrap();
     let input = elsewhere.path().join("x.txt");
-    fs::write(&input, b"x").unwrap();
+    fs::write(&input, pattern(70_000)).unwrap();
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o640)).unwrap();
+    let mtime = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&input)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    daemon.client(&["encrypt", s(&input)]).ok();
+    let sealed = elsewhere.path().join("x.txt.rcrypt");
+    let meta = fs::metadata(&sealed).expect("the client linked the output into place");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640, "the input's mode");
+    assert_eq!(
+        meta.modified().unwrap(),
+        mtime,
+        "the input's modification time"
+    );
+    let back = elsewhere.path().join("x.back");
+    daemon.client(&["decrypt", s(&sealed), "-o", s(&back)]).ok();
+    assert_eq!(fs::read(&back).unwrap(), pattern(70_000));
+    // An existing output is kept without --force, by descriptor as by path.
+    daemon.client(&["encrypt", s(&input)]).failed("exists");
+    assert!(
+        fs::read_dir(elsewhere.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".ringcrypt")),
+        "no temp files"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains(" fds input="),
+        "audited as descriptor jobs: {log}"
+    );
+
+    // A tree is walked by the daemon, by path, so it must lie under a root.
+    let run = daemon.client(&["encrypt", "-r", s(elsewhere.path()), "-o", "t"]);
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stderr.contains("forbidden_path"), "{run:#?}");
+    // A file the caller cannot name is refused before anything is sent.
     daemon
-        .client(&["encrypt", s(&input)])
-        .failed("forbidden_path");
-    assert!(!elsewhere.path().join("x.txt.rcrypt").exists());
+        .client(&["encrypt", s(&elsewhere.path().join("missing"))])
+        .failed("not_found");
     // `..` is sent as is, and the daemon refuses it rather than guessing.
     let run = daemon.client(&["encrypt", "../x.txt"]);
     assert_eq!(run.code, 1, "{run:#?}");

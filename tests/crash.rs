@@ -45,6 +45,12 @@ fn setup() -> Setup {
 }
 
 fn start(setup: &Setup, backend: &str, failpoint: Option<&str>) -> Child {
+    start_with(setup, backend, failpoint, false)
+}
+
+/// `named_temps`: the daemon answers as on a file system without `O_TMPFILE`
+/// (`RINGCRYPT_TEST_NO_TMPFILE`), so every job writes a named temp file and renames it.
+fn start_with(setup: &Setup, backend: &str, failpoint: Option<&str>, named_temps: bool) -> Child {
     let mut cmd = Command::new(DAEMON);
     cmd.arg("--socket")
         .arg(&setup.socket)
@@ -58,6 +64,11 @@ fn start(setup: &Setup, backend: &str, failpoint: Option<&str>) -> Child {
         Some(point) => cmd.env("RINGCRYPT_FAILPOINT", point),
         None => cmd.env_remove("RINGCRYPT_FAILPOINT"),
     };
+    if named_temps {
+        cmd.env("RINGCRYPT_TEST_NO_TMPFILE", "1");
+    } else {
+        cmd.env_remove("RINGCRYPT_TEST_NO_TMPFILE");
+    }
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -137,6 +148,17 @@ fn wait_killed(child: &mut Child) {
 }
 
 fn at_each_failpoint(backend: &'static str) {
+    failpoints(backend, false);
+}
+
+/// The same, where the file system has no `O_TMPFILE`: a kill between creating the named
+/// temp file and renaming it leaves the temp file (and only it) behind, and the restart's
+/// sweep removes it.
+fn at_each_failpoint_with_named_temps(backend: &'static str) {
+    failpoints(backend, true);
+}
+
+fn failpoints(backend: &'static str, named_temps: bool) {
     let setup = setup();
     let ring = ring(&setup);
     let input = setup.root.join("in.bin");
@@ -151,9 +173,19 @@ fn at_each_failpoint(backend: &'static str) {
         ("done", true),
     ] {
         let output = setup.root.join(format!("out-{point}.rcrypt"));
-        let mut daemon = start(&setup, backend, Some(point));
+        let mut daemon = start_with(&setup, backend, Some(point), named_temps);
         submit(&setup, &input, &output);
         wait_killed(&mut daemon);
+        if named_temps {
+            let left = temp_files(setup.dir.path());
+            // Killed while the named temp file exists: it is there, under the temp prefix.
+            let expect_temp = matches!(point, "temp_created" | "written" | "fsynced");
+            assert_eq!(
+                !left.is_empty(),
+                expect_temp,
+                "{point}: temp files {left:?}"
+            );
+        }
         assert_eq!(
             fs::read(&input).unwrap(),
             plain,
@@ -165,7 +197,7 @@ fn at_each_failpoint(backend: &'static str) {
             "{point}: output presence"
         );
         // A restart cleans up and the same job then succeeds.
-        let mut daemon = start(&setup, backend, None);
+        let mut daemon = start_with(&setup, backend, None, named_temps);
         assert!(
             temp_files(setup.dir.path()).is_empty(),
             "{point}: temp files after restart"
@@ -250,4 +282,111 @@ macro_rules! both_backends {
     };
 }
 
-both_backends!(at_each_failpoint, at_random_moments);
+/// Without `O_TMPFILE`, a job that fails after making its named temp file removes it, and
+/// `overwrite` replaces an existing output by rename.
+fn named_temps_are_removed_on_failure(backend: &'static str) {
+    let setup = setup();
+    let ring = ring(&setup);
+    let mut daemon = start_with(&setup, backend, None, true);
+    let plain = bytes(600_000, 3);
+    let input = setup.root.join("n.bin");
+    fs::write(&input, &plain).unwrap();
+    let sealed = setup.root.join("n.rcrypt");
+    let job = |line: String| {
+        let mut stream = UnixStream::connect(&setup.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(line.as_bytes()).unwrap();
+        let mut reader = std::io::BufReader::new(stream);
+        loop {
+            let mut reply = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut reply).unwrap();
+            if reply.contains("\"done\"") || reply.contains("\"error\"") {
+                return reply;
+            }
+        }
+    };
+    let request = |op: &str, input: &Path, output: &Path, extra: &str| {
+        format!(
+            "{{\"op\":\"{op}\",\"input\":\"{}\",\"output\":\"{}\"{extra}}}\n",
+            input.display(),
+            output.display()
+        )
+    };
+    let reply = job(request("encrypt", &input, &sealed, ""));
+    assert!(reply.contains("\"done\""), "{reply}");
+    assert!(check_output(&ring, &sealed, &plain));
+    // Replacing an existing output goes through the named temp file and a rename.
+    let reply = job(request("encrypt", &input, &sealed, ",\"overwrite\":true"));
+    assert!(reply.contains("\"done\""), "{reply}");
+    assert!(check_output(&ring, &sealed, &plain));
+    // A tampered input fails after the temp file was made and written to.
+    let mut data = fs::read(&sealed).unwrap();
+    let middle = data.len() - 1000;
+    data[middle] ^= 0x40;
+    let tampered = setup.root.join("t.rcrypt");
+    fs::write(&tampered, &data).unwrap();
+    let out = setup.root.join("t.out");
+    let reply = job(request("decrypt", &tampered, &out, ""));
+    assert!(reply.contains("auth_failed"), "{reply}");
+    assert!(!out.exists(), "nothing under the output name");
+    assert!(
+        temp_files(setup.dir.path()).is_empty(),
+        "the failed job removed its named temp file"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+}
+
+/// The client passes descriptors only when it can make an unnamed temp file; where the
+/// output's file system cannot, it sends paths, and the daemon's roots apply.
+fn a_client_without_tmpfile_sends_paths(backend: &'static str) {
+    let setup = setup();
+    let mut daemon = start_with(&setup, backend, None, true);
+    let outside = setup.dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let client = |input: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_ringcrypt"))
+            .arg("--socket")
+            .arg(&setup.socket)
+            .arg("encrypt")
+            .arg(input)
+            .env("RINGCRYPT_TEST_NO_TMPFILE", "1")
+            .env_remove("RINGCRYPT_KEYS")
+            .output()
+            .unwrap()
+    };
+    let inside = setup.root.join("a.txt");
+    fs::write(&inside, b"inside the root").unwrap();
+    let run = client(&inside);
+    assert!(run.status.success(), "{run:?}");
+    assert!(check_output(
+        &ring(&setup),
+        &setup.root.join("a.txt.rcrypt"),
+        b"inside the root"
+    ));
+    let away = outside.join("b.txt");
+    fs::write(&away, b"outside every root").unwrap();
+    let run = client(&away);
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("forbidden_path"),
+        "sent by path, so the roots apply: {run:?}"
+    );
+    assert!(temp_files(setup.dir.path()).is_empty(), "no temp files");
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+}
+
+both_backends!(
+    at_each_failpoint,
+    a_client_without_tmpfile_sends_paths,
+    at_each_failpoint_with_named_temps,
+    named_temps_are_removed_on_failure,
+    at_random_moments
+);

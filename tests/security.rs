@@ -494,3 +494,80 @@ fn symlink_races_never_leave_the_root() {
         "every done job left one verified output inside the root"
     );
 }
+
+#[test]
+fn passed_descriptors_carry_the_callers_own_permissions() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run the client as another uid (setpriv)");
+        return;
+    }
+    let dir = scratch();
+    let nobody = uid_of("nobody");
+    let nogroup = {
+        let out = Command::new("id").args(["-g", "nobody"]).output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let daemon = start(dir.path(), Some(nobody));
+    // nobody's own directory and file, and a root-only file and directory beside them, all
+    // under the daemon's allowed root: the daemon (root) could read and write every one.
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mine = home.join("mine.txt");
+    std::fs::write(&mine, b"nobody's data").unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&mine, Some(nobody), Some(nogroup)).unwrap();
+    std::os::unix::fs::chown(&home, Some(nobody), Some(nogroup)).unwrap();
+    let secret = dir.path().join("root-secret.txt");
+    std::fs::write(&secret, b"root only").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let locked = dir.path().join("root-only");
+    std::fs::create_dir(&locked).unwrap();
+    let p = |path: &Path| path.to_str().unwrap().to_string();
+
+    // Its own file: encrypted, and the output belongs to nobody, not to the daemon's uid.
+    let own = as_nobody(dir.path(), &["encrypt", &p(&mine)]);
+    assert!(own.status.success(), "{own:?}");
+    let sealed = std::fs::metadata(home.join("mine.txt.rcrypt")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&sealed),
+        nobody,
+        "the caller made the output file"
+    );
+
+    // A file nobody cannot read: refused by the kernel when the client opens it, so the
+    // daemon never hears of it and nothing is written.
+    let out = home.join("stolen.rcrypt");
+    let read = as_nobody(dir.path(), &["encrypt", &p(&secret), "-o", &p(&out)]);
+    assert_eq!(read.status.code(), Some(1), "{read:?}");
+    let stderr = String::from_utf8_lossy(&read.stderr);
+    assert!(stderr.contains("permission_denied"), "{stderr}");
+    assert!(!out.exists(), "nothing was written");
+
+    // A directory nobody cannot write: refused when the client makes its temp file there.
+    let planted = locked.join("planted.rcrypt");
+    let write = as_nobody(dir.path(), &["encrypt", &p(&mine), "-o", &p(&planted)]);
+    assert_eq!(write.status.code(), Some(1), "{write:?}");
+    let stderr = String::from_utf8_lossy(&write.stderr);
+    assert!(stderr.contains("permission_denied"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&locked).unwrap().count(),
+        0,
+        "nothing appeared"
+    );
+
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains(&format!("audit: accepted uid={nobody}")) && log.contains(" fds "),
+        "{log}"
+    );
+    assert!(
+        !log.contains("root-secret") && !log.contains("planted"),
+        "refused by the kernel, the requests never reached the daemon: {log}"
+    );
+    assert_eq!(std::fs::read(&secret).unwrap(), b"root only");
+}

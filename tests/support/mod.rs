@@ -317,6 +317,25 @@ impl Client {
         self.send_raw(text.as_bytes());
     }
 
+    /// Sends one request with descriptors attached to its line (`SCM_RIGHTS`), as a
+    /// request with `"fds": true` passes its input and output.
+    pub fn send_with_fds(&mut self, request: &Value, fds: &[std::os::fd::BorrowedFd<'_>]) {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let mut line = serde_json::to_string(request).unwrap();
+        line.push('\n');
+        let mut space = vec![std::mem::MaybeUninit::<u8>::uninit(); 256];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        let sent = rustix::net::sendmsg(
+            &self.stream,
+            &[std::io::IoSlice::new(line.as_bytes())],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .expect("sendmsg to the daemon");
+        self.send_raw(&line.as_bytes()[sent..]);
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write to the daemon");
     }
