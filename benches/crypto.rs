@@ -1,6 +1,8 @@
 //! Crypto-core throughput, single thread: how close the RCRYPT v1 seal and open come to what
-//! their parts (multi-lane AES-256-CBC and HMAC-SHA256) allow, and how much the eight lanes buy
-//! over one CBC chain (DESIGN §2 "Crypto loop", §3).
+//! their parts (multi-lane AES-256-CBC and HMAC-SHA256) allow, how much the eight lanes buy
+//! over one CBC chain (DESIGN §2 "Crypto loop", §3), and how much the multi-buffer HMAC
+//! (`sha_mb`, interleaved SHA-NI chains) buys over one SHA-256 chain, for the HMAC alone and
+//! for the whole seal and open against the previous single-chain path run here too.
 //!
 //! A plain bench binary (`harness = false`): `cargo bench --bench crypto` prints a table and
 //! asserts nothing about speed. Every figure is the best of a few repetitions after one
@@ -23,6 +25,7 @@ use hmac::{Hmac, Mac};
 use ringcrypt::format::{Opener, Sealer};
 use ringcrypt::lanes::{self, Block};
 use ringcrypt::limits::{CHUNK_LOG2_DEFAULT, LANES, TAG_BYTES};
+use ringcrypt::sha_mb::{self, HmacKey, Message};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -172,6 +175,118 @@ fn hmac_chunks(cfg: &Config) -> Duration {
     })
 }
 
+/// The 41-byte prefix RCRYPT v1 tags in front of a non-final chunk.
+fn chunk_prefix(header_tag: &[u8; 32], index: u64) -> [u8; 41] {
+    let mut prefix = [0u8; 41];
+    prefix[..32].copy_from_slice(header_tag);
+    prefix[32..40].copy_from_slice(&index.to_be_bytes());
+    prefix
+}
+
+/// Figures 3a-3d: the same tags as figure 3 with `sha_mb`, a batch of eight records per call
+/// and `chains` hash chains interleaved.
+fn hmac_mb(cfg: &Config, chains: usize) -> Duration {
+    let keyed = HmacKey::new(&MAC_KEY);
+    let header_tag = [0x66u8; 32];
+    let chunk = 1usize << CHUNK_LOG2_DEFAULT;
+    let stride = chunk + TAG_BYTES;
+    let mut records = records_buffer(cfg.total_bytes, CHUNK_LOG2_DEFAULT);
+    best_of(cfg.reps, || {
+        let time = timed(|| {
+            for (batch, group) in records.chunks_mut(stride * LANES).enumerate() {
+                let prefixes: [[u8; 41]; LANES] = std::array::from_fn(|lane| {
+                    chunk_prefix(&header_tag, (batch * LANES + lane) as u64)
+                });
+                let mut tags = [[0u8; TAG_BYTES]; LANES];
+                let mut messages = [Message::default(); LANES];
+                for ((message, prefix), record) in messages
+                    .iter_mut()
+                    .zip(&prefixes)
+                    .zip(group.chunks_exact(stride))
+                {
+                    *message = Message {
+                        prefix,
+                        body: &record[..chunk],
+                    };
+                }
+                keyed.tags_with_chains(chains, &messages, &mut tags);
+                for (record, tag) in group.chunks_exact_mut(stride).zip(&tags) {
+                    record[chunk..].copy_from_slice(tag);
+                }
+            }
+        });
+        black_box(&records);
+        time
+    })
+}
+
+/// The seal as `Sealer::seal_full` did it before `sha_mb`: eight CBC lanes, then one HMAC
+/// chain per record from a keyed `hmac` state cloned per tag, in place over `records` (which
+/// [`open_previous`] then opens).
+fn seal_previous_pass(records: &mut [u8]) {
+    let cipher = Aes256::new(&AES_KEY.into());
+    let keyed = <HmacSha256 as Mac>::new_from_slice(&MAC_KEY).expect("any key length");
+    let header_tag = [0x66u8; 32];
+    let chunk = 1usize << CHUNK_LOG2_DEFAULT;
+    let stride = chunk + TAG_BYTES;
+    for (batch, group) in records.chunks_mut(stride * LANES).enumerate() {
+        let mut ivs = [Block::default(); LANES];
+        lanes::chunk_ivs(&cipher, (batch * LANES) as u64, &mut ivs);
+        lanes::encrypt_lanes(&cipher, &ivs, group, stride, chunk);
+        for (lane, record) in group.chunks_exact_mut(stride).enumerate() {
+            let (ct, tag) = record.split_at_mut(chunk);
+            let mut mac = keyed.clone();
+            mac.update(&chunk_prefix(&header_tag, (batch * LANES + lane) as u64));
+            mac.update(ct);
+            tag.copy_from_slice(&mac.finalize().into_bytes());
+        }
+    }
+}
+
+/// Figure 4p: the previous seal ([`seal_previous_pass`]) on the same 64 KiB batches as figure 4.
+fn seal_previous(cfg: &Config) -> Duration {
+    let mut records = records_buffer(cfg.total_bytes, CHUNK_LOG2_DEFAULT);
+    best_of(cfg.reps, || {
+        let time = timed(|| seal_previous_pass(&mut records));
+        black_box(&records);
+        time
+    })
+}
+
+/// Figure 5p: the open as `Opener::open_full` did it before `sha_mb`: verify every record's
+/// tag with one HMAC chain each, then decrypt each chunk.
+fn open_previous(cfg: &Config) -> Duration {
+    let cipher = Aes256::new(&AES_KEY.into());
+    let keyed = <HmacSha256 as Mac>::new_from_slice(&MAC_KEY).expect("any key length");
+    let header_tag = [0x66u8; 32];
+    let chunk = 1usize << CHUNK_LOG2_DEFAULT;
+    let stride = chunk + TAG_BYTES;
+    let mut sealed = records_buffer(cfg.total_bytes, CHUNK_LOG2_DEFAULT);
+    seal_previous_pass(&mut sealed);
+    let mut records = sealed.clone();
+    best_of(cfg.reps, || {
+        records.copy_from_slice(&sealed);
+        let time = timed(|| {
+            for (batch, group) in records.chunks_mut(stride * LANES).enumerate() {
+                for (lane, record) in group.chunks_exact(stride).enumerate() {
+                    let (ct, tag) = record.split_at(chunk);
+                    let mut mac = keyed.clone();
+                    mac.update(&chunk_prefix(&header_tag, (batch * LANES + lane) as u64));
+                    mac.update(ct);
+                    mac.verify_slice(tag).expect("authentic records");
+                }
+                let mut ivs = [Block::default(); LANES];
+                lanes::chunk_ivs(&cipher, (batch * LANES) as u64, &mut ivs);
+                for (record, iv) in group.chunks_exact_mut(stride).zip(&ivs) {
+                    lanes::decrypt_chain(&cipher, iv, &mut record[..chunk]);
+                }
+            }
+        });
+        black_box(&records);
+        time
+    })
+}
+
 /// Figure 4: the whole seal, `Sealer::seal_full` on batches of eight records. A fresh sealer
 /// per repetition (its HKDF is a few microseconds and outside the timing), so chunk indices
 /// start at 0 as in a real file.
@@ -290,16 +405,43 @@ fn main() {
         eight_lanes(&cfg),
     );
     let mac = row(
-        "3. HMAC-SHA256, one tag per 64 KiB",
+        "3. HMAC-SHA256, one tag per 64 KiB (sha2, 1 chain)",
         bytes,
         hmac_chunks(&cfg),
     );
+    let accelerated = HmacKey::new(&MAC_KEY).is_accelerated();
+    let mut mac_mb = 0.0;
+    for (chains, label) in (1..=sha_mb::MAX_CHAINS).zip(["3a", "3b", "3c", "3d"]) {
+        let mark = if chains == sha_mb::CHAINS {
+            ", used"
+        } else {
+            ""
+        };
+        let rate = row(
+            &format!("{label}. HMAC-SHA256, sha_mb, {chains} chain(s){mark}"),
+            bytes,
+            hmac_mb(&cfg, chains),
+        );
+        if chains == sha_mb::CHAINS {
+            mac_mb = rate;
+        }
+    }
     let sealed = row(
         "4. seal_full, batches of 8 x 64 KiB",
         bytes,
         seal(&cfg, CHUNK_LOG2_DEFAULT),
     );
+    let sealed_before = row(
+        "4p. seal, previous path (8 lanes + 1 HMAC chain)",
+        bytes,
+        seal_previous(&cfg),
+    );
     let opened = row("5. open_full, batches of 8 x 64 KiB", bytes, open(&cfg));
+    let opened_before = row(
+        "5p. open, previous path (1 HMAC chain + decrypt)",
+        bytes,
+        open_previous(&cfg),
+    );
     let dec = row(
         "6. CBC decrypt, 64 KiB chains (decrypt_chain)",
         bytes,
@@ -316,15 +458,35 @@ fn main() {
         seal(&cfg, 20),
     );
 
-    let ideal_seal = serial(aes8, mac);
-    let ideal_open = serial(dec, mac);
+    let ideal_seal = serial(aes8, mac_mb);
+    let ideal_open = serial(dec, mac_mb);
     let speedup = aes8 / single;
     let seal_share = sealed / ideal_seal;
     let open_share = opened / ideal_open;
     println!();
+    if !accelerated {
+        println!("no SHA-NI on this CPU: the sha_mb rows are its portable path (the sha2 crate)");
+    }
     println!(
         "8 lanes / one chain        {speedup:>6.2}x   (target >= {LANES_SPEEDUP_TARGET:.0}x)   {}",
         verdict(speedup, LANES_SPEEDUP_TARGET)
+    );
+    println!(
+        "HMAC sha_mb / one chain    {:>6.2}x   ({} chains)",
+        mac_mb / mac,
+        sha_mb::CHAINS
+    );
+    println!(
+        "seal / previous seal       {:>6.2}x   ({sealed_before:.3} -> {sealed:.3} GB/s; ideal was \
+         {:.3}, now {ideal_seal:.3})",
+        sealed / sealed_before,
+        serial(aes8, mac)
+    );
+    println!(
+        "open / previous open       {:>6.2}x   ({opened_before:.3} -> {opened:.3} GB/s; ideal was \
+         {:.3}, now {ideal_open:.3})",
+        opened / opened_before,
+        serial(dec, mac)
     );
     println!(
         "seal / ideal ({ideal_seal:.3} GB/s)  {:>6.1}%   (target >= {:.0}%)  {}",
@@ -340,8 +502,10 @@ fn main() {
     );
     println!(
         "\nideal = 1 / (1/aes + 1/hmac) from this run (aes = 8-lane encrypt for seal, decrypt \
-         for open).\nper core: these are one thread on one core; with one shard per core the \
-         daemon's ceiling is about {cores}x the seal figure ({:.3} GB/s), before IO.",
+         for open; hmac = sha_mb at {} chains, 'was' uses the one-chain figure 3).\nper core: \
+         these are one thread on one core; with one shard per core the daemon's ceiling is \
+         about {cores}x the seal figure ({:.3} GB/s), before IO.",
+        sha_mb::CHAINS,
         sealed * cores as f64
     );
 }

@@ -15,11 +15,13 @@ use aes::cipher::KeyInit;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::{Code, Error};
 use crate::lanes::{self, Block};
 use crate::limits::{BLOCK_BYTES, CHUNK_LOG2_MAX, CHUNK_LOG2_MIN, HEADER_BYTES, LANES, TAG_BYTES};
+use crate::sha_mb::{HmacKey, Message};
 
 /// `\x89RCRYPT\n`: the high byte catches 7-bit transfers, the newline catches CRLF mangling.
 pub const MAGIC: [u8; 8] = *b"\x89RCRYPT\n";
@@ -137,11 +139,14 @@ impl Header {
     }
 }
 
-/// The per-file keys: K_enc as an AES key schedule, K_mac as a keyed HMAC state that is
-/// cloned per tag (cloning skips re-hashing the padded key).
+/// Bytes of a chunk tag's prefix: header_tag || u64(index) || u8(last).
+const CHUNK_PREFIX_BYTES: usize = 32 + 8 + 1;
+
+/// The per-file keys: K_enc as an AES key schedule, K_mac as precomputed HMAC states (so a
+/// tag skips re-hashing the padded key) that tag a batch's chunks as interleaved chains.
 struct FileKeys {
     aes: Aes256,
-    mac: HmacSha256,
+    mac: HmacKey,
     header_tag: [u8; 32],
 }
 
@@ -156,32 +161,57 @@ impl FileKeys {
             .expand(&info, okm.as_mut())
             .expect("64 bytes is within HKDF-SHA256's 8160-byte limit");
         let aes = Aes256::new_from_slice(&okm[..32]).expect("32-byte AES-256 key");
-        let mac =
-            <HmacSha256 as Mac>::new_from_slice(&okm[32..]).expect("HMAC takes keys of any length");
-        let mut keys = FileKeys {
+        let mac = HmacKey::new(&okm[32..]);
+        let header_tag = mac.tag(prefix, &[]);
+        FileKeys {
             aes,
             mac,
-            header_tag: [0; 32],
-        };
-        keys.header_tag = keys.compute_header_tag(prefix);
-        keys
+            header_tag,
+        }
     }
 
-    fn compute_header_tag(&self, prefix: &[u8; 64]) -> [u8; 32] {
-        let mut mac = self.mac.clone();
-        mac.update(prefix);
-        mac.finalize().into_bytes().into()
+    /// header_tag || u64(index) || u8(last): what a chunk's tag covers before its ciphertext.
+    fn chunk_prefix(&self, index: u64, last: bool) -> [u8; CHUNK_PREFIX_BYTES] {
+        let mut prefix = [0u8; CHUNK_PREFIX_BYTES];
+        prefix[..32].copy_from_slice(&self.header_tag);
+        prefix[32..40].copy_from_slice(&index.to_be_bytes());
+        prefix[40] = u8::from(last);
+        prefix
     }
 
-    /// HMAC-SHA256(K_mac, header_tag || u64(index) || u8(last) || ct), unfinalized so that the
-    /// caller either writes it (sealing) or verifies it in constant time (opening).
-    fn chunk_mac(&self, index: u64, last: bool, ct: &[u8]) -> HmacSha256 {
-        let mut mac = self.mac.clone();
-        mac.update(&self.header_tag);
-        mac.update(&index.to_be_bytes());
-        mac.update(&[u8::from(last)]);
-        mac.update(ct);
-        mac
+    /// HMAC-SHA256(K_mac, header_tag || u64(index) || u8(last) || ct), which the caller either
+    /// writes (sealing) or compares in constant time (opening).
+    fn chunk_tag(&self, index: u64, last: bool, ct: &[u8]) -> [u8; TAG_BYTES] {
+        self.mac.tag(&self.chunk_prefix(index, last), ct)
+    }
+
+    /// The tags of the non-final chunks in `group` (up to [`LANES`] records of `stride` bytes,
+    /// C = `chunk` ciphertext bytes in front of each), numbered from `first`, into `tags`.
+    /// Equal-length chunks are what lets `sha_mb` run their hash chains interleaved.
+    fn chunk_tags(
+        &self,
+        first: u64,
+        group: &[u8],
+        stride: usize,
+        chunk: usize,
+        tags: &mut [[u8; TAG_BYTES]],
+    ) {
+        let count = group.len() / stride;
+        debug_assert!(count <= LANES && count == tags.len());
+        let prefixes: [[u8; CHUNK_PREFIX_BYTES]; LANES] =
+            std::array::from_fn(|lane| self.chunk_prefix(first + lane as u64, false));
+        let mut messages = [Message::default(); LANES];
+        for ((message, prefix), record) in messages
+            .iter_mut()
+            .zip(&prefixes)
+            .zip(group.chunks_exact(stride))
+        {
+            *message = Message {
+                prefix,
+                body: &record[..chunk],
+            };
+        }
+        self.mac.tags(&messages[..count], tags);
     }
 }
 
@@ -293,14 +323,15 @@ impl Sealer {
             let mut ivs = [Block::default(); LANES];
             lanes::chunk_ivs(&self.keys.aes, self.next_index, &mut ivs[..lanes]);
             lanes::encrypt_lanes(&self.keys.aes, &ivs[..lanes], group, stride, chunk);
-            for record in group.chunks_exact_mut(stride) {
-                let (ct, tag) = record.split_at_mut(chunk);
-                let mac = self.keys.chunk_mac(self.next_index, false, ct);
-                tag.copy_from_slice(&mac.finalize().into_bytes());
-                // A u64 index cannot overflow: chunks are at least 4 KiB, so a file would
-                // need 2^76 bytes.
-                self.next_index += 1;
+            let mut tags = [[0u8; TAG_BYTES]; LANES];
+            self.keys
+                .chunk_tags(self.next_index, group, stride, chunk, &mut tags[..lanes]);
+            for (record, tag) in group.chunks_exact_mut(stride).zip(&tags) {
+                record[chunk..].copy_from_slice(tag);
             }
+            // A u64 index cannot overflow: chunks are at least 4 KiB, so a file would need
+            // 2^76 bytes.
+            self.next_index += lanes as u64;
         }
         Ok(())
     }
@@ -322,8 +353,7 @@ impl Sealer {
         lanes::chunk_ivs(&self.keys.aes, self.next_index, &mut iv);
         lanes::encrypt_lanes(&self.keys.aes, &iv, &mut buf[..ct_len], ct_len, ct_len);
         let (ct, tag) = buf[..record].split_at_mut(ct_len);
-        let mac = self.keys.chunk_mac(self.next_index, true, ct);
-        tag.copy_from_slice(&mac.finalize().into_bytes());
+        tag.copy_from_slice(&self.keys.chunk_tag(self.next_index, true, ct));
         self.finished = true;
         Ok(record)
     }
@@ -382,10 +412,7 @@ impl Opener {
     pub fn new(header: &Header, master: &[u8; 32]) -> Result<Opener, AuthFailed> {
         let keys = FileKeys::derive(master, &header.tagged_prefix(), &header.salt);
         let recomputed = keys.header_tag;
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            &recomputed[..],
-            &header.header_tag[..],
-        )) {
+        if !bool::from(recomputed[..].ct_eq(&header.header_tag[..])) {
             return Err(AuthFailed);
         }
         Ok(Opener {
@@ -414,12 +441,21 @@ impl Opener {
             return Err(AuthFailed);
         }
         let chunk = self.header.chunk_bytes();
-        for (offset, record) in records.chunks_exact(stride).enumerate() {
-            let (ct, tag) = record.split_at(chunk);
-            let mac = self
-                .keys
-                .chunk_mac(self.next_index + offset as u64, false, ct);
-            mac.verify_slice(tag).map_err(|_| AuthFailed)?;
+        for (batch, group) in records.chunks(stride * LANES).enumerate() {
+            let lanes = group.len() / stride;
+            let first = self.next_index + (batch * LANES) as u64;
+            let mut tags = [[0u8; TAG_BYTES]; LANES];
+            self.keys
+                .chunk_tags(first, group, stride, chunk, &mut tags[..lanes]);
+            // Every tag of the group is compared in constant time; which record failed is
+            // not secret (the ciphertext is public), so stopping at the group is fine.
+            let mut authentic = subtle::Choice::from(1);
+            for (record, tag) in group.chunks_exact(stride).zip(&tags) {
+                authentic &= record[chunk..].ct_eq(&tag[..]);
+            }
+            if !bool::from(authentic) {
+                return Err(AuthFailed);
+            }
         }
         for group in records.chunks_mut(stride * LANES) {
             let lanes = group.len() / stride;
@@ -444,8 +480,10 @@ impl Opener {
             return Err(AuthFailed);
         }
         let (ct, tag) = record.split_at_mut(ct_len);
-        let mac = self.keys.chunk_mac(self.next_index, true, ct);
-        mac.verify_slice(tag).map_err(|_| AuthFailed)?;
+        let want = self.keys.chunk_tag(self.next_index, true, ct);
+        if !bool::from(tag.ct_eq(&want[..])) {
+            return Err(AuthFailed);
+        }
         let mut iv = [Block::default()];
         lanes::chunk_ivs(&self.keys.aes, self.next_index, &mut iv);
         lanes::decrypt_chain(&self.keys.aes, &iv[0], ct);

@@ -4,6 +4,7 @@
 //! - [`limits`]: every fixed bound, with the reason for it.
 //! - [`error`]: the error type and its wire codes.
 //! - [`lanes`]: multi-lane AES-256-CBC (eight chains in lockstep).
+//! - [`sha_mb`]: multi-buffer HMAC-SHA256 (four SHA-NI chains interleaved, portable fallback).
 //! - [`format`]: RCRYPT v1 header, key derivation, chunk sealer and opener. No IO.
 //! - [`openssl`]: the unauthenticated `openssl enc` compatibility format.
 //! - [`keys`]: the TOML key ring.
@@ -40,6 +41,7 @@ pub mod output;
 pub mod protocol;
 pub mod reactor;
 pub mod roots;
+pub mod sha_mb;
 pub mod shard;
 pub mod stream;
 pub mod tree;
