@@ -20,8 +20,9 @@
 //!
 //! What this room does not do: route, admit, or reply (the shard does), or touch sockets.
 
-use std::ffi::CString;
+use std::ffi::OsStr;
 use std::io;
+use std::io::Write as _;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -185,24 +186,27 @@ struct Lane {
     state: LaneState,
 }
 
-/// The crypto of a job, chosen once the header is known.
+/// The crypto of a job, chosen once the header is known. The keys live inline, in the job's
+/// slot, so starting a job allocates nothing for them; the variants differ in size by a key
+/// schedule, which the job slot holds either way.
+#[allow(clippy::large_enum_variant)]
 enum Codec {
     /// encrypt: plaintext chunks into records.
     Seal {
-        sealer: Box<Sealer>,
+        sealer: Sealer,
         n_full: u64,
         final_len: usize,
     },
     /// decrypt: records into plaintext chunks.
     Open {
-        opener: Box<Opener>,
+        opener: Opener,
         full_records: u64,
         final_record: usize,
     },
     /// rewrap: records opened and resealed in place (same chunk size, same layout).
     Reseal {
-        opener: Box<Opener>,
-        sealer: Box<Sealer>,
+        opener: Opener,
+        sealer: Sealer,
         full_records: u64,
         final_record: usize,
     },
@@ -243,6 +247,60 @@ impl Codec {
     }
 }
 
+/// Bytes of a temp file's name: the prefix and 16 hex digits (8 random bytes).
+const TEMP_NAME_BYTES: usize = TEMP_PREFIX.len() + 16;
+
+/// A temp file's name, `.ringcrypt-tmp-<16 hex digits>`, held inline.
+#[derive(Clone, Copy)]
+struct TempName([u8; TEMP_NAME_BYTES]);
+
+impl TempName {
+    /// A fresh random name.
+    fn random() -> Result<TempName, Error> {
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+        let mut name = [0u8; TEMP_NAME_BYTES];
+        let (prefix, hex) = name.split_at_mut(TEMP_PREFIX.len());
+        prefix.copy_from_slice(TEMP_PREFIX.as_bytes());
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(random) {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        Ok(TempName(name))
+    }
+}
+
+/// Longest `/proc/self/fd/<fd>` path: the prefix and the 10 digits of the largest `int`.
+const PROC_FD_PATH_BYTES: usize = "/proc/self/fd/".len() + 10;
+
+/// Up to [`LANES`] spans of a pool buffer with their file offsets, `(at, len, offset)`: the
+/// reads or writes of one batch, kept inline.
+struct Spans {
+    items: [(usize, usize, u64); LANES],
+    len: usize,
+}
+
+impl Spans {
+    fn new() -> Spans {
+        Spans {
+            items: [(0, 0, 0); LANES],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, span: (usize, usize, u64)) {
+        // A batch is at most LANES units, and each unit is at most one span.
+        assert!(self.len < LANES, "more than LANES spans in a batch");
+        self.items[self.len] = span;
+        self.len += 1;
+    }
+
+    fn as_slice(&self) -> &[(usize, usize, u64)] {
+        &self.items[..self.len]
+    }
+}
+
 /// A file job. See the module docs.
 pub struct FileJob {
     pub id: JobId,
@@ -259,16 +317,15 @@ pub struct FileJob {
     /// Finished without work: the output existed and verified.
     skipped: bool,
     out_dir: Option<OwnedFd>,
-    out_name: CString,
     /// The descriptors the caller passed, until the job starts on them.
     passed: Option<Passed>,
     /// The job runs on passed descriptors: no paths are opened, and the caller, not the
     /// job, sets the output's mode and time and links it into place.
     on_passed: bool,
     temp: Option<OwnedFd>,
-    temp_name: Option<CString>,
+    temp_name: Option<TempName>,
     codec: Option<Codec>,
-    lanes: Vec<Lane>,
+    lanes: [Lane; BUFFERS_PER_JOB],
     next_read: u64,
     next_process: u64,
     /// Bytes read from the input and written to the output so far (progress and stats).
@@ -287,11 +344,6 @@ impl FileJob {
         token_base: u64,
         bufs: [BufId; BUFFERS_PER_JOB],
     ) -> FileJob {
-        let out_name = spec
-            .output
-            .file_name()
-            .map(|name| CString::new(name.as_bytes()).unwrap_or_default())
-            .unwrap_or_default();
         FileJob {
             id,
             spec,
@@ -305,23 +357,19 @@ impl FileJob {
             in_mtime: (0, 0),
             skipped: false,
             out_dir: None,
-            out_name,
             on_passed: passed.is_some(),
             passed,
             temp: None,
             temp_name: None,
             codec: None,
-            lanes: bufs
-                .iter()
-                .map(|&buf| Lane {
-                    buf,
-                    batch: 0,
-                    ops_left: 0,
-                    expected: 0,
-                    done: 0,
-                    state: LaneState::Idle,
-                })
-                .collect(),
+            lanes: bufs.map(|buf| Lane {
+                buf,
+                batch: 0,
+                ops_left: 0,
+                expected: 0,
+                done: 0,
+                state: LaneState::Idle,
+            }),
             next_read: 0,
             next_process: 0,
             bytes_in: 0,
@@ -331,8 +379,13 @@ impl FileJob {
     }
 
     /// The pool buffers, for the shard to release once the job is finished.
-    pub fn buffers(&self) -> Vec<BufId> {
-        self.lanes.iter().map(|lane| lane.buf).collect()
+    pub fn buffers(&self) -> [BufId; BUFFERS_PER_JOB] {
+        self.lanes.each_ref().map(|lane| lane.buf)
+    }
+
+    /// The output's file name in its directory (empty when the path has none).
+    fn out_name(&self) -> &OsStr {
+        self.spec.output.file_name().unwrap_or_default()
     }
 
     pub fn is_finished(&self) -> bool {
@@ -363,8 +416,13 @@ impl FileJob {
     }
 
     fn push(&mut self, ctx: &mut JobCtx, tag: u64, op: Op) {
-        self.pending += 1;
-        ctx.reactor.push(self.token_base | tag, op);
+        Self::push_op(&mut self.pending, self.token_base, ctx, tag, op);
+    }
+
+    /// [`FileJob::push`] for ops that borrow a path from the job: the reactor copies it.
+    fn push_op(pending: &mut u32, token_base: u64, ctx: &mut JobCtx, tag: u64, op: Op) {
+        *pending += 1;
+        ctx.reactor.push(token_base | tag, op);
     }
 
     /// Starts the job: opens the input (or takes the passed one).
@@ -376,17 +434,20 @@ impl FileJob {
             }
             return;
         }
-        match ctx.roots.locate(&self.spec.input) {
+        let roots = ctx.roots;
+        match roots.locate(&self.spec.input) {
             Ok((root, rel)) => {
                 let root = root.as_raw_fd();
                 let flags =
                     (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
-                self.push(
+                Self::push_op(
+                    &mut self.pending,
+                    self.token_base,
                     ctx,
                     TAG_OPEN_INPUT,
                     Op::OpenAt2 {
                         dir: root,
-                        path: rel,
+                        path: rel.as_os_str().as_bytes(),
                         flags,
                         mode: 0,
                         resolve: RESOLVE_CONFINED,
@@ -424,7 +485,7 @@ impl FileJob {
         }
         if let (Some(dir), Some(name)) = (&self.out_dir, self.temp_name.take()) {
             let dir = dir.as_raw_fd();
-            self.push(ctx, TAG_UNLINK, Op::UnlinkAt { dir, path: name });
+            self.push(ctx, TAG_UNLINK, Op::UnlinkAt { dir, path: &name.0 });
             return;
         }
         self.input = None;
@@ -459,8 +520,11 @@ impl FileJob {
                 .map_err(|e| self.io_err("read", true, e))
                 .and_then(|n| {
                     ctx.metrics.read(u64::from(n));
-                    let head = done.take_vec();
-                    self.got_header(ctx, &head[..n as usize])
+                    // Copied out of the pool buffer, which the job's batches use next.
+                    let n = (n as usize).min(HEADER_BYTES);
+                    let mut head = [0u8; HEADER_BYTES];
+                    head[..n].copy_from_slice(&ctx.reactor.buf_mut(self.lanes[0].buf)[..n]);
+                    self.got_header(ctx, &head[..n])
                 }),
             TAG_HEADER_WRITE => self.wrote(result, HEADER_BYTES as u32).map(|()| {
                 ctx.metrics.written(HEADER_BYTES as u64);
@@ -585,21 +649,19 @@ impl FileJob {
                 .expect("the passed output is kept until now");
             return self.have_temp(ctx, temp);
         }
-        let parent = self
-            .spec
-            .output
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .to_path_buf();
-        let (root, rel) = ctx.roots.locate(&parent)?;
+        let parent = self.spec.output.parent().unwrap_or(Path::new("/"));
+        let roots = ctx.roots;
+        let (root, rel) = roots.locate(parent)?;
         let root = root.as_raw_fd();
         let flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-        self.push(
+        Self::push_op(
+            &mut self.pending,
+            self.token_base,
             ctx,
             TAG_OPEN_DIR,
             Op::OpenAt2 {
                 dir: root,
-                path: rel,
+                path: rel.as_os_str().as_bytes(),
                 flags,
                 mode: 0,
                 resolve: RESOLVE_CONFINED,
@@ -609,13 +671,13 @@ impl FileJob {
     }
 
     fn opened_dir(&mut self, ctx: &mut JobCtx, dir: OwnedFd) -> Result<(), Error> {
-        if self.out_name.as_bytes().is_empty() {
+        if self.out_name().is_empty() {
             return Err(Error::new(
                 Code::BadRequest,
                 format!("{} has no file name", self.spec.output.display()),
             ));
         }
-        match rustix::fs::statat(&dir, self.out_name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        match rustix::fs::statat(&dir, self.out_name(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => {
                 let input = self
                     .input
@@ -634,7 +696,7 @@ impl FileJob {
                     ));
                 }
                 if self.spec.skip_existing && !same {
-                    if verify_existing(&dir, self.out_name.as_c_str(), self.spec.op, ctx.ring) {
+                    if verify_existing(&dir, self.out_name(), self.spec.op, ctx.ring) {
                         self.skipped = true;
                         self.finish();
                         return Ok(());
@@ -659,7 +721,7 @@ impl FileJob {
             TAG_CREATE_TEMP,
             Op::OpenAt2 {
                 dir: dir_raw,
-                path: c".".into(),
+                path: b".",
                 flags,
                 mode: 0o600,
                 resolve: 0,
@@ -678,13 +740,8 @@ impl FileJob {
                     Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
                 ) =>
             {
-                let mut random = [0u8; 8];
-                getrandom::fill(&mut random)
-                    .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
-                let name =
-                    CString::new(format!("{TEMP_PREFIX}{}", crate::keys::hex_encode(&random)))
-                        .expect("no NUL");
-                self.temp_name = Some(name.clone());
+                let name = TempName::random()?;
+                self.temp_name = Some(name);
                 let dir = self.out_dir.as_ref().expect("dir is open").as_raw_fd();
                 let flags = (libc::O_CREAT
                     | libc::O_EXCL
@@ -696,7 +753,7 @@ impl FileJob {
                     TAG_CREATE_NAMED,
                     Op::OpenAt2 {
                         dir,
-                        path: name,
+                        path: &name.0,
                         flags,
                         mode: 0o600,
                         resolve: 0,
@@ -727,13 +784,16 @@ impl FileJob {
                 self.start_sealing(ctx, sealer, self.in_len)
             }
             FileOp::Decrypt | FileOp::Rewrap => {
+                // Into the first pool buffer: no batch has started yet.
                 let fd = self.input.as_ref().expect("input is open").as_raw_fd();
+                let buf = self.lanes[0].buf;
                 self.push(
                     ctx,
                     TAG_HEADER_READ,
-                    Op::ReadVec {
+                    Op::ReadFixed {
                         fd,
-                        data: Vec::new(),
+                        buf,
+                        at: 0,
                         len: HEADER_BYTES,
                         offset: 0,
                     },
@@ -751,26 +811,31 @@ impl FileJob {
     ) -> Result<(), Error> {
         let chunk_log2 = sealer.header().chunk_log2;
         self.check_fits(ctx, chunk_log2)?;
-        let header = sealer.header().to_bytes().to_vec();
+        let header = sealer.header().to_bytes();
         self.codec = Some(Codec::Seal {
-            sealer: Box::new(sealer),
+            sealer,
             n_full: plain_len >> chunk_log2,
             final_len: (plain_len & ((1 << chunk_log2) - 1)) as usize,
         });
-        self.write_header(ctx, header);
+        self.write_header(ctx, &header);
         Ok(())
     }
 
-    fn write_header(&mut self, ctx: &mut JobCtx, header: Vec<u8>) {
+    /// Writes the header from the first pool buffer: no batch starts before it is written.
+    fn write_header(&mut self, ctx: &mut JobCtx, header: &[u8; HEADER_BYTES]) {
         self.phase = Phase::Streaming;
         let fd = self.temp.as_ref().expect("temp is open").as_raw_fd();
-        self.bytes_out += header.len() as u64;
+        let buf = self.lanes[0].buf;
+        ctx.reactor.buf_mut(buf)[..HEADER_BYTES].copy_from_slice(header);
+        self.bytes_out += HEADER_BYTES as u64;
         self.push(
             ctx,
             TAG_HEADER_WRITE,
-            Op::WriteVec {
+            Op::WriteFixed {
                 fd,
-                data: header,
+                buf,
+                at: 0,
+                len: HEADER_BYTES,
                 offset: 0,
             },
         );
@@ -808,7 +873,7 @@ impl FileJob {
         match self.spec.op {
             FileOp::Decrypt => {
                 self.codec = Some(Codec::Open {
-                    opener: Box::new(opener),
+                    opener,
                     full_records: layout.full_records,
                     final_record: layout.final_record_bytes,
                 });
@@ -828,14 +893,14 @@ impl FileJob {
                     header.chunk_log2,
                     format::random_salt()?,
                 );
-                let new_header = sealer.header().to_bytes().to_vec();
+                let new_header = sealer.header().to_bytes();
                 self.codec = Some(Codec::Reseal {
-                    opener: Box::new(opener),
-                    sealer: Box::new(sealer),
+                    opener,
+                    sealer,
                     full_records: layout.full_records,
                     final_record: layout.final_record_bytes,
                 });
-                self.write_header(ctx, new_header);
+                self.write_header(ctx, &new_header);
             }
             FileOp::Encrypt => unreachable!("encrypt does not read a header"),
         }
@@ -870,7 +935,7 @@ impl FileJob {
         let chunk = codec.chunk_bytes() as u64;
         let fd = self.input.as_ref().expect("input is open").as_raw_fd();
         let buf = self.lanes[lane].buf;
-        let mut reads: Vec<(usize, usize, u64)> = Vec::with_capacity(LANES);
+        let mut reads = Spans::new();
         match codec {
             Codec::Seal {
                 n_full, final_len, ..
@@ -911,17 +976,17 @@ impl FileJob {
         self.lanes[lane] = Lane {
             buf,
             batch,
-            ops_left: reads.len() as u32,
+            ops_left: reads.len as u32,
             expected: 0,
             done: 0,
             state: LaneState::Reading,
         };
-        if reads.is_empty() {
+        if reads.len == 0 {
             self.lanes[lane].state = LaneState::Ready;
         }
-        self.lanes[lane].expected = reads.iter().map(|r| r.1).sum();
+        self.lanes[lane].expected = reads.as_slice().iter().map(|r| r.1).sum();
         // The reads of one batch fill disjoint spans of the lane's buffer.
-        for (at, len, offset) in reads {
+        for &(at, len, offset) in reads.as_slice() {
             self.push(
                 ctx,
                 tag,
@@ -976,13 +1041,13 @@ impl FileJob {
             let fd = self.temp.as_ref().expect("temp is open").as_raw_fd();
             let buf = self.lanes[lane].buf;
             self.lanes[lane].state = LaneState::Writing;
-            self.lanes[lane].ops_left = writes.len() as u32;
-            if writes.is_empty() {
+            self.lanes[lane].ops_left = writes.len as u32;
+            if writes.len == 0 {
                 self.lanes[lane].state = LaneState::Idle;
             }
-            self.lanes[lane].expected = writes.iter().map(|w| w.1).sum();
+            self.lanes[lane].expected = writes.as_slice().iter().map(|w| w.1).sum();
             self.lanes[lane].done = 0;
-            for (at, len, offset) in writes {
+            for &(at, len, offset) in writes.as_slice() {
                 self.bytes_out += len as u64;
                 self.push(
                     ctx,
@@ -1003,12 +1068,7 @@ impl FileJob {
     }
 
     /// The crypto of one batch, in place; returns the writes (buffer span, file offset).
-    fn crypto(
-        &mut self,
-        ctx: &mut JobCtx,
-        lane: usize,
-        batch: u64,
-    ) -> Result<Vec<(usize, usize, u64)>, Error> {
+    fn crypto(&mut self, ctx: &mut JobCtx, lane: usize, batch: u64) -> Result<Spans, Error> {
         let buf_id = self.lanes[lane].buf;
         let codec = self.codec.as_mut().expect("codec set");
         let (first, units) = codec.span(batch);
@@ -1016,7 +1076,7 @@ impl FileJob {
         let chunk = codec.chunk_bytes();
         let auth = |_| Error::from(format::AuthFailed).context(self.spec.input.display());
         let buf = ctx.reactor.buf_mut(buf_id);
-        let mut writes = Vec::with_capacity(LANES);
+        let mut writes = Spans::new();
         match codec {
             Codec::Seal {
                 sealer,
@@ -1104,14 +1164,17 @@ impl FileJob {
         self.phase = Phase::Committing;
         match self.spec.op {
             // The file must end exactly after the final record: probe one byte past it.
+            // Into the first pool buffer: every batch is written by now.
             FileOp::Decrypt | FileOp::Rewrap => {
                 let fd = self.input.as_ref().expect("input is open").as_raw_fd();
+                let buf = self.lanes[0].buf;
                 self.push(
                     ctx,
                     TAG_EOF_PROBE,
-                    Op::ReadVec {
+                    Op::ReadFixed {
                         fd,
-                        data: Vec::new(),
+                        buf,
+                        at: 0,
                         len: 1,
                         offset: self.in_len,
                     },
@@ -1168,43 +1231,51 @@ impl FileJob {
             return Ok(());
         }
         let dir = self.out_dir.as_ref().expect("dir is open").as_raw_fd();
-        if let Some(temp_name) = self.temp_name.clone() {
+        let out_name = self.spec.output.file_name().unwrap_or_default().as_bytes();
+        if let Some(temp_name) = self.temp_name {
             let flags = if self.spec.overwrite {
                 0
             } else {
                 libc::RENAME_NOREPLACE
             };
-            self.push(
+            Self::push_op(
+                &mut self.pending,
+                self.token_base,
                 ctx,
                 TAG_RENAME,
                 Op::RenameAt {
                     dir,
-                    from: temp_name,
-                    to: self.out_name.clone(),
+                    from: &temp_name.0,
+                    to: out_name,
                     flags,
                 },
             );
             return Ok(());
         }
         let temp = self.temp.as_ref().expect("temp is open").as_raw_fd();
-        let proc_path = CString::new(format!("/proc/self/fd/{temp}")).expect("no NUL");
+        let mut proc_path = [0u8; PROC_FD_PATH_BYTES];
+        let proc_len = {
+            let mut rest = &mut proc_path[..];
+            write!(rest, "/proc/self/fd/{temp}").expect("a descriptor's path fits");
+            PROC_FD_PATH_BYTES - rest.len()
+        };
+        let temp_name;
         let to = if self.spec.overwrite {
             // Link under a temp name, then rename over the target: replacing is atomic.
-            let mut random = [0u8; 8];
-            getrandom::fill(&mut random).map_err(|e| Error::new(Code::Internal, e.to_string()))?;
-            let name = CString::new(format!("{TEMP_PREFIX}{}", crate::keys::hex_encode(&random)))
-                .expect("no NUL");
-            self.temp_name = Some(name.clone());
-            name
+            temp_name = TempName::random()?;
+            self.temp_name = Some(temp_name);
+            &temp_name.0[..]
         } else {
-            self.out_name.clone()
+            out_name
         };
-        self.push(
+        Self::push_op(
+            &mut self.pending,
+            self.token_base,
             ctx,
             TAG_LINK,
             Op::LinkAt {
                 from_dir: libc::AT_FDCWD,
-                from: proc_path,
+                from: &proc_path[..proc_len],
                 to_dir: dir,
                 to,
                 flags: libc::AT_SYMLINK_FOLLOW,
@@ -1253,7 +1324,7 @@ impl FileJob {
 /// and its header tag and final chunk's tag verify; a decrypt output is a regular file.
 /// Earlier chunks are not read: an interrupted job never leaves a partial output (outputs are
 /// linked only when complete), so this catches foreign or damaged files, not torn ones.
-fn verify_existing(dir: &OwnedFd, name: &std::ffi::CStr, op: FileOp, ring: &KeyRing) -> bool {
+fn verify_existing(dir: &OwnedFd, name: &OsStr, op: FileOp, ring: &KeyRing) -> bool {
     use rustix::fs::OFlags;
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
     let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) else {

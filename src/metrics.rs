@@ -10,6 +10,7 @@
 //!
 //! What this room does not do: decide what to count (the shards and jobs call it).
 
+use std::cell::OnceCell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::OnceLock;
@@ -17,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ::metrics::{
-    Counter, Gauge, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -54,13 +56,20 @@ struct Padded(AtomicU64);
 
 static CRYPTO_NANOS: OnceLock<Box<[Padded]>> = OnceLock::new();
 
-/// One shard's metric handles.
+/// One shard's metric handles, registered once so that counting allocates nothing (the
+/// facade's macros build their label sets anew on every call).
 pub struct ShardMetrics {
     shard: usize,
     bytes_read: Counter,
     bytes_written: Counter,
     queue_depth: Gauge,
     inflight: Gauge,
+    /// `ringcrypt_jobs_total`, by op (in [`FileOp::ALL`] order) and [`JobResult`].
+    jobs_ended: [[Counter; JobResult::ALL.len()]; FileOp::ALL.len()],
+    /// `ringcrypt_job_duration_seconds`, by op (in [`FileOp::ALL`] order), registered when
+    /// the shard ends its first job of the op: a registered histogram is exported even
+    /// before it holds a sample, and the family shows only ops that ran.
+    job_seconds: [OnceCell<Histogram>; FileOp::ALL.len()],
 }
 
 impl ShardMetrics {
@@ -73,6 +82,11 @@ impl ShardMetrics {
             bytes_written: counter!(BYTES_WRITTEN, "shard" => label.clone()),
             queue_depth: gauge!(QUEUE_DEPTH, "shard" => label.clone()),
             inflight: gauge!(INFLIGHT, "shard" => label),
+            jobs_ended: FileOp::ALL.map(|op| {
+                JobResult::ALL
+                    .map(|result| counter!(JOBS, "op" => op.as_str(), "result" => result.as_str()))
+            }),
+            job_seconds: Default::default(),
         }
     }
 
@@ -87,6 +101,15 @@ impl ShardMetrics {
     pub fn jobs(&self, queued: usize, running: usize) {
         self.queue_depth.set(queued as f64);
         self.inflight.set(running as f64);
+    }
+
+    /// A file job ended after `seconds`.
+    pub fn job_ended(&self, op: FileOp, result: JobResult, seconds: f64) {
+        let index = op as usize;
+        self.jobs_ended[index][result as usize].increment(1);
+        self.job_seconds[index]
+            .get_or_init(|| histogram!(JOB_SECONDS, "op" => op.as_str()))
+            .record(seconds);
     }
 
     pub fn crypto(&self, spent: Duration) {
@@ -106,15 +129,17 @@ pub enum JobResult {
     Cancelled,
 }
 
-/// A file job ended after `seconds`.
-pub fn job_ended(op: FileOp, result: JobResult, seconds: f64) {
-    let result = match result {
-        JobResult::Ok => "ok",
-        JobResult::Failed => "failed",
-        JobResult::Cancelled => "cancelled",
-    };
-    counter!(JOBS, "op" => op.as_str(), "result" => result).increment(1);
-    histogram!(JOB_SECONDS, "op" => op.as_str()).record(seconds);
+impl JobResult {
+    pub const ALL: [JobResult; 3] = [JobResult::Ok, JobResult::Failed, JobResult::Cancelled];
+
+    /// The `result` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobResult::Ok => "ok",
+            JobResult::Failed => "failed",
+            JobResult::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// An error reply with `code` was sent.
@@ -141,8 +166,8 @@ pub fn preregister(shards: usize) {
         counter!(ERRORS, "code" => code.as_str()).absolute(0);
     }
     for op in FileOp::ALL {
-        for result in ["ok", "failed", "cancelled"] {
-            counter!(JOBS, "op" => op.as_str(), "result" => result).absolute(0);
+        for result in JobResult::ALL {
+            counter!(JOBS, "op" => op.as_str(), "result" => result.as_str()).absolute(0);
         }
     }
 }

@@ -113,6 +113,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -429,8 +430,8 @@ pub fn parse_request(line: &[u8]) -> Parsed {
             );
         }
     };
-    let entries = match serde_json::from_str::<TopLevel>(text) {
-        Ok(TopLevel::Object(entries)) => entries,
+    let mut fields = match serde_json::from_str::<TopLevel>(text) {
+        Ok(TopLevel::Object(fields)) => fields,
         Ok(TopLevel::Other(what)) => {
             return failed(
                 None,
@@ -450,27 +451,21 @@ pub fn parse_request(line: &[u8]) -> Parsed {
         }
     };
 
-    let mut fields = Map::new();
-    let mut duplicate = None;
-    for (name, value) in entries {
-        if fields.contains_key(&name) {
-            duplicate.get_or_insert(name);
-        } else {
-            fields.insert(name, value);
-        }
-    }
-    if duplicate.as_deref() == Some("id") {
+    if fields.duplicate.as_deref() == Some("id") {
         return failed(
             None,
             bad("field \"id\" appears more than once; give it once"),
         );
     }
-    let id = match fields.remove("id").map(RequestId::new) {
+    let id = match fields
+        .take(Field::Id)
+        .map(|value| RequestId::new(value.into_value()))
+    {
         None => None,
         Some(Ok(id)) => Some(id),
         Some(Err(err)) => return failed(None, err),
     };
-    if let Some(name) = duplicate {
+    if let Some(name) = fields.duplicate.take() {
         return failed(
             id,
             bad(format!(
@@ -483,15 +478,236 @@ pub fn parse_request(line: &[u8]) -> Parsed {
     Parsed { id, request }
 }
 
-/// The top level of a request line: an object's entries in order (duplicates kept, so they
-/// can be refused), or what else it was.
-enum TopLevel {
-    Object(Vec<(String, Value)>),
+/// Every field name some request defines. A request's fields are parsed into a slot per
+/// name (no map, no owned names); other names are kept only to be refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Id,
+    Op,
+    Input,
+    Output,
+    Key,
+    Format,
+    Recursive,
+    Overwrite,
+    SkipExisting,
+    Wait,
+    Fds,
+    Job,
+}
+
+impl Field {
+    const ALL: [Field; 12] = [
+        Field::Id,
+        Field::Op,
+        Field::Input,
+        Field::Output,
+        Field::Key,
+        Field::Format,
+        Field::Recursive,
+        Field::Overwrite,
+        Field::SkipExisting,
+        Field::Wait,
+        Field::Fds,
+        Field::Job,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Field::Id => "id",
+            Field::Op => "op",
+            Field::Input => "input",
+            Field::Output => "output",
+            Field::Key => "key",
+            Field::Format => "format",
+            Field::Recursive => "recursive",
+            Field::Overwrite => "overwrite",
+            Field::SkipExisting => "skip_existing",
+            Field::Wait => "wait",
+            Field::Fds => "fds",
+            Field::Job => "job",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|field| field.name() == name)
+    }
+}
+
+/// A field's value as parsed: strings borrowed from the line unless they hold escapes,
+/// numbers as serde_json reads them, and arrays and objects only as what they are (no request
+/// field takes one, so their contents are checked for syntax and dropped).
+enum Val<'de> {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    Str(Cow<'de, str>),
+    Array,
+    Object,
+}
+
+impl Val<'_> {
+    /// The JSON type, for messages: "a number", "an array", ...
+    fn describe(&self) -> &'static str {
+        match self {
+            Val::Null => "null",
+            Val::Bool(_) => "a boolean",
+            Val::Number(_) => "a number",
+            Val::Str(_) => "a string",
+            Val::Array => "an array",
+            Val::Object => "an object",
+        }
+    }
+
+    /// The value as a `Value` (arrays and objects empty: they are refused wherever they
+    /// appear, by type).
+    fn into_value(self) -> Value {
+        match self {
+            Val::Null => Value::Null,
+            Val::Bool(flag) => Value::Bool(flag),
+            Val::Number(number) => Value::Number(number),
+            Val::Str(text) => Value::String(text.into_owned()),
+            Val::Array => Value::Array(Vec::new()),
+            Val::Object => Value::Object(Map::new()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Val<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Val<'de>, D::Error> {
+        deserializer.deserialize_any(ValVisitor)
+    }
+}
+
+struct ValVisitor;
+
+impl<'de> Visitor<'de> for ValVisitor {
+    type Value = Val<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, flag: bool) -> Result<Val<'de>, E> {
+        Ok(Val::Bool(flag))
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Val<'de>, E> {
+        Ok(Val::Number(n.into()))
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Val<'de>, E> {
+        Ok(Val::Number(n.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Val<'de>, E> {
+        // As serde_json's `Value` does: a float it cannot hold becomes null.
+        Ok(serde_json::Number::from_f64(n).map_or(Val::Null, Val::Number))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Val<'de>, E> {
+        Ok(Val::Str(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Val<'de>, E> {
+        Ok(Val::Str(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Val<'de>, E> {
+        Ok(Val::Str(Cow::Owned(text)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Val<'de>, E> {
+        Ok(Val::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Val<'de>, A::Error> {
+        // Consume the elements so that serde_json still reports syntax errors inside them.
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Val::Array)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Val::Object)
+    }
+}
+
+/// An object key, borrowed from the line unless it holds escapes.
+struct Name<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Name<'de>, D::Error> {
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+struct NameVisitor;
+
+impl<'de> Visitor<'de> for NameVisitor {
+    type Value = Name<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Name<'de>, E> {
+        Ok(Name(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Name<'de>, E> {
+        Ok(Name(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Name<'de>, E> {
+        Ok(Name(Cow::Owned(text)))
+    }
+}
+
+/// A request object's fields: the first value of each known name, the names no request
+/// defines (in order, repeats included), and the first name that appeared twice.
+struct RawFields<'de> {
+    values: [Option<Val<'de>>; Field::ALL.len()],
+    unknown: Vec<Cow<'de, str>>,
+    duplicate: Option<Cow<'de, str>>,
+}
+
+impl<'de> RawFields<'de> {
+    /// Takes a field out, so later checks no longer see it.
+    fn take(&mut self, field: Field) -> Option<Val<'de>> {
+        self.values[field as usize].take()
+    }
+
+    fn contains(&self, field: Field) -> bool {
+        self.values[field as usize].is_some()
+    }
+
+    /// Of the fields left, the first in byte order of its name that `allowed` does not
+    /// hold.
+    fn first_not_in<'s>(&'s self, allowed: &[&str]) -> Option<&'s str> {
+        let known = Field::ALL
+            .into_iter()
+            .filter(|&field| self.contains(field))
+            .map(|field| -> &'s str { field.name() });
+        let unknown = self.unknown.iter().map(|name| -> &'s str { name });
+        known
+            .chain(unknown)
+            .filter(|name| !allowed.contains(name))
+            .min()
+    }
+}
+
+/// The top level of a request line: an object's fields, or what else it was. Returned once
+/// per line and taken apart at once, so the size of its larger variant costs a copy, not an
+/// allocation.
+#[allow(clippy::large_enum_variant)]
+enum TopLevel<'de> {
+    Object(RawFields<'de>),
     Other(&'static str),
 }
 
-impl<'de> Deserialize<'de> for TopLevel {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<TopLevel, D::Error> {
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<TopLevel<'de>, D::Error> {
         deserializer.deserialize_any(TopLevelVisitor)
     }
 }
@@ -499,59 +715,78 @@ impl<'de> Deserialize<'de> for TopLevel {
 struct TopLevelVisitor;
 
 impl<'de> Visitor<'de> for TopLevelVisitor {
-    type Value = TopLevel;
+    type Value = TopLevel<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(entry) = map.next_entry::<String, Value>()? {
-            entries.push(entry);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel<'de>, A::Error> {
+        let mut fields = RawFields {
+            values: Default::default(),
+            unknown: Vec::new(),
+            duplicate: None,
+        };
+        while let Some((Name(name), value)) = map.next_entry::<Name, Val>()? {
+            let seen = match Field::parse(&name) {
+                Some(field) => {
+                    let slot = &mut fields.values[field as usize];
+                    let seen = slot.is_some();
+                    if !seen {
+                        *slot = Some(value);
+                    }
+                    seen
+                }
+                None => fields.unknown.contains(&name),
+            };
+            if seen {
+                fields.duplicate.get_or_insert(name);
+            } else if Field::parse(&name).is_none() {
+                fields.unknown.push(name);
+            }
         }
-        Ok(TopLevel::Object(entries))
+        Ok(TopLevel::Object(fields))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel<'de>, A::Error> {
         // Consume the elements so that serde_json still reports syntax errors inside them.
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(TopLevel::Other("an array"))
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<TopLevel, E> {
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<TopLevel<'de>, E> {
         Ok(TopLevel::Other("a boolean"))
     }
 
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<TopLevel, E> {
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<TopLevel<'de>, E> {
         Ok(TopLevel::Other("a number"))
     }
 
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<TopLevel, E> {
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<TopLevel<'de>, E> {
         Ok(TopLevel::Other("a number"))
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<TopLevel, E> {
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<TopLevel<'de>, E> {
         Ok(TopLevel::Other("a number"))
     }
 
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<TopLevel, E> {
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<TopLevel<'de>, E> {
         Ok(TopLevel::Other("a string"))
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<TopLevel, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<TopLevel<'de>, E> {
         Ok(TopLevel::Other("null"))
     }
 }
 
 /// Parses `op` and the op's own fields (`id` already taken out).
-fn parse_op(mut fields: Map<String, Value>) -> Result<Request, Error> {
-    let op = match fields.remove("op") {
-        Some(Value::String(op)) => op,
+fn parse_op(mut fields: RawFields) -> Result<Request, Error> {
+    let op = match fields.take(Field::Op) {
+        Some(Val::Str(op)) => op,
         Some(other) => {
             return Err(bad(format!(
                 "field \"op\" must be a string naming the operation, not {}",
-                describe(&other)
+                other.describe()
             )));
         }
         None => {
@@ -565,18 +800,18 @@ fn parse_op(mut fields: Map<String, Value>) -> Result<Request, Error> {
     if let Some(file_op) = FileOp::parse(&op) {
         return parse_file_job(file_op, &mut fields).map(Request::File);
     }
-    match op.as_str() {
+    match op.as_ref() {
         "ping" => fields.only(&[]).map(|()| Request::Ping),
         "status" => {
             fields.only(&["job"])?;
             Ok(Request::Status {
-                job: fields.job("job")?,
+                job: fields.job(Field::Job)?,
             })
         }
         "cancel" => {
             fields.only(&["job"])?;
             Ok(Request::Cancel {
-                job: fields.job("job")?,
+                job: fields.job(Field::Job)?,
             })
         }
         "jobs" => fields.only(&[]).map(|()| Request::Jobs),
@@ -604,32 +839,35 @@ const FILE_FIELDS: [&str; 9] = [
 ];
 
 fn parse_file_job(op: FileOp, fields: &mut Fields) -> Result<FileJobSpec, Error> {
-    if op != FileOp::Encrypt && fields.fields.contains_key("format") {
+    if op != FileOp::Encrypt && fields.fields.contains(Field::Format) {
         return Err(bad(format!(
             "field \"format\" applies to encrypt only; {op} reads the format from the input \
              file, so leave the field out"
         )));
     }
     fields.only(&FILE_FIELDS)?;
-    let input = fields.path("input")?;
-    let output = fields.path("output")?;
-    let key = fields.key("key")?;
-    let format = match fields.optional("format", "\"ringcrypt\" or \"openssl\"")? {
+    let input = fields.path(Field::Input)?;
+    let output = fields.path(Field::Output)?;
+    let key = fields.key(Field::Key)?;
+    let format = match fields.optional(Field::Format, "\"ringcrypt\" or \"openssl\"")? {
         None => Format::Ringcrypt,
-        Some(Value::String(name)) if name == "ringcrypt" => Format::Ringcrypt,
-        Some(Value::String(name)) if name == "openssl" => Format::Openssl,
+        Some(Val::Str(name)) if name == "ringcrypt" => Format::Ringcrypt,
+        Some(Val::Str(name)) if name == "openssl" => Format::Openssl,
         Some(other) => {
+            let got = match &other {
+                Val::Str(text) => quote(text),
+                other => other.describe().to_string(),
+            };
             return Err(bad(format!(
-                "field \"format\" must be \"ringcrypt\" or \"openssl\", not {}",
-                describe_value(&other)
+                "field \"format\" must be \"ringcrypt\" or \"openssl\", not {got}"
             )));
         }
     };
-    let recursive = fields.flag("recursive", false)?;
-    let overwrite = fields.flag("overwrite", false)?;
-    let skip_existing = fields.flag("skip_existing", false)?;
-    let wait = fields.flag("wait", true)?;
-    let fds = fields.flag("fds", false)?;
+    let recursive = fields.flag(Field::Recursive, false)?;
+    let overwrite = fields.flag(Field::Overwrite, false)?;
+    let skip_existing = fields.flag(Field::SkipExisting, false)?;
+    let wait = fields.flag(Field::Wait, true)?;
+    let fds = fields.flag(Field::Fds, false)?;
     if fds && (recursive || skip_existing) {
         return Err(bad(
             "field \"fds\" is for single files: a tree (\"recursive\") is walked by the \
@@ -658,20 +896,16 @@ fn parse_file_job(op: FileOp, fields: &mut Fields) -> Result<FileJobSpec, Error>
 }
 
 /// A request's fields while they are being taken apart, with the op for messages.
-struct Fields<'a> {
+struct Fields<'a, 'de> {
     op: &'a str,
-    fields: Map<String, Value>,
+    fields: RawFields<'de>,
 }
 
-impl Fields<'_> {
+impl<'de> Fields<'_, 'de> {
     /// Refuses any field not in `allowed` (`op` and `id` are already gone), so a typo is an
     /// error rather than an option silently not taken.
     fn only(&self, allowed: &[&str]) -> Result<(), Error> {
-        let Some(unknown) = self
-            .fields
-            .keys()
-            .find(|name| !allowed.contains(&name.as_str()))
-        else {
+        let Some(unknown) = self.fields.first_not_in(allowed) else {
             return Ok(());
         };
         let known = if allowed.is_empty() {
@@ -691,40 +925,43 @@ impl Fields<'_> {
     }
 
     /// Takes a field that must be present; `expected` says what it should hold.
-    fn required(&mut self, name: &str, expected: &str) -> Result<Value, Error> {
-        self.fields.remove(name).ok_or_else(|| {
+    fn required(&mut self, field: Field, expected: &str) -> Result<Val<'de>, Error> {
+        self.fields.take(field).ok_or_else(|| {
             bad(format!(
-                "the {} request needs field \"{name}\" ({expected})",
-                self.op
+                "the {} request needs field \"{}\" ({expected})",
+                self.op,
+                field.name()
             ))
         })
     }
 
     /// Takes a field that may be left out; `null` is refused, since leaving the field out
     /// is how a request asks for the default.
-    fn optional(&mut self, name: &str, expected: &str) -> Result<Option<Value>, Error> {
-        match self.fields.remove(name) {
-            Some(Value::Null) => Err(bad(format!(
-                "field \"{name}\" must be {expected}, not null; leave the field out for the \
-                 default"
+    fn optional(&mut self, field: Field, expected: &str) -> Result<Option<Val<'de>>, Error> {
+        match self.fields.take(field) {
+            Some(Val::Null) => Err(bad(format!(
+                "field \"{}\" must be {expected}, not null; leave the field out for the \
+                 default",
+                field.name()
             ))),
             value => Ok(value),
         }
     }
 
-    fn path(&mut self, name: &str) -> Result<PathBuf, Error> {
+    fn path(&mut self, field: Field) -> Result<PathBuf, Error> {
         const EXPECTED: &str = "a string: an absolute path";
-        match self.required(name, EXPECTED)? {
-            Value::String(text) => normalize_path(name, &text),
-            other => Err(mistyped(name, EXPECTED, &other)),
+        match self.required(field, EXPECTED)? {
+            Val::Str(text) => normalize_path(field.name(), &text),
+            other => Err(mistyped(field.name(), EXPECTED, &other)),
         }
     }
 
-    fn key(&mut self, name: &str) -> Result<Option<String>, Error> {
+    fn key(&mut self, field: Field) -> Result<Option<String>, Error> {
         const EXPECTED: &str = "a string naming a key in the key ring";
-        let key = match self.optional(name, EXPECTED)? {
+        let name = field.name();
+        let key = match self.optional(field, EXPECTED)? {
             None => return Ok(None),
-            Some(Value::String(key)) => key,
+            Some(Val::Str(key)) => key,
             Some(other) => return Err(mistyped(name, EXPECTED, &other)),
         };
         if key.is_empty() || key.len() > MAX_KEY_NAME_BYTES {
@@ -740,22 +977,23 @@ impl Fields<'_> {
                 quote(&key)
             )));
         }
-        Ok(Some(key))
+        Ok(Some(key.into_owned()))
     }
 
-    fn flag(&mut self, name: &str, default: bool) -> Result<bool, Error> {
+    fn flag(&mut self, field: Field, default: bool) -> Result<bool, Error> {
         const EXPECTED: &str = "true or false";
-        match self.optional(name, EXPECTED)? {
+        match self.optional(field, EXPECTED)? {
             None => Ok(default),
-            Some(Value::Bool(flag)) => Ok(flag),
-            Some(other) => Err(mistyped(name, EXPECTED, &other)),
+            Some(Val::Bool(flag)) => Ok(flag),
+            Some(other) => Err(mistyped(field.name(), EXPECTED, &other)),
         }
     }
 
-    fn job(&mut self, name: &str) -> Result<JobId, Error> {
+    fn job(&mut self, field: Field) -> Result<JobId, Error> {
         const EXPECTED: &str = "a string: a job id like \"1-42\"";
-        match self.required(name, EXPECTED)? {
-            Value::String(text) => text
+        let name = field.name();
+        match self.required(field, EXPECTED)? {
+            Val::Str(text) => text
                 .parse()
                 .map_err(|err: Error| err.context(format!("field \"{name}\""))),
             other => Err(mistyped(name, EXPECTED, &other)),
@@ -822,10 +1060,10 @@ fn bad(message: impl Into<String>) -> Error {
     Error::new(Code::BadRequest, message)
 }
 
-fn mistyped(name: &str, expected: &str, got: &Value) -> Error {
+fn mistyped(name: &str, expected: &str, got: &Val) -> Error {
     bad(format!(
         "field \"{name}\" must be {expected}, not {}",
-        describe(got)
+        got.describe()
     ))
 }
 
@@ -841,14 +1079,6 @@ fn describe(value: &Value) -> &'static str {
     }
 }
 
-/// A value for messages: strings quoted (and shortened), other types by their JSON type.
-fn describe_value(value: &Value) -> String {
-    match value {
-        Value::String(text) => quote(text),
-        other => describe(other).to_string(),
-    }
-}
-
 /// A client-chosen string quoted for a message, cut at [`MAX_QUOTED_CHARS`] characters.
 fn quote(text: &str) -> String {
     match text.char_indices().nth(MAX_QUOTED_CHARS) {
@@ -859,116 +1089,166 @@ fn quote(text: &str) -> String {
 
 // ---------------------------------------------------------------------------------------
 // Replies.
+//
+// Every reply is encoded straight into a caller's byte buffer (a connection's output buffer
+// on the daemon's side), so a reply costs no allocation of its own; the `String`-returning
+// functions are the same encoders over a fresh buffer, for callers that want a line.
 
-/// Writes a JSON object with its fields in the order they are added (serde_json's `Map` is
-/// sorted, and the wire promises `"type"` first). Keys are this module's own names.
-struct Obj {
-    text: String,
+/// Writes a JSON object into a caller's buffer, with its fields in the order they are added
+/// (serde_json's `Map` is sorted, and the wire promises `"type"` first). Keys are this
+/// module's own names.
+struct Obj<'a> {
+    out: &'a mut Vec<u8>,
+    empty: bool,
 }
 
-impl Obj {
-    fn new() -> Obj {
-        Obj {
-            text: String::from("{"),
-        }
+impl<'a> Obj<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Obj<'a> {
+        out.push(b'{');
+        Obj { out, empty: true }
     }
 
     /// A reply: `"type"` first, then `"id"` when the request had one.
-    fn reply(kind: &str, id: Option<&RequestId>) -> Obj {
-        let mut obj = Obj::new();
+    fn reply(out: &'a mut Vec<u8>, kind: &str, id: Option<&RequestId>) -> Obj<'a> {
+        let mut obj = Obj::new(out);
         obj.str("type", kind);
         if let Some(id) = id {
-            obj.raw("id", &json(&id.0));
+            write_json(obj.key("id"), &id.0);
         }
         obj
     }
 
-    /// Adds a field whose value is already JSON text.
-    fn raw(&mut self, key: &str, value_json: &str) -> &mut Obj {
-        if self.text.len() > 1 {
-            self.text.push(',');
+    /// Starts a field and returns the buffer for its value.
+    fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if !self.empty {
+            self.out.push(b',');
         }
-        self.text.push_str(&json(key));
-        self.text.push(':');
-        self.text.push_str(value_json);
+        self.empty = false;
+        write_json(self.out, key);
+        self.out.push(b':');
+        self.out
+    }
+
+    /// Adds a field whose value is already JSON text.
+    fn raw(&mut self, key: &str, value_json: &str) -> &mut Obj<'a> {
+        self.key(key).extend_from_slice(value_json.as_bytes());
         self
     }
 
-    fn str(&mut self, key: &str, value: &str) -> &mut Obj {
-        self.raw(key, &json(value))
+    fn str(&mut self, key: &str, value: &str) -> &mut Obj<'a> {
+        write_json(self.key(key), value);
+        self
     }
 
-    fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Obj {
+    fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Obj<'a> {
         match value {
             Some(value) => self.str(key, value),
             None => self.raw(key, "null"),
         }
     }
 
-    fn u64(&mut self, key: &str, value: u64) -> &mut Obj {
-        self.raw(key, &value.to_string())
+    fn u64(&mut self, key: &str, value: u64) -> &mut Obj<'a> {
+        write_u64(self.key(key), value);
+        self
     }
 
-    fn bool(&mut self, key: &str, value: bool) -> &mut Obj {
+    fn bool(&mut self, key: &str, value: bool) -> &mut Obj<'a> {
         self.raw(key, if value { "true" } else { "false" })
     }
 
     /// A path as a string; a name that is not UTF-8 is shown lossily (U+FFFD).
-    fn path(&mut self, key: &str, value: &Path) -> &mut Obj {
+    fn path(&mut self, key: &str, value: &Path) -> &mut Obj<'a> {
         self.str(key, &value.to_string_lossy())
     }
 
-    fn job(&mut self, key: &str, job: JobId) -> &mut Obj {
-        self.str(key, &job.to_string())
+    /// A job id as its string, `"<shard>-<seq>"`.
+    fn job(&mut self, key: &str, job: JobId) -> &mut Obj<'a> {
+        let out = self.key(key);
+        out.push(b'"');
+        write_u64(out, u64::from(job.shard));
+        out.push(b'-');
+        write_u64(out, job.seq);
+        out.push(b'"');
+        self
     }
 
-    /// The object's text, `{...}`.
-    fn finish(&mut self) -> String {
-        let mut text = std::mem::take(&mut self.text);
-        text.push('}');
-        text
+    /// An array field whose elements `element` writes, each into the buffer it is given.
+    fn array<T>(
+        &mut self,
+        key: &str,
+        items: &[T],
+        mut element: impl FnMut(&mut Vec<u8>, &T),
+    ) -> &mut Obj<'a> {
+        let out = self.key(key);
+        out.push(b'[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            element(out, item);
+        }
+        out.push(b']');
+        self
     }
 
-    /// The object as one line, `{...}\n`.
-    fn line(&mut self) -> String {
-        let mut text = self.finish();
-        text.push('\n');
-        text
+    /// Closes the object, `{...}`.
+    fn finish(&mut self) {
+        self.out.push(b'}');
     }
+
+    /// Closes the object and ends the line, `{...}\n`.
+    fn line(&mut self) {
+        self.out.extend_from_slice(b"}\n");
+    }
+}
+
+/// Writes JSON text for a string, a scalar value or an object key.
+fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // serde_json fails only on maps with non-string keys, on `Serialize` impls that report
+    // an error, and on writer errors; this module passes it strings and scalar `Value`s, which
+    // do none of that, and writing into a `Vec` cannot fail.
+    serde_json::to_writer(out, value).expect("strings and JSON scalars always serialize");
+}
+
+/// Writes an unsigned integer in decimal, as serde_json spells it.
+fn write_u64(out: &mut Vec<u8>, value: u64) {
+    use std::io::Write as _;
+    // Formatting into a `Vec` cannot fail.
+    write!(out, "{value}").expect("writing into a Vec cannot fail");
 }
 
 /// JSON text for a string, a scalar value or an object key.
 fn json<T: Serialize + ?Sized>(value: &T) -> String {
-    // serde_json fails only on maps with non-string keys and on `Serialize` impls that report
-    // an error; this module passes it strings and scalar `Value`s, which do neither.
-    serde_json::to_string(value).expect("strings and JSON scalars always serialize")
+    line_of(|out| write_json(out, value))
 }
 
-/// A JSON array of already-encoded elements.
-fn array(elements: impl IntoIterator<Item = String>) -> String {
-    let mut text = String::from("[");
-    for (i, element) in elements.into_iter().enumerate() {
-        if i > 0 {
-            text.push(',');
-        }
-        text.push_str(&element);
-    }
-    text.push(']');
-    text
+/// What `encode` writes, as a `String`.
+fn line_of(encode: impl FnOnce(&mut Vec<u8>)) -> String {
+    let mut out = Vec::new();
+    encode(&mut out);
+    // Every encoder here writes JSON text from `&str`s and serde_json's output: UTF-8.
+    String::from_utf8(out).expect("JSON text is UTF-8")
 }
 
 /// `pong`: the daemon is alive.
 pub fn pong(id: Option<&RequestId>, version: &str, shards: usize, backend: &str) -> String {
-    Obj::reply("pong", id)
-        .str("version", version)
-        .u64("shards", shards as u64)
-        .str("backend", backend)
-        .line()
+    line_of(|out| {
+        Obj::reply(out, "pong", id)
+            .str("version", version)
+            .u64("shards", shards as u64)
+            .str("backend", backend)
+            .line()
+    })
 }
 
 /// `accepted`: a file job was queued under `job`.
 pub fn accepted(id: Option<&RequestId>, job: JobId) -> String {
-    Obj::reply("accepted", id).job("job", job).line()
+    line_of(|out| write_accepted(out, id, job))
+}
+
+/// [`accepted`], written into `out`.
+pub fn write_accepted(out: &mut Vec<u8>, id: Option<&RequestId>, job: JobId) {
+    Obj::reply(out, "accepted", id).job("job", job).line();
 }
 
 /// What a finished file job did, for its `done` reply.
@@ -1008,20 +1288,18 @@ pub struct Failure {
 /// [`MAX_FAILURES_REPORTED`] failures; when there are more, `failures_omitted` counts the
 /// rest (at least `files_failed` minus the listed ones).
 pub fn done(id: Option<&RequestId>, report: &DoneReport) -> String {
+    line_of(|out| write_done(out, id, report))
+}
+
+/// [`done`], written into `out`.
+pub fn write_done(out: &mut Vec<u8>, id: Option<&RequestId>, report: &DoneReport) {
     let listed = report.failures.len().min(MAX_FAILURES_REPORTED);
-    let failures = array(report.failures[..listed].iter().map(|failure| {
-        Obj::new()
-            .path("path", &failure.path)
-            .str("code", failure.code.as_str())
-            .str("message", &failure.message)
-            .finish()
-    }));
     // The job may count failures it did not keep (its own list is bounded too), so the
     // omitted count is whichever says more.
     let omitted = (report.failures.len() as u64)
         .max(report.files_failed)
         .saturating_sub(listed as u64);
-    let mut obj = Obj::reply("done", id);
+    let mut obj = Obj::reply(out, "done", id);
     obj.job("job", report.job)
         .u64("bytes_in", report.bytes_in)
         .u64("bytes_out", report.bytes_out)
@@ -1029,18 +1307,23 @@ pub fn done(id: Option<&RequestId>, report: &DoneReport) -> String {
         .u64("files_ok", report.files_ok)
         .u64("files_failed", report.files_failed)
         .u64("files_skipped", report.files_skipped)
-        .raw("failures", &failures);
+        .array("failures", &report.failures[..listed], |out, failure| {
+            Obj::new(out)
+                .path("path", &failure.path)
+                .str("code", failure.code.as_str())
+                .str("message", &failure.message)
+                .finish()
+        });
     if omitted > 0 {
         obj.u64("failures_omitted", omitted);
     }
     let shown = report.skipped.len().min(MAX_FAILURES_REPORTED);
-    let skipped = array(report.skipped[..shown].iter().map(|entry| {
-        Obj::new()
+    obj.array("skipped", &report.skipped[..shown], |out, entry| {
+        Obj::new(out)
             .path("path", &entry.path)
             .str("reason", &entry.reason)
             .finish()
-    }));
-    obj.raw("skipped", &skipped);
+    });
     let skipped_omitted = report
         .files_skipped
         .max(report.skipped.len() as u64)
@@ -1048,7 +1331,7 @@ pub fn done(id: Option<&RequestId>, report: &DoneReport) -> String {
     if skipped_omitted > 0 {
         obj.u64("skipped_omitted", skipped_omitted);
     }
-    obj.line()
+    obj.line();
 }
 
 /// A running job's progress, for its `progress` reply.
@@ -1066,7 +1349,12 @@ pub struct Progress {
 
 /// `progress`: sent during recursive jobs.
 pub fn progress(id: Option<&RequestId>, p: &Progress) -> String {
-    Obj::reply("progress", id)
+    line_of(|out| write_progress(out, id, p))
+}
+
+/// [`progress`], written into `out`.
+pub fn write_progress(out: &mut Vec<u8>, id: Option<&RequestId>, p: &Progress) {
+    Obj::reply(out, "progress", id)
         .job("job", p.job)
         .u64("files_done", p.files_done)
         .u64("files_total", p.files_total)
@@ -1074,7 +1362,7 @@ pub fn progress(id: Option<&RequestId>, p: &Progress) -> String {
         .u64("bytes_total", p.bytes_total)
         .u64("rate_bytes_per_sec", p.rate_bytes_per_sec)
         .bool("totals_final", p.totals_final)
-        .line()
+        .line();
 }
 
 /// Where a job is in its life.
@@ -1133,44 +1421,57 @@ pub struct JobInfo {
     pub bytes_total: u64,
 }
 
-fn job_progress(info: &JobInfo) -> String {
-    Obj::new()
+/// Writes the `progress` object of a `status` or `jobs` entry.
+fn job_progress(out: &mut Vec<u8>, info: &JobInfo) {
+    Obj::new(out)
         .u64("bytes_done", info.bytes_done)
         .u64("bytes_total", info.bytes_total)
-        .finish()
+        .finish();
 }
 
 /// `status`: one job's state and progress.
 pub fn status(id: Option<&RequestId>, info: &JobInfo) -> String {
-    Obj::reply("status", id)
-        .job("job", info.job)
-        .str("state", info.state.as_str())
-        .raw("progress", &job_progress(info))
-        .str("op", info.op.as_str())
+    line_of(|out| write_status(out, id, info))
+}
+
+/// [`status`], written into `out`.
+pub fn write_status(out: &mut Vec<u8>, id: Option<&RequestId>, info: &JobInfo) {
+    let mut obj = Obj::reply(out, "status", id);
+    obj.job("job", info.job).str("state", info.state.as_str());
+    job_progress(obj.key("progress"), info);
+    obj.str("op", info.op.as_str())
         .path("input", &info.input)
         .path("output", &info.output)
-        .line()
+        .line();
 }
 
 /// `cancelled`: the job was cancelled (its own `done`/`error` line, if anyone waits for it,
 /// says `cancelled` too).
 pub fn cancelled(id: Option<&RequestId>, job: JobId) -> String {
-    Obj::reply("cancelled", id).job("job", job).line()
+    line_of(|out| write_cancelled(out, id, job))
+}
+
+/// [`cancelled`], written into `out`.
+pub fn write_cancelled(out: &mut Vec<u8>, id: Option<&RequestId>, job: JobId) {
+    Obj::reply(out, "cancelled", id).job("job", job).line();
 }
 
 /// `jobs`: the jobs the daemon knows, as the caller lists them.
 pub fn jobs(id: Option<&RequestId>, jobs: &[JobInfo]) -> String {
-    let list = array(jobs.iter().map(|info| {
-        Obj::new()
-            .job("job", info.job)
-            .str("op", info.op.as_str())
-            .path("input", &info.input)
-            .path("output", &info.output)
-            .str("state", info.state.as_str())
-            .raw("progress", &job_progress(info))
-            .finish()
-    }));
-    Obj::reply("jobs", id).raw("jobs", &list).line()
+    line_of(|out| {
+        Obj::reply(out, "jobs", id)
+            .array("jobs", jobs, |out, info| {
+                let mut obj = Obj::new(out);
+                obj.job("job", info.job)
+                    .str("op", info.op.as_str())
+                    .path("input", &info.input)
+                    .path("output", &info.output)
+                    .str("state", info.state.as_str());
+                job_progress(obj.key("progress"), info);
+                obj.finish();
+            })
+            .line()
+    })
 }
 
 /// One shard's counters, for `stats`.
@@ -1186,17 +1487,20 @@ pub struct ShardStats {
 
 /// `stats`: per-shard counters.
 pub fn stats(id: Option<&RequestId>, shards: &[ShardStats]) -> String {
-    let list = array(shards.iter().map(|s| {
-        Obj::new()
-            .u64("shard", u64::from(s.shard))
-            .u64("queued", s.queued)
-            .u64("running", s.running)
-            .u64("jobs_done", s.jobs_done)
-            .u64("bytes_in", s.bytes_in)
-            .u64("bytes_out", s.bytes_out)
-            .finish()
-    }));
-    Obj::reply("stats", id).raw("shards", &list).line()
+    line_of(|out| {
+        Obj::reply(out, "stats", id)
+            .array("shards", shards, |out, s| {
+                Obj::new(out)
+                    .u64("shard", u64::from(s.shard))
+                    .u64("queued", s.queued)
+                    .u64("running", s.running)
+                    .u64("jobs_done", s.jobs_done)
+                    .u64("bytes_in", s.bytes_in)
+                    .u64("bytes_out", s.bytes_out)
+                    .finish()
+            })
+            .line()
+    })
 }
 
 /// One key as `keys` shows it: never key bytes.
@@ -1213,31 +1517,41 @@ pub struct KeyInfo {
 
 /// `keys`: the key ring's names, ids, kinds and states.
 pub fn keys(id: Option<&RequestId>, default: Option<&str>, keys: &[KeyInfo]) -> String {
-    let list = array(keys.iter().map(|key| {
-        Obj::new()
-            .str("name", &key.name)
-            .opt_str("id", key.id.as_deref())
-            .str("kind", key.kind)
-            .str("state", key.state)
-            .finish()
-    }));
-    Obj::reply("keys", id)
-        .opt_str("default", default)
-        .raw("keys", &list)
-        .line()
+    line_of(|out| {
+        Obj::reply(out, "keys", id)
+            .opt_str("default", default)
+            .array("keys", keys, |out, key| {
+                Obj::new(out)
+                    .str("name", &key.name)
+                    .opt_str("id", key.id.as_deref())
+                    .str("kind", key.kind)
+                    .str("state", key.state)
+                    .finish()
+            })
+            .line()
+    })
 }
 
 /// `reloaded`: the key ring was read again and now holds `keys` keys.
 pub fn reloaded(id: Option<&RequestId>, keys: usize) -> String {
-    Obj::reply("reloaded", id).u64("keys", keys as u64).line()
+    line_of(|out| {
+        Obj::reply(out, "reloaded", id)
+            .u64("keys", keys as u64)
+            .line()
+    })
 }
 
 /// `error`: the request, or the job it started, failed.
 pub fn error(id: Option<&RequestId>, err: &Error) -> String {
-    Obj::reply("error", id)
+    line_of(|out| write_error(out, id, err))
+}
+
+/// [`error`], written into `out`.
+pub fn write_error(out: &mut Vec<u8>, id: Option<&RequestId>, err: &Error) {
+    Obj::reply(out, "error", id)
         .str("code", err.code.as_str())
         .str("message", &err.message)
-        .line()
+        .line();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1249,44 +1563,46 @@ pub fn error(id: Option<&RequestId>, err: &Error) -> String {
 /// Paths are sent as strings; one that is not UTF-8 is sent lossily (U+FFFD) and will not
 /// name the file, so the client should refuse such paths before calling this.
 pub fn encode_request(id: Option<&RequestId>, request: &Request) -> String {
-    let mut obj = Obj::new();
-    obj.str("op", request.op());
-    if let Some(id) = id {
-        obj.raw("id", &json(&id.0));
-    }
-    match request {
-        Request::File(spec) => {
-            obj.path("input", &spec.input).path("output", &spec.output);
-            if let Some(key) = &spec.key {
-                obj.str("key", key);
-            }
-            // Written when not the default, even on decrypt or rewrap, where the daemon
-            // refuses it: a caller's mistake is reported rather than dropped.
-            if spec.format != Format::Ringcrypt {
-                obj.str("format", spec.format.as_str());
-            }
-            if spec.recursive {
-                obj.bool("recursive", true);
-            }
-            if spec.overwrite {
-                obj.bool("overwrite", true);
-            }
-            if spec.skip_existing {
-                obj.bool("skip_existing", true);
-            }
-            if !spec.wait {
-                obj.bool("wait", false);
-            }
-            if spec.fds {
-                obj.bool("fds", true);
-            }
+    line_of(|out| {
+        let mut obj = Obj::new(out);
+        obj.str("op", request.op());
+        if let Some(id) = id {
+            write_json(obj.key("id"), &id.0);
         }
-        Request::Status { job } | Request::Cancel { job } => {
-            obj.job("job", *job);
+        match request {
+            Request::File(spec) => {
+                obj.path("input", &spec.input).path("output", &spec.output);
+                if let Some(key) = &spec.key {
+                    obj.str("key", key);
+                }
+                // Written when not the default, even on decrypt or rewrap, where the daemon
+                // refuses it: a caller's mistake is reported rather than dropped.
+                if spec.format != Format::Ringcrypt {
+                    obj.str("format", spec.format.as_str());
+                }
+                if spec.recursive {
+                    obj.bool("recursive", true);
+                }
+                if spec.overwrite {
+                    obj.bool("overwrite", true);
+                }
+                if spec.skip_existing {
+                    obj.bool("skip_existing", true);
+                }
+                if !spec.wait {
+                    obj.bool("wait", false);
+                }
+                if spec.fds {
+                    obj.bool("fds", true);
+                }
+            }
+            Request::Status { job } | Request::Cancel { job } => {
+                obj.job("job", *job);
+            }
+            Request::Ping | Request::Jobs | Request::Stats | Request::Keys | Request::Reload => {}
         }
-        Request::Ping | Request::Jobs | Request::Stats | Request::Keys | Request::Reload => {}
-    }
-    obj.line()
+        obj.line();
+    })
 }
 
 /// One reply line as the client sees it: its type, its id, and the rest of its fields.

@@ -2,8 +2,10 @@
 //! the op slab keyed by `user_data`, and the shard's fixed buffer pool. This is the only room
 //! with io_uring `unsafe`.
 //!
-//! Ownership: an op owns its memory (its `Vec`, its paths, its `open_how`, or the pool buffer
-//! it names) from [`Reactor::push`] until its [`Completion`] hands it back. The kernel may
+//! Ownership: an op owns its memory (its `Vec` or the pool buffer it names) from
+//! [`Reactor::push`] until its [`Completion`] hands it back. Paths are borrowed only for the
+//! call to `push`, which copies them into path buffers of the op's slot (allocated once per
+//! slot and reused), where they stay with the `open_how` until the op completes. The kernel may
 //! write into that memory until the completion arrives, so nothing else can reach it: a pool
 //! buffer is marked lent and [`Reactor::buf_mut`] refuses it; a `Vec` lives inside the slab.
 //! File descriptors are passed raw: the kernel holds its own reference to an open file for
@@ -20,7 +22,7 @@
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
-use std::ffi::CString;
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -47,8 +49,10 @@ impl BackendKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BufId(u16);
 
-/// One operation. Memory named here is owned by the op until its completion.
-pub enum Op {
+/// One operation. Memory named here is owned by the op until its completion, except paths:
+/// they are bytes without the NUL terminator (which no request path can hold), copied by
+/// [`Reactor::push`].
+pub enum Op<'a> {
     /// pread into `buf[at .. at + len]` of a pool buffer.
     ReadFixed {
         fd: RawFd,
@@ -84,7 +88,7 @@ pub enum Op {
     /// openat2 relative to `dir`; the result is the new fd.
     OpenAt2 {
         dir: RawFd,
-        path: CString,
+        path: &'a [u8],
         flags: u64,
         mode: u64,
         resolve: u64,
@@ -92,21 +96,21 @@ pub enum Op {
     /// linkat(from_dir, from, to_dir, to, flags)
     LinkAt {
         from_dir: RawFd,
-        from: CString,
+        from: &'a [u8],
         to_dir: RawFd,
-        to: CString,
+        to: &'a [u8],
         flags: i32,
     },
     /// renameat2(dir, from, dir, to, flags)
     RenameAt {
         dir: RawFd,
-        from: CString,
-        to: CString,
+        from: &'a [u8],
+        to: &'a [u8],
         flags: u32,
     },
     UnlinkAt {
         dir: RawFd,
-        path: CString,
+        path: &'a [u8],
     },
     /// accept4 on a listening socket; the result is the new fd (close-on-exec).
     Accept {
@@ -124,7 +128,7 @@ pub enum Op {
         data: Vec<u8>,
         sent: usize,
     },
-    /// read 8 bytes from an eventfd (the shard's wake-up).
+    /// read 8 bytes from an eventfd (the shard's wake-up), into a buffer the reactor owns.
     ReadEventfd {
         fd: RawFd,
     },
@@ -275,12 +279,45 @@ impl RecvBuf {
 struct Slot {
     token: u64,
     held: Held,
-    /// Paths and open_how stay here, unmoved (boxed), until the kernel is done with them.
-    _paths: Option<Box<(CString, CString, types::OpenHow)>>,
-    /// For socket ops parked by the sync backend: the op to retry.
-    parked: Option<Op>,
+    /// For socket ops parked by the sync backend: the op to retry. Socket ops borrow
+    /// nothing.
+    parked: Option<Op<'static>>,
     /// The op's result is a new descriptor (open, accept) that the completion must own.
     yields_fd: bool,
+}
+
+/// Bytes reserved for each path buffer of a slot when it is first used: most request paths
+/// fit, so a buffer rarely grows; a longer path grows it once, up to `PATH_MAX`.
+const OP_PATH_INITIAL_BYTES: usize = 256;
+
+/// The path arguments of a slot's ops (NUL-terminated copies) and their `open_how`. Boxed
+/// per slot index, allocated the first time an op in that slot needs one and reused by every
+/// later op there, so the addresses the kernel reads stay put while an op is in flight.
+struct OpPaths {
+    from: Vec<u8>,
+    to: Vec<u8>,
+    how: types::OpenHow,
+}
+
+impl OpPaths {
+    fn new() -> Box<OpPaths> {
+        Box::new(OpPaths {
+            from: Vec::with_capacity(OP_PATH_INITIAL_BYTES),
+            to: Vec::with_capacity(OP_PATH_INITIAL_BYTES),
+            how: types::OpenHow::new(),
+        })
+    }
+}
+
+/// Copies `path` and a NUL terminator into `buf` and returns it as a C string.
+fn fill_path<'b>(buf: &'b mut Vec<u8>, path: &[u8]) -> &'b CStr {
+    // Request paths are refused with a NUL in them (protocol), and names the daemon makes
+    // are hex: a NUL here is a bug, and passing it on would name another file.
+    assert!(!path.contains(&0), "an op path holds a NUL byte");
+    buf.clear();
+    buf.extend_from_slice(path);
+    buf.push(0);
+    CStr::from_bytes_with_nul(buf).expect("one NUL, at the end")
 }
 
 /// `user_data` of cancel requests; their own completions carry no slot and are skipped.
@@ -294,8 +331,15 @@ pub const RING_ENTRIES: u32 = 1024;
 pub struct Reactor {
     backend: Backend,
     slots: Vec<Option<Slot>>,
+    /// Path buffers, by slot index (see [`OpPaths`]).
+    paths: Vec<Option<Box<OpPaths>>>,
     free_slots: Vec<usize>,
     in_flight: usize,
+    /// Where the wake-up eventfd read lands; its value is never looked at. A shard keeps
+    /// one such read in flight at a time.
+    wake: Box<[u8; 8]>,
+    /// Completions taken off the ring in one `wait`, kept for the next.
+    reaped: Vec<(usize, i32)>,
     pool: Vec<Box<[u8]>>,
     /// In-flight ops per pool buffer (reads of one batch share a buffer at distinct spans).
     lent: Vec<u16>,
@@ -358,8 +402,11 @@ impl Reactor {
         let reactor = Reactor {
             backend,
             slots: Vec::new(),
+            paths: Vec::new(),
             free_slots: Vec::new(),
             in_flight: 0,
+            wake: Box::new([0; 8]),
+            reaped: Vec::new(),
             lent: vec![0; pool.len()],
             free_bufs: (0..buffers).rev().collect(),
             pool,
@@ -434,6 +481,12 @@ impl Reactor {
         self.free_bufs.pop().map(BufId)
     }
 
+    /// Pool buffers free now, so a caller can see whether [`Reactor::acquire`] will give it
+    /// all it needs before taking any.
+    pub fn free_buffers(&self) -> usize {
+        self.free_bufs.len()
+    }
+
     /// Returns a buffer to the pool.
     pub fn release(&mut self, id: BufId) {
         assert_eq!(
@@ -462,6 +515,7 @@ impl Reactor {
             Some(index) => index,
             None => {
                 self.slots.push(None);
+                self.paths.push(None);
                 self.slots.len() - 1
             }
         };
@@ -471,7 +525,6 @@ impl Reactor {
             yields_fd,
             token,
             held: Held::Nothing,
-            _paths: None,
             parked: None,
         };
         match &mut self.backend {
@@ -480,20 +533,20 @@ impl Reactor {
                 self.slots[index] = Some(slot);
                 self.push_entry(entry);
             }
-            Backend::Sync { .. } => {
-                if let Some(parkable) = Self::is_pollable(&op) {
-                    let _ = parkable;
-                    slot.parked = Some(op);
+            Backend::Sync { .. } => match op.into_socket_op() {
+                Ok(parked) => {
+                    slot.parked = Some(parked);
                     self.slots[index] = Some(slot);
                     self.try_parked(index);
-                } else {
-                    let result = self.run_sync(&mut slot, op);
+                }
+                Err(op) => {
+                    let result = self.run_sync(&mut slot, op, index);
                     self.slots[index] = Some(slot);
                     if let Backend::Sync { ready, .. } = &mut self.backend {
                         ready.push_back((index, result));
                     }
                 }
-            }
+            },
         }
     }
 
@@ -505,9 +558,11 @@ impl Reactor {
             unreachable!("uring only")
         };
         loop {
-            // SAFETY: every pointer in `entry` points into memory owned by the op's slot (a
-            // boxed path/open_how, a Vec in `held`, or a lent pool buffer), which stays put
-            // until the completion for this user_data is reaped in `complete`.
+            // SAFETY: every pointer in `entry` points into memory that stays put until the
+            // completion for this user_data is reaped in `complete`: the slot's boxed path
+            // buffers and open_how (rewritten only by the next op in the same slot, after
+            // this one completed), a Vec in `held`, a lent pool buffer, or the reactor's
+            // boxed wake-up buffer, which only the kernel writes and nothing reads.
             let pushed = unsafe { ring.submission().push(&entry) };
             if pushed.is_ok() {
                 *unsubmitted += 1;
@@ -521,6 +576,11 @@ impl Reactor {
                 panic!("io_uring submit failed: {err}");
             }
         }
+    }
+
+    /// The path buffers of slot `index`, made the first time that slot needs them.
+    fn op_paths(&mut self, index: usize) -> &mut OpPaths {
+        self.paths[index].get_or_insert_with(OpPaths::new)
     }
 
     fn prepare_uring(&mut self, slot: &mut Slot, op: Op, index: usize) -> squeue::Entry {
@@ -594,14 +654,15 @@ impl Reactor {
                 mode,
                 resolve,
             } => {
-                let how = types::OpenHow::new()
+                let paths = self.op_paths(index);
+                paths.how = types::OpenHow::new()
                     .flags(flags)
                     .mode(mode)
                     .resolve(resolve);
-                let boxed = Box::new((path, CString::default(), how));
-                let entry = opcode::OpenAt2::new(types::Fd(dir), boxed.0.as_ptr(), &boxed.2);
-                slot._paths = Some(boxed);
-                entry.build().user_data(ud)
+                let path = fill_path(&mut paths.from, path).as_ptr();
+                opcode::OpenAt2::new(types::Fd(dir), path, &paths.how)
+                    .build()
+                    .user_data(ud)
             }
             Op::LinkAt {
                 from_dir,
@@ -610,16 +671,13 @@ impl Reactor {
                 to,
                 flags,
             } => {
-                let boxed = Box::new((from, to, types::OpenHow::new()));
-                let entry = opcode::LinkAt::new(
-                    types::Fd(from_dir),
-                    boxed.0.as_ptr(),
-                    types::Fd(to_dir),
-                    boxed.1.as_ptr(),
-                )
-                .flags(flags);
-                slot._paths = Some(boxed);
-                entry.build().user_data(ud)
+                let paths = self.op_paths(index);
+                let from = fill_path(&mut paths.from, from).as_ptr();
+                let to = fill_path(&mut paths.to, to).as_ptr();
+                opcode::LinkAt::new(types::Fd(from_dir), from, types::Fd(to_dir), to)
+                    .flags(flags)
+                    .build()
+                    .user_data(ud)
             }
             Op::RenameAt {
                 dir,
@@ -627,22 +685,20 @@ impl Reactor {
                 to,
                 flags,
             } => {
-                let boxed = Box::new((from, to, types::OpenHow::new()));
-                let entry = opcode::RenameAt::new(
-                    types::Fd(dir),
-                    boxed.0.as_ptr(),
-                    types::Fd(dir),
-                    boxed.1.as_ptr(),
-                )
-                .flags(flags);
-                slot._paths = Some(boxed);
-                entry.build().user_data(ud)
+                let paths = self.op_paths(index);
+                let from = fill_path(&mut paths.from, from).as_ptr();
+                let to = fill_path(&mut paths.to, to).as_ptr();
+                opcode::RenameAt::new(types::Fd(dir), from, types::Fd(dir), to)
+                    .flags(flags)
+                    .build()
+                    .user_data(ud)
             }
             Op::UnlinkAt { dir, path } => {
-                let boxed = Box::new((path, CString::default(), types::OpenHow::new()));
-                let entry = opcode::UnlinkAt::new(types::Fd(dir), boxed.0.as_ptr());
-                slot._paths = Some(boxed);
-                entry.build().user_data(ud)
+                let paths = self.op_paths(index);
+                let path = fill_path(&mut paths.from, path).as_ptr();
+                opcode::UnlinkAt::new(types::Fd(dir), path)
+                    .build()
+                    .user_data(ud)
             }
             Op::Accept { fd } => {
                 opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
@@ -672,14 +728,9 @@ impl Reactor {
                 slot.held = Held::Vec(data);
                 entry
             }
-            Op::ReadEventfd { fd } => {
-                let data = vec![0u8; 8];
-                let entry = opcode::Read::new(types::Fd(fd), data.as_ptr() as *mut u8, 8)
-                    .build()
-                    .user_data(ud);
-                slot.held = Held::Vec(data);
-                entry
-            }
+            Op::ReadEventfd { fd } => opcode::Read::new(types::Fd(fd), self.wake.as_mut_ptr(), 8)
+                .build()
+                .user_data(ud),
         }
     }
 
@@ -702,7 +753,7 @@ impl Reactor {
     }
 
     /// Sync backend: runs a non-socket op now.
-    fn run_sync(&mut self, slot: &mut Slot, op: Op) -> io::Result<u32> {
+    fn run_sync(&mut self, slot: &mut Slot, op: Op, index: usize) -> io::Result<u32> {
         use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
         let fd = |raw: RawFd| {
             // SAFETY: the caller keeps `raw` open for the duration of the op (module docs);
@@ -774,7 +825,7 @@ impl Reactor {
                 resolve,
             } => rustix::fs::openat2(
                 fd(dir),
-                path.as_c_str(),
+                fill_path(&mut self.op_paths(index).from, path),
                 OFlags::from_bits_retain(flags as u32),
                 Mode::from_raw_mode(mode as u32),
                 ResolveFlags::from_bits_retain(resolve),
@@ -787,34 +838,42 @@ impl Reactor {
                 to_dir,
                 to,
                 flags,
-            } => rustix::fs::linkat(
-                fd(from_dir),
-                from.as_c_str(),
-                fd(to_dir),
-                to.as_c_str(),
-                AtFlags::from_bits_retain(flags as u32),
-            )
-            .map(|()| 0)
-            .map_err(io::Error::from),
+            } => {
+                let paths = self.op_paths(index);
+                rustix::fs::linkat(
+                    fd(from_dir),
+                    fill_path(&mut paths.from, from),
+                    fd(to_dir),
+                    fill_path(&mut paths.to, to),
+                    AtFlags::from_bits_retain(flags as u32),
+                )
+                .map(|()| 0)
+                .map_err(io::Error::from)
+            }
             Op::RenameAt {
                 dir,
                 from,
                 to,
                 flags,
-            } => rustix::fs::renameat_with(
+            } => {
+                let paths = self.op_paths(index);
+                rustix::fs::renameat_with(
+                    fd(dir),
+                    fill_path(&mut paths.from, from),
+                    fd(dir),
+                    fill_path(&mut paths.to, to),
+                    RenameFlags::from_bits_retain(flags),
+                )
+                .map(|()| 0)
+                .map_err(io::Error::from)
+            }
+            Op::UnlinkAt { dir, path } => rustix::fs::unlinkat(
                 fd(dir),
-                from.as_c_str(),
-                fd(dir),
-                to.as_c_str(),
-                RenameFlags::from_bits_retain(flags),
+                fill_path(&mut self.op_paths(index).from, path),
+                AtFlags::empty(),
             )
             .map(|()| 0)
             .map_err(io::Error::from),
-            Op::UnlinkAt { dir, path } => {
-                rustix::fs::unlinkat(fd(dir), path.as_c_str(), AtFlags::empty())
-                    .map(|()| 0)
-                    .map_err(io::Error::from)
-            }
             Op::Accept { .. } | Op::Recv { .. } | Op::Send { .. } | Op::ReadEventfd { .. } => {
                 unreachable!("socket ops are parked, not run directly")
             }
@@ -964,11 +1023,12 @@ impl Reactor {
                     }
                     Err(err) => panic!("io_uring wait failed: {err}"),
                 }
-                let reaped: Vec<(usize, i32)> = ring
-                    .completion()
-                    .map(|cqe| (cqe.user_data() as usize, cqe.result()))
-                    .collect();
-                for (index, raw) in reaped {
+                let mut reaped = std::mem::take(&mut self.reaped);
+                reaped.extend(
+                    ring.completion()
+                        .map(|cqe| (cqe.user_data() as usize, cqe.result())),
+                );
+                for &(index, raw) in &reaped {
                     if index as u64 == CANCEL_USER_DATA {
                         continue;
                     }
@@ -979,6 +1039,8 @@ impl Reactor {
                     };
                     out.push(self.complete(index, result));
                 }
+                reaped.clear();
+                self.reaped = reaped;
             }
             Backend::Sync { ready, parked } => {
                 // Parked sockets are polled on every call, without blocking when file ops
@@ -996,11 +1058,9 @@ impl Reactor {
                 {
                     std::thread::sleep(limit);
                 }
-                let Backend::Sync { ready, .. } = &mut self.backend else {
-                    unreachable!()
-                };
-                let done: Vec<_> = ready.drain(..).collect();
-                for (index, result) in done {
+                while let Backend::Sync { ready, .. } = &mut self.backend
+                    && let Some((index, result)) = ready.pop_front()
+                {
                     out.push(self.complete(index, result));
                 }
             }
@@ -1096,7 +1156,19 @@ pub fn lock_in_memory(bytes: &[u8]) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
-impl Op {
+impl<'a> Op<'a> {
+    /// A socket op (which borrows nothing) as one the sync backend can park; other ops
+    /// come back unchanged.
+    fn into_socket_op(self) -> Result<Op<'static>, Op<'a>> {
+        match self {
+            Op::Accept { fd } => Ok(Op::Accept { fd }),
+            Op::ReadEventfd { fd } => Ok(Op::ReadEventfd { fd }),
+            Op::Recv { fd, buf } => Ok(Op::Recv { fd, buf }),
+            Op::Send { fd, data, sent } => Ok(Op::Send { fd, data, sent }),
+            other => Err(other),
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Op::ReadFixed { .. } => "read",
@@ -1251,7 +1323,7 @@ mod tests {
                 9,
                 Op::OpenAt2 {
                     dir: dirfd.as_raw_fd(),
-                    path: CString::new("missing").unwrap(),
+                    path: b"missing",
                     flags: libc::O_RDONLY as u64,
                     mode: 0,
                     resolve: 0,

@@ -7,7 +7,6 @@
 //! This room maps an absolute request path to (root fd, relative path); the opening itself is
 //! an op on the shard's reactor.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -50,9 +49,16 @@ impl Roots {
         self.roots.iter().map(|(path, _)| path.as_path())
     }
 
-    /// The root fd and the path relative to it (`.` for the root itself) for an absolute,
-    /// lexically normal path; `forbidden_path` when no root contains it.
-    pub fn locate(&self, path: &Path) -> Result<(BorrowedFd<'_>, CString), Error> {
+    /// Checks that an absolute, lexically normal path lies under an allowed root, as
+    /// [`Roots::locate`] does, without keeping the answer.
+    pub fn check(&self, path: &Path) -> Result<(), Error> {
+        self.locate(path).map(|_| ())
+    }
+
+    /// The root fd and the path relative to it (`.` for the root itself, a part of `path`
+    /// otherwise) for an absolute, lexically normal path; `forbidden_path` when no root
+    /// contains it.
+    pub fn locate<'p>(&self, path: &'p Path) -> Result<(BorrowedFd<'_>, &'p Path), Error> {
         let forbidden = || {
             Error::new(
                 Code::ForbiddenPath,
@@ -76,12 +82,12 @@ impl Roots {
                 } else {
                     rest
                 };
-                let rel = CString::new(rel.as_os_str().as_bytes()).map_err(|_| {
-                    Error::new(
+                if rel.as_os_str().as_bytes().contains(&0) {
+                    return Err(Error::new(
                         Code::BadRequest,
                         format!("{} contains a NUL byte", path.display()),
-                    )
-                })?;
+                    ));
+                }
                 return Ok((fd.as_fd(), rel));
             }
         }
@@ -100,12 +106,14 @@ mod tests {
         let inner = outer.join("inner");
         std::fs::create_dir(&inner).unwrap();
         let roots = Roots::open(&[outer.clone(), inner.clone()]).unwrap();
-        let (_, rel) = roots.locate(&inner.join("a/b")).unwrap();
-        assert_eq!(rel.as_bytes(), b"a/b");
-        let (_, rel) = roots.locate(&outer.join("x")).unwrap();
-        assert_eq!(rel.as_bytes(), b"x");
+        let nested = inner.join("a/b");
+        let (_, rel) = roots.locate(&nested).unwrap();
+        assert_eq!(rel.as_os_str().as_bytes(), b"a/b");
+        let top_file = outer.join("x");
+        let (_, rel) = roots.locate(&top_file).unwrap();
+        assert_eq!(rel.as_os_str().as_bytes(), b"x");
         let (_, rel) = roots.locate(&outer).unwrap();
-        assert_eq!(rel.as_bytes(), b".");
+        assert_eq!(rel.as_os_str().as_bytes(), b".");
         for bad in ["/etc/passwd", "relative/x"] {
             assert_eq!(
                 roots.locate(Path::new(bad)).unwrap_err().code,

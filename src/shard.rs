@@ -11,13 +11,14 @@
 //! 3. The owner attaches duplicates of an in-flight (op, input, output) to the running job,
 //!    admits the job when it has buffers (queues it, bounded, or answers `busy`), and runs
 //!    its state machine (`job`) on its reactor.
-//! 4. Reply lines go back to the connection's shard ([`Msg::Line`]) which writes them.
+//! 4. Replies go back to the connection's shard as data ([`Msg::Reply`]), which encodes them
+//!    straight into the connection's output buffer.
 //!
 //! What this room does not do: crypto (`format`), op bookkeeping (`reactor`), wire syntax
 //! (`protocol`), or process setup (`daemon`).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,8 +38,8 @@ use crate::limits::{
 use crate::metrics::{self, JobResult, ShardMetrics};
 use crate::output::Durability;
 use crate::protocol::{
-    self, FileJobSpec, FileOp, JobId, JobInfo, JobState, MAX_REQUEST_LINE_BYTES, Request,
-    RequestId, ShardStats,
+    self, FileJobSpec, JobId, JobInfo, JobState, MAX_REQUEST_LINE_BYTES, Request, RequestId,
+    ShardStats,
 };
 use crate::reactor::{BackendKind, BufId, Completion, Op, RECV_FDS_MAX, Reactor, RecvBuf};
 use crate::roots::Roots;
@@ -68,11 +69,12 @@ pub enum Msg {
         spec: FileJobSpec,
         reply: ReplyTo,
     },
-    /// A reply line for one of this shard's connections. `final_reply`: the last line of a
+    /// A reply for one of this shard's connections. `final_reply`: the last line of a
     /// request (a connection closes on EOF only once every request had its last line).
-    Line {
+    Reply {
         conn: u64,
-        line: String,
+        id: Option<RequestId>,
+        reply: Reply,
         final_reply: bool,
     },
     Status {
@@ -98,6 +100,7 @@ pub enum Msg {
     /// One file of a tree job ended (or must be retried), for the tree's shard.
     TreeResult {
         tree: u64,
+        /// The file's input path, to name it among the failures: empty unless it failed.
         input: PathBuf,
         size: u64,
         result: FileResult,
@@ -108,6 +111,29 @@ pub enum Msg {
     Shutdown {
         deadline: Instant,
     },
+}
+
+/// A reply as data, encoded only where it is written: on the connection's shard, straight
+/// into the connection's output buffer, so sending one allocates nothing.
+pub enum Reply {
+    Accepted(JobId),
+    Done(protocol::DoneReport),
+    Status(JobInfo),
+    Cancelled(JobId),
+    Error(Error),
+}
+
+impl Reply {
+    /// Writes the reply line into `out`.
+    fn encode(&self, out: &mut Vec<u8>, id: Option<&RequestId>) {
+        match self {
+            Reply::Accepted(job) => protocol::write_accepted(out, id, *job),
+            Reply::Done(report) => protocol::write_done(out, id, report),
+            Reply::Status(info) => protocol::write_status(out, id, info),
+            Reply::Cancelled(job) => protocol::write_cancelled(out, id, *job),
+            Reply::Error(err) => protocol::write_error(out, id, err),
+        }
+    }
 }
 
 /// One shard's inbox: a bounded queue plus the eventfd that wakes it.
@@ -230,6 +256,10 @@ impl Hasher for Fnv1a {
     }
 }
 
+/// Largest send buffer a connection keeps for its next reply: a few thousand `done` lines.
+/// A buffer grown past it by a rare large reply is freed once sent.
+const REPLY_BUFFER_KEPT_BYTES: usize = 64 * 1024;
+
 // Token kinds: the top byte of a reactor token.
 const KIND_JOB: u64 = 1 << 56;
 const KIND_CONN_RECV: u64 = 2 << 56;
@@ -246,11 +276,22 @@ struct Conn {
     rbuf: Option<Box<RecvBuf>>,
     /// Inside a line longer than the limit: drop bytes until the next newline.
     discarding: bool,
+    /// Replies not yet handed to a send.
     out: Vec<u8>,
+    /// The buffer of the last finished send, kept for the next one, so replies go out
+    /// through two buffers that swap rather than a new one per send.
+    spare: Vec<u8>,
     sending: bool,
     eof: bool,
     open_requests: usize,
     last_active: Instant,
+}
+
+/// The descriptors a connection received and no request took yet (lent from its receive
+/// buffer while its lines are handled), with whether the kernel dropped some.
+struct PassedFds<'a> {
+    fds: &'a mut VecDeque<OwnedFd>,
+    fds_truncated: &'a mut bool,
 }
 
 struct Waiter {
@@ -258,16 +299,38 @@ struct Waiter {
     wait: bool,
 }
 
+/// Who waits for a job: the request that started it, inline, and any duplicates attached
+/// later, so an undisputed job needs no list.
+struct Waiters {
+    first: Waiter,
+    more: Vec<Waiter>,
+}
+
+impl Waiters {
+    fn push(&mut self, waiter: Waiter) {
+        self.more.push(waiter);
+    }
+}
+
+impl IntoIterator for Waiters {
+    type Item = Waiter;
+    type IntoIter = std::iter::Chain<std::iter::Once<Waiter>, std::vec::IntoIter<Waiter>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        std::iter::once(self.first).chain(self.more)
+    }
+}
+
 struct Slot {
     job: FileJob,
-    waiters: Vec<Waiter>,
+    waiters: Waiters,
 }
 
 struct Queued {
     id: JobId,
     spec: FileJobSpec,
     passed: Option<Passed>,
-    waiters: Vec<Waiter>,
+    waiters: Waiters,
 }
 
 /// A tree job and where its replies go.
@@ -301,7 +364,11 @@ pub struct Shard {
     jobs: Vec<Option<Slot>>,
     free_jobs: Vec<usize>,
     queue: VecDeque<Queued>,
-    by_key: HashMap<(FileOp, PathBuf, PathBuf), JobId>,
+    /// In-flight jobs by a hash of their (op, input, output), to attach duplicates; a hit is
+    /// confirmed against the job's own spec (see [`Shard::duplicate_of`]).
+    by_key: HashMap<u64, JobId>,
+    /// Keys of [`Shard::by_key`]: a random SipHash key, so clients cannot aim collisions.
+    key_hasher: std::hash::RandomState,
     seq_to_slot: HashMap<u64, usize>,
     finished: VecDeque<JobInfo>,
     next_seq: u64,
@@ -312,6 +379,9 @@ pub struct Shard {
     completions: Vec<Completion>,
     metrics: ShardMetrics,
     trees: HashMap<u64, Tree>,
+    /// Trees ready to walk and the file jobs one walk step found, kept for the next pump.
+    tree_ready: Vec<u64>,
+    tree_specs: Vec<FileJobSpec>,
 }
 
 impl Shard {
@@ -350,6 +420,7 @@ impl Shard {
             free_jobs: Vec::new(),
             queue: VecDeque::new(),
             by_key: HashMap::new(),
+            key_hasher: std::hash::RandomState::new(),
             seq_to_slot: HashMap::new(),
             finished: VecDeque::new(),
             next_seq: 1,
@@ -360,6 +431,8 @@ impl Shard {
             completions: Vec::new(),
             metrics: ShardMetrics::new(index),
             trees: HashMap::new(),
+            tree_ready: Vec::new(),
+            tree_specs: Vec::new(),
         };
         Ok((shard, warning))
     }
@@ -446,17 +519,18 @@ impl Shard {
         match msg {
             Msg::Conn { fd, uid, gid } => self.add_conn(fd, uid, gid),
             Msg::Submit { spec, reply } => self.submit(spec, reply, None),
-            Msg::Line {
+            Msg::Reply {
                 conn,
-                line,
+                id,
+                reply,
                 final_reply,
-            } => self.queue_line(conn, &line, final_reply),
+            } => self.queue_with(conn, final_reply, |out| reply.encode(out, id.as_ref())),
             Msg::Status { job, reply } => {
-                let line = match self.job_info(job) {
-                    Some(info) => protocol::status(reply.id.as_ref(), &info),
-                    None => error_line(reply.id.as_ref(), &unknown_job(job)),
+                let answer = match self.job_info(job) {
+                    Some(info) => Reply::Status(info),
+                    None => Reply::Error(unknown_job(job)),
                 };
-                self.reply(&reply, line, true);
+                self.reply(&reply, answer, true);
             }
             Msg::Cancel { job, reply } => self.cancel(job, reply),
             Msg::Gather {
@@ -504,15 +578,24 @@ impl Shard {
         }
     }
 
-    fn reply(&mut self, to: &ReplyTo, line: String, final_reply: bool) {
-        self.deliver(
-            to.shard,
-            Msg::Line {
+    /// Sends a reply to its connection: encoded into the connection's buffer here when the
+    /// connection is this shard's, sent as data to the connection's shard otherwise.
+    fn reply(&mut self, to: &ReplyTo, reply: Reply, final_reply: bool) {
+        if let Reply::Error(err) = &reply {
+            metrics::error_reply(err.code);
+        }
+        if to.shard == self.index {
+            let id = to.id.as_ref();
+            self.queue_with(to.conn, final_reply, |out| reply.encode(out, id));
+        } else {
+            let msg = Msg::Reply {
                 conn: to.conn,
-                line,
+                id: to.id.clone(),
+                reply,
                 final_reply,
-            },
-        );
+            };
+            self.shared.send_must(to.shard, msg);
+        }
     }
 
     // ---- connections -------------------------------------------------------------------
@@ -530,6 +613,7 @@ impl Shard {
             rbuf: Some(RecvBuf::new(RECV_INITIAL_BYTES)),
             discarding: false,
             out: Vec::new(),
+            spare: Vec::new(),
             sending: false,
             eof: false,
             open_requests: 0,
@@ -571,83 +655,98 @@ impl Shard {
             Ok(n) => n as usize,
         };
         conn.last_active = Instant::now();
-        let mut lines: Vec<Vec<u8>> = Vec::new();
-        let mut errors: Vec<Error> = Vec::new();
         if buf.fds.len() > MAX_PASSED_FDS_PER_CONN {
             // Descriptors no request takes: close them rather than hold them.
             buf.fds.clear();
-            errors.push(Error::new(
+            let err = Error::new(
                 Code::BadRequest,
                 format!(
                     "more than {MAX_PASSED_FDS_PER_CONN} passed descriptors are waiting for a \
                      request with \"fds\": true; they were closed"
                 ),
-            ));
-        }
-        {
-            let start = buf.filled;
-            buf.filled += n;
-            let filled = buf.filled;
-            let data = &mut buf.data;
-            let mut consumed = 0;
-            let mut scan = start;
-            while let Some(pos) = data[scan..filled].iter().position(|&b| b == b'\n') {
-                let end = scan + pos;
-                if conn.discarding {
-                    conn.discarding = false;
-                } else {
-                    lines.push(data[consumed..end].to_vec());
-                }
-                consumed = end + 1;
-                scan = consumed;
-            }
-            data.copy_within(consumed..filled, 0);
-            buf.filled -= consumed;
-            if buf.filled > MAX_REQUEST_LINE_BYTES {
-                // Too long and still no newline: answer now, drop the rest of the line.
-                if !conn.discarding {
-                    errors.push(Error::new(
-                        Code::TooLarge,
-                        format!("request line is longer than {MAX_REQUEST_LINE_BYTES} bytes; it was discarded"),
-                    ));
-                }
-                conn.discarding = true;
-                buf.filled = 0;
-            }
-            // Grow for a long line, shrink back once it is consumed: an idle connection
-            // costs RECV_INITIAL_BYTES, not a whole maximal line.
-            if buf.filled == buf.data.len() && buf.data.len() < RECV_BUFFER_BYTES {
-                let grown = (buf.data.len() * 2).min(RECV_BUFFER_BYTES);
-                buf.data.resize(grown, 0);
-            } else if buf.filled == 0 && buf.data.len() > RECV_INITIAL_BYTES {
-                buf.data.truncate(RECV_INITIAL_BYTES);
-                buf.data.shrink_to_fit();
-            }
-        }
-        conn.rbuf = Some(buf);
-        for err in errors {
+            );
             self.queue_line(key, &error_line(None, &err), false);
         }
-        for line in lines {
-            self.on_line(key, &line);
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let start = buf.filled;
+        buf.filled += n;
+        let filled = buf.filled;
+        // Complete lines end at the last newline; bytes before `start` hold none (they are
+        // the unfinished line of earlier receives).
+        let consumed = buf.data[start..filled]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |pos| start + pos + 1);
+        // A line that was being discarded ends at the first newline.
+        let skip_first = conn.discarding && consumed > 0;
+        let discarding = conn.discarding && consumed == 0;
+        let too_long = filled - consumed > MAX_REQUEST_LINE_BYTES;
+        conn.discarding = discarding || too_long;
+        if too_long && !discarding {
+            // Too long and still no newline: answer now, drop the rest of the line.
+            let err = Error::new(
+                Code::TooLarge,
+                format!(
+                    "request line is longer than {MAX_REQUEST_LINE_BYTES} bytes; it was discarded"
+                ),
+            );
+            self.queue_line(key, &error_line(None, &err), false);
+        }
+        // The lines are handled where they lie in the receive buffer, which the connection
+        // gets back afterwards (until then it cannot close: it has no buffer).
+        let RecvBuf {
+            data,
+            fds,
+            fds_truncated,
+            ..
+        } = &mut *buf;
+        let mut passed = PassedFds { fds, fds_truncated };
+        let mut at = 0;
+        while at < consumed {
+            let end = at
+                + data[at..consumed]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .expect("the consumed bytes end with a newline");
+            if at > 0 || !skip_first {
+                self.on_line(key, &data[at..end], &mut passed);
+            }
+            at = end + 1;
+        }
+        data.copy_within(consumed..filled, 0);
+        buf.filled -= consumed;
+        if too_long {
+            buf.filled = 0;
+        }
+        // Grow for a long line, shrink back once it is consumed: an idle connection
+        // costs RECV_INITIAL_BYTES, not a whole maximal line.
+        if buf.filled == buf.data.len() && buf.data.len() < RECV_BUFFER_BYTES {
+            let grown = (buf.data.len() * 2).min(RECV_BUFFER_BYTES);
+            buf.data.resize(grown, 0);
+        } else if buf.filled == 0 && buf.data.len() > RECV_INITIAL_BYTES {
+            buf.data.truncate(RECV_INITIAL_BYTES);
+            buf.data.shrink_to_fit();
+        }
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.rbuf = Some(buf);
         }
         self.arm_recv(key);
     }
 
     /// Takes the two descriptors a request with `"fds": true` passed (input, then output)
     /// and checks that they are what such a request promises.
-    fn take_passed(&mut self, key: u64, spec: &FileJobSpec) -> Result<Passed, Error> {
-        let conn = self.conns.get_mut(&key);
-        let buf = conn.and_then(|conn| conn.rbuf.as_mut());
-        let (input, output) = match buf {
-            Some(buf) if buf.fds.len() >= 2 => {
-                let input = buf.fds.pop_front().expect("two are queued");
-                let output = buf.fds.pop_front().expect("two are queued");
+    fn take_passed(passed: &mut PassedFds, spec: &FileJobSpec) -> Result<Passed, Error> {
+        let (input, output) = match passed.fds.len() {
+            2.. => {
+                let input = passed.fds.pop_front().expect("two are queued");
+                let output = passed.fds.pop_front().expect("two are queued");
                 (input, output)
             }
-            Some(buf) => {
-                let truncated = std::mem::take(&mut buf.fds_truncated);
-                buf.fds.clear();
+            _ => {
+                let truncated = std::mem::take(passed.fds_truncated);
+                passed.fds.clear();
                 return Err(Error::new(
                     Code::BadRequest,
                     if truncated {
@@ -664,12 +763,18 @@ impl Shard {
                     },
                 ));
             }
-            None => return Err(Error::new(Code::Internal, "connection is gone")),
         };
         Passed::check(input, output, spec)
     }
 
     fn queue_line(&mut self, key: u64, line: &str, final_reply: bool) {
+        self.queue_with(key, final_reply, |out| {
+            out.extend_from_slice(line.as_bytes())
+        });
+    }
+
+    /// Appends what `encode` writes to a connection's output and sends it.
+    fn queue_with(&mut self, key: u64, final_reply: bool, encode: impl FnOnce(&mut Vec<u8>)) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
@@ -677,7 +782,7 @@ impl Shard {
             conn.open_requests = conn.open_requests.saturating_sub(1);
         }
         let closing = conn.eof && conn.open_requests == 0;
-        conn.out.extend_from_slice(line.as_bytes());
+        encode(&mut conn.out);
         self.flush(key);
         if closing {
             self.maybe_close(key);
@@ -692,27 +797,34 @@ impl Shard {
             return;
         }
         conn.sending = true;
-        let data = std::mem::take(&mut conn.out);
+        let data = std::mem::replace(&mut conn.out, std::mem::take(&mut conn.spare));
         let fd = conn.fd.as_raw_fd();
         self.reactor
             .push(KIND_CONN_SEND | key, Op::Send { fd, data, sent: 0 });
     }
 
     fn on_send(&mut self, key: u64, mut done: Completion) {
-        let data = done.take_vec();
+        let mut data = done.take_vec();
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
         match done.result {
             Ok(n) if (n as usize) < data.len() => {
                 // Partial send: the rest goes first, before anything queued since.
-                let mut rest = data[n as usize..].to_vec();
-                rest.extend_from_slice(&conn.out);
-                conn.out = rest;
+                data.drain(..n as usize);
+                data.extend_from_slice(&conn.out);
+                conn.out.clear();
+                conn.spare = std::mem::replace(&mut conn.out, data);
                 conn.sending = false;
                 self.flush(key);
             }
             Ok(_) => {
+                // Keep the buffer for the next send unless a large reply (a long `jobs`
+                // list) grew it: an idle connection should not pin that memory.
+                if data.capacity() <= REPLY_BUFFER_KEPT_BYTES {
+                    data.clear();
+                    conn.spare = data;
+                }
                 conn.sending = false;
                 self.flush(key);
                 self.maybe_close(key);
@@ -748,7 +860,7 @@ impl Shard {
         }
     }
 
-    fn on_line(&mut self, key: u64, line: &[u8]) {
+    fn on_line(&mut self, key: u64, line: &[u8], fds: &mut PassedFds) {
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.open_requests += 1;
         }
@@ -764,7 +876,7 @@ impl Shard {
         // Descriptors passed with this line are taken now, whatever happens to the request,
         // so a refused request cannot leave them to be taken by the next one.
         let passed = match &request {
-            Request::File(spec) if spec.fds => Some(self.take_passed(key, spec)),
+            Request::File(spec) if spec.fds => Some(Self::take_passed(fds, spec)),
             _ => None,
         };
         let reply = ReplyTo {
@@ -833,8 +945,8 @@ impl Shard {
                 let confined = self
                     .shared
                     .roots
-                    .locate(&spec.input)
-                    .and_then(|_| self.shared.roots.locate(out_check));
+                    .check(&spec.input)
+                    .and_then(|()| self.shared.roots.check(out_check));
                 if let Err(err) = confined {
                     self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
                     return;
@@ -957,8 +1069,7 @@ impl Shard {
     // ---- jobs on the owner shard -------------------------------------------------------
 
     fn refuse(&mut self, reply: &ReplyTo, err: Error) {
-        let line = error_line(reply.id.as_ref(), &err);
-        self.reply(reply, line, true);
+        self.reply(reply, Reply::Error(err), true);
     }
 
     fn submit(&mut self, spec: FileJobSpec, reply: ReplyTo, passed: Option<Passed>) {
@@ -984,12 +1095,15 @@ impl Shard {
             return;
         }
         // Jobs on passed descriptors are never merged: their paths are only names.
-        let key = (spec.op, spec.input.clone(), spec.output.clone());
-        if let Some(&id) = self.by_key.get(&key).filter(|_| passed.is_none()) {
+        let key = self.job_key(&spec);
+        let duplicate = match passed {
+            None => self.duplicate_of(key, &spec),
+            Some(_) => None,
+        };
+        if let Some(id) = duplicate {
             // The same work is in flight: attach to it; it runs once.
             if waiter.reply.tree.is_none() {
-                let line = protocol::accepted(waiter.reply.id.as_ref(), id);
-                self.reply(&waiter.reply, line, !waiter.wait);
+                self.reply(&waiter.reply, Reply::Accepted(id), !waiter.wait);
             }
             if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
                 self.jobs[slot]
@@ -1024,16 +1138,38 @@ impl Shard {
             self.by_key.insert(key, id);
         }
         if waiter.reply.tree.is_none() {
-            let line = protocol::accepted(waiter.reply.id.as_ref(), id);
-            self.reply(&waiter.reply, line, !waiter.wait);
+            self.reply(&waiter.reply, Reply::Accepted(id), !waiter.wait);
         }
         self.queue.push_back(Queued {
             id,
             spec,
             passed,
-            waiters: vec![waiter],
+            waiters: Waiters {
+                first: waiter,
+                more: Vec::new(),
+            },
         });
         self.admit();
+    }
+
+    /// The dedup key of a job's (op, input, output).
+    fn job_key(&self, spec: &FileJobSpec) -> u64 {
+        self.key_hasher
+            .hash_one((spec.op, spec.input.as_path(), spec.output.as_path()))
+    }
+
+    /// The in-flight job doing the same (op, input, output) as `spec`, if any. Two different
+    /// jobs whose keys collide (a 2^-64 chance) are both run; only the first is found here.
+    fn duplicate_of(&self, key: u64, spec: &FileJobSpec) -> Option<JobId> {
+        let id = *self.by_key.get(&key)?;
+        let same = |other: &FileJobSpec| {
+            other.op == spec.op && other.input == spec.input && other.output == spec.output
+        };
+        let found = match self.seq_to_slot.get(&id.seq) {
+            Some(&slot) => self.jobs[slot].as_ref().map(|s| &s.job.spec),
+            None => self.queue.iter().find(|q| q.id == id).map(|q| &q.spec),
+        };
+        found.filter(|other| same(other)).map(|_| id)
     }
 
     /// Starts queued jobs while buffers last.
@@ -1044,19 +1180,14 @@ impl Shard {
 
     fn start_queued(&mut self) {
         while !self.queue.is_empty() {
-            let mut bufs = Vec::with_capacity(BUFFERS_PER_JOB);
-            while bufs.len() < BUFFERS_PER_JOB {
-                match self.reactor.acquire() {
-                    Some(buf) => bufs.push(buf),
-                    None => break,
-                }
-            }
-            if bufs.len() < BUFFERS_PER_JOB {
-                for buf in bufs {
-                    self.reactor.release(buf);
-                }
+            if self.reactor.free_buffers() < BUFFERS_PER_JOB {
                 return;
             }
+            let bufs: [BufId; BUFFERS_PER_JOB] = std::array::from_fn(|_| {
+                self.reactor
+                    .acquire()
+                    .expect("enough buffers are free, checked above")
+            });
             let queued = self.queue.pop_front().expect("not empty");
             let slot = match self.free_jobs.pop() {
                 Some(slot) => slot,
@@ -1065,7 +1196,6 @@ impl Shard {
                     self.jobs.len() - 1
                 }
             };
-            let bufs: [BufId; BUFFERS_PER_JOB] = bufs.try_into().expect("exactly BUFFERS_PER_JOB");
             let token_base = KIND_JOB | ((slot as u64) << 8);
             let job = FileJob::new(queued.id, queued.spec, queued.passed, token_base, bufs);
             self.seq_to_slot.insert(queued.id.seq, slot);
@@ -1096,10 +1226,10 @@ impl Shard {
     }
 
     fn finish(&mut self, slot: usize) {
-        let Slot { job, waiters } = self.jobs[slot].take().expect("live slot");
+        let Slot { mut job, waiters } = self.jobs[slot].take().expect("live slot");
         self.free_jobs.push(slot);
         self.seq_to_slot.remove(&job.id.seq);
-        let key = (job.spec.op, job.spec.input.clone(), job.spec.output.clone());
+        let key = self.job_key(&job.spec);
         if self.by_key.get(&key) == Some(&job.id) {
             self.by_key.remove(&key);
         }
@@ -1117,41 +1247,32 @@ impl Shard {
             JobState::Cancelled => JobResult::Cancelled,
             _ => JobResult::Failed,
         };
-        metrics::job_ended(job.spec.op, result, job.elapsed().as_secs_f64());
+        self.metrics
+            .job_ended(job.spec.op, result, job.elapsed().as_secs_f64());
         self.stats.bytes_in += job.bytes_in;
         self.stats.bytes_out += job.bytes_out;
         self.stats.jobs_done += 1;
         let inbox = &self.shared.inboxes[self.index];
         inbox.jobs_done.fetch_add(1, Ordering::Relaxed);
         inbox.bytes_out.fetch_add(job.bytes_out, Ordering::Relaxed);
-        self.remember(JobInfo {
-            job: job.id,
-            op: job.spec.op,
-            input: job.spec.input.clone(),
-            output: job.spec.output.clone(),
-            state,
-            bytes_done: job.bytes_in,
-            bytes_total: job.input_len(),
-        });
         for waiter in waiters.into_iter().filter(|w| w.wait) {
             if waiter.reply.tree.is_some() {
-                let result = match &outcome {
-                    Ok(done) if done.skipped => FileResult::Skipped,
-                    Ok(done) => FileResult::Done {
-                        bytes_in: done.bytes_in,
-                        bytes_out: done.bytes_out,
-                    },
-                    Err(err) => FileResult::Failed(err.clone()),
+                // The input path names a failure; a file that did not fail needs none.
+                let (result, input) = match &outcome {
+                    Ok(done) if done.skipped => (FileResult::Skipped, PathBuf::new()),
+                    Ok(done) => (
+                        FileResult::Done {
+                            bytes_in: done.bytes_in,
+                            bytes_out: done.bytes_out,
+                        },
+                        PathBuf::new(),
+                    ),
+                    Err(err) => (FileResult::Failed(err.clone()), job.spec.input.clone()),
                 };
-                self.answer_tree(
-                    &waiter.reply,
-                    job.spec.input.clone(),
-                    job.input_len(),
-                    result,
-                );
+                self.answer_tree(&waiter.reply, input, job.input_len(), result);
                 continue;
             }
-            let line = match &outcome {
+            let answer = match &outcome {
                 Ok(done) => {
                     let skipped = if done.skipped {
                         vec![protocol::Skipped {
@@ -1161,25 +1282,32 @@ impl Shard {
                     } else {
                         Vec::new()
                     };
-                    protocol::done(
-                        waiter.reply.id.as_ref(),
-                        &protocol::DoneReport {
-                            job: job.id,
-                            bytes_in: done.bytes_in,
-                            bytes_out: done.bytes_out,
-                            micros: done.micros,
-                            files_ok: u64::from(!done.skipped),
-                            files_failed: 0,
-                            files_skipped: u64::from(done.skipped),
-                            failures: Vec::new(),
-                            skipped,
-                        },
-                    )
+                    Reply::Done(protocol::DoneReport {
+                        job: job.id,
+                        bytes_in: done.bytes_in,
+                        bytes_out: done.bytes_out,
+                        micros: done.micros,
+                        files_ok: u64::from(!done.skipped),
+                        files_failed: 0,
+                        files_skipped: u64::from(done.skipped),
+                        failures: Vec::new(),
+                        skipped,
+                    })
                 }
-                Err(err) => error_line(waiter.reply.id.as_ref(), err),
+                Err(err) => Reply::Error(err.clone()),
             };
-            self.reply(&waiter.reply, line, true);
+            self.reply(&waiter.reply, answer, true);
         }
+        // The job is over: its paths move into the record of finished jobs.
+        self.remember(JobInfo {
+            job: job.id,
+            op: job.spec.op,
+            input: std::mem::take(&mut job.spec.input),
+            output: std::mem::take(&mut job.spec.output),
+            state,
+            bytes_done: job.bytes_in,
+            bytes_total: job.input_len(),
+        });
         self.admit();
     }
 
@@ -1208,8 +1336,10 @@ impl Shard {
         let wait = spec.wait;
         match TreeJob::start(id, spec, &self.shared.roots) {
             Ok(job) => {
-                let line = protocol::accepted(reply.id.as_ref(), id);
-                self.queue_line(key, &line, !wait);
+                let reply_id = reply.id.as_ref();
+                self.queue_with(key, !wait, |out| {
+                    protocol::write_accepted(out, reply_id, id);
+                });
                 self.trees.insert(id.seq, Tree { job, reply, wait });
                 self.pump_trees();
             }
@@ -1219,18 +1349,24 @@ impl Shard {
 
     /// Walks every tree that has room for more files; returns whether any did.
     fn pump_trees(&mut self) -> bool {
-        let ready: Vec<u64> = self
-            .trees
-            .iter()
-            .filter(|(_, t)| t.job.wants_step())
-            .map(|(&k, _)| k)
-            .collect();
+        // The lists are kept from call to call; a nested call (a file's result can arrive
+        // while its tree is being pumped) finds them taken and makes its own.
+        let mut ready = std::mem::take(&mut self.tree_ready);
+        let mut specs = std::mem::take(&mut self.tree_specs);
+        ready.clear();
+        ready.extend(
+            self.trees
+                .iter()
+                .filter(|(_, t)| t.job.wants_step())
+                .map(|(&k, _)| k),
+        );
         for seq in &ready {
-            let specs = match self.trees.get_mut(seq) {
-                Some(tree) => tree.job.step(&self.shared.roots),
+            specs.clear();
+            match self.trees.get_mut(seq) {
+                Some(tree) => tree.job.step(&self.shared.roots, &mut specs),
                 None => continue,
-            };
-            for spec in specs {
+            }
+            for spec in specs.drain(..) {
                 let reply = ReplyTo {
                     shard: self.index,
                     conn: 0,
@@ -1254,7 +1390,10 @@ impl Shard {
                 self.tree_result_finish(*seq);
             }
         }
-        !ready.is_empty()
+        let any = !ready.is_empty();
+        self.tree_ready = ready;
+        self.tree_specs = specs;
+        any
     }
 
     fn tree_result(&mut self, seq: u64, input: &std::path::Path, size: u64, result: FileResult) {
@@ -1280,7 +1419,8 @@ impl Shard {
             (false, 0) => JobResult::Ok,
             _ => JobResult::Failed,
         };
-        metrics::job_ended(job.spec.op, result, report.micros as f64 / 1e6);
+        self.metrics
+            .job_ended(job.spec.op, result, report.micros as f64 / 1e6);
         let progress = job.progress();
         self.remember(JobInfo {
             job: job.id,
@@ -1323,9 +1463,11 @@ impl Shard {
             return;
         }
         if let Some(progress) = tree.job.progress_due() {
-            let line = protocol::progress(tree.reply.id.as_ref(), &progress);
+            let id = tree.reply.id.clone();
             let conn = tree.reply.conn;
-            self.queue_line(conn, &line, false);
+            self.queue_with(conn, false, |out| {
+                protocol::write_progress(out, id.as_ref(), &progress);
+            });
         }
     }
 
@@ -1406,8 +1548,7 @@ impl Shard {
             // The walk stops; files already handed out finish, then the tree ends with a
             // `cancelled` error.
             tree.job.cancel();
-            let line = protocol::cancelled(reply.id.as_ref(), id);
-            self.reply(&reply, line, true);
+            self.reply(&reply, Reply::Cancelled(id), true);
             if self.trees[&id.seq].job.is_finished() {
                 self.tree_result_finish(id.seq);
             }
@@ -1415,20 +1556,19 @@ impl Shard {
         }
         if let Some(pos) = self.queue.iter().position(|q| q.id == id) {
             let queued = self.queue.remove(pos).expect("position is valid");
-            metrics::job_ended(queued.spec.op, JobResult::Cancelled, 0.0);
+            self.metrics
+                .job_ended(queued.spec.op, JobResult::Cancelled, 0.0);
             self.metrics.jobs(self.queue.len(), self.seq_to_slot.len());
-            self.by_key.remove(&(
-                queued.spec.op,
-                queued.spec.input.clone(),
-                queued.spec.output.clone(),
-            ));
+            let key = self.job_key(&queued.spec);
+            if self.by_key.get(&key) == Some(&id) {
+                self.by_key.remove(&key);
+            }
             let err = Error::new(
                 Code::Cancelled,
                 format!("{}: the job was cancelled", queued.spec.input.display()),
             );
             for waiter in queued.waiters.into_iter().filter(|w| w.wait) {
-                let line = error_line(waiter.reply.id.as_ref(), &err);
-                self.reply(&waiter.reply, line, true);
+                self.reply(&waiter.reply, Reply::Error(err.clone()), true);
             }
             self.remember(JobInfo {
                 job: id,
@@ -1439,14 +1579,12 @@ impl Shard {
                 bytes_done: 0,
                 bytes_total: 0,
             });
-            let line = protocol::cancelled(reply.id.as_ref(), id);
-            self.reply(&reply, line, true);
+            self.reply(&reply, Reply::Cancelled(id), true);
             return;
         }
         if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
             self.with_job(slot, |job, ctx| job.cancel(ctx));
-            let line = protocol::cancelled(reply.id.as_ref(), id);
-            self.reply(&reply, line, true);
+            self.reply(&reply, Reply::Cancelled(id), true);
             return;
         }
         let err = match self.finished.iter().find(|info| info.job == id) {
@@ -1459,8 +1597,7 @@ impl Shard {
             ),
             None => unknown_job(id),
         };
-        let line = error_line(reply.id.as_ref(), &err);
-        self.reply(&reply, line, true);
+        self.reply(&reply, Reply::Error(err), true);
     }
 
     // ---- completions, timers, shutdown -------------------------------------------------

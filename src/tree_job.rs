@@ -17,9 +17,9 @@
 //! What this room does not do: run file jobs (their owner shards do) or touch sockets.
 
 use std::collections::VecDeque;
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,11 @@ pub const WALK_SLICE: Duration = Duration::from_millis(1);
 
 /// Shortest gap between two `progress` lines of one tree.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// Bytes of the buffer a directory entry's name is copied into: Linux's longest file name
+/// (`NAME_MAX`, 255) and its NUL. A longer name, which no Linux filesystem returns, is copied
+/// to the heap instead.
+const NAME_BUF_BYTES: usize = 256;
 
 /// The result of one file of a tree, from its owner shard.
 pub enum FileResult {
@@ -126,10 +131,10 @@ impl TreeJob {
         !self.cancelled && (!self.walked || !self.retry.is_empty()) && self.in_flight < TREE_WINDOW
     }
 
-    /// Walks for up to [`WALK_SLICE`], returning the file jobs to submit.
-    pub fn step(&mut self, roots: &Roots) -> Vec<FileJobSpec> {
+    /// Walks for up to [`WALK_SLICE`], adding the file jobs to submit to `out` (empty when
+    /// called; the caller keeps it from step to step).
+    pub fn step(&mut self, roots: &Roots, out: &mut Vec<FileJobSpec>) {
         let until = Instant::now() + WALK_SLICE;
-        let mut out = Vec::new();
         while self.in_flight + out.len() < TREE_WINDOW
             && let Some(spec) = self.retry.pop_front()
         {
@@ -153,21 +158,29 @@ impl TreeJob {
                 }
                 Some(Ok(entry)) => entry,
             };
-            let name = entry.file_name().to_owned();
-            if name.as_bytes() == b"." || name.as_bytes() == b".." {
+            let bytes = entry.file_name().to_bytes_with_nul();
+            if bytes == b".\0" || bytes == b"..\0" {
                 continue;
             }
+            // The name is copied out of the directory's buffer, which the visit may refill.
+            let mut buf = [0u8; NAME_BUF_BYTES];
+            let heap;
+            let name = if bytes.len() <= NAME_BUF_BYTES {
+                buf[..bytes.len()].copy_from_slice(bytes);
+                CStr::from_bytes_with_nul(&buf[..bytes.len()]).expect("one NUL, at the end")
+            } else {
+                heap = entry.file_name().to_owned();
+                heap.as_c_str()
+            };
             let kind = entry.file_type();
-            self.visit(roots, &name, kind, &mut out);
+            self.visit(roots, name, kind, out);
         }
         self.in_flight += out.len();
-        out
     }
 
     fn visit(&mut self, roots: &Roots, name: &CStr, kind: FileType, out: &mut Vec<FileJobSpec>) {
         let level = self.stack.last().expect("visit runs inside a level");
-        let rel = level.rel.join(OsStr::from_bytes(name.to_bytes()));
-        let input = self.spec.input.join(&rel);
+        let input = joined(&self.spec.input, &level.rel, &[name.to_bytes()]);
         // d_type can be unknown on some filesystems: ask without following links.
         let stat = match rustix::fs::statat(
             level.dir.fd().expect("an open directory"),
@@ -198,19 +211,19 @@ impl TreeJob {
                     self.fail(&input, err);
                     return;
                 }
+                let rel = level.rel.join(OsStr::from_bytes(name.to_bytes()));
                 match self.descend(roots, name, &rel, stat.st_mode & 0o7777) {
                     Ok(level) => self.stack.push(level),
                     Err(err) => self.fail(&input, err),
                 }
             }
             FileType::RegularFile => {
-                let Some(output_name) = self.output_name(name.to_bytes()) else {
+                let Some((stem, suffix)) = self.output_name(name.to_bytes()) else {
                     self.skip(&input, "not a .rcrypt file");
                     return;
                 };
-                let out_rel = rel.with_file_name(OsStr::from_bytes(&output_name));
-                let mut spec =
-                    FileJobSpec::new(self.spec.op, input, self.spec.output.join(out_rel));
+                let output = joined(&self.spec.output, &level.rel, &[stem, suffix]);
+                let mut spec = FileJobSpec::new(self.spec.op, input, output);
                 spec.key = self.spec.key.clone();
                 spec.overwrite = self.spec.overwrite;
                 spec.skip_existing = self.spec.skip_existing;
@@ -241,15 +254,16 @@ impl TreeJob {
         })
     }
 
-    /// The name a file gets in the output tree, or None when it is not for this op.
-    fn output_name(&self, name: &[u8]) -> Option<Vec<u8>> {
+    /// The name a file gets in the output tree, as a stem and a suffix to append, or None
+    /// when it is not for this op.
+    fn output_name<'n>(&self, name: &'n [u8]) -> Option<(&'n [u8], &'static [u8])> {
         match self.spec.op {
-            FileOp::Encrypt => Some([name, b".rcrypt"].concat()),
+            FileOp::Encrypt => Some((name, b".rcrypt")),
             FileOp::Decrypt => name
                 .strip_suffix(b".rcrypt")
                 .filter(|stem| !stem.is_empty())
-                .map(<[u8]>::to_vec),
-            FileOp::Rewrap => Some(name.to_vec()),
+                .map(|stem| (stem, &b""[..])),
+            FileOp::Rewrap => Some((name, b"")),
         }
     }
 
@@ -366,6 +380,29 @@ impl TreeJob {
     }
 }
 
+/// `base.join(rel).join(name)`, with `name` given in parts, built in one allocation of the
+/// exact size. `rel` is empty or relative without a trailing `/`; `name` holds no `/`.
+fn joined(base: &Path, rel: &Path, name: &[&[u8]]) -> PathBuf {
+    let base = base.as_os_str().as_bytes();
+    let rel = rel.as_os_str().as_bytes();
+    let name_len: usize = name.iter().map(|part| part.len()).sum();
+    let mut path = Vec::with_capacity(base.len() + rel.len() + name_len + 2);
+    path.extend_from_slice(base);
+    if !rel.is_empty() {
+        if !path.ends_with(b"/") {
+            path.push(b'/');
+        }
+        path.extend_from_slice(rel);
+    }
+    if !path.ends_with(b"/") {
+        path.push(b'/');
+    }
+    for part in name {
+        path.extend_from_slice(part);
+    }
+    PathBuf::from(OsString::from_vec(path))
+}
+
 fn dir_mode(fd: &OwnedFd) -> u32 {
     rustix::fs::fstat(fd)
         .map(|s| s.st_mode & 0o7777)
@@ -377,7 +414,7 @@ fn open_dir(roots: &Roots, path: &Path) -> Result<OwnedFd, Error> {
     let (root, rel) = roots.locate(path)?;
     rustix::fs::openat2(
         root,
-        rel.as_c_str(),
+        rel,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::from_bits_retain(RESOLVE_CONFINED),
