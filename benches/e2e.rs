@@ -80,7 +80,9 @@
 //!      so with fewer shards than cores (`--shards 1` on 2 cores) the daemon can keep at
 //!      most that many cores busy: the line then also gives the daemon's CPU over the cores
 //!      its shards may use (the union of their Cpus_allowed_list in /proc/PID/task/TID/
-//!      status), and 70% or more of those reads "CPU-bound on the pinned cores".
+//!      status), and 70% or more of those reads "CPU-bound on the pinned cores". The single
+//!      big file is one job on one shard, so its line gives the daemon's CPU over one core
+//!      the same way.
 //!
 //!    Figures are whole ticks (10 ms at the usual 100 Hz), so the short rows of a `--quick`
 //!    run show little more than which side the time went to.
@@ -1640,9 +1642,18 @@ fn cpu_picture(row: &Row, cores: usize) -> String {
         );
         if let Some(n) = d.pinned_cores.filter(|&n| n < cores) {
             pinned = Some((n, 100.0 * d.total / (row.time.as_secs_f64() * n as f64)));
+        } else if row.shape.files == 1 {
+            // One file is one job on one shard, and the kernel's io workers for that shard's
+            // ring inherit its pinned core: the daemon can keep only that core busy.
+            pinned = Some((1, 100.0 * d.total / row.time.as_secs_f64()));
         }
     }
     let pinned_note = match pinned {
+        Some((1, share)) if row.shape.files == 1 => format!(
+            "; one file runs on one shard, whose io workers share its pinned core, which the \
+             daemon kept {:.0}% busy",
+            floor_to(share, 0)
+        ),
         Some((n, share)) => format!(
             "; the shards and their io workers are pinned to {n} of {cores} cores, which the \
              daemon kept {:.0}% busy",
