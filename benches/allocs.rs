@@ -33,8 +33,12 @@
 //! - Before and after each window the bench waits until the daemon is idle, and it measures
 //!   the idle daemon for a second first, to show that nothing allocates in the background.
 //!
-//! The scenarios, in the order they run, each a warm-up of 500 jobs and then 2,000 measured
-//! jobs, sequential on one connection, each job's `done` read before the next is sent:
+//! The scenarios, in the order they run, each a warm-up and then 2,000 measured jobs,
+//! sequential on one connection, each job's `done` read before the next is sent. The
+//! warm-up is `FINISHED_JOBS_KEPT` x shards x 5/4 + 500 jobs: the steady state begins once
+//! every shard's record of finished jobs is full (from then on a job that ends hands the
+//! paths of the oldest record to the next request), the jobs spread over the shards by a hash
+//! of their inputs (hence the quarter to spare), and every measured window is in it.
 //!
 //! 1. encrypt a 4 KiB file by path (2,000 distinct inputs, distinct outputs);
 //! 2. encrypt a 1 MiB file by path (64 inputs in turn, distinct outputs);
@@ -45,7 +49,8 @@
 //!    directory passed as descriptors, as the `ringcrypt` client sends single files (the
 //!    bench closes the temp file after `done` instead of linking it: that is client work);
 //! 6. one tree job (`recursive: true`) over a flat directory of 2,000 files of 4 KiB, after a
-//!    warm-up tree of 500 files; figures are per file.
+//!    warm-up tree of 500 files (at least `TREE_WINDOW`, so the paths of a whole window of
+//!    files are waiting when the measured tree starts); figures are per file.
 //!
 //! Requests by path are what trees, scripts and the client's fallback (no `O_TMPFILE`) send.
 //! Outputs of each round are removed before the next round. Then the 4 KiB encrypt round runs
@@ -53,8 +58,9 @@
 //! reallocations are printed: the innermost frame in this crate's `src/`, the callee it
 //! allocated through, and its most common callers in the crate, with estimates per job.
 //!
-//! Options: `--quick` (or `RINGCRYPT_BENCH_QUICK=1`) runs 100 + 400 jobs and trees of 100 and
-//! 400 files; `--shards N` passes `--shards N` to the daemon (default: one per core);
+//! Options: `--quick` (or `RINGCRYPT_BENCH_QUICK=1`) runs 400 jobs after a warm-up of 100 more
+//! than the rings hold, and trees of 256 and 400 files; `--sample-tree` samples the tree
+//! round (per file) instead of the 4 KiB encrypt round; `--shards N` passes `--shards N` to the daemon (default: one per core);
 //! `--samples N` aims the sampler at about N backtraces (default 4,000; a number at least the
 //! round's allocation count captures every one); `--sites N` prints N call sites instead of
 //! 15; `--metrics` runs the daemon with its Prometheus recorder installed (on an ephemeral
@@ -62,6 +68,8 @@
 //! Other arguments, such as the `--bench` that `cargo bench` passes, are ignored.
 
 #![deny(unsafe_code)]
+
+mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::backtrace::Backtrace;
@@ -71,7 +79,6 @@ use std::fs;
 use std::io::{IoSlice, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -81,7 +88,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ringcrypt::limits::FINISHED_JOBS_KEPT;
 use ringcrypt::protocol::{self, FileJobSpec, FileOp, Request, RequestId};
+use ringcrypt::tree_job::TREE_WINDOW;
+use support::{KIB, MIB, Scratch, Table, write_input, write_private};
 
 // ---- the counting allocator -------------------------------------------------------------
 
@@ -256,6 +266,8 @@ struct Options {
     samples: u64,
     sites: usize,
     quick: bool,
+    /// Sample the call sites of the tree round instead of the 4 KiB encrypt round.
+    sample_tree: bool,
 }
 
 impl Options {
@@ -265,11 +277,13 @@ impl Options {
         let mut metrics = false;
         let mut samples = 4000;
         let mut sites = 15;
+        let mut sample_tree = false;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => quick = true,
                 "--metrics" => metrics = true,
+                "--sample-tree" => sample_tree = true,
                 "--shards" => shards = args.next(),
                 "--samples" => {
                     samples = args
@@ -296,34 +310,7 @@ impl Options {
             samples,
             sites,
             quick,
-        }
-    }
-}
-
-/// The scratch directory: made by the parent, removed with everything in it on drop.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn create() -> Scratch {
-        let base = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let path = base.join(format!("ringcrypt-allocs-{}", std::process::id()));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        // Canonical, so request paths are absolute and free of symlinks as the daemon needs.
-        let path = fs::canonicalize(&path).expect("the scratch directory was just made");
-        Scratch { path }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.path) {
-            eprintln!("warning: could not remove {}: {e}", self.path.display());
+            sample_tree,
         }
     }
 }
@@ -337,7 +324,7 @@ fn main() {
 
 /// Runs the measuring child with a clean environment and its stderr in a log file.
 fn parent() {
-    let scratch = Scratch::create();
+    let scratch = Scratch::create(None, "allocs");
     let log_path = scratch.path.join("daemon.log");
     let log = fs::File::create(&log_path).expect("create the log");
     let mut cmd = Command::new(std::env::current_exe().expect("the bench's own path"));
@@ -368,23 +355,8 @@ fn parent() {
 
 // ---- inputs -------------------------------------------------------------------------------
 
-const KIB: usize = 1024;
-const MIB: usize = 1024 * KIB;
 /// 1 MiB inputs, used in turn: distinct enough to spread over the shards.
 const BIG_INPUTS: usize = 64;
-
-/// Pseudo-random bytes (the cipher does not care what, but they should not be trivial).
-fn write_input(path: &Path, bytes: usize, seed: u64) {
-    let mut data = vec![0u8; bytes];
-    let mut state = splitmix64(seed) | 1;
-    for word in data.chunks_exact_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        word.copy_from_slice(&state.to_le_bytes());
-    }
-    fs::write(path, &data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
 
 fn make_dir(path: &Path) -> PathBuf {
     fs::create_dir_all(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
@@ -407,13 +379,7 @@ fn remove_all(paths: &[PathBuf]) {
 fn make_key_ring(dir: &Path) -> PathBuf {
     let entry = ringcrypt::keys::keygen_entry("bench").expect("generate a key");
     let path = dir.join("keys.toml");
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut file| file.write_all(entry.as_bytes()))
-        .expect("write the key ring");
+    write_private(&path, entry.as_bytes());
     path
 }
 
@@ -443,7 +409,7 @@ fn request_line(id: u64, op: FileOp, input: &Path, output: &Path, form: Form) ->
 // ---- the client ---------------------------------------------------------------------------
 
 /// Longest reply line the client takes: a `done` of a tree lists at most 100 failures.
-const REPLY_BUFFER_BYTES: usize = 256 * KIB;
+const REPLY_BUFFER_BYTES: usize = 256 * KIB as usize;
 
 /// How long a reply may take before the bench gives up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -648,56 +614,36 @@ fn per(value: u64, units: usize) -> f64 {
 }
 
 fn print_table(rows: &[Row]) {
-    let header = [
-        "scenario",
-        "per",
-        "measured",
-        "allocs/unit",
-        "reallocs/unit",
-        "bytes/unit",
-        "client allocs",
-        "us/unit",
-    ];
-    let cells: Vec<[String; 8]> = rows
-        .iter()
-        .map(|row| {
-            let w = &row.window;
-            [
-                row.name.clone(),
-                row.per.to_string(),
-                w.units.to_string(),
-                format!("{:.2}", per(w.counts.allocs, w.units)),
-                format!("{:.2}", per(w.counts.reallocs, w.units)),
-                format!("{:.0}", per(w.counts.bytes, w.units)),
-                w.client.to_string(),
-                format!(
-                    "{:.1}",
-                    w.elapsed.as_secs_f64() * 1e6 / w.units.max(1) as f64
-                ),
-            ]
-        })
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &cells {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
+    let mut table = Table::new(
+        &[
+            "scenario",
+            "per",
+            "measured",
+            "allocs/unit",
+            "reallocs/unit",
+            "bytes/unit",
+            "client allocs",
+            "us/unit",
+        ],
+        1,
+    );
+    for row in rows {
+        let w = &row.window;
+        table.row(vec![
+            row.name.clone(),
+            row.per.to_string(),
+            w.units.to_string(),
+            format!("{:.2}", per(w.counts.allocs, w.units)),
+            format!("{:.2}", per(w.counts.reallocs, w.units)),
+            format!("{:.0}", per(w.counts.bytes, w.units)),
+            w.client.to_string(),
+            format!(
+                "{:.1}",
+                w.elapsed.as_secs_f64() * 1e6 / w.units.max(1) as f64
+            ),
+        ]);
     }
-    let line = |cells: &[String]| {
-        let mut text = String::new();
-        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
-            if i == 0 {
-                text.push_str(&format!("{cell:<width$}"));
-            } else {
-                text.push_str(&format!("  {cell:>width$}"));
-            }
-        }
-        println!("{text}");
-    };
-    line(&header.map(String::from));
-    for row in &cells {
-        line(row);
-    }
+    table.print_without_rule();
 }
 
 // ---- call sites ---------------------------------------------------------------------------
@@ -813,7 +759,13 @@ impl Site {
 
 /// Groups the samples by call site and prints the `top` most common. `events` is the
 /// window's allocations plus reallocations, which the samples were drawn from.
-fn print_sites(traces: &[(Backtrace, bool)], events: u64, jobs: usize, top: usize) {
+fn print_sites(
+    traces: &[(Backtrace, bool)],
+    events: u64,
+    (round, unit): (&str, &str),
+    jobs: usize,
+    top: usize,
+) {
     let started = Instant::now();
     let mut sites: HashMap<String, Site> = HashMap::new();
     let mut with_lines = false;
@@ -852,14 +804,14 @@ fn print_sites(traces: &[(Backtrace, bool)], events: u64, jobs: usize, top: usiz
     let mut ranked: Vec<(&String, &Site)> = sites.iter().collect();
     ranked.sort_by(|a, b| b.1.count().cmp(&a.1.count()).then(a.0.cmp(b.0)));
     println!(
-        "\nallocation call sites, encrypt 4 KiB: {total} backtraces sampled from {events} \
-         allocations and reallocations over {jobs} jobs (resolved in {:.1} s)",
+        "\nallocation call sites, {round}: {total} backtraces sampled from {events} \
+         allocations and reallocations over {jobs} {unit}s (resolved in {:.1} s)",
         started.elapsed().as_secs_f64()
     );
     println!(
         "top {top} by count (allocations + reallocations), each at its innermost frame in the \
          ringcrypt crate, with the callee it allocated through and its most common callers in \
-         the crate (innermost first); per-job figures are estimates from the samples"
+         the crate (innermost first); per-{unit} figures are estimates from the samples"
     );
     if !with_lines {
         println!(
@@ -870,7 +822,7 @@ fn print_sites(traces: &[(Backtrace, bool)], events: u64, jobs: usize, top: usiz
     for (rank, (name, site)) in ranked.iter().take(top).enumerate() {
         let share = 100.0 * site.count() as f64 / total.max(1) as f64;
         println!(
-            "{:>2}. {share:5.1}%  ~{:5.2} allocs + {:5.2} reallocs /job  {name}",
+            "{:>2}. {share:5.1}%  ~{:5.2} allocs + {:5.2} reallocs /{unit}  {name}",
             rank + 1,
             site.allocs as f64 * scale,
             site.reallocs as f64 * scale,
@@ -970,9 +922,11 @@ fn child(opts: Options, scratch: PathBuf) {
         sites,
         quick,
         metrics,
+        sample_tree,
         ..
     } = opts;
-    let tree_warm = warmup;
+    // A warm-up tree of a whole window of files leaves that window's paths behind as spares.
+    let tree_warm = warmup.max(TREE_WINDOW);
     let tree_files = jobs;
     println!("preparing inputs in {}", scratch.display());
     let keys = make_key_ring(&scratch);
@@ -1007,6 +961,15 @@ fn child(opts: Options, scratch: PathBuf) {
 
     let socket = scratch.join("s.sock");
     let pong = start_daemon(&scratch, &keys, &socket, &opts);
+    let shards: usize = pong_field(&pong, "shards")
+        .parse()
+        .expect("the pong gives the shard count");
+    let base_warmup = warmup;
+    let warmup = FINISHED_JOBS_KEPT * shards * 5 / 4 + base_warmup;
+    println!(
+        "warm-up: {warmup} jobs per scenario ({FINISHED_JOBS_KEPT} finished jobs kept per shard \
+         x {shards} shards x 5/4 + {base_warmup}), so every window measures the steady state"
+    );
     let mut conn = Conn::connect(&socket).expect("connect to the daemon");
 
     // Ids go up across the whole run, as a client's do on one connection.
@@ -1146,17 +1109,38 @@ fn child(opts: Options, scratch: PathBuf) {
         remove_all(std::slice::from_ref(&out));
     }
 
-    // Call sites: the encrypt 4 KiB round again (same names, removed above), sampled.
-    println!("encrypt 4 KiB again, {jobs} jobs, sampling allocation call sites");
-    let every = (enc4k_events / samples).max(1);
-    let (sampled_jobs, outputs) = round(
-        FileOp::Encrypt,
-        Form::Path,
-        &small,
-        jobs,
-        "enc4k-",
-        ".rcrypt",
-    );
+    // Call sites: the encrypt 4 KiB round again (same names, removed above), or the measured
+    // tree again (its output removed above), sampled.
+    let tree_row = &rows.last().expect("the tree row").window;
+    let tree_expect = format!("\"files_ok\":{tree_files},\"files_failed\":0,");
+    let (sampled_round, sampled_unit, events, (sampled_jobs, outputs)) = if sample_tree {
+        let out = scratch.join("tree-out");
+        let tree = Jobs {
+            lines: vec![request_line(
+                id(),
+                FileOp::Encrypt,
+                &tree_dirs[1],
+                &out,
+                Form::Tree,
+            )],
+            expect: tree_expect.as_bytes(),
+            passed: None,
+        };
+        let events = tree_row.counts.allocs + tree_row.counts.reallocs;
+        ("tree encrypt", "file", events, (tree, vec![out]))
+    } else {
+        let round = round(
+            FileOp::Encrypt,
+            Form::Path,
+            &small,
+            jobs,
+            "enc4k-",
+            ".rcrypt",
+        );
+        ("encrypt 4 KiB", "job", enc4k_events, round)
+    };
+    println!("{sampled_round} again, {jobs} {sampled_unit}s, sampling allocation call sites");
+    let every = (events / samples).max(1);
     SAMPLES
         .lock()
         .expect("the sampler is not poisoned")
@@ -1191,7 +1175,8 @@ fn child(opts: Options, scratch: PathBuf) {
         idle.allocs, idle.reallocs, idle.bytes
     );
     println!(
-        "counts are process-wide deltas over each measured window (warm-up excluded); \
+        "counts are process-wide deltas over each measured window (warm-up of {warmup} jobs \
+         excluded: every shard's record of finished jobs is full, the steady state); \
          \"client allocs\" is the bench's own thread inside the window\n"
     );
     print_table(&rows);
@@ -1200,14 +1185,14 @@ fn child(opts: Options, scratch: PathBuf) {
          counted as an allocation. us/unit is wall time with the sampler off, for orientation."
     );
     println!(
-        "sampling round: {:.2} allocs/job, {:.2} reallocs/job (client {}), a backtrace for \
-         about 1 in {every}",
+        "sampling round ({sampled_round}): {:.2} allocs/{sampled_unit}, {:.2} \
+         reallocs/{sampled_unit} (client {}), a backtrace for about 1 in {every}",
         per(sampled.counts.allocs, jobs),
         per(sampled.counts.reallocs, jobs),
         sampled.client
     );
     let events = sampled.counts.allocs + sampled.counts.reallocs;
-    print_sites(&traces, events, jobs, sites);
+    print_sites(&traces, events, (sampled_round, sampled_unit), jobs, sites);
     std::io::stdout().flush().expect("flush stdout");
     // The daemon thread runs until SIGTERM; the figures are out, so end here.
     std::process::exit(0);

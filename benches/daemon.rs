@@ -30,35 +30,29 @@
 
 #![forbid(unsafe_code)]
 
+mod support;
+
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{
+    CLIENT_EXE, Daemon, Fsync, MIB, OPENSSL_ENC, Scratch, Table, count_files, make_key_ring,
+    openssl_command, remove, warm, write_input,
+};
 
-const DAEMON_EXE: &str = env!("CARGO_BIN_EXE_ringcryptd");
-const CLIENT_EXE: &str = env!("CARGO_BIN_EXE_ringcrypt");
-
-/// How long a fresh daemon may take to answer its first ping.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long SIGTERM may take: the daemon drains running jobs for up to 30 s.
-const STOP_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long any one reply may take; a 1 GiB job with fsync on a slow disk stays well inside.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(600);
 /// Concurrent clients in measurement 2, each with its own connection.
 const CLIENTS: usize = 16;
 /// Parallel openssl processes in the `xargs` baseline.
 const XARGS_PARALLEL: usize = 2;
-/// The baseline's cipher and key derivation, as README "Performance" quotes it.
-const OPENSSL_ENC: &str = "openssl enc -aes-256-cbc -pbkdf2 -iter 10000 -pass pass:x";
-
-const MIB: u64 = 1 << 20;
 
 /// What one run measures.
 struct Sizes {
@@ -117,158 +111,9 @@ impl Args {
     }
 }
 
-/// The scratch directory: created empty, removed with everything in it on drop.
-struct Scratch {
-    path: PathBuf,
-    /// Where it is, in words, for the report.
-    note: String,
-}
-
-impl Scratch {
-    fn create(dir: Option<PathBuf>) -> Scratch {
-        let (base, note) = match dir {
-            Some(dir) => (dir, "--dir: the figures include that filesystem"),
-            None if Path::new("/dev/shm").is_dir() => (
-                PathBuf::from("/dev/shm"),
-                "tmpfs: the disk is kept out of the figures, and fsync costs little",
-            ),
-            None => (
-                std::env::temp_dir(),
-                "no /dev/shm: the figures include the disk",
-            ),
-        };
-        let path = base.join(format!("ringcrypt-bench-{}", std::process::id()));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        // Canonical, so request paths are absolute and free of symlinks as the daemon needs.
-        let path = fs::canonicalize(&path).expect("the scratch directory was just made");
-        let note = format!("{} ({note})", path.display());
-        Scratch { path, note }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.path) {
-            eprintln!("warning: could not remove {}: {e}", self.path.display());
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Fsync {
-    Never,
-    Always,
-}
-
-impl Fsync {
-    fn as_str(self) -> &'static str {
-        match self {
-            Fsync::Never => "never",
-            Fsync::Always => "always",
-        }
-    }
-}
-
-/// A running `ringcryptd`; SIGTERM and a wait for its exit on drop.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    /// The `pong` it answered its first ping with (shards, backend).
-    pong: Value,
-}
-
 impl Daemon {
-    fn start(dir: &Path, keys: &Path, fsync: Fsync) -> Daemon {
-        let socket = dir.join("s.sock");
-        let log = dir.join("daemon.log");
-        let log_file = fs::File::create(&log).expect("create the daemon log");
-        let child = Command::new(DAEMON_EXE)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--keys")
-            .arg(keys)
-            .arg("--allow-root")
-            .arg(dir)
-            .args(["--fsync", fsync.as_str()])
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone the log fd"))
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn ringcryptd");
-        let mut daemon = Daemon {
-            child,
-            socket,
-            log,
-            pong: Value::Null,
-        };
-        daemon.pong = daemon.wait_for_pong();
-        daemon
-    }
-
-    fn wait_for_pong(&mut self) -> Value {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "ringcryptd exited at start ({status}); log:\n{}",
-                    self.log_text()
-                );
-            }
-            if let Ok(mut conn) = Conn::connect(&self.socket) {
-                conn.send(&json!({"op": "ping"}));
-                let reply = conn.recv();
-                if reply["type"] == "pong" {
-                    return reply;
-                }
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "ringcryptd did not answer ping within {START_TIMEOUT:?}; log:\n{}",
-            self.log_text()
-        );
-    }
-
     fn connect(&self) -> Conn {
         Conn::connect(&self.socket).expect("connect to ringcryptd")
-    }
-
-    /// Peak resident set size so far, from VmHWM in /proc/PID/status.
-    fn peak_rss_mib(&self) -> Option<f64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) if status.success() => return,
-                Ok(Some(status)) => {
-                    eprintln!("warning: ringcryptd exited with {status} after SIGTERM");
-                    eprintln!("{}", self.log_text());
-                    return;
-                }
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    eprintln!("warning: ringcryptd ignored SIGTERM for {STOP_TIMEOUT:?}; killed");
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return;
-                }
-            }
-        }
     }
 }
 
@@ -343,11 +188,8 @@ fn one_job(conn: &mut Conn, op: &str, id: usize, input: &Path, output: &Path) ->
 /// `--fsync` variants, fresh daemon each, then `run` on it; returns the figure and the
 /// daemon's peak RSS.
 fn with_daemon<T>(bench: &Bench, fsync: Fsync, run: impl FnOnce(&Daemon) -> T) -> (T, String) {
-    let daemon = Daemon::start(&bench.dir, &bench.keys, fsync);
-    let figure = run(&daemon);
-    let rss = daemon
-        .peak_rss_mib()
-        .map_or("?".to_string(), |mib| format!("{mib:.0} MiB"));
+    let (figure, rss) = support::with_daemon(&bench.dir, &bench.keys, fsync, None, run);
+    let rss = rss.map_or("?".to_string(), |mib| format!("{mib:.0} MiB"));
     (figure, rss)
 }
 
@@ -356,36 +198,6 @@ struct Bench {
     dir: PathBuf,
     keys: PathBuf,
     sizes: Sizes,
-}
-
-/// Fills a file with `bytes` of pseudo-random data (the cipher does not care what, but the
-/// data should not be trivially compressible by anything in between).
-fn write_input(path: &Path, bytes: u64, seed: u64) {
-    let mut block = vec![0u8; (8 * MIB).min(bytes) as usize];
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for word in block.chunks_exact_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        word.copy_from_slice(&state.to_le_bytes());
-    }
-    let mut file = fs::File::create(path).expect("create an input");
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        file.write_all(&block[..n]).expect("write an input");
-        left -= n as u64;
-    }
-}
-
-/// Reads a file once so the measurement finds it in the page cache.
-fn warm(path: &Path) {
-    let mut file = fs::File::open(path).expect("open an input");
-    io::copy(&mut file, &mut io::sink()).expect("read an input");
-}
-
-fn remove(path: &Path) {
-    fs::remove_file(path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
 }
 
 /// Runs a command to completion and returns how long it took; a failure stops the bench.
@@ -401,70 +213,8 @@ fn time_command(cmd: &mut Command) -> Duration {
     time
 }
 
-fn openssl_enc(input: &Path, output: &Path) -> Command {
-    let mut words = OPENSSL_ENC.split_whitespace();
-    let mut cmd = Command::new(words.next().expect("a program name"));
-    cmd.args(words)
-        .arg("-in")
-        .arg(input)
-        .arg("-out")
-        .arg(output);
-    cmd
-}
-
 fn mb_per_s(bytes: u64, time: Duration) -> f64 {
     bytes as f64 / time.as_secs_f64() / 1e6
-}
-
-/// A left-aligned first column, right-aligned figures, widths from the contents.
-struct Table {
-    header: Vec<&'static str>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(header: &[&'static str]) -> Table {
-        Table {
-            header: header.to_vec(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        assert_eq!(cells.len(), self.header.len(), "one cell per column");
-        self.rows.push(cells);
-    }
-
-    fn print(&self) {
-        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
-        let widths: Vec<usize> = (0..header.len())
-            .map(|col| {
-                std::iter::once(&header)
-                    .chain(&self.rows)
-                    .map(|row| row[col].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let print_row = |row: &[String]| {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(col, (cell, &width))| match col {
-                    0 => format!("{cell:<width$}"),
-                    _ => format!("{cell:>width$}"),
-                })
-                .collect();
-            println!("{}", cells.join("  ").trim_end());
-        };
-        print_row(&header);
-        let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
-        println!("{}", rule.join("  "));
-        for row in &self.rows {
-            print_row(row);
-        }
-    }
 }
 
 fn throughput_row(
@@ -500,11 +250,11 @@ fn one_big_file(bench: &Bench, table: &mut Table) {
     let sealed = bench.dir.join("big.bin.rcrypt");
     eprintln!("1. writing a {mib} MiB input");
     write_input(&input, bytes, 1);
-    warm(&input);
+    warm([&input]);
 
     eprintln!("1. openssl enc, {mib} MiB");
     let openssl_out = bench.dir.join("big.bin.enc");
-    let openssl_time = time_command(&mut openssl_enc(&input, &openssl_out));
+    let openssl_time = time_command(&mut openssl_command(OPENSSL_ENC, &input, &openssl_out));
     remove(&openssl_out);
     let openssl_rate = mb_per_s(bytes, openssl_time);
     table.row(throughput_row(
@@ -539,7 +289,7 @@ fn one_big_file(bench: &Bench, table: &mut Table) {
     // The last sealed output (fsync always) is decrypt's input; the plaintext goes first so
     // that only one input and one output exist at a time.
     remove(&input);
-    warm(&sealed);
+    warm([&sealed]);
     eprintln!("1. decrypt {mib} MiB, fsync never");
     let opened = bench.dir.join("big.out");
     let (time, rss) = with_daemon(bench, Fsync::Never, |daemon| {
@@ -614,9 +364,7 @@ fn many_files(bench: &Bench, table: &mut Table) {
             path
         })
         .collect();
-    for input in &inputs {
-        warm(input);
-    }
+    warm(&inputs);
     let total = file_bytes * count as u64;
     let label = format!("{count} x {} MiB", file_bytes / MIB);
 
@@ -685,9 +433,7 @@ fn latency(bench: &Bench, table: &mut Table) {
             path
         })
         .collect();
-    for input in &inputs {
-        warm(input);
-    }
+    warm(&inputs);
 
     eprintln!("3. {jobs} sequential encrypt jobs, fsync never");
     let ((mut samples, total), rss) = with_daemon(bench, Fsync::Never, |daemon| {
@@ -776,28 +522,6 @@ const TREE_TARGET_FILES_S: f64 = 25_000.0;
 const TREE_TARGET_VS_XARGS: f64 = 60.0;
 const TREE_TARGET_VS_PYTHON: f64 = 10.0;
 
-/// Regular files under `dir` (recursively), and how many of them end in `suffix`.
-fn count_files(dir: &Path, suffix: &str) -> (usize, usize) {
-    let mut all = 0;
-    let mut matching = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
-            let entry = entry.expect("a directory entry");
-            let kind = entry.file_type().expect("an entry's type");
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                all += 1;
-                if entry.file_name().to_string_lossy().ends_with(suffix) {
-                    matching += 1;
-                }
-            }
-        }
-    }
-    (all, matching)
-}
-
 /// Runs a command to completion; a failure stops the bench. Returns the time and stdout.
 fn time_command_output(cmd: &mut Command) -> (Duration, String) {
     let start = Instant::now();
@@ -875,9 +599,7 @@ fn trees(bench: &Bench, table: &mut Table) -> Vec<String> {
             path
         })
         .collect();
-    for input in &inputs {
-        warm(input);
-    }
+    warm(&inputs);
     let total = file_bytes * count as u64;
     let rate = |time: Duration| count as f64 / time.as_secs_f64();
     let mut rows = Vec::new();
@@ -1070,70 +792,61 @@ fn trees(bench: &Bench, table: &mut Table) -> Vec<String> {
     notes
 }
 
-/// A fresh key ring, mode 0600, from `ringcrypt keygen`.
-fn make_key_ring(dir: &Path) -> PathBuf {
-    let out = Command::new(CLIENT_EXE)
-        .args(["keygen", "--name", "bench"])
-        .output()
-        .expect("run ringcrypt keygen");
-    assert!(out.status.success(), "ringcrypt keygen failed: {out:?}");
-    let path = dir.join("keys.toml");
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut file| file.write_all(&out.stdout))
-        .expect("write the key ring");
-    path
-}
-
 fn main() {
     let args = Args::parse();
-    let scratch = Scratch::create(args.dir);
+    let scratch = Scratch::create(args.dir, "bench");
     let bench = Bench {
         keys: make_key_ring(&scratch.path),
         dir: scratch.path.clone(),
         sizes: if args.quick { QUICK } else { FULL },
     };
 
-    let pong = Daemon::start(&bench.dir, &bench.keys, Fsync::Never)
+    let pong = Daemon::start(&bench.dir, &bench.keys, Fsync::Never, None)
         .pong
         .clone();
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
 
-    let mut throughput = Table::new(&[
-        "throughput",
-        "fsync",
-        "seconds",
-        "MB/s",
-        "files/s",
-        "vs openssl",
-        "daemon VmHWM",
-    ]);
+    let mut throughput = Table::new(
+        &[
+            "throughput",
+            "fsync",
+            "seconds",
+            "MB/s",
+            "files/s",
+            "vs openssl",
+            "daemon VmHWM",
+        ],
+        1,
+    );
     one_big_file(&bench, &mut throughput);
     many_files(&bench, &mut throughput);
-    let mut latencies = Table::new(&[
-        "latency",
-        "fsync",
-        "p50 us",
-        "p99 us",
-        "max us",
-        "jobs/s",
-        "daemon VmHWM",
-    ]);
+    let mut latencies = Table::new(
+        &[
+            "latency",
+            "fsync",
+            "p50 us",
+            "p99 us",
+            "max us",
+            "jobs/s",
+            "daemon VmHWM",
+        ],
+        1,
+    );
     latency(&bench, &mut latencies);
-    let mut tree_table = Table::new(&[
-        "trees",
-        "fsync",
-        "files",
-        "seconds",
-        "files/s",
-        "MB/s",
-        "vs xargs",
-        "vs python",
-        "daemon VmHWM",
-    ]);
+    let mut tree_table = Table::new(
+        &[
+            "trees",
+            "fsync",
+            "files",
+            "seconds",
+            "files/s",
+            "MB/s",
+            "vs xargs",
+            "vs python",
+            "daemon VmHWM",
+        ],
+        1,
+    );
     let tree_notes = trees(&bench, &mut tree_table);
 
     println!(

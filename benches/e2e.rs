@@ -95,46 +95,37 @@
 
 #![forbid(unsafe_code)]
 
+mod support;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::hint::black_box;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
+use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ringcrypt::format::{Opener, Sealer, sealed_len};
 use ringcrypt::limits::{CHUNK_LOG2_DEFAULT, TAG_BYTES};
-use rustix::process::{Pid, Signal, kill_process, kill_process_group};
-use serde_json::{Value, json};
+use rustix::process::{Pid, Signal, kill_process_group};
+use serde_json::Value;
+use support::{
+    CLIENT_EXE, Daemon, Fsync, MIB, OPENSSL_DEC, OPENSSL_ENC, Scratch, Table, count_files,
+    make_key_ring, openssl_command, remove, warm, write_input, write_private,
+};
 
-const DAEMON_EXE: &str = env!("CARGO_BIN_EXE_ringcryptd");
-const CLIENT_EXE: &str = env!("CARGO_BIN_EXE_ringcrypt");
 /// The Python baseline lives in its own file so it can be read and run on its own.
 const POOL_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/e2e_pool.py");
 
-/// How long a fresh daemon may take to answer its first ping.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long SIGTERM may take: the daemon drains running jobs for up to 30 s.
-const STOP_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long any one command may run. The slowest in a full run, `xargs openssl` over 20,000
 /// files, took under 4 minutes on a loaded 2-core machine; this leaves room for a slower one
 /// while still ending a hung run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1800);
-
-/// The baseline's cipher and key derivation, as benches/daemon.rs and README "Performance"
-/// use them.
-const OPENSSL_ENC: &str = "openssl enc -aes-256-cbc -pbkdf2 -iter 10000 -pass pass:x";
-const OPENSSL_DEC: &str = "openssl enc -d -aes-256-cbc -pbkdf2 -iter 10000 -pass pass:x";
-
-const MIB: u64 = 1 << 20;
 
 /// The seal figure: fixed keys, since the rate does not depend on key or data values.
 const MASTER: [u8; 32] = [0x42; 32];
@@ -325,59 +316,6 @@ fn usage(problem: &str) -> ! {
     std::process::exit(2);
 }
 
-/// The scratch directory: created empty, removed with everything in it on drop (also when a
-/// check fails and the bench unwinds).
-struct Scratch {
-    path: PathBuf,
-    /// Where it is, in words, for the report.
-    note: String,
-}
-
-impl Scratch {
-    fn create(dir: Option<PathBuf>) -> Scratch {
-        let (base, note) = match dir {
-            Some(dir) => (dir, "--dir: the figures include that filesystem"),
-            None if Path::new("/dev/shm").is_dir() => (
-                PathBuf::from("/dev/shm"),
-                "tmpfs: the disk is kept out of the figures, and fsync costs little",
-            ),
-            None => (
-                std::env::temp_dir(),
-                "no /dev/shm: the figures include the disk",
-            ),
-        };
-        let path = base.join(format!("ringcrypt-e2e-{}", std::process::id()));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        // Canonical, so the paths the client sends are free of symlinks as the daemon needs.
-        let path = fs::canonicalize(&path).expect("the scratch directory was just made");
-        let note = format!("{} ({note})", path.display());
-        Scratch { path, note }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.path) {
-            eprintln!("warning: could not remove {}: {e}", self.path.display());
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Fsync {
-    Never,
-    Always,
-}
-
-impl Fsync {
-    fn as_str(self) -> &'static str {
-        match self {
-            Fsync::Never => "never",
-            Fsync::Always => "always",
-        }
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
     Encrypt,
@@ -419,113 +357,6 @@ impl Chunksize {
     }
 }
 
-/// A running `ringcryptd`; SIGTERM and a bounded wait for its exit on drop.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, keys: &Path, fsync: Fsync, shards: Option<u16>) -> (Daemon, Value) {
-        let socket = dir.join("d.sock");
-        let log = dir.join("daemon.log");
-        let log_file = fs::File::create(&log).expect("create the daemon log");
-        let mut cmd = Command::new(DAEMON_EXE);
-        cmd.arg("--socket")
-            .arg(&socket)
-            .arg("--keys")
-            .arg(keys)
-            .arg("--allow-root")
-            .arg(dir)
-            .args(["--fsync", fsync.as_str()]);
-        if let Some(shards) = shards {
-            cmd.args(["--shards", &shards.to_string()]);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone the log fd"))
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn ringcryptd");
-        let mut daemon = Daemon { child, socket, log };
-        let pong = daemon.wait_for_pong();
-        (daemon, pong)
-    }
-
-    fn wait_for_pong(&mut self) -> Value {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "ringcryptd exited at start ({status}); log:\n{}",
-                    self.log_text()
-                );
-            }
-            if let Ok(reply) = ping(&self.socket)
-                && reply["type"] == "pong"
-            {
-                return reply;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "ringcryptd did not answer ping within {START_TIMEOUT:?}; log:\n{}",
-            self.log_text()
-        );
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Peak resident set size so far, from VmHWM in /proc/PID/status.
-    fn peak_rss_mib(&self) -> Option<f64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = kill_process(Pid::from_child(&self.child), Signal::TERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) if status.success() => return,
-                Ok(Some(status)) => {
-                    eprintln!("warning: ringcryptd exited with {status} after SIGTERM");
-                    eprintln!("{}", self.log_text());
-                    return;
-                }
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    eprintln!("warning: ringcryptd ignored SIGTERM for {STOP_TIMEOUT:?}; killed");
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// One `ping` on a fresh connection, with a bounded wait for the reply.
-fn ping(socket: &Path) -> io::Result<Value> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(START_TIMEOUT))?;
-    stream.write_all(&[serde_json::to_vec(&json!({"op": "ping"}))?, b"\n".to_vec()].concat())?;
-    let mut text = String::new();
-    BufReader::new(stream).read_line(&mut text)?;
-    Ok(serde_json::from_str(&text)?)
-}
-
 /// Everything the measurements share.
 struct Bench {
     dir: PathBuf,
@@ -550,12 +381,10 @@ impl Bench {
     /// Starts a fresh daemon, runs `work` against it, and returns the result with the
     /// daemon's peak RSS in MiB, read before it is stopped.
     fn with_daemon<T>(&self, fsync: Fsync, work: impl FnOnce(&Daemon) -> T) -> (T, Option<f64>) {
-        let (daemon, pong) = Daemon::start(&self.dir, &self.keys, fsync, self.shards);
-        *self.pong.borrow_mut() = pong;
-        let result = work(&daemon);
-        let rss = daemon.peak_rss_mib();
-        drop(daemon);
-        (result, rss)
+        support::with_daemon(&self.dir, &self.keys, fsync, self.shards, |daemon| {
+            *self.pong.borrow_mut() = daemon.pong.clone();
+            work(daemon)
+        })
     }
 
     /// Runs `cmd` to its exit and returns how long it took, the CPU it used (with the CPU of
@@ -859,58 +688,11 @@ fn clock_ticks_per_second() -> u64 {
         .expect("clock ticks per second, from /proc/self/auxv or `getconf CLK_TCK`")
 }
 
-/// Fills a file with `bytes` of pseudo-random data (the cipher does not care what, but the
-/// data should not be trivially compressible by anything in between).
-fn write_input(path: &Path, bytes: u64, seed: u64) {
-    let mut block = vec![0u8; (8 * MIB).min(bytes) as usize];
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for word in block.chunks_exact_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        word.copy_from_slice(&state.to_le_bytes());
-    }
-    let mut file = fs::File::create(path).expect("create an input");
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        file.write_all(&block[..n]).expect("write an input");
-        left -= n as u64;
-    }
-}
-
-/// Reads every file once so the measurement finds them in the page cache.
-fn warm<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) {
-    for path in paths {
-        let mut file =
-            fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        io::copy(&mut file, &mut io::sink()).expect("read an input");
-    }
-}
-
 /// `path` with `suffix` appended to its file name.
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = OsString::from(path.as_os_str());
     name.push(suffix);
     PathBuf::from(name)
-}
-
-/// Regular files under `dir`, recursively.
-fn count_files(dir: &Path) -> usize {
-    let mut count = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
-            let entry = entry.expect("a directory entry");
-            let kind = entry.file_type().expect("an entry's type");
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                count += 1;
-            }
-        }
-    }
-    count
 }
 
 /// True when two files hold the same bytes.
@@ -980,7 +762,7 @@ fn verify(
             ),
         }
     }
-    let found = count_files(count_dir);
+    let (found, _) = count_files(count_dir, "");
     assert_eq!(
         found,
         count_expected,
@@ -1186,14 +968,7 @@ impl<'b> DataSet<'b> {
                 cmd.args(["-c", &script, "sh"]).arg(&self.input_dir);
                 cmd
             } else {
-                let mut words = command.split_whitespace();
-                let mut cmd = Command::new(words.next().expect("a program name"));
-                cmd.args(words)
-                    .arg("-in")
-                    .arg(&srcs[0])
-                    .arg("-out")
-                    .arg(&outputs[0]);
-                cmd
+                openssl_command(command, &srcs[0], &outputs[0])
             };
             let timed = self.bench.run(&mut cmd, None);
             // The plaintexts, their .enc files, and after decryption the .dec files.
@@ -1212,7 +987,7 @@ impl<'b> DataSet<'b> {
             rows.push(self.row(Tool::Openssl, op, &timed, None));
         }
         for path in enc_paths.iter().chain(&dec_paths) {
-            fs::remove_file(path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+            remove(path);
         }
     }
 
@@ -1345,18 +1120,6 @@ fn library_rates(bytes: usize) -> (f64, f64) {
     (rate(best_seal), rate(best_open))
 }
 
-/// A fresh key ring, mode 0600, from `ringcrypt keygen`.
-fn make_key_ring(dir: &Path) -> PathBuf {
-    let out = Command::new(CLIENT_EXE)
-        .args(["keygen", "--name", "bench"])
-        .output()
-        .expect("run ringcrypt keygen");
-    assert!(out.status.success(), "ringcrypt keygen failed: {out:?}");
-    let path = dir.join("keys.toml");
-    write_private(&path, &out.stdout);
-    path
-}
-
 /// Fresh AES and HMAC keys for the Python baseline, 64 random bytes in hex.
 fn make_python_keys(dir: &Path) -> PathBuf {
     let mut hex = String::new();
@@ -1367,16 +1130,6 @@ fn make_python_keys(dir: &Path) -> PathBuf {
     let path = dir.join("python-keys.hex");
     write_private(&path, hex.as_bytes());
     path
-}
-
-fn write_private(path: &Path, bytes: &[u8]) {
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut file| file.write_all(bytes))
-        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 /// The first line of a command's stdout, or `None` when it cannot run or fails. Only for
@@ -1391,62 +1144,6 @@ fn probe(program: &str, args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// A left-aligned first column (or several), right-aligned figures, widths from the contents.
-struct Table {
-    header: Vec<&'static str>,
-    left: usize,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(header: &[&'static str], left: usize) -> Table {
-        Table {
-            header: header.to_vec(),
-            left,
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        assert_eq!(cells.len(), self.header.len(), "one cell per column");
-        self.rows.push(cells);
-    }
-
-    fn print(&self) {
-        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
-        let widths: Vec<usize> = (0..header.len())
-            .map(|col| {
-                std::iter::once(&header)
-                    .chain(&self.rows)
-                    .map(|row| row[col].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let print_row = |row: &[String]| {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(col, (cell, &width))| {
-                    if col < self.left {
-                        format!("{cell:<width$}")
-                    } else {
-                        format!("{cell:>width$}")
-                    }
-                })
-                .collect();
-            println!("{}", cells.join("  ").trim_end());
-        };
-        print_row(&header);
-        let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
-        println!("{}", rule.join("  "));
-        for row in &self.rows {
-            print_row(row);
-        }
-    }
 }
 
 /// The row of one tool on one data set in one direction, from this run.
@@ -1494,7 +1191,7 @@ fn main() {
     );
     let (seal_mb_s, open_mb_s) = library_rates(all_sizes.seal_bytes);
 
-    let scratch = Scratch::create(args.dir);
+    let scratch = Scratch::create(args.dir, "e2e");
     // The baselines' versions are asked only when they run, so `--no-baselines` works on a
     // machine without them.
     let python_version = args
