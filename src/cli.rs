@@ -58,6 +58,11 @@ Examples:
   ringcrypt --keys keys.toml decrypt -r photos.rcrypt      # offline, all cores -> photos/
   ringcrypt completions bash > ~/.local/share/bash-completion/completions/ringcrypt
 
+Through the daemon, a single file goes as open descriptors: this process opens the input and
+creates the output's temp file, so your own permissions apply, no allowed root is needed, and
+the output is yours. A tree (-r) goes by path and must lie under one of the daemon's
+--allow-root directories.
+
 Exit codes: 0 success, 1 the job failed, 2 usage error, 3 the daemon could not be reached.";
 
 /// Authenticated file encryption (AES-256-CBC + HMAC-SHA256, RCRYPT v1).

@@ -394,6 +394,67 @@ pub struct Parsed {
     pub request: Result<Request, Error>,
 }
 
+/// Spare path buffers for request paths to be written into, so a request's paths reuse the
+/// memory of paths whose jobs ended instead of costing an allocation each. The daemon keeps
+/// one per shard (see `shard`); [`parse_request`] uses an empty one.
+///
+/// Bounded twice: at most `bound` spares are kept (a spare given back to a full pool is
+/// dropped), and a spare holding more than [`SPARE_PATH_MAX_BYTES`] is dropped rather than
+/// kept, so a rare long path cannot pin its memory for good.
+#[derive(Debug, Default)]
+pub struct SparePaths {
+    spares: Vec<PathBuf>,
+    bound: usize,
+}
+
+/// Most bytes a spare path may hold and still be kept: `PATH_MAX`, what the longest request
+/// path ([`MAX_PATH_BYTES`] and its NUL) needs. Tree jobs may join longer paths; their
+/// buffers are freed when their jobs end, not kept.
+pub const SPARE_PATH_MAX_BYTES: usize = MAX_PATH_BYTES + 1;
+
+impl SparePaths {
+    /// A pool that keeps up to `bound` spares, its room allocated now, once.
+    pub fn with_bound(bound: usize) -> SparePaths {
+        SparePaths {
+            spares: Vec::with_capacity(bound),
+            bound,
+        }
+    }
+
+    /// An empty path with room for at least `bytes` bytes: a spare if one is left (grown
+    /// first if it is too small), else a new path.
+    ///
+    /// A path that must grow gets the next power of two of `bytes`, so the buffers of
+    /// similar paths (names that differ by a digit, a suffix) fit each other and a spare
+    /// grows once while the daemon warms up, not again for every slightly longer name.
+    pub fn take(&mut self, bytes: usize) -> PathBuf {
+        let mut path = self.spares.pop().unwrap_or_default();
+        let text = path.as_mut_os_string();
+        text.clear();
+        if text.capacity() < bytes {
+            text.reserve_exact(bytes.next_power_of_two());
+        }
+        path
+    }
+
+    /// Keeps `path` as a spare, or drops it when the pool is full or the path is too large
+    /// to keep (see [`SparePaths`]).
+    pub fn give(&mut self, path: PathBuf) {
+        if self.spares.len() < self.bound && path.capacity() <= SPARE_PATH_MAX_BYTES {
+            self.spares.push(path);
+        }
+    }
+
+    /// Spares kept now.
+    pub fn len(&self) -> usize {
+        self.spares.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spares.is_empty()
+    }
+}
+
 /// Parses one request line (without its newline). Never panics on any input.
 ///
 /// The checks run in this order, and the first failure is the answer: length (`too_large`,
@@ -401,6 +462,13 @@ pub struct Parsed {
 /// id), `id` (`bad_request`, no id when `id` itself is bad), duplicate fields, `op`
 /// (`bad_request`, or `unknown_op`), then the op's fields (`bad_request`).
 pub fn parse_request(line: &[u8]) -> Parsed {
+    parse_request_reusing(line, &mut SparePaths::default())
+}
+
+/// [`parse_request`], writing a file request's `input` and `output` into spares taken from
+/// `spares` (allocating only when it runs out). A request refused after its paths were
+/// written gives them back. Same answers as [`parse_request`] for every line.
+pub fn parse_request_reusing(line: &[u8], spares: &mut SparePaths) -> Parsed {
     let failed = |id: Option<RequestId>, err: Error| Parsed {
         id,
         request: Err(err),
@@ -474,7 +542,7 @@ pub fn parse_request(line: &[u8]) -> Parsed {
             )),
         );
     }
-    let request = parse_op(fields);
+    let request = parse_op(fields, spares);
     Parsed { id, request }
 }
 
@@ -780,7 +848,7 @@ impl<'de> Visitor<'de> for TopLevelVisitor {
 }
 
 /// Parses `op` and the op's own fields (`id` already taken out).
-fn parse_op(mut fields: RawFields) -> Result<Request, Error> {
+fn parse_op(mut fields: RawFields, spares: &mut SparePaths) -> Result<Request, Error> {
     let op = match fields.take(Field::Op) {
         Some(Val::Str(op)) => op,
         Some(other) => {
@@ -798,7 +866,7 @@ fn parse_op(mut fields: RawFields) -> Result<Request, Error> {
     };
     let mut fields = Fields { op: &op, fields };
     if let Some(file_op) = FileOp::parse(&op) {
-        return parse_file_job(file_op, &mut fields).map(Request::File);
+        return parse_file_job(file_op, &mut fields, spares).map(Request::File);
     }
     match op.as_ref() {
         "ping" => fields.only(&[]).map(|()| Request::Ping),
@@ -838,7 +906,11 @@ const FILE_FIELDS: [&str; 9] = [
     "fds",
 ];
 
-fn parse_file_job(op: FileOp, fields: &mut Fields) -> Result<FileJobSpec, Error> {
+fn parse_file_job(
+    op: FileOp,
+    fields: &mut Fields,
+    spares: &mut SparePaths,
+) -> Result<FileJobSpec, Error> {
     if op != FileOp::Encrypt && fields.fields.contains(Field::Format) {
         return Err(bad(format!(
             "field \"format\" applies to encrypt only; {op} reads the format from the input \
@@ -846,8 +918,28 @@ fn parse_file_job(op: FileOp, fields: &mut Fields) -> Result<FileJobSpec, Error>
         )));
     }
     fields.only(&FILE_FIELDS)?;
-    let input = fields.path(Field::Input)?;
-    let output = fields.path(Field::Output)?;
+    let input = fields.path(Field::Input, spares)?;
+    let output = match fields.path(Field::Output, spares) {
+        Ok(output) => output,
+        Err(err) => {
+            spares.give(input);
+            return Err(err);
+        }
+    };
+    let mut spec = FileJobSpec::new(op, input, output);
+    match file_options(&mut spec, fields) {
+        Ok(()) => Ok(spec),
+        Err(err) => {
+            // The paths were good; their buffers serve the next request.
+            spares.give(spec.input);
+            spares.give(spec.output);
+            Err(err)
+        }
+    }
+}
+
+/// The file-job fields after the paths, checked in wire order, into `spec`.
+fn file_options(spec: &mut FileJobSpec, fields: &mut Fields) -> Result<(), Error> {
     let key = fields.key(Field::Key)?;
     let format = match fields.optional(Field::Format, "\"ringcrypt\" or \"openssl\"")? {
         None => Format::Ringcrypt,
@@ -881,18 +973,14 @@ fn parse_file_job(op: FileOp, fields: &mut Fields) -> Result<FileJobSpec, Error>
              be replaced or skipped, not both, so give at most one",
         ));
     }
-    Ok(FileJobSpec {
-        op,
-        input,
-        output,
-        key,
-        format,
-        recursive,
-        overwrite,
-        skip_existing,
-        wait,
-        fds,
-    })
+    spec.key = key;
+    spec.format = format;
+    spec.recursive = recursive;
+    spec.overwrite = overwrite;
+    spec.skip_existing = skip_existing;
+    spec.wait = wait;
+    spec.fds = fds;
+    Ok(())
 }
 
 /// A request's fields while they are being taken apart, with the op for messages.
@@ -948,10 +1036,20 @@ impl<'de> Fields<'_, 'de> {
         }
     }
 
-    fn path(&mut self, field: Field) -> Result<PathBuf, Error> {
+    fn path(&mut self, field: Field, spares: &mut SparePaths) -> Result<PathBuf, Error> {
         const EXPECTED: &str = "a string: an absolute path";
         match self.required(field, EXPECTED)? {
-            Val::Str(text) => normalize_path(field.name(), &text),
+            Val::Str(text) => {
+                // The normalized path is never longer than the text it came from.
+                let mut path = spares.take(text.len());
+                match normalize_path(field.name(), &text, &mut path) {
+                    Ok(()) => Ok(path),
+                    Err(err) => {
+                        spares.give(path);
+                        Err(err)
+                    }
+                }
+            }
             other => Err(mistyped(field.name(), EXPECTED, &other)),
         }
     }
@@ -1007,7 +1105,10 @@ impl<'de> Fields<'_, 'de> {
 /// not a symlink, and this module cannot know. The daemon resolves paths beneath its allowed
 /// roots with `openat2(RESOLVE_BENEATH)` and never follows `..` out of them, so a path with
 /// `..` is either an escape attempt or a question the client should settle on its side.
-fn normalize_path(field: &str, text: &str) -> Result<PathBuf, Error> {
+///
+/// The result is written into `path`, which must be empty; its buffer is reused, so a spare
+/// with room enough makes this allocation-free.
+fn normalize_path(field: &str, text: &str, path: &mut PathBuf) -> Result<(), Error> {
     if text.is_empty() {
         return Err(bad(format!(
             "field \"{field}\" is empty; give an absolute path"
@@ -1025,7 +1126,8 @@ fn normalize_path(field: &str, text: &str) -> Result<PathBuf, Error> {
             quote(text)
         )));
     }
-    let mut normalized = String::with_capacity(text.len());
+    let normalized = path.as_mut_os_string();
+    debug_assert!(normalized.is_empty(), "normalized into an empty path");
     for component in text.split('/') {
         match component {
             "" | "." => {}
@@ -1038,13 +1140,13 @@ fn normalize_path(field: &str, text: &str) -> Result<PathBuf, Error> {
                 )));
             }
             name => {
-                normalized.push('/');
-                normalized.push_str(name);
+                normalized.push("/");
+                normalized.push(name);
             }
         }
     }
     if normalized.is_empty() {
-        normalized.push('/');
+        normalized.push("/");
     }
     if normalized.len() > MAX_PATH_BYTES {
         return Err(bad(format!(
@@ -1053,7 +1155,7 @@ fn normalize_path(field: &str, text: &str) -> Result<PathBuf, Error> {
             normalized.len()
         )));
     }
-    Ok(PathBuf::from(normalized))
+    Ok(())
 }
 
 fn bad(message: impl Into<String>) -> Error {
@@ -1704,6 +1806,97 @@ mod tests {
 
     fn spec(op: FileOp, input: &str, output: &str) -> FileJobSpec {
         FileJobSpec::new(op, PathBuf::from(input), PathBuf::from(output))
+    }
+
+    /// Where a path's buffer lives: the same address means the same allocation.
+    fn buffer_of(path: &Path) -> *const u8 {
+        path.as_os_str().as_encoded_bytes().as_ptr()
+    }
+
+    /// A spare with room for `bytes`, as a finished job leaves one.
+    fn spare(bytes: usize) -> PathBuf {
+        PathBuf::from(std::ffi::OsString::with_capacity(bytes))
+    }
+
+    #[test]
+    fn parsed_paths_reuse_the_spares_buffers() {
+        let mut spares = SparePaths::with_bound(4);
+        let (first, second) = (spare(128), spare(128));
+        let (first_at, second_at) = (buffer_of(&first), buffer_of(&second));
+        spares.give(first);
+        spares.give(second);
+        let line = br#"{"op":"encrypt","input":"/d/./in//a","output":"/o/b/"}"#;
+        let parsed = parse_request_reusing(line, &mut spares);
+        let Ok(Request::File(job)) = parsed.request else {
+            panic!("a good request: {parsed:?}");
+        };
+        assert_eq!(job, spec(FileOp::Encrypt, "/d/in/a", "/o/b"));
+        // The pool hands out its last spare first.
+        assert_eq!(buffer_of(&job.input), second_at);
+        assert_eq!(buffer_of(&job.output), first_at);
+        assert_eq!(job.input.capacity(), 128);
+        assert!(spares.is_empty());
+        // Once the job's record goes, the same buffers serve the next request.
+        spares.give(job.input);
+        spares.give(job.output);
+        let parsed = parse_request_reusing(line, &mut spares);
+        let Ok(Request::File(again)) = parsed.request else {
+            panic!("a good request: {parsed:?}");
+        };
+        assert_eq!(buffer_of(&again.input), first_at);
+        assert_eq!(buffer_of(&again.output), second_at);
+    }
+
+    #[test]
+    fn a_spare_too_small_grows_to_a_power_of_two() {
+        let mut spares = SparePaths::with_bound(1);
+        spares.give(spare(8));
+        let path = spares.take(100);
+        assert!(path.as_os_str().is_empty());
+        assert_eq!(path.capacity(), 128);
+        // With no spare left, a new path is made, sized the same way.
+        assert_eq!(spares.take(129).capacity(), 256);
+        assert_eq!(spares.take(0).capacity(), 0);
+    }
+
+    #[test]
+    fn the_spare_pool_stays_bounded() {
+        let mut spares = SparePaths::with_bound(3);
+        for _ in 0..10 {
+            spares.give(spare(64));
+        }
+        assert_eq!(spares.len(), 3);
+        // A spare larger than any request path needs is dropped, not kept.
+        let mut spares = SparePaths::with_bound(3);
+        spares.give(spare(SPARE_PATH_MAX_BYTES + 1));
+        assert!(spares.is_empty());
+        spares.give(spare(SPARE_PATH_MAX_BYTES));
+        assert_eq!(spares.len(), 1);
+        // The pool `parse_request` uses has room for none.
+        let mut none = SparePaths::default();
+        none.give(spare(64));
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn refused_requests_give_their_spares_back() {
+        for line in [
+            // The input is bad: nothing was kept.
+            r#"{"op":"encrypt","input":"rel","output":"/o"}"#,
+            // The output is bad: the input's buffer goes back.
+            r#"{"op":"encrypt","input":"/i","output":"/a/../b"}"#,
+            // Both paths are good, a later field is not: both go back.
+            r#"{"op":"encrypt","input":"/i","output":"/o","key":""}"#,
+            r#"{"op":"decrypt","input":"/i","output":"/o","overwrite":true,"skip_existing":true}"#,
+        ] {
+            let mut spares = SparePaths::with_bound(4);
+            spares.give(spare(64));
+            spares.give(spare(64));
+            let parsed = parse_request_reusing(line.as_bytes(), &mut spares);
+            assert!(parsed.request.is_err(), "{line}");
+            assert_eq!(parsed, parse(line), "{line}");
+            assert_eq!(spares.len(), 2, "{line}");
+        }
     }
 
     const JOB: JobId = JobId { shard: 1, seq: 42 };
@@ -2441,6 +2634,9 @@ mod tests {
 
     #[test]
     fn encoded_requests_parse_back() {
+        let mut spares = SparePaths::with_bound(2);
+        spares.give(spare(1));
+        spares.give(spare(300));
         for request in all_requests() {
             for id in [
                 None,
@@ -2456,6 +2652,13 @@ mod tests {
                 let parsed = parse_request(line.trim_end_matches('\n').as_bytes());
                 assert_eq!(parsed.request, Ok(request.clone()), "{line}");
                 assert_eq!(parsed.id, id, "{line}");
+                // Spares that held other paths give the same answer.
+                let reused = parse_request_reusing(line.trim_end().as_bytes(), &mut spares);
+                assert_eq!(reused, parsed, "{line}");
+                if let Ok(Request::File(spec)) = reused.request {
+                    spares.give(spec.input);
+                    spares.give(spec.output);
+                }
             }
         }
         // Defaults are left out, so older daemons understand requests that do not use newer

@@ -33,13 +33,13 @@ use crate::keys::KeyRing;
 use crate::limits::{
     FINISHED_JOBS_KEPT, IDLE_TIMEOUT, INBOX_DEPTH, MAX_CONNECTIONS, MAX_PASSED_FDS_PER_CONN,
     MAX_PENDING_REPLY_BYTES, MAX_QUEUED_JOBS_PER_SHARD, RECV_BUFFER_BYTES, RECV_INITIAL_BYTES,
-    TICK,
+    SPARE_PATHS_PER_SHARD, TICK,
 };
 use crate::metrics::{self, JobResult, ShardMetrics};
 use crate::output::Durability;
 use crate::protocol::{
     self, FileJobSpec, JobId, JobInfo, JobState, MAX_REQUEST_LINE_BYTES, Request, RequestId,
-    ShardStats,
+    ShardStats, SparePaths,
 };
 use crate::reactor::{BackendKind, BufId, Completion, Op, RECV_FDS_MAX, Reactor, RecvBuf};
 use crate::roots::Roots;
@@ -104,6 +104,13 @@ pub enum Msg {
         input: PathBuf,
         size: u64,
         result: FileResult,
+    },
+    /// The path buffers of a job this shard made the spec of (parsed its request, or walked
+    /// its tree), back from the owner shard once the job's record left its finished ring,
+    /// to be reused for the next job's paths.
+    Recycle {
+        input: PathBuf,
+        output: PathBuf,
     },
     /// A new key ring for every later job.
     Reload(Arc<KeyRing>),
@@ -340,6 +347,13 @@ struct Tree {
     wait: bool,
 }
 
+/// A finished job's record, with the shard its paths were made on (which gets them back
+/// when the record is dropped).
+struct Finished {
+    info: JobInfo,
+    home: usize,
+}
+
 struct Gathering {
     conn: u64,
     id: Option<RequestId>,
@@ -370,7 +384,11 @@ pub struct Shard {
     /// Keys of [`Shard::by_key`]: a random SipHash key, so clients cannot aim collisions.
     key_hasher: std::hash::RandomState,
     seq_to_slot: HashMap<u64, usize>,
-    finished: VecDeque<JobInfo>,
+    /// Ended jobs, oldest first, at most [`FINISHED_JOBS_KEPT`].
+    finished: VecDeque<Finished>,
+    /// Path buffers for the specs this shard makes (request paths, tree files); refilled
+    /// from the records [`Shard::finished`] drops, here and on other shards.
+    spares: SparePaths,
     next_seq: u64,
     gathers: HashMap<u64, Gathering>,
     next_gather: u64,
@@ -422,7 +440,8 @@ impl Shard {
             by_key: HashMap::new(),
             key_hasher: std::hash::RandomState::new(),
             seq_to_slot: HashMap::new(),
-            finished: VecDeque::new(),
+            finished: VecDeque::with_capacity(FINISHED_JOBS_KEPT),
+            spares: SparePaths::with_bound(SPARE_PATHS_PER_SHARD),
             next_seq: 1,
             gathers: HashMap::new(),
             next_gather: 1,
@@ -558,6 +577,10 @@ impl Shard {
                 jobs,
                 stats,
             } => self.gathered(gather, jobs, stats),
+            Msg::Recycle { input, output } => {
+                self.spares.give(input);
+                self.spares.give(output);
+            }
             Msg::Reload(ring) => self.ring = ring,
             Msg::TreeResult {
                 tree,
@@ -864,7 +887,7 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.open_requests += 1;
         }
-        let parsed = protocol::parse_request(line);
+        let parsed = protocol::parse_request_reusing(line, &mut self.spares);
         let id = parsed.id;
         let request = match parsed.request {
             Ok(request) => request,
@@ -949,6 +972,7 @@ impl Shard {
                     .and_then(|()| self.shared.roots.check(out_check));
                 if let Err(err) = confined {
                     self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
+                    self.recycle(self.index, spec.input, spec.output);
                     return;
                 }
                 if spec.recursive {
@@ -959,11 +983,12 @@ impl Shard {
                 let msg = Msg::Submit { spec, reply };
                 if owner == self.index {
                     self.on_msg(msg);
-                } else if let Err(Msg::Submit { reply, .. }) = self.shared.send(owner, msg) {
+                } else if let Err(Msg::Submit { spec, reply }) = self.shared.send(owner, msg) {
                     self.refuse(
                         &reply,
                         Error::new(Code::Busy, "the daemon's queues are full; retry shortly"),
                     );
+                    self.recycle(self.index, spec.input, spec.output);
                 }
             }
             Request::Status { job } | Request::Cancel { job }
@@ -1105,6 +1130,7 @@ impl Shard {
             if waiter.reply.tree.is_none() {
                 self.reply(&waiter.reply, Reply::Accepted(id), !waiter.wait);
             }
+            let home = waiter.reply.shard;
             if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
                 self.jobs[slot]
                     .as_mut()
@@ -1114,6 +1140,8 @@ impl Shard {
             } else if let Some(queued) = self.queue.iter_mut().find(|q| q.id == id) {
                 queued.waiters.push(waiter);
             }
+            // The running job has the same paths; this spec's buffers go back.
+            self.recycle(home, spec.input, spec.output);
             return;
         }
         if self.queue.len() >= MAX_QUEUED_JOBS_PER_SHARD {
@@ -1126,6 +1154,7 @@ impl Shard {
                     &waiter.reply,
                     Error::new(Code::Busy, "this shard's job queue is full; retry shortly"),
                 );
+                self.recycle(waiter.reply.shard, spec.input, spec.output);
             }
             return;
         }
@@ -1255,6 +1284,12 @@ impl Shard {
         let inbox = &self.shared.inboxes[self.index];
         inbox.jobs_done.fetch_add(1, Ordering::Relaxed);
         inbox.bytes_out.fetch_add(job.bytes_out, Ordering::Relaxed);
+        // The spec's paths were made where the first waiter's replies go: the connection's
+        // shard parsed the request (and runs jobs on passed descriptors itself), a tree's
+        // shard built its files' specs. Room is made in the record first, so the buffers
+        // it frees travel ahead of the replies: the request a reply prompts finds them.
+        let home = waiters.first.reply.shard;
+        self.make_room_in_finished();
         for waiter in waiters.into_iter().filter(|w| w.wait) {
             if waiter.reply.tree.is_some() {
                 // The input path names a failure; a file that did not fail needs none.
@@ -1299,15 +1334,18 @@ impl Shard {
             self.reply(&waiter.reply, answer, true);
         }
         // The job is over: its paths move into the record of finished jobs.
-        self.remember(JobInfo {
-            job: job.id,
-            op: job.spec.op,
-            input: std::mem::take(&mut job.spec.input),
-            output: std::mem::take(&mut job.spec.output),
-            state,
-            bytes_done: job.bytes_in,
-            bytes_total: job.input_len(),
-        });
+        self.remember(
+            JobInfo {
+                job: job.id,
+                op: job.spec.op,
+                input: std::mem::take(&mut job.spec.input),
+                output: std::mem::take(&mut job.spec.output),
+                state,
+                bytes_done: job.bytes_in,
+                bytes_total: job.input_len(),
+            },
+            home,
+        );
         self.admit();
     }
 
@@ -1363,7 +1401,9 @@ impl Shard {
         for seq in &ready {
             specs.clear();
             match self.trees.get_mut(seq) {
-                Some(tree) => tree.job.step(&self.shared.roots, &mut specs),
+                Some(tree) => tree
+                    .job
+                    .step(&self.shared.roots, &mut specs, &mut self.spares),
                 None => continue,
             }
             for spec in specs.drain(..) {
@@ -1411,7 +1451,11 @@ impl Shard {
 
     /// Ends a finished tree: metrics, the job record, and its one `done` (or `error`).
     fn tree_result_finish(&mut self, seq: u64) {
-        let Tree { job, reply, wait } = self.trees.remove(&seq).expect("present");
+        let Tree {
+            mut job,
+            reply,
+            wait,
+        } = self.trees.remove(&seq).expect("present");
         let report = job.report();
         let cancelled = job.is_cancelled();
         let result = match (cancelled, report.files_failed) {
@@ -1422,23 +1466,14 @@ impl Shard {
         self.metrics
             .job_ended(job.spec.op, result, report.micros as f64 / 1e6);
         let progress = job.progress();
-        self.remember(JobInfo {
-            job: job.id,
-            op: job.spec.op,
-            input: job.spec.input.clone(),
-            output: job.spec.output.clone(),
-            state: match result {
-                JobResult::Ok => JobState::Done,
-                JobResult::Failed => JobState::Failed,
-                JobResult::Cancelled => JobState::Cancelled,
-            },
-            bytes_done: progress.bytes_done,
-            bytes_total: progress.bytes_total,
-        });
-        if !wait {
-            return;
-        }
-        let line = if cancelled {
+        let state = match result {
+            JobResult::Ok => JobState::Done,
+            JobResult::Failed => JobState::Failed,
+            JobResult::Cancelled => JobState::Cancelled,
+        };
+        let line = if !wait {
+            None
+        } else if cancelled {
             let err = Error::new(
                 Code::Cancelled,
                 format!(
@@ -1448,11 +1483,26 @@ impl Shard {
                     report.files_failed
                 ),
             );
-            error_line(reply.id.as_ref(), &err)
+            Some(error_line(reply.id.as_ref(), &err))
         } else {
-            protocol::done(reply.id.as_ref(), &report)
+            Some(protocol::done(reply.id.as_ref(), &report))
         };
-        self.queue_line(reply.conn, &line, true);
+        // The tree's request was parsed here; its paths move into the record.
+        self.remember(
+            JobInfo {
+                job: job.id,
+                op: job.spec.op,
+                input: std::mem::take(&mut job.spec.input),
+                output: std::mem::take(&mut job.spec.output),
+                state,
+                bytes_done: progress.bytes_done,
+                bytes_total: progress.bytes_total,
+            },
+            self.index,
+        );
+        if let Some(line) = line {
+            self.queue_line(reply.conn, &line, true);
+        }
     }
 
     fn tree_progress(&mut self, seq: u64) {
@@ -1471,11 +1521,32 @@ impl Shard {
         }
     }
 
-    fn remember(&mut self, info: JobInfo) {
-        if self.finished.len() == FINISHED_JOBS_KEPT {
-            self.finished.pop_front();
+    /// Records an ended job whose paths were made on shard `home`.
+    fn remember(&mut self, info: JobInfo, home: usize) {
+        self.make_room_in_finished();
+        self.finished.push_back(Finished { info, home });
+    }
+
+    /// Drops the oldest record if the ring is full, sending its paths home for reuse.
+    fn make_room_in_finished(&mut self) {
+        if self.finished.len() < FINISHED_JOBS_KEPT {
+            return;
         }
-        self.finished.push_back(info);
+        let Some(Finished { info, home }) = self.finished.pop_front() else {
+            return;
+        };
+        self.recycle(home, info.input, info.output);
+    }
+
+    /// Gives a spec's path buffers back to the shard that made them. A full inbox or pool
+    /// drops them instead: recycling saves an allocation, it is never worth a wait.
+    fn recycle(&mut self, home: usize, input: PathBuf, output: PathBuf) {
+        if home == self.index {
+            self.spares.give(input);
+            self.spares.give(output);
+        } else {
+            let _ = self.shared.send(home, Msg::Recycle { input, output });
+        }
     }
 
     fn job_info(&self, id: JobId) -> Option<JobInfo> {
@@ -1514,7 +1585,10 @@ impl Shard {
                 bytes_total: 0,
             });
         }
-        self.finished.iter().find(|info| info.job == id).cloned()
+        self.finished
+            .iter()
+            .find(|done| done.info.job == id)
+            .map(|done| done.info.clone())
     }
 
     fn all_jobs(&self) -> Vec<JobInfo> {
@@ -1531,7 +1605,7 @@ impl Shard {
                 })
             })
             .collect();
-        out.extend(self.finished.iter().cloned());
+        out.extend(self.finished.iter().map(|done| done.info.clone()));
         out
     }
 
@@ -1567,18 +1641,23 @@ impl Shard {
                 Code::Cancelled,
                 format!("{}: the job was cancelled", queued.spec.input.display()),
             );
+            // As in `finish`: the first waiter's shard made the spec.
+            let home = queued.waiters.first.reply.shard;
             for waiter in queued.waiters.into_iter().filter(|w| w.wait) {
                 self.reply(&waiter.reply, Reply::Error(err.clone()), true);
             }
-            self.remember(JobInfo {
-                job: id,
-                op: queued.spec.op,
-                input: queued.spec.input,
-                output: queued.spec.output,
-                state: JobState::Cancelled,
-                bytes_done: 0,
-                bytes_total: 0,
-            });
+            self.remember(
+                JobInfo {
+                    job: id,
+                    op: queued.spec.op,
+                    input: queued.spec.input,
+                    output: queued.spec.output,
+                    state: JobState::Cancelled,
+                    bytes_done: 0,
+                    bytes_total: 0,
+                },
+                home,
+            );
             self.reply(&reply, Reply::Cancelled(id), true);
             return;
         }
@@ -1587,8 +1666,8 @@ impl Shard {
             self.reply(&reply, Reply::Cancelled(id), true);
             return;
         }
-        let err = match self.finished.iter().find(|info| info.job == id) {
-            Some(info) => Error::new(
+        let err = match self.finished.iter().find(|done| done.info.job == id) {
+            Some(Finished { info, .. }) => Error::new(
                 Code::NotFound,
                 format!(
                     "job {id} already ended ({}); there is nothing to cancel",

@@ -29,6 +29,7 @@ use rustix::io::Errno;
 use crate::error::{Code, Error};
 use crate::protocol::{
     DoneReport, Failure, FileJobSpec, FileOp, JobId, MAX_FAILURES_REPORTED, Progress, Skipped,
+    SparePaths,
 };
 use crate::roots::{RESOLVE_CONFINED, Roots};
 
@@ -132,8 +133,9 @@ impl TreeJob {
     }
 
     /// Walks for up to [`WALK_SLICE`], adding the file jobs to submit to `out` (empty when
-    /// called; the caller keeps it from step to step).
-    pub fn step(&mut self, roots: &Roots, out: &mut Vec<FileJobSpec>) {
+    /// called; the caller keeps it from step to step). Their paths are written into buffers
+    /// taken from `spares`, the shard's, which get them back when the jobs' records go.
+    pub fn step(&mut self, roots: &Roots, out: &mut Vec<FileJobSpec>, spares: &mut SparePaths) {
         let until = Instant::now() + WALK_SLICE;
         while self.in_flight + out.len() < TREE_WINDOW
             && let Some(spec) = self.retry.pop_front()
@@ -173,14 +175,40 @@ impl TreeJob {
                 heap.as_c_str()
             };
             let kind = entry.file_type();
-            self.visit(roots, name, kind, out);
+            self.visit(roots, name, kind, out, spares);
         }
         self.in_flight += out.len();
     }
 
-    fn visit(&mut self, roots: &Roots, name: &CStr, kind: FileType, out: &mut Vec<FileJobSpec>) {
+    fn visit(
+        &mut self,
+        roots: &Roots,
+        name: &CStr,
+        kind: FileType,
+        out: &mut Vec<FileJobSpec>,
+        spares: &mut SparePaths,
+    ) {
         let level = self.stack.last().expect("visit runs inside a level");
-        let input = joined(&self.spec.input, &level.rel, &[name.to_bytes()]);
+        let input = joined(spares, &self.spec.input, &level.rel, &[name.to_bytes()]);
+        // Every entry but a file to process is named only in the failures and skips,
+        // which copy the name: its buffer goes back at once.
+        if let Some(input) = self.visit_entry(roots, name, kind, input, out, spares) {
+            spares.give(input);
+        }
+    }
+
+    /// [`TreeJob::visit`] for the entry at `input`: pushes a file job, which keeps `input`,
+    /// or hands `input` back.
+    fn visit_entry(
+        &mut self,
+        roots: &Roots,
+        name: &CStr,
+        kind: FileType,
+        input: PathBuf,
+        out: &mut Vec<FileJobSpec>,
+        spares: &mut SparePaths,
+    ) -> Option<PathBuf> {
+        let level = self.stack.last().expect("visit runs inside a level");
         // d_type can be unknown on some filesystems: ask without following links.
         let stat = match rustix::fs::statat(
             level.dir.fd().expect("an open directory"),
@@ -190,7 +218,7 @@ impl TreeJob {
             Ok(stat) => stat,
             Err(err) => {
                 self.fail(&input, Error::io("stat", &input, err.into()));
-                return;
+                return Some(input);
             }
         };
         let kind = if kind == FileType::Unknown {
@@ -209,7 +237,7 @@ impl TreeJob {
                         ),
                     );
                     self.fail(&input, err);
-                    return;
+                    return Some(input);
                 }
                 let rel = level.rel.join(OsStr::from_bytes(name.to_bytes()));
                 match self.descend(roots, name, &rel, stat.st_mode & 0o7777) {
@@ -220,9 +248,9 @@ impl TreeJob {
             FileType::RegularFile => {
                 let Some((stem, suffix)) = self.output_name(name.to_bytes()) else {
                     self.skip(&input, "not a .rcrypt file");
-                    return;
+                    return Some(input);
                 };
-                let output = joined(&self.spec.output, &level.rel, &[stem, suffix]);
+                let output = joined(spares, &self.spec.output, &level.rel, &[stem, suffix]);
                 let mut spec = FileJobSpec::new(self.spec.op, input, output);
                 spec.key = self.spec.key.clone();
                 spec.overwrite = self.spec.overwrite;
@@ -230,6 +258,7 @@ impl TreeJob {
                 self.files_total += 1;
                 self.bytes_total += stat.st_size as u64;
                 out.push(spec);
+                return None;
             }
             FileType::Symlink => self.skip(&input, "symbolic link"),
             FileType::Fifo => self.skip(&input, "fifo"),
@@ -237,6 +266,7 @@ impl TreeJob {
             FileType::BlockDevice | FileType::CharacterDevice => self.skip(&input, "device"),
             FileType::Unknown => self.skip(&input, "unknown file type"),
         }
+        Some(input)
     }
 
     /// Opens an input subdirectory and creates its output twin with the same mode bits.
@@ -380,13 +410,17 @@ impl TreeJob {
     }
 }
 
-/// `base.join(rel).join(name)`, with `name` given in parts, built in one allocation of the
-/// exact size. `rel` is empty or relative without a trailing `/`; `name` holds no `/`.
-fn joined(base: &Path, rel: &Path, name: &[&[u8]]) -> PathBuf {
+/// `base.join(rel).join(name)`, with `name` given in parts, written into a spare from
+/// `spares` with room for all of it (so at most one allocation, none when a spare fits).
+/// `rel` is empty or relative without a trailing `/`; `name` holds no `/`.
+fn joined(spares: &mut SparePaths, base: &Path, rel: &Path, name: &[&[u8]]) -> PathBuf {
     let base = base.as_os_str().as_bytes();
     let rel = rel.as_os_str().as_bytes();
     let name_len: usize = name.iter().map(|part| part.len()).sum();
-    let mut path = Vec::with_capacity(base.len() + rel.len() + name_len + 2);
+    let mut path = spares
+        .take(base.len() + rel.len() + name_len + 2)
+        .into_os_string()
+        .into_vec();
     path.extend_from_slice(base);
     if !rel.is_empty() {
         if !path.ends_with(b"/") {
@@ -468,5 +502,38 @@ fn confined_error(op: &str, path: &Path, err: Errno) -> Error {
             ),
         ),
         e => Error::io(op, path, e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_paths_are_written_into_spares() {
+        let mut spares = SparePaths::with_bound(2);
+        // A spare that held another path: it is emptied, then written.
+        let mut spare = OsString::with_capacity(64);
+        let at_spare = spare.as_encoded_bytes().as_ptr();
+        spare.push("old contents");
+        spares.give(PathBuf::from(spare));
+        let path = joined(
+            &mut spares,
+            Path::new("/in"),
+            Path::new("a/b"),
+            &[b"f", b".x"],
+        );
+        assert_eq!(path, Path::new("/in/a/b/f.x"));
+        assert_eq!(path.as_os_str().as_encoded_bytes().as_ptr(), at_spare);
+        assert!(spares.is_empty());
+        // No rel, and a base that is the root: one `/` between the parts, never two.
+        assert_eq!(
+            joined(&mut spares, Path::new("/"), Path::new(""), &[b"f"]),
+            Path::new("/f")
+        );
+        assert_eq!(
+            joined(&mut spares, Path::new("/o"), Path::new(""), &[b"f", b""]),
+            Path::new("/o/f")
+        );
     }
 }
