@@ -280,11 +280,47 @@ macro_rules! both_backends {
     };
 }
 
+/// One flat directory of 3,000 files with names of many lengths: far more entries than a
+/// walk window (256 file jobs) and than one directory read returns, so the walk stops and
+/// resumes inside the directory many times, with entries already read but not yet visited.
+/// Every file must come out exactly once: none skipped, none twice.
+fn a_flat_directory_is_walked_exactly_once(backend: &'static str) {
+    let d = Daemon::start(backend);
+    let src = d.root.join("flat");
+    fs::create_dir(&src).unwrap();
+    let count = 3_000;
+    let mut total = 0u64;
+    for i in 0..count {
+        let name = format!("{}{i}.dat", "n".repeat(i % 97));
+        let size = (i * 13) % 700;
+        fs::write(src.join(&name), bytes(size, i as u64)).unwrap();
+        total += size as u64;
+    }
+    let out = d.root.join("flat.rcrypt");
+    let done = run_tree(&d, &tree_req("encrypt", &src, &out), count as u64, total);
+    assert_eq!(done["files_ok"], count as u64, "{done}");
+    assert_eq!(done["files_failed"], 0, "{done}");
+    assert_eq!(done["bytes_in"], total, "{done}");
+    let names: std::collections::BTreeSet<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), count, "one output per input");
+    for i in 0..count {
+        let name = format!("{}{i}.dat.rcrypt", "n".repeat(i % 97));
+        assert!(
+            names.contains(std::ffi::OsStr::new(&name)),
+            "{name} missing"
+        );
+    }
+}
+
 both_backends!(
     encrypt_decrypt_identical,
     killed_mid_tree_resumes,
     client_killed_mid_tree_resumes,
     json_output_snapshot,
+    a_flat_directory_is_walked_exactly_once,
 );
 
 fn running_as_root() -> bool {
