@@ -10,7 +10,7 @@ use ringcrypt::Code;
 use ringcrypt::format::{Header, Layout};
 use ringcrypt::keys::KeyRing;
 use ringcrypt::limits::{BLOCK_BYTES, CHUNK_LOG2_MAX, CHUNK_LOG2_MIN, HEADER_BYTES, TAG_BYTES};
-use ringcrypt::protocol::{encode_request, parse_request};
+use ringcrypt::protocol::{SparePaths, encode_request, parse_request, parse_request_reusing};
 use ringcrypt::stream;
 
 /// The kit's key ring (`tests/vectors/keyring.toml`), inlined so the `open` target needs no
@@ -139,11 +139,29 @@ pub fn check_open(ring: &KeyRing, data: &[u8]) -> bool {
     }
 }
 
-/// `request`: `parse_request` on any bytes never panics; a request it accepts, encoded by
-/// `encode_request` and parsed again, gives the same id and request, and the encoding is one
-/// line.
+/// `request`: `parse_request` on any bytes never panics; `parse_request_reusing` (the
+/// daemon's, into recycled path buffers) gives the same answer and keeps its pool bounded; a
+/// request it accepts, encoded by `encode_request` and parsed again, gives the same id and
+/// request, and the encoding is one line.
 pub fn check_request(data: &[u8]) {
     let parsed = parse_request(data);
+    // The daemon parses into recycled path buffers: with spares of any size and stale
+    // contents, the answer must be the same, and the pool must stay within its bound.
+    let mut spares = SparePaths::with_bound(2);
+    spares.give(std::path::PathBuf::with_capacity(1));
+    spares.give(std::path::PathBuf::from("/stale/contents/of/an/earlier/job"));
+    let reused = parse_request_reusing(data, &mut spares);
+    assert_eq!(reused.id, parsed.id, "the reusing parser read another id");
+    assert_eq!(
+        format!("{:?}", reused.request),
+        format!("{:?}", parsed.request),
+        "the reusing parser gave another answer"
+    );
+    if let Ok(ringcrypt::protocol::Request::File(spec)) = reused.request {
+        spares.give(spec.input);
+        spares.give(spec.output);
+    }
+    assert!(spares.len() <= 2, "the spare pool grew past its bound");
     if let Ok(request) = &parsed.request {
         let line = encode_request(parsed.id.as_ref(), request);
         let body = line
