@@ -23,7 +23,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, ResolveFlags, SeekFrom};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use crate::error::{Code, Error};
@@ -51,11 +51,6 @@ pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// to the heap instead.
 const NAME_BUF_BYTES: usize = 256;
 
-/// The buffer each tree lists its directories through (`getdents64`), allocated once per
-/// tree and reused for every directory: room for about a hundred entries with ordinary names
-/// per call, and larger than the largest single entry (a 255-byte name and its header).
-const DIRENTS_BUF_BYTES: usize = 8192;
-
 /// The result of one file of a tree, from its owner shard.
 pub enum FileResult {
     Done {
@@ -70,9 +65,7 @@ pub enum FileResult {
 }
 
 struct Level {
-    /// The input directory, read with `getdents64` from its own position; a walk that stops
-    /// mid-buffer seeks it back to the next unread entry.
-    dir: OwnedFd,
+    dir: Dir,
     /// The input directory, relative to the tree's input root ("" for the root).
     rel: PathBuf,
     /// The output directory, opened (confined) so files and subdirectories go into it.
@@ -84,8 +77,6 @@ pub struct TreeJob {
     pub id: JobId,
     pub spec: FileJobSpec,
     stack: Vec<Level>,
-    /// Where directory entries are read into (see [`DIRENTS_BUF_BYTES`]).
-    dirents: Vec<std::mem::MaybeUninit<u8>>,
     walked: bool,
     retry: VecDeque<FileJobSpec>,
     pub in_flight: usize,
@@ -108,15 +99,15 @@ impl TreeJob {
     pub fn start(id: JobId, spec: FileJobSpec, roots: &Roots) -> Result<TreeJob, Error> {
         let input = open_dir(roots, &spec.input)?;
         let out = make_dir_path(roots, &spec.output, dir_mode(&input))?;
+        let dir = Dir::read_from(&input).map_err(|e| Error::io("list", &spec.input, e.into()))?;
         Ok(TreeJob {
             id,
             spec,
             stack: vec![Level {
-                dir: input,
+                dir,
                 rel: PathBuf::new(),
                 out,
             }],
-            dirents: vec![std::mem::MaybeUninit::uninit(); DIRENTS_BUF_BYTES],
             walked: false,
             retry: VecDeque::new(),
             in_flight: 0,
@@ -152,78 +143,39 @@ impl TreeJob {
             out.push(spec);
         }
         while !self.walked && self.in_flight + out.len() < TREE_WINDOW && Instant::now() < until {
-            let Some(level) = self.stack.last() else {
+            let Some(level) = self.stack.last_mut() else {
                 self.walked = true;
                 break;
             };
-            let depth = self.stack.len();
-            // A duplicate shares the directory's read position, and leaves `self` free to be
-            // changed by the visits while entries are read through it.
-            let dir = match level.dir.try_clone() {
-                Ok(dir) => dir,
-                Err(err) => {
-                    let path = self.spec.input.join(&level.rel);
-                    self.fail(&path, Error::io("list", &path, err));
+            let entry = match level.dir.read() {
+                None => {
                     self.stack.pop();
                     continue;
                 }
-            };
-            let mut dirents = std::mem::take(&mut self.dirents);
-            let mut entries = RawDir::new(&dir, &mut dirents);
-            // Where to seek the directory back to if the walk stops with entries of the
-            // buffer unread: the position after the last entry visited.
-            let mut resume_at = None;
-            let mut level_done = false;
-            loop {
-                let room = self.in_flight + out.len() < TREE_WINDOW && Instant::now() < until;
-                // A visit that entered a subdirectory: walk it first (depth first).
-                if !room || self.stack.len() != depth {
-                    break;
-                }
-                let entry = match entries.next() {
-                    None => {
-                        level_done = true;
-                        break;
-                    }
-                    Some(Err(err)) => {
-                        let path = self.spec.input.join(&self.stack[depth - 1].rel);
-                        self.fail(&path, Error::io("list", &path, err.into()));
-                        level_done = true;
-                        break;
-                    }
-                    Some(Ok(entry)) => entry,
-                };
-                resume_at = Some(entry.next_entry_cookie());
-                let bytes = entry.file_name().to_bytes_with_nul();
-                if bytes == b".\0" || bytes == b"..\0" {
+                Some(Err(err)) => {
+                    let path = self.spec.input.join(&level.rel);
+                    self.fail(&path, Error::io("list", &path, err.into()));
+                    self.stack.pop();
                     continue;
                 }
-                // The name is copied out of the entry buffer, which the next read refills.
-                let mut buf = [0u8; NAME_BUF_BYTES];
-                let heap;
-                let name = if bytes.len() <= NAME_BUF_BYTES {
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    CStr::from_bytes_with_nul(&buf[..bytes.len()]).expect("one NUL, at the end")
-                } else {
-                    heap = entry.file_name().to_owned();
-                    heap.as_c_str()
-                };
-                let kind = entry.file_type();
-                self.visit(roots, name, kind, out, spares);
+                Some(Ok(entry)) => entry,
+            };
+            let bytes = entry.file_name().to_bytes_with_nul();
+            if bytes == b".\0" || bytes == b"..\0" {
+                continue;
             }
-            let unread = !entries.is_buffer_empty();
-            self.dirents = dirents;
-            if level_done {
-                // The level being read, which a visit may have covered with a subdirectory.
-                self.stack.remove(depth - 1);
-            } else if unread && let Some(cookie) = resume_at {
-                // Entries already read into the buffer would be lost: go back to them.
-                if let Err(err) = rustix::fs::seek(&dir, SeekFrom::Start(cookie)) {
-                    let path = self.spec.input.join(&self.stack[depth - 1].rel);
-                    self.fail(&path, Error::io("list", &path, err.into()));
-                    self.stack.remove(depth - 1);
-                }
-            }
+            // The name is copied out of the directory's buffer, which the visit may refill.
+            let mut buf = [0u8; NAME_BUF_BYTES];
+            let heap;
+            let name = if bytes.len() <= NAME_BUF_BYTES {
+                buf[..bytes.len()].copy_from_slice(bytes);
+                CStr::from_bytes_with_nul(&buf[..bytes.len()]).expect("one NUL, at the end")
+            } else {
+                heap = entry.file_name().to_owned();
+                heap.as_c_str()
+            };
+            let kind = entry.file_type();
+            self.visit(roots, name, kind, out, spares);
         }
         self.in_flight += out.len();
     }
@@ -258,7 +210,11 @@ impl TreeJob {
     ) -> Option<PathBuf> {
         let level = self.stack.last().expect("visit runs inside a level");
         // d_type can be unknown on some filesystems: ask without following links.
-        let stat = match rustix::fs::statat(&level.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        let stat = match rustix::fs::statat(
+            level.dir.fd().expect("an open directory"),
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
             Ok(stat) => stat,
             Err(err) => {
                 self.fail(&input, Error::io("stat", &input, err.into()));
@@ -320,8 +276,9 @@ impl TreeJob {
         let fd = open_dir(roots, &input)?;
         let parent = &self.stack.last().expect("inside a level").out;
         let out = make_dir_in(parent, name, mode, &output)?;
+        let dir = Dir::read_from(&fd).map_err(|e| Error::io("list", &input, e.into()))?;
         Ok(Level {
-            dir: fd,
+            dir,
             rel: rel.to_path_buf(),
             out,
         })
