@@ -23,7 +23,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, ResolveFlags};
 use rustix::io::Errno;
 
 use crate::error::{Code, Error};
@@ -51,6 +51,11 @@ pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// to the heap instead.
 const NAME_BUF_BYTES: usize = 256;
 
+/// The buffer a tree reads directory entries into (`getdents64`), allocated once per tree:
+/// room for about a hundred entries with ordinary names per call, and more than the largest
+/// single entry (a 255-byte name and its header).
+const DIRENTS_BUF_BYTES: usize = 8192;
+
 /// The result of one file of a tree, from its owner shard.
 pub enum FileResult {
     Done {
@@ -65,7 +70,15 @@ pub enum FileResult {
 }
 
 struct Level {
-    dir: Dir,
+    /// The input directory, read one `getdents64` batch at a time.
+    dir: OwnedFd,
+    /// The entries of the last batch not yet visited, each a type byte, the name and a NUL,
+    /// from `pos` on. A walk step may stop anywhere in them (window full, time slice over,
+    /// a subdirectory to walk first); they wait here, so no batch is read twice.
+    pending: Vec<u8>,
+    pos: usize,
+    /// The directory has no entries left to read.
+    read_all: bool,
     /// The input directory, relative to the tree's input root ("" for the root).
     rel: PathBuf,
     /// The output directory, opened (confined) so files and subdirectories go into it.
@@ -77,6 +90,10 @@ pub struct TreeJob {
     pub id: JobId,
     pub spec: FileJobSpec,
     stack: Vec<Level>,
+    /// Where `getdents64` writes (see [`DIRENTS_BUF_BYTES`]).
+    dirents: Vec<std::mem::MaybeUninit<u8>>,
+    /// Pending-entry buffers of levels already walked, for the next levels to reuse.
+    spare_pending: Vec<Vec<u8>>,
     walked: bool,
     retry: VecDeque<FileJobSpec>,
     pub in_flight: usize,
@@ -99,15 +116,19 @@ impl TreeJob {
     pub fn start(id: JobId, spec: FileJobSpec, roots: &Roots) -> Result<TreeJob, Error> {
         let input = open_dir(roots, &spec.input)?;
         let out = make_dir_path(roots, &spec.output, dir_mode(&input))?;
-        let dir = Dir::read_from(&input).map_err(|e| Error::io("list", &spec.input, e.into()))?;
         Ok(TreeJob {
             id,
             spec,
             stack: vec![Level {
-                dir,
+                dir: input,
+                pending: Vec::new(),
+                pos: 0,
+                read_all: false,
                 rel: PathBuf::new(),
                 out,
             }],
+            dirents: vec![std::mem::MaybeUninit::uninit(); DIRENTS_BUF_BYTES],
+            spare_pending: Vec::new(),
             walked: false,
             retry: VecDeque::new(),
             in_flight: 0,
@@ -147,37 +168,75 @@ impl TreeJob {
                 self.walked = true;
                 break;
             };
-            let entry = match level.dir.read() {
-                None => {
-                    self.stack.pop();
+            if level.pos == level.pending.len() {
+                if level.read_all {
+                    let done = self.stack.pop().expect("a level is open");
+                    self.spare_pending.push(done.pending);
                     continue;
                 }
-                Some(Err(err)) => {
+                if let Err(err) = Self::read_batch(level, &mut self.dirents) {
                     let path = self.spec.input.join(&level.rel);
                     self.fail(&path, Error::io("list", &path, err.into()));
-                    self.stack.pop();
-                    continue;
+                    let done = self.stack.pop().expect("a level is open");
+                    self.spare_pending.push(done.pending);
                 }
-                Some(Ok(entry)) => entry,
-            };
-            let bytes = entry.file_name().to_bytes_with_nul();
-            if bytes == b".\0" || bytes == b"..\0" {
                 continue;
             }
-            // The name is copied out of the directory's buffer, which the visit may refill.
+            // The name is copied out of the pending entries, which a visit that enters a
+            // subdirectory leaves waiting.
+            let kind = type_of(level.pending[level.pos]);
+            let start = level.pos + 1;
+            let len = level.pending[start..]
+                .iter()
+                .position(|&b| b == 0)
+                .expect("every pending name ends in a NUL");
+            level.pos = start + len + 1;
+            let with_nul = &level.pending[start..start + len + 1];
             let mut buf = [0u8; NAME_BUF_BYTES];
             let heap;
-            let name = if bytes.len() <= NAME_BUF_BYTES {
-                buf[..bytes.len()].copy_from_slice(bytes);
-                CStr::from_bytes_with_nul(&buf[..bytes.len()]).expect("one NUL, at the end")
+            let name = if with_nul.len() <= NAME_BUF_BYTES {
+                buf[..with_nul.len()].copy_from_slice(with_nul);
+                CStr::from_bytes_with_nul(&buf[..with_nul.len()]).expect("one NUL, at the end")
             } else {
-                heap = entry.file_name().to_owned();
+                heap = CStr::from_bytes_with_nul(with_nul)
+                    .expect("one NUL, at the end")
+                    .to_owned();
                 heap.as_c_str()
             };
-            let kind = entry.file_type();
             self.visit(roots, name, kind, out, spares);
         }
         self.in_flight += out.len();
+    }
+
+    /// Reads the next `getdents64` batch of `level` into its pending entries (skipping `.`
+    /// and `..`), or marks it read to the end.
+    fn read_batch(
+        level: &mut Level,
+        dirents: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<(), rustix::io::Errno> {
+        level.pending.clear();
+        level.pos = 0;
+        let mut entries = RawDir::new(&level.dir, dirents);
+        loop {
+            match entries.next() {
+                None => {
+                    level.read_all = true;
+                    return Ok(());
+                }
+                Some(Err(err)) => return Err(err),
+                Some(Ok(entry)) => {
+                    let name = entry.file_name().to_bytes_with_nul();
+                    if name != b".\0" && name != b"..\0" {
+                        level.pending.push(type_code(entry.file_type()));
+                        level.pending.extend_from_slice(name);
+                    }
+                }
+            }
+            // One batch: asking for more now would read past what the walk can use.
+            if entries.is_buffer_empty() {
+                return Ok(());
+            }
+        }
     }
 
     fn visit(
@@ -210,11 +269,7 @@ impl TreeJob {
     ) -> Option<PathBuf> {
         let level = self.stack.last().expect("visit runs inside a level");
         // d_type can be unknown on some filesystems: ask without following links.
-        let stat = match rustix::fs::statat(
-            level.dir.fd().expect("an open directory"),
-            name,
-            AtFlags::SYMLINK_NOFOLLOW,
-        ) {
+        let stat = match rustix::fs::statat(&level.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => stat,
             Err(err) => {
                 self.fail(&input, Error::io("stat", &input, err.into()));
@@ -241,7 +296,10 @@ impl TreeJob {
                 }
                 let rel = level.rel.join(OsStr::from_bytes(name.to_bytes()));
                 match self.descend(roots, name, &rel, stat.st_mode & 0o7777) {
-                    Ok(level) => self.stack.push(level),
+                    Ok(mut level) => {
+                        level.pending = self.spare_pending.pop().unwrap_or_default();
+                        self.stack.push(level);
+                    }
                     Err(err) => self.fail(&input, err),
                 }
             }
@@ -276,9 +334,11 @@ impl TreeJob {
         let fd = open_dir(roots, &input)?;
         let parent = &self.stack.last().expect("inside a level").out;
         let out = make_dir_in(parent, name, mode, &output)?;
-        let dir = Dir::read_from(&fd).map_err(|e| Error::io("list", &input, e.into()))?;
         Ok(Level {
-            dir,
+            dir: fd,
+            pending: Vec::new(),
+            pos: 0,
+            read_all: false,
             rel: rel.to_path_buf(),
             out,
         })
@@ -441,6 +501,33 @@ fn dir_mode(fd: &OwnedFd) -> u32 {
     rustix::fs::fstat(fd)
         .map(|s| s.st_mode & 0o7777)
         .unwrap_or(0o755)
+}
+
+/// A directory entry's type as one byte in the pending entries, and back.
+fn type_code(kind: FileType) -> u8 {
+    match kind {
+        FileType::RegularFile => 1,
+        FileType::Directory => 2,
+        FileType::Symlink => 3,
+        FileType::Fifo => 4,
+        FileType::Socket => 5,
+        FileType::CharacterDevice => 6,
+        FileType::BlockDevice => 7,
+        _ => 0,
+    }
+}
+
+fn type_of(code: u8) -> FileType {
+    match code {
+        1 => FileType::RegularFile,
+        2 => FileType::Directory,
+        3 => FileType::Symlink,
+        4 => FileType::Fifo,
+        5 => FileType::Socket,
+        6 => FileType::CharacterDevice,
+        7 => FileType::BlockDevice,
+        _ => FileType::Unknown,
+    }
 }
 
 /// Opens a directory confined beneath its allowed root.
