@@ -149,7 +149,9 @@ pub fn check_request(data: &[u8]) {
     // contents, the answer must be the same, and the pool must stay within its bound.
     let mut spares = SparePaths::with_bound(2);
     spares.give(std::path::PathBuf::with_capacity(1));
-    spares.give(std::path::PathBuf::from("/stale/contents/of/an/earlier/job"));
+    spares.give(std::path::PathBuf::from(
+        "/stale/contents/of/an/earlier/job",
+    ));
     let reused = parse_request_reusing(data, &mut spares);
     assert_eq!(reused.id, parsed.id, "the reusing parser read another id");
     assert_eq!(
