@@ -69,6 +69,8 @@
 
 #![deny(unsafe_code)]
 
+#[path = "../tests/support/quiet_client.rs"]
+mod quiet_client;
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -76,10 +78,7 @@ use std::backtrace::Backtrace;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs;
-use std::io::{IoSlice, Read, Write};
-use std::mem::MaybeUninit;
-use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -88,6 +87,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use quiet_client::Conn;
 use ringcrypt::limits::FINISHED_JOBS_KEPT;
 use ringcrypt::protocol::{self, FileJobSpec, FileOp, Request, RequestId};
 use ringcrypt::tree_job::TREE_WINDOW;
@@ -408,139 +408,8 @@ fn request_line(id: u64, op: FileOp, input: &Path, output: &Path, form: Form) ->
 
 // ---- the client ---------------------------------------------------------------------------
 
-/// Longest reply line the client takes: a `done` of a tree lists at most 100 failures.
-const REPLY_BUFFER_BYTES: usize = 256 * KIB as usize;
-
 /// How long a reply may take before the bench gives up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// One connection; replies land in a fixed buffer and are split in place.
-struct Conn {
-    stream: UnixStream,
-    buf: Box<[u8]>,
-    start: usize,
-    filled: usize,
-}
-
-impl Conn {
-    fn connect(socket: &Path) -> std::io::Result<Conn> {
-        let stream = UnixStream::connect(socket)?;
-        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        Ok(Conn {
-            stream,
-            buf: vec![0u8; REPLY_BUFFER_BYTES].into_boxed_slice(),
-            start: 0,
-            filled: 0,
-        })
-    }
-
-    /// The next reply line (without its newline), as a range of `buf`. Allocation-free.
-    fn next_line(&mut self) -> (usize, usize) {
-        loop {
-            if let Some(pos) = self.buf[self.start..self.filled]
-                .iter()
-                .position(|&b| b == b'\n')
-            {
-                let line = (self.start, self.start + pos);
-                self.start += pos + 1;
-                return line;
-            }
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.filled, 0);
-                self.filled -= self.start;
-                self.start = 0;
-            }
-            assert!(
-                self.filled < self.buf.len(),
-                "a reply line is longer than {REPLY_BUFFER_BYTES} bytes"
-            );
-            let n = self
-                .stream
-                .read(&mut self.buf[self.filled..])
-                .expect("read a reply");
-            assert!(n > 0, "ringcryptd closed the connection");
-            self.filled += n;
-        }
-    }
-
-    /// Sends one request and reads its replies up to the final one, which must be a `done`
-    /// containing `expect`. Allocation-free unless it fails.
-    fn job(&mut self, line: &[u8], expect: &[u8]) {
-        (&self.stream).write_all(line).expect("send a request");
-        self.until_done(expect);
-    }
-
-    /// As [`Conn::job`] for a request with `"fds": true`: opens `input` and makes an unnamed
-    /// temp file (`O_TMPFILE`) in `out_dir`, as the `ringcrypt` client does, and passes both
-    /// with the line's first bytes. The temp file is closed unlinked after `done`: linking it
-    /// into place is the client's work, not the daemon's. Allocation-free unless it fails
-    /// (paths this short are made C strings on the stack).
-    fn job_passing(&mut self, line: &[u8], input: &Path, out_dir: &Path, expect: &[u8]) {
-        use rustix::fs::{CWD, Mode, OFlags};
-        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-        let input = fs::File::open(input).expect("open an input");
-        let output = rustix::fs::openat(
-            CWD,
-            out_dir,
-            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .expect("make an unnamed temp file (O_TMPFILE)");
-        let fds = [input.as_fd(), output.as_fd()];
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-        let sent = loop {
-            match rustix::net::sendmsg(
-                &self.stream,
-                &[IoSlice::new(line)],
-                &mut control,
-                SendFlags::NOSIGNAL,
-            ) {
-                Ok(n) => break n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(err) => panic!("send a request with descriptors: {err}"),
-            }
-        };
-        (&self.stream)
-            .write_all(&line[sent..])
-            .expect("send a request");
-        self.until_done(expect);
-    }
-
-    /// Reads replies up to the final one, which must be a `done` containing `expect`.
-    fn until_done(&mut self, expect: &[u8]) {
-        loop {
-            let (a, b) = self.next_line();
-            let reply = &self.buf[a..b];
-            if reply.starts_with(b"{\"type\":\"done\"") {
-                assert!(
-                    contains(reply, expect),
-                    "unexpected done: {}",
-                    String::from_utf8_lossy(reply)
-                );
-                return;
-            }
-            assert!(
-                !reply.starts_with(b"{\"type\":\"error\""),
-                "job failed: {}",
-                String::from_utf8_lossy(reply)
-            );
-            // `accepted` and `progress` lines: read on.
-        }
-    }
-
-    /// One reply line as text (outside the measured windows only).
-    fn request_text(&mut self, line: &[u8]) -> String {
-        (&self.stream).write_all(line).expect("send a request");
-        let (a, b) = self.next_line();
-        String::from_utf8_lossy(&self.buf[a..b]).into_owned()
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
 
 // ---- measuring ----------------------------------------------------------------------------
 
@@ -890,7 +759,7 @@ fn start_daemon(scratch: &Path, keys: &Path, socket: &Path, opts: &Options) -> S
             !failed.load(Ordering::SeqCst),
             "the daemon did not start (see its stderr)"
         );
-        if let Ok(mut conn) = Conn::connect(socket) {
+        if let Ok(mut conn) = Conn::connect(socket, REPLY_TIMEOUT) {
             let pong = conn.request_text(ping);
             if pong.starts_with("{\"type\":\"pong\"") {
                 return pong;
@@ -970,7 +839,7 @@ fn child(opts: Options, scratch: PathBuf) {
         "warm-up: {warmup} jobs per scenario ({FINISHED_JOBS_KEPT} finished jobs kept per shard \
          x {shards} shards x 5/4 + {base_warmup}), so every window measures the steady state"
     );
-    let mut conn = Conn::connect(&socket).expect("connect to the daemon");
+    let mut conn = Conn::connect(&socket, REPLY_TIMEOUT).expect("connect to the daemon");
 
     // Ids go up across the whole run, as a client's do on one connection.
     let next_id = Cell::new(1u64);

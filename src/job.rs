@@ -1192,29 +1192,24 @@ impl FileJob {
         failpoint("written");
         self.phase = Phase::Committing;
         let temp = self.temp.as_ref().expect("temp is open");
-        if self.on_passed {
-            // The caller owns the file: it sets the mode and time as it links it.
-            if ctx.durability == Durability::Fsync {
-                let fd = temp.as_raw_fd();
-                self.push(ctx, TAG_FSYNC, Op::Fsync { fd });
-                return Ok(());
-            }
-            return self.link(ctx);
+        // On passed descriptors the caller owns the file: it sets the mode and time as it
+        // links it.
+        if !self.on_passed {
+            rustix::fs::fchmod(temp, Mode::from_raw_mode(self.in_mode))
+                .map_err(|e| self.io_err("set permissions on", false, e.into()))?;
+            let times = rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_OMIT,
+                },
+                last_modification: rustix::fs::Timespec {
+                    tv_sec: self.in_mtime.0,
+                    tv_nsec: self.in_mtime.1,
+                },
+            };
+            rustix::fs::futimens(temp, &times)
+                .map_err(|e| self.io_err("set the modification time of", false, e.into()))?;
         }
-        rustix::fs::fchmod(temp, Mode::from_raw_mode(self.in_mode))
-            .map_err(|e| self.io_err("set permissions on", false, e.into()))?;
-        let times = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: self.in_mtime.0,
-                tv_nsec: self.in_mtime.1,
-            },
-        };
-        rustix::fs::futimens(temp, &times)
-            .map_err(|e| self.io_err("set the modification time of", false, e.into()))?;
         if ctx.durability == Durability::Fsync {
             let fd = temp.as_raw_fd();
             self.push(ctx, TAG_FSYNC, Op::Fsync { fd });

@@ -32,9 +32,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fs;
-use std::io::{IoSlice, Read, Write};
-use std::mem::MaybeUninit;
-use std::os::fd::AsFd;
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -45,6 +43,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+#[path = "support/quiet_client.rs"]
+mod quiet_client;
+mod support;
+
+use quiet_client::{Conn, tmpfile};
 use ringcrypt::limits::FINISHED_JOBS_KEPT;
 use ringcrypt::protocol::{self, FileJobSpec, FileOp, Request, RequestId};
 
@@ -163,6 +166,9 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(55);
 
 /// How long a reply may take before the child gives up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What every measured job's `done` must say: one file done.
+const ONE_FILE_DONE: &[u8] = b"\"files_ok\":1,";
 
 /// How long the child waits around each window for the daemon to go idle: longer than the
 /// shards' 100 ms tick, so a job's tail (metrics, its slot, the next admission) is done.
@@ -332,14 +338,14 @@ fn child(scratch: &Path) {
     let inputs: Vec<PathBuf> = (0..INPUTS)
         .map(|i| {
             let path = name(&dir, "in", i);
-            fs::write(&path, pseudo_random(4096, i as u64)).expect("write an input");
+            fs::write(&path, support::bytes(4096, i as u64)).expect("write an input");
             path
         })
         .collect();
 
     let socket = scratch.join("d.sock");
     start_daemon(&root, &keys, &socket);
-    let mut conn = Conn::connect(&socket);
+    let mut conn = Conn::connect(&socket, REPLY_TIMEOUT).expect("connect to the daemon");
     let mut ids = 0u64;
 
     // The daemon-wide warm-up, as `benches/allocs.rs` computes it: every shard's record of
@@ -367,14 +373,14 @@ fn child(scratch: &Path) {
             })
             .collect();
         for line in &lines {
-            conn.job(line);
+            conn.job(line, ONE_FILE_DONE);
         }
         from + n
     };
     let mut warmed = round(&mut conn, &mut ids, 0, warmup);
     let need = FINISHED_JOBS_KEPT as u64 + 100;
     loop {
-        let done = conn.jobs_done_per_shard();
+        let done = jobs_done_per_shard(&mut conn);
         assert_eq!(done.len(), SHARDS, "stats lists every shard");
         if done.iter().all(|&n| n >= need) {
             break;
@@ -476,8 +482,8 @@ fn scenario(
         let mut done = 0;
         for i in range {
             match form {
-                Form::Passed(dir) => conn.job_passing(&lines[i], &pairs[i].0, dir),
-                _ => conn.job(&lines[i]),
+                Form::Passed(dir) => conn.job_passing(&lines[i], &pairs[i].0, dir, ONE_FILE_DONE),
+                _ => conn.job(&lines[i], ONE_FILE_DONE),
             }
             done += 1;
         }
@@ -511,30 +517,6 @@ fn request_line(ids: &mut u64, op: FileOp, input: &Path, output: &Path, form: Fo
     spec.fds = matches!(form, Form::Passed(_));
     *ids += 1;
     protocol::encode_request(Some(&RequestId::from(*ids)), &Request::File(spec)).into_bytes()
-}
-
-/// Pseudo-random bytes (xorshift), so inputs differ.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-/// An unnamed temp file in `dir`, as the `ringcrypt` client makes a passed output.
-fn tmpfile(dir: &Path) -> rustix::io::Result<rustix::fd::OwnedFd> {
-    use rustix::fs::{CWD, Mode, OFlags};
-    rustix::fs::openat(
-        CWD,
-        dir,
-        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
 }
 
 /// Starts the daemon on its own thread and waits for its first `pong`.
@@ -576,7 +558,7 @@ fn start_daemon(root: &Path, keys: &Path, socket: &Path) {
             "the daemon did not start (see its stderr)"
         );
         if let Ok(stream) = UnixStream::connect(socket) {
-            let mut conn = Conn::with_stream(stream);
+            let mut conn = Conn::new(stream, REPLY_TIMEOUT).expect("set a read timeout");
             if conn
                 .request_text(b"{\"op\":\"ping\"}\n")
                 .starts_with("{\"type\":\"pong\"")
@@ -591,144 +573,15 @@ fn start_daemon(root: &Path, keys: &Path, socket: &Path) {
 
 // ---- the client ---------------------------------------------------------------------------
 
-/// Longest reply line the client takes.
-const REPLY_BUFFER_BYTES: usize = 64 * 1024;
-
-/// One connection; replies land in a fixed buffer and are split in place.
-struct Conn {
-    stream: UnixStream,
-    buf: Box<[u8]>,
-    start: usize,
-    filled: usize,
-}
-
-impl Conn {
-    fn connect(socket: &Path) -> Conn {
-        Conn::with_stream(UnixStream::connect(socket).expect("connect to the daemon"))
-    }
-
-    fn with_stream(stream: UnixStream) -> Conn {
-        stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .expect("set a read timeout");
-        Conn {
-            stream,
-            buf: vec![0u8; REPLY_BUFFER_BYTES].into_boxed_slice(),
-            start: 0,
-            filled: 0,
-        }
-    }
-
-    /// The next reply line (without its newline), as a range of `buf`. Allocation-free.
-    fn next_line(&mut self) -> (usize, usize) {
-        loop {
-            if let Some(pos) = self.buf[self.start..self.filled]
-                .iter()
-                .position(|&b| b == b'\n')
-            {
-                let line = (self.start, self.start + pos);
-                self.start += pos + 1;
-                return line;
-            }
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.filled, 0);
-                self.filled -= self.start;
-                self.start = 0;
-            }
-            assert!(
-                self.filled < self.buf.len(),
-                "a reply line is longer than {REPLY_BUFFER_BYTES} bytes"
-            );
-            let n = self
-                .stream
-                .read(&mut self.buf[self.filled..])
-                .expect("read a reply");
-            assert!(n > 0, "ringcryptd closed the connection");
-            self.filled += n;
-        }
-    }
-
-    /// Sends one request and reads its replies up to the final one, which must be a `done`
-    /// of one file. Allocation-free unless it fails.
-    fn job(&mut self, line: &[u8]) {
-        (&self.stream).write_all(line).expect("send a request");
-        self.until_done();
-    }
-
-    /// As [`Conn::job`] for a request with `"fds": true`: opens `input` and makes an unnamed
-    /// temp file in `out_dir`, as the `ringcrypt` client does, and passes both with the
-    /// line's first bytes. The temp file is closed unlinked after `done` (linking it is the
-    /// client's work). Allocation-free unless it fails (short paths become C strings on the
-    /// stack).
-    fn job_passing(&mut self, line: &[u8], input: &Path, out_dir: &Path) {
-        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-        let input = fs::File::open(input).expect("open an input");
-        let output = tmpfile(out_dir).expect("make an unnamed temp file (O_TMPFILE)");
-        let fds = [input.as_fd(), output.as_fd()];
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-        let sent = loop {
-            match rustix::net::sendmsg(
-                &self.stream,
-                &[IoSlice::new(line)],
-                &mut control,
-                SendFlags::NOSIGNAL,
-            ) {
-                Ok(n) => break n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(err) => panic!("send a request with descriptors: {err}"),
-            }
-        };
-        (&self.stream)
-            .write_all(&line[sent..])
-            .expect("send a request");
-        self.until_done();
-    }
-
-    /// Reads replies up to the final one, which must be a `done` of one file.
-    fn until_done(&mut self) {
-        loop {
-            let (a, b) = self.next_line();
-            let reply = &self.buf[a..b];
-            if reply.starts_with(b"{\"type\":\"done\"") {
-                assert!(
-                    contains(reply, b"\"files_ok\":1,"),
-                    "unexpected done: {}",
-                    String::from_utf8_lossy(reply)
-                );
-                return;
-            }
-            assert!(
-                !reply.starts_with(b"{\"type\":\"error\""),
-                "job failed: {}",
-                String::from_utf8_lossy(reply)
-            );
-            // `accepted` and `progress` lines: read on.
-        }
-    }
-
-    /// One request, its one reply line as text (outside the windows only).
-    fn request_text(&mut self, line: &[u8]) -> String {
-        (&self.stream).write_all(line).expect("send a request");
-        let (a, b) = self.next_line();
-        String::from_utf8_lossy(&self.buf[a..b]).into_owned()
-    }
-
-    /// `jobs_done` of every shard, from `stats` (outside the windows only).
-    fn jobs_done_per_shard(&mut self) -> Vec<u64> {
-        let text = self.request_text(b"{\"op\":\"stats\"}\n");
-        let reply: serde_json::Value = serde_json::from_str(&text).expect("stats is JSON");
-        assert_eq!(reply["type"], "stats", "unexpected reply: {text}");
-        reply["shards"]
-            .as_array()
-            .expect("stats lists shards")
-            .iter()
-            .map(|shard| shard["jobs_done"].as_u64().expect("jobs_done is a number"))
-            .collect()
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// `jobs_done` of every shard, from `stats` (outside the windows only).
+fn jobs_done_per_shard(conn: &mut Conn) -> Vec<u64> {
+    let text = conn.request_text(b"{\"op\":\"stats\"}\n");
+    let reply: serde_json::Value = serde_json::from_str(&text).expect("stats is JSON");
+    assert_eq!(reply["type"], "stats", "unexpected reply: {text}");
+    reply["shards"]
+        .as_array()
+        .expect("stats lists shards")
+        .iter()
+        .map(|shard| shard["jobs_done"].as_u64().expect("jobs_done is a number"))
+        .collect()
 }
