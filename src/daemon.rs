@@ -19,7 +19,10 @@ use serde::Deserialize;
 use crate::error::{Code, Error};
 use crate::job::{BUFFERS_PER_JOB, pool_buf_bytes};
 use crate::keys::{self, KeyRing};
-use crate::limits::{CHUNK_LOG2_DEFAULT, CHUNK_LOG2_MIN, DRAIN_TIMEOUT, RUNNING_JOBS_PER_SHARD};
+use crate::limits::{
+    CHUNK_LOG2_DEFAULT, CHUNK_LOG2_MIN, DRAIN_TIMEOUT, RUNNING_JOBS_PER_SHARD, SHUTDOWN_GRACE,
+    SHUTDOWN_JOIN_SLACK,
+};
 use crate::metrics;
 use crate::notify::{self, Notifier};
 use crate::output::Durability;
@@ -87,10 +90,26 @@ pub struct Args {
     /// default is taken the daemon warns and runs without metrics, an explicit ADDR must bind].
     #[arg(long, value_name = "ADDR|off")]
     metrics: Option<String>,
+    /// Whose rights a path job of a caller other than root and the daemon's uid runs with.
+    /// `caller`: the caller's own (uid, gid and groups), so the daemon never does for a
+    /// caller what it could not do itself; needs CAP_SETUID and CAP_SETGID (root has them),
+    /// and without them such path jobs are refused. `daemon`: the daemon's, within the
+    /// allowed roots, for every allowed caller alike [default: caller].
+    #[arg(long, value_enum, value_name = "WHOSE")]
+    path_credentials: Option<PathCredentials>,
     /// Try it out: socket and a generated key ring under ./ringcrypt-dev, the current
     /// directory as the allowed root.
     #[arg(long)]
     dev: bool,
+}
+
+/// Whose rights path jobs of ordinary callers run with (see `--path-credentials`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathCredentials {
+    #[default]
+    Caller,
+    Daemon,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -116,6 +135,7 @@ struct FileConfig {
     fsync: Option<FsyncArg>,
     chunk_log2: Option<u8>,
     metrics: Option<String>,
+    path_credentials: Option<PathCredentials>,
 }
 
 /// The settled configuration.
@@ -129,6 +149,7 @@ pub struct Config {
     pub durability: Durability,
     pub chunk_log2: u8,
     pub metrics: MetricsSetting,
+    pub path_credentials: PathCredentials,
     pub dev: bool,
 }
 
@@ -235,8 +256,13 @@ impl Config {
                 args.allow_gids
             },
         };
+        let path_credentials = args
+            .path_credentials
+            .or(file.path_credentials)
+            .unwrap_or_default();
         Ok(Config {
             metrics,
+            path_credentials,
             callers,
             socket,
             keys,
@@ -291,6 +317,7 @@ fn dev_config(args: &Args) -> Result<Config, Error> {
         durability: Durability::Fsync,
         chunk_log2: CHUNK_LOG2_DEFAULT,
         metrics: metrics_setting(args.metrics.as_deref())?,
+        path_credentials: args.path_credentials.unwrap_or_default(),
         dev: true,
     })
 }
@@ -367,7 +394,7 @@ fn supervise(
             if signal != signal_hook::consts::SIGHUP {
                 return;
             }
-            match KeyRing::load(&config.keys) {
+            match KeyRing::load_for_daemon(&config.keys) {
                 Ok(ring) => {
                     let ring = Arc::new(ring);
                     for shard in 0..config.shards {
@@ -520,7 +547,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     // Key material must not end up in a core dump or be readable through ptrace by others.
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     raise_fd_limit();
-    let ring = Arc::new(KeyRing::load(&config.keys)?);
+    let ring = Arc::new(KeyRing::load_for_daemon(&config.keys)?);
     if !ring.memory_locked() {
         eprintln!(
             "ringcryptd: warning: key memory could not be locked in RAM (mlock; raise LimitMEMLOCK=); \
@@ -579,6 +606,8 @@ pub fn run(config: Config) -> Result<(), Error> {
         chunk_log2: config.chunk_log2,
         keys_path: config.keys.clone(),
         daemon_uid: rustix::process::geteuid().as_raw(),
+        act_as_callers: config.path_credentials == PathCredentials::Caller,
+        can_act_as: crate::creds::can_act_as_callers(),
         version: env!("CARGO_PKG_VERSION"),
         connections: AtomicUsize::new(0),
         started: Instant::now(),
@@ -748,11 +777,32 @@ pub fn run(config: Config) -> Result<(), Error> {
     for shard in 0..config.shards {
         shared.send_must(shard, Msg::Shutdown { deadline });
     }
-    for thread in threads {
-        let _ = thread.join();
+    // Each shard exits by itself at the latest SHUTDOWN_GRACE after the deadline; one that
+    // does not (stuck in the kernel) must not keep the process alive past its stop timeout.
+    let give_up = deadline + SHUTDOWN_GRACE + SHUTDOWN_JOIN_SLACK;
+    let mut stuck = Vec::new();
+    for (index, thread) in threads.into_iter().enumerate() {
+        while !thread.is_finished() && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            stuck.push(index.to_string());
+        }
     }
     if !activated {
         let _ = std::fs::remove_file(&config.socket);
+    }
+    if !stuck.is_empty() {
+        return Err(Error::new(
+            Code::Internal,
+            format!(
+                "shard(s) {} did not stop within {} s of SIGTERM; exiting without them",
+                stuck.join(", "),
+                (give_up - (deadline - DRAIN_TIMEOUT)).as_secs()
+            ),
+        ));
     }
     eprintln!("ringcryptd: stopped");
     Ok(())

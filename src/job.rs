@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use rustix::fs::{AtFlags, FileType, Mode};
 
+use crate::creds::ActAs;
 use crate::error::{Code, Error};
 use crate::format::{self, Header, Layout, Opener, Sealer};
 use crate::keys::{KeyMaterial, KeyRing};
@@ -37,7 +38,7 @@ use crate::limits::{HEADER_BYTES, LANES, TAG_BYTES};
 use crate::metrics::ShardMetrics;
 use crate::output::{Durability, TEMP_PREFIX};
 use crate::protocol::{FileJobSpec, FileOp, JobId};
-use crate::reactor::{BufId, Completion, Op, Reactor};
+use crate::reactor::{BufId, Completion, Op, Reactor, Who};
 use crate::roots::{RESOLVE_CONFINED, Roots};
 
 /// Pool buffers each running job holds: one being sealed, one being written, and two being
@@ -332,6 +333,8 @@ pub struct FileJob {
     pub bytes_in: u64,
     pub bytes_out: u64,
     started: Instant,
+    /// The caller whose credentials the job's path ops run with (None: the daemon's).
+    who: Option<Who>,
 }
 
 impl FileJob {
@@ -375,7 +378,23 @@ impl FileJob {
             bytes_in: 0,
             bytes_out: 0,
             started: Instant::now(),
+            who: None,
         }
+    }
+
+    /// Runs the job's path ops, and the calls it makes directly on paths, as `who`.
+    pub fn run_as(&mut self, who: Who) {
+        self.who = Some(who);
+    }
+
+    /// The identity the job holds, for the shard to release when it ends.
+    pub fn who(&self) -> Option<Who> {
+        self.who
+    }
+
+    /// Makes the job fail with `err` as soon as it starts, before it touches anything.
+    pub fn refuse(&mut self, err: Error) {
+        self.failure = Some(err);
     }
 
     /// The pool buffers, for the shard to release once the job is finished.
@@ -416,17 +435,29 @@ impl FileJob {
     }
 
     fn push(&mut self, ctx: &mut JobCtx, tag: u64, op: Op) {
-        Self::push_op(&mut self.pending, self.token_base, ctx, tag, op);
+        Self::push_op(&mut self.pending, self.token_base, self.who, ctx, tag, op);
     }
 
     /// [`FileJob::push`] for ops that borrow a path from the job: the reactor copies it.
-    fn push_op(pending: &mut u32, token_base: u64, ctx: &mut JobCtx, tag: u64, op: Op) {
+    fn push_op(
+        pending: &mut u32,
+        token_base: u64,
+        who: Option<Who>,
+        ctx: &mut JobCtx,
+        tag: u64,
+        op: Op,
+    ) {
         *pending += 1;
-        ctx.reactor.push(token_base | tag, op);
+        ctx.reactor.push_as(token_base | tag, op, who);
     }
 
     /// Starts the job: opens the input (or takes the passed one).
     pub fn start(&mut self, ctx: &mut JobCtx) {
+        if self.failure.is_some() {
+            // Refused before it started (see [`FileJob::refuse`]).
+            self.drain_or_finish(ctx);
+            return;
+        }
         if let Some(passed) = self.passed.take() {
             self.temp = Some(passed.output);
             if let Err(err) = self.opened_input(ctx, passed.input) {
@@ -443,6 +474,7 @@ impl FileJob {
                 Self::push_op(
                     &mut self.pending,
                     self.token_base,
+                    self.who,
                     ctx,
                     TAG_OPEN_INPUT,
                     Op::OpenAt2 {
@@ -657,6 +689,7 @@ impl FileJob {
         Self::push_op(
             &mut self.pending,
             self.token_base,
+            self.who,
             ctx,
             TAG_OPEN_DIR,
             Op::OpenAt2 {
@@ -677,7 +710,13 @@ impl FileJob {
                 format!("{} has no file name", self.spec.output.display()),
             ));
         }
-        match rustix::fs::statat(&dir, self.out_name(), AtFlags::SYMLINK_NOFOLLOW) {
+        // Looked up, and read for `skip_existing`, with the caller's rights like every op.
+        let caller = self.who.and_then(|who| ctx.reactor.caller(who));
+        let existing = {
+            let _acting = ActAs::maybe(caller).map_err(|e| self.io_err("check", false, e))?;
+            rustix::fs::statat(&dir, self.out_name(), AtFlags::SYMLINK_NOFOLLOW)
+        };
+        match existing {
             Ok(stat) => {
                 let input = self
                     .input
@@ -696,7 +735,12 @@ impl FileJob {
                     ));
                 }
                 if self.spec.skip_existing && !same {
-                    if verify_existing(&dir, self.out_name(), self.spec.op, ctx.ring) {
+                    let verified = {
+                        let _acting =
+                            ActAs::maybe(caller).map_err(|e| self.io_err("check", false, e))?;
+                        verify_existing(&dir, self.out_name(), self.spec.op, ctx.ring)
+                    };
+                    if verified {
                         self.skipped = true;
                         self.finish();
                         return Ok(());
@@ -1236,6 +1280,7 @@ impl FileJob {
             Self::push_op(
                 &mut self.pending,
                 self.token_base,
+                self.who,
                 ctx,
                 TAG_RENAME,
                 Op::RenameAt {
@@ -1266,6 +1311,7 @@ impl FileJob {
         Self::push_op(
             &mut self.pending,
             self.token_base,
+            self.who,
             ctx,
             TAG_LINK,
             Op::LinkAt {

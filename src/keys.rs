@@ -381,6 +381,30 @@ impl KeyRing {
         &self.entries
     }
 
+    /// Loads a ring for the daemon, which refuses one with no usable key (none at all, or
+    /// every one retired): every job would fail `unknown_key` or `key_retired`, so a
+    /// start-up fails and a reload keeps the ring in force instead.
+    pub fn load_for_daemon(path: &Path) -> Result<KeyRing, Error> {
+        let ring = KeyRing::load(path)?;
+        if !ring
+            .entries
+            .iter()
+            .any(|entry| entry.state != KeyState::Retired)
+        {
+            return Err(Error::new(
+                Code::BadRequest,
+                format!(
+                    "key ring {}: no usable key ({} entries, none active or decrypt-only); \
+                     add one with `ringcrypt keygen --name NAME >> {}`",
+                    path.display(),
+                    ring.entries.len(),
+                    path.display()
+                ),
+            ));
+        }
+        Ok(ring)
+    }
+
     pub fn by_name(&self, name: &str) -> Option<&KeyEntry> {
         self.entries.iter().find(|entry| entry.name == name)
     }

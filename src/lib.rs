@@ -11,6 +11,7 @@
 //! - [`protocol`]: the JSON-lines wire format and its limits; no IO.
 //! - [`reactor`]: a shard's io_uring (or synchronous fallback), op slab and buffer pool.
 //! - [`roots`]: allowed roots and confined path resolution.
+//! - [`creds`]: a client's identity (SO_PEERCRED, SO_PEERGROUPS) and acting as it.
 //! - [`job`]: one file job's state machine on its owner shard.
 //! - [`shard`]: a pinned thread with its inbox, connections and jobs.
 //! - [`daemon`]: `ringcryptd` setup: configuration, socket, shards, signals.
@@ -26,6 +27,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod creds;
 pub mod daemon;
 pub mod error;
 pub mod format;

@@ -50,6 +50,15 @@ pub const MAX_QUEUED_JOBS_PER_SHARD: usize = 1024;
 /// a descriptor and a receive buffer (`RECV_BUFFER_BYTES`).
 pub const MAX_CONNECTIONS: usize = 1024;
 
+/// Of [`MAX_CONNECTIONS`], slots only root and the daemon's own uid may take: however many
+/// connections others open, an administrator can still connect to look, reload or stop.
+pub const ADMIN_RESERVED_CONNECTIONS: usize = 32;
+
+/// Connections one uid other than root and the daemon's may hold open. A client pipelines
+/// requests on one connection, and a pool of workers needs one each: a few hundred is far
+/// more than any real client uses, and four users at this limit still leave room for others.
+pub const MAX_CONNECTIONS_PER_UID: usize = 256;
+
 /// The most a connection's receive buffer grows to: one maximal request line plus room to
 /// find its newline.
 pub const RECV_BUFFER_BYTES: usize = 64 * 1024 + 4096;
@@ -70,6 +79,10 @@ pub const MAX_PENDING_REPLY_BYTES: usize = 1 << 20;
 /// A connection with no request and no job in flight for this long is closed, so idle or
 /// abandoned clients cannot hold descriptors forever.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A connection from a caller not on the allow lists gets one answer and is closed; one
+/// that sends nothing is closed after this long instead of [`IDLE_TIMEOUT`].
+pub const REFUSED_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often a shard looks at its timers (idle connections, drain deadline, paused accept)
 /// when nothing else wakes it.
@@ -92,3 +105,18 @@ pub const RUNNING_JOBS_PER_SHARD: u16 = 16;
 
 /// How long SIGTERM lets running jobs finish before cancelling them.
 pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// After [`DRAIN_TIMEOUT`], how long cancelled jobs get to hand back their ops and clients
+/// to read their last replies before each shard exits anyway. A job cancelled at the
+/// deadline stops at its next completion (milliseconds); this bounds one stuck in the
+/// kernel (a hung network filesystem), so a shutdown always ends.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the main thread waits for the shards after [`DRAIN_TIMEOUT`] and
+/// [`SHUTDOWN_GRACE`] before it exits without them (status 1, saying which did not stop).
+pub const SHUTDOWN_JOIN_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After a tree's file was refused `busy` (its owner's queue was full), how long the tree
+/// waits before handing it out again, so a full queue costs a retry every few
+/// milliseconds, not a spinning core.
+pub const TREE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(5);

@@ -188,9 +188,13 @@ fn encrypt_with(ring: &KeyRing, job: &Job, rules: Rules) -> Result<Outcome, Erro
             let sealer = Sealer::new(master.bytes(), job.chunk_log2, format::random_salt()?);
             let mut writer =
                 SealWriter::new(sealer, out.file()).map_err(write_error(job.output))?;
-            let read = writer
-                .fill_from(&mut input.file)
-                .map_err(|e| Error::io("read", job.input, e))?;
+            let read = writer.fill_from(&mut input.file).map_err(|e| {
+                if writer.write_failed() {
+                    Error::io("write", job.output, e)
+                } else {
+                    Error::io("read", job.input, e)
+                }
+            })?;
             if read != input.len {
                 return Err(changed_while_reading(job.input));
             }

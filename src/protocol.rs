@@ -272,6 +272,10 @@ pub struct FileJobSpec {
     /// (`SCM_RIGHTS`), not as paths the daemon opens: `input` and `output` are then only the
     /// caller's names for them, used in messages and the audit log.
     pub fds: bool,
+    /// Who asked, as the kernel reported it for the connection (never on the wire): set by
+    /// the daemon, which runs the job's path ops with these credentials unless the caller
+    /// is root or the daemon's own uid, and merges only requests of the same caller.
+    pub caller: Option<std::sync::Arc<crate::creds::Caller>>,
 }
 
 impl FileJobSpec {
@@ -288,7 +292,24 @@ impl FileJobSpec {
             skip_existing: false,
             wait: true,
             fds: false,
+            caller: None,
         }
+    }
+
+    /// Whether `other` asks for exactly the same work with the same verdict: a request
+    /// for it may attach to a job running `self` instead of running again. Every field that
+    /// changes the output or the answer counts; `wait` (whether to answer) does not.
+    pub fn same_work(&self, other: &FileJobSpec) -> bool {
+        self.op == other.op
+            && self.input == other.input
+            && self.output == other.output
+            && self.key == other.key
+            && self.format == other.format
+            && self.recursive == other.recursive
+            && self.overwrite == other.overwrite
+            && self.skip_existing == other.skip_existing
+            && self.fds == other.fds
+            && self.caller == other.caller
     }
 }
 

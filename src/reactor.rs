@@ -29,6 +29,8 @@ use std::time::Duration;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
+use crate::creds::{ActAs, Caller};
+
 /// Which implementation runs the ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
@@ -327,9 +329,32 @@ const CANCEL_USER_DATA: u64 = u64::MAX;
 /// buffer) plus connection traffic; the completion queue is twice this by default.
 pub const RING_ENTRIES: u32 = 1024;
 
+/// Caller identities one reactor keeps at once. A running job holds one (at most
+/// `limits::RUNNING_JOBS_PER_SHARD` per shard), and identities no job holds stay cached for
+/// the caller's next job, evicted when room is needed. With io_uring each one is a
+/// registered personality, a kernel object: this bounds them.
+pub const IDENTITIES_PER_REACTOR: usize = 64;
+
+/// A caller's identity registered with a reactor, for [`Reactor::push_as`]: ops pushed with
+/// it run with the caller's credentials. Valid until [`Reactor::release_identity`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Who(u16);
+
+struct Identity {
+    caller: std::sync::Arc<Caller>,
+    /// Jobs holding this identity; an entry with none may be evicted.
+    users: usize,
+    /// io_uring: the personality id the kernel gave these credentials.
+    personality: Option<u16>,
+}
+
 /// The shard's reactor. See the module docs.
 pub struct Reactor {
     backend: Backend,
+    /// Caller identities, by [`Who`] index (see [`IDENTITIES_PER_REACTOR`]).
+    identities: Vec<Option<Identity>>,
+    /// The personality the op being pushed runs with (set only inside `push_as`).
+    personality: Option<u16>,
     slots: Vec<Option<Slot>>,
     /// Path buffers, by slot index (see [`OpPaths`]).
     paths: Vec<Option<Box<OpPaths>>>,
@@ -401,6 +426,8 @@ impl Reactor {
         };
         let reactor = Reactor {
             backend,
+            identities: Vec::new(),
+            personality: None,
             slots: Vec::new(),
             paths: Vec::new(),
             free_slots: Vec::new(),
@@ -509,6 +536,135 @@ impl Reactor {
         &mut self.pool[usize::from(id.0)]
     }
 
+    /// Registers `caller` for [`Reactor::push_as`], or finds it registered, and counts one
+    /// more holder. With io_uring this registers the caller's credentials as a personality:
+    /// the thread takes them on for the call ([`ActAs`]) and the kernel copies them.
+    pub fn identity(&mut self, caller: &std::sync::Arc<Caller>) -> io::Result<Who> {
+        if let Some(index) = self
+            .identities
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|e| *e.caller == **caller))
+        {
+            self.identities[index].as_mut().expect("found").users += 1;
+            return Ok(Who(index as u16));
+        }
+        let index = match self.identities.iter().position(Option::is_none) {
+            Some(index) => index,
+            None if self.identities.len() < IDENTITIES_PER_REACTOR => {
+                self.identities.push(None);
+                self.identities.len() - 1
+            }
+            None => {
+                let Some(index) = self
+                    .identities
+                    .iter()
+                    .position(|e| e.as_ref().is_some_and(|e| e.users == 0))
+                else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "every caller identity slot of this shard is in use",
+                    ));
+                };
+                self.evict_identity(index);
+                index
+            }
+        };
+        let personality = match &self.backend {
+            Backend::Uring { ring, .. } => {
+                let acting = ActAs::enter(caller)?;
+                let id = ring.submitter().register_personality();
+                drop(acting);
+                Some(id?)
+            }
+            Backend::Sync { .. } => None,
+        };
+        self.identities[index] = Some(Identity {
+            caller: std::sync::Arc::clone(caller),
+            users: 1,
+            personality,
+        });
+        Ok(Who(index as u16))
+    }
+
+    /// One holder of `who` is done with it. The identity stays cached for the caller's
+    /// next job until its slot is needed.
+    pub fn release_identity(&mut self, who: Who) {
+        if let Some(entry) = self.identities[usize::from(who.0)].as_mut() {
+            entry.users = entry.users.saturating_sub(1);
+        }
+    }
+
+    fn evict_identity(&mut self, index: usize) {
+        if let Some(entry) = self.identities[index].take()
+            && let (Some(id), Backend::Uring { ring, .. }) = (entry.personality, &self.backend)
+        {
+            // Ops in flight with it keep their own reference to the credentials.
+            let _ = ring.submitter().unregister_personality(id);
+        }
+    }
+
+    /// The caller behind `who`, for calls made directly on this thread.
+    pub fn caller(&self, who: Who) -> Option<&Caller> {
+        self.identities[usize::from(who.0)]
+            .as_ref()
+            .map(|e| &*e.caller)
+    }
+
+    /// Starts `op` with the credentials of `who` (None: the daemon's own); its completion
+    /// carries `token`.
+    pub fn push_as(&mut self, token: u64, op: Op, who: Option<Who>) {
+        let Some(who) = who else {
+            return self.push(token, op);
+        };
+        let Some(entry) = self.identities[usize::from(who.0)].as_ref() else {
+            return self.push(token, op);
+        };
+        match entry.personality {
+            Some(personality) => {
+                self.personality = Some(personality);
+                self.push(token, op);
+                self.personality = None;
+            }
+            None if !op.names_a_path() => self.push(token, op),
+            None => {
+                // The sync backend runs path ops at once: on this thread, as the caller.
+                // (Reads and writes go through descriptors already opened as the caller.)
+                let caller = std::sync::Arc::clone(&entry.caller);
+                match ActAs::enter(&caller) {
+                    Ok(acting) => {
+                        self.push(token, op);
+                        drop(acting);
+                    }
+                    Err(err) => self.push_failed(token, err),
+                }
+            }
+        }
+    }
+
+    /// Completes `token` at once with `err` (the op never ran).
+    fn push_failed(&mut self, token: u64, err: io::Error) {
+        let index = match self.free_slots.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(None);
+                self.paths.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.in_flight += 1;
+        self.slots[index] = Some(Slot {
+            yields_fd: false,
+            token,
+            held: Held::Nothing,
+            parked: None,
+        });
+        match &mut self.backend {
+            Backend::Sync { ready, .. } => ready.push_back((index, Err(err))),
+            // Identities of a ring are personalities, which never fail at push.
+            Backend::Uring { .. } => unreachable!("only the sync backend acts on this thread"),
+        }
+    }
+
     /// Starts `op`; its completion carries `token`.
     pub fn push(&mut self, token: u64, op: Op) {
         let index = match self.free_slots.pop() {
@@ -529,7 +685,10 @@ impl Reactor {
         };
         match &mut self.backend {
             Backend::Uring { .. } => {
-                let entry = self.prepare_uring(&mut slot, op, index);
+                let mut entry = self.prepare_uring(&mut slot, op, index);
+                if let Some(personality) = self.personality {
+                    entry = entry.personality(personality);
+                }
                 self.slots[index] = Some(slot);
                 self.push_entry(entry);
             }
@@ -1159,6 +1318,14 @@ pub fn lock_in_memory(bytes: &[u8]) -> io::Result<()> {
 impl<'a> Op<'a> {
     /// A socket op (which borrows nothing) as one the sync backend can park; other ops
     /// come back unchanged.
+    /// The op resolves a path, so whose credentials it runs with matters.
+    fn names_a_path(&self) -> bool {
+        matches!(
+            self,
+            Op::OpenAt2 { .. } | Op::LinkAt { .. } | Op::RenameAt { .. } | Op::UnlinkAt { .. }
+        )
+    }
+
     fn into_socket_op(self) -> Result<Op<'static>, Op<'a>> {
         match self {
             Op::Accept { fd } => Ok(Op::Accept { fd }),

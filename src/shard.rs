@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -27,13 +27,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
+use crate::creds::{ActAs, Caller};
 use crate::error::{Code, Error};
-use crate::job::{BUFFERS_PER_JOB, FileJob, JobCtx, Passed};
+use crate::job::{BUFFERS_PER_JOB, FileJob, JobCtx, JobOutcome, Passed};
 use crate::keys::KeyRing;
 use crate::limits::{
-    FINISHED_JOBS_KEPT, IDLE_TIMEOUT, INBOX_DEPTH, MAX_CONNECTIONS, MAX_PASSED_FDS_PER_CONN,
-    MAX_PENDING_REPLY_BYTES, MAX_QUEUED_JOBS_PER_SHARD, RECV_BUFFER_BYTES, RECV_INITIAL_BYTES,
-    SPARE_PATHS_PER_SHARD, TICK,
+    ADMIN_RESERVED_CONNECTIONS, FINISHED_JOBS_KEPT, IDLE_TIMEOUT, INBOX_DEPTH, MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_UID, MAX_PASSED_FDS_PER_CONN, MAX_PENDING_REPLY_BYTES,
+    MAX_QUEUED_JOBS_PER_SHARD, RECV_BUFFER_BYTES, RECV_INITIAL_BYTES, REFUSED_IDLE_TIMEOUT,
+    SHUTDOWN_GRACE, SPARE_PATHS_PER_SHARD, TICK,
 };
 use crate::metrics::{self, JobResult, ShardMetrics};
 use crate::output::Durability;
@@ -58,11 +60,14 @@ pub struct ReplyTo {
 
 /// A message between shards (or from the main thread).
 pub enum Msg {
-    /// A client connection for this shard to serve, with its peer's uid and gid.
+    /// A client connection for this shard to serve, with its peer's identity.
     Conn {
         fd: OwnedFd,
+        caller: Arc<Caller>,
+    },
+    /// A connection of `uid` closed, for shard 0's per-uid connection counts.
+    ConnClosed {
         uid: u32,
-        gid: u32,
     },
     /// A file job for its owner shard. `wait`: send `done`/`error` when it ends.
     Submit {
@@ -153,6 +158,13 @@ pub struct Inbox {
     /// Jobs ended and bytes written by the shard, for the service manager's status line.
     pub jobs_done: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// During a shutdown: the shard has no job, tree or connection left. Shards exit only
+    /// once every one of them is quiet, so none leaves while a job elsewhere still owes a
+    /// reply to one of its connections.
+    pub quiet: AtomicBool,
+    /// The shard's loop has ended: nothing will drain this inbox again, so senders that
+    /// would wait for room give up instead.
+    pub exited: AtomicBool,
 }
 
 /// What every shard can see: the inboxes and the fixed configuration.
@@ -184,6 +196,12 @@ pub struct Shared {
     pub chunk_log2: u8,
     pub keys_path: PathBuf,
     pub daemon_uid: u32,
+    /// Path jobs of callers other than root and the daemon's uid run with the caller's
+    /// credentials (see `creds`); false only when the operator chose `--path-credentials
+    /// daemon`.
+    pub act_as_callers: bool,
+    /// The daemon can take on a caller's credentials (it has CAP_SETUID and CAP_SETGID).
+    pub can_act_as: bool,
     pub version: &'static str,
     pub connections: AtomicUsize,
     pub started: Instant,
@@ -202,6 +220,8 @@ impl Shared {
             heartbeat_ms: AtomicU64::new(0),
             jobs_done: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            quiet: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
         })
     }
 
@@ -220,11 +240,13 @@ impl Shared {
     }
 
     /// Delivers a message that must not be lost (a reply): waits while the inbox is full.
-    /// Inboxes drain every loop turn, so this waits microseconds, not more.
+    /// Inboxes drain every loop turn, so this waits microseconds, not more; a shard that
+    /// has exited (the end of a shutdown) drains nothing, and the message is dropped.
     pub fn send_must(&self, to: usize, mut msg: Msg) {
         loop {
             match self.send(to, msg) {
                 Ok(()) => return,
+                Err(_) if self.inboxes[to].exited.load(Ordering::SeqCst) => return,
                 Err(back) => {
                     msg = back;
                     std::thread::yield_now();
@@ -277,8 +299,10 @@ const KIND_MASK: u64 = 0xff << 56;
 
 struct Conn {
     fd: OwnedFd,
-    uid: u32,
-    gid: u32,
+    caller: Arc<Caller>,
+    /// The caller is not on the allow lists: it gets one answer, then the connection
+    /// closes, so refused callers cannot hold connection slots.
+    refused: bool,
     /// The receive buffer (bytes and passed descriptors), or None while a recv owns it.
     rbuf: Option<Box<RecvBuf>>,
     /// Inside a line longer than the limit: drop bytes until the next newline.
@@ -400,6 +424,16 @@ pub struct Shard {
     /// Trees ready to walk and the file jobs one walk step found, kept for the next pump.
     tree_ready: Vec<u64>,
     tree_specs: Vec<FileJobSpec>,
+    /// Messages this shard sends itself, handled by the loop after the current one: a
+    /// handler never calls another handler through the message pump, so no chain of
+    /// results (a tree's file refused `busy`, retried, refused again...) can grow the
+    /// stack.
+    local: VecDeque<Msg>,
+    /// Inside `start_queued`: a job that ends while being started does not start more
+    /// from inside it (the running loop picks them up).
+    admitting: bool,
+    /// Shard 0 only: open connections per uid, for [`MAX_CONNECTIONS_PER_UID`].
+    conns_by_uid: HashMap<u32, usize>,
 }
 
 impl Shard {
@@ -452,6 +486,9 @@ impl Shard {
             trees: HashMap::new(),
             tree_ready: Vec::new(),
             tree_specs: Vec::new(),
+            local: VecDeque::new(),
+            admitting: false,
+            conns_by_uid: HashMap::new(),
         };
         Ok((shard, warning))
     }
@@ -488,6 +525,9 @@ impl Shard {
                 self.tick();
             }
             if self.finished_shutdown() {
+                self.shared.inboxes[self.index]
+                    .exited
+                    .store(true, Ordering::SeqCst);
                 return;
             }
             if progressed {
@@ -502,7 +542,7 @@ impl Shard {
                 continue;
             }
             let mut done = std::mem::take(&mut self.completions);
-            self.reactor.wait(Some(TICK), &mut done);
+            self.reactor.wait(Some(self.sleep_limit()), &mut done);
             self.shared.inboxes[self.index]
                 .sleeping
                 .store(false, Ordering::SeqCst);
@@ -511,6 +551,18 @@ impl Shard {
             }
             self.completions = done;
         }
+    }
+
+    /// How long the loop may sleep: until its next tick, or until a tree's files refused
+    /// `busy` may go out again, whichever is sooner.
+    fn sleep_limit(&self) -> Duration {
+        let now = Instant::now();
+        self.trees
+            .values()
+            .filter_map(|tree| tree.job.retry_at())
+            .map(|at| at.saturating_duration_since(now))
+            .fold(TICK, Duration::min)
+            .max(Duration::from_millis(1))
     }
 
     fn arm_wake(&mut self) {
@@ -525,18 +577,27 @@ impl Shard {
         }
     }
 
+    /// Handles the messages this shard sent itself and those in its inbox, until both are
+    /// empty. Each handler runs to its end before the next message: none nests.
     fn drain_inbox(&mut self) -> bool {
         let mut any = false;
-        while let Some(msg) = self.shared.inboxes[self.index].queue.pop() {
+        loop {
+            let msg = match self.local.pop_front() {
+                Some(msg) => msg,
+                None => match self.shared.inboxes[self.index].queue.pop() {
+                    Some(msg) => msg,
+                    None => return any,
+                },
+            };
             any = true;
             self.on_msg(msg);
         }
-        any
     }
 
     fn on_msg(&mut self, msg: Msg) {
         match msg {
-            Msg::Conn { fd, uid, gid } => self.add_conn(fd, uid, gid),
+            Msg::Conn { fd, caller } => self.add_conn(fd, caller),
+            Msg::ConnClosed { uid } => self.uid_closed(uid),
             Msg::Submit { spec, reply } => self.submit(spec, reply, None),
             Msg::Reply {
                 conn,
@@ -592,10 +653,11 @@ impl Shard {
         }
     }
 
-    /// Sends to a shard, or handles it here when the target is this shard.
+    /// Sends to a shard; to this shard, queues it for the loop's next turn (never handled
+    /// inside the caller: see [`Shard::local`]).
     fn deliver(&mut self, to: usize, msg: Msg) {
         if to == self.index {
-            self.on_msg(msg);
+            self.local.push_back(msg);
         } else {
             self.shared.send_must(to, msg);
         }
@@ -623,16 +685,20 @@ impl Shard {
 
     // ---- connections -------------------------------------------------------------------
 
-    fn add_conn(&mut self, fd: OwnedFd, uid: u32, gid: u32) {
+    fn add_conn(&mut self, fd: OwnedFd, caller: Arc<Caller>) {
         let key = self.next_conn;
         self.next_conn += 1;
         if self.reactor.kind() == BackendKind::Sync {
             let _ = rustix::io::ioctl_fionbio(&fd, true);
         }
+        let refused = !self
+            .shared
+            .callers
+            .allows(caller.uid, caller.gid, self.shared.daemon_uid);
         let conn = Conn {
             fd,
-            uid,
-            gid,
+            caller,
+            refused,
             rbuf: Some(RecvBuf::new(RECV_INITIAL_BYTES)),
             discarding: false,
             out: Vec::new(),
@@ -737,6 +803,10 @@ impl Shard {
                 self.on_line(key, &data[at..end], &mut passed);
             }
             at = end + 1;
+            // A refused caller's connection closes after its one answer.
+            if self.conns.get(&key).is_none_or(|c| c.eof) {
+                break;
+            }
         }
         data.copy_within(consumed..filled, 0);
         buf.filled -= consumed;
@@ -756,6 +826,7 @@ impl Shard {
             conn.rbuf = Some(buf);
         }
         self.arm_recv(key);
+        self.maybe_close(key);
     }
 
     /// Takes the two descriptors a request with `"fds": true` passed (input, then output)
@@ -877,9 +948,21 @@ impl Shard {
             && conn.rbuf.is_some()
             && conn.out.is_empty()
         {
+            let uid = conn.caller.uid;
             self.conns.remove(&key);
             let open = self.shared.connections.fetch_sub(1, Ordering::Relaxed) - 1;
             metrics::connections(open);
+            self.deliver(0, Msg::ConnClosed { uid });
+        }
+    }
+
+    /// Shard 0: one connection of `uid` closed.
+    fn uid_closed(&mut self, uid: u32) {
+        if let Some(count) = self.conns_by_uid.get_mut(&uid) {
+            *count -= 1;
+            if *count == 0 {
+                self.conns_by_uid.remove(&uid);
+            }
         }
     }
 
@@ -898,6 +981,12 @@ impl Shard {
         };
         // Descriptors passed with this line are taken now, whatever happens to the request,
         // so a refused request cannot leave them to be taken by the next one.
+        let mut request = request;
+        if let Request::File(spec) = &mut request
+            && let Some(conn) = self.conns.get(&key)
+        {
+            spec.caller = Some(Arc::clone(&conn.caller));
+        }
         let passed = match &request {
             Request::File(spec) if spec.fds => Some(Self::take_passed(fds, spec)),
             _ => None,
@@ -908,22 +997,52 @@ impl Shard {
             id,
             tree: None,
         };
-        let (uid, gid) = self
-            .conns
-            .get(&key)
-            .map(|c| (c.uid, c.gid))
-            .unwrap_or((u32::MAX, u32::MAX));
-        let allowed = matches!(request, Request::Ping)
-            || self.shared.callers.allows(uid, gid, self.shared.daemon_uid);
-        audit(uid, gid, &request, allowed);
-        if !allowed {
-            let err = Error::new(
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let caller = Arc::clone(&conn.caller);
+        let (uid, gid) = (caller.uid, caller.gid);
+        let refused_caller = conn.refused;
+        if refused_caller {
+            // One answer, then the connection closes: read nothing more from it.
+            conn.eof = true;
+        }
+        let verdict = if refused_caller && !matches!(request, Request::Ping) {
+            Err(Error::new(
                 Code::PermissionDenied,
                 format!(
                     "uid {uid} (gid {gid}) may not use this daemon; ask its administrator to add it to allow_uids or allow_gids"
                 ),
-            );
+            ))
+        } else if matches!(request, Request::Reload) && !caller.is_admin(self.shared.daemon_uid) {
+            Err(Error::new(
+                Code::PermissionDenied,
+                "reload is an admin operation: it needs uid 0 or the daemon's uid",
+            ))
+        } else if let Request::File(spec) = &request
+            && !spec.fds
+            && !caller.is_admin(self.shared.daemon_uid)
+            && self.shared.act_as_callers
+            && !self.shared.can_act_as
+        {
+            Err(Error::new(
+                Code::PermissionDenied,
+                format!(
+                    "this daemon cannot act with the credentials of uid {uid} (it runs without \
+                     CAP_SETUID and CAP_SETGID), so it opens no paths for it; pass the files as \
+                     descriptors (the ringcrypt client does for single files), or ask the \
+                     administrator about path_credentials"
+                ),
+            ))
+        } else {
+            Ok(())
+        };
+        audit(uid, gid, &request, verdict.as_ref().err());
+        if let Err(err) = verdict {
             self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
+            if let Request::File(spec) = request {
+                self.recycle(self.index, spec.input, spec.output);
+            }
             return;
         }
         if self.shutdown.is_some()
@@ -1042,18 +1161,9 @@ impl Shard {
                 self.queue_line(key, &line, true);
             }
             Request::Reload => {
-                let uid = self.conns.get(&key).map(|c| c.uid).unwrap_or(u32::MAX);
-                let line = if uid != 0 && uid != self.shared.daemon_uid {
-                    let err = Error::new(
-                        Code::PermissionDenied,
-                        "reload is an admin operation: it needs uid 0 or the daemon's uid",
-                    );
-                    error_line(reply.id.as_ref(), &err)
-                } else {
-                    match self.reload() {
-                        Ok(count) => protocol::reloaded(reply.id.as_ref(), count),
-                        Err(err) => error_line(reply.id.as_ref(), &err),
-                    }
+                let line = match self.reload() {
+                    Ok(count) => protocol::reloaded(reply.id.as_ref(), count),
+                    Err(err) => error_line(reply.id.as_ref(), &err),
                 };
                 self.queue_line(key, &line, true);
             }
@@ -1063,7 +1173,7 @@ impl Shard {
     /// Loads the key ring again and hands it to every shard. A ring that fails to load
     /// leaves the current one in force.
     pub fn reload(&mut self) -> Result<usize, Error> {
-        let ring = Arc::new(KeyRing::load(&self.shared.keys_path)?);
+        let ring = Arc::new(KeyRing::load_for_daemon(&self.shared.keys_path)?);
         let count = ring.entries().len();
         for shard in 0..self.shared.inboxes.len() {
             self.deliver(shard, Msg::Reload(Arc::clone(&ring)));
@@ -1187,13 +1297,13 @@ impl Shard {
             .hash_one((spec.op, spec.input.as_path(), spec.output.as_path()))
     }
 
-    /// The in-flight job doing the same (op, input, output) as `spec`, if any. Two different
-    /// jobs whose keys collide (a 2^-64 chance) are both run; only the first is found here.
+    /// The in-flight job doing exactly what `spec` asks, for the same caller
+    /// ([`FileJobSpec::same_work`]), if any. Requests for the same (op, input, output) that
+    /// differ in anything else (key, overwrite, caller...) run as jobs of their own. Two
+    /// different jobs whose keys collide (a 2^-64 chance) are both run.
     fn duplicate_of(&self, key: u64, spec: &FileJobSpec) -> Option<JobId> {
         let id = *self.by_key.get(&key)?;
-        let same = |other: &FileJobSpec| {
-            other.op == spec.op && other.input == spec.input && other.output == spec.output
-        };
+        let same = |other: &FileJobSpec| other.same_work(spec);
         let found = match self.seq_to_slot.get(&id.seq) {
             Some(&slot) => self.jobs[slot].as_ref().map(|s| &s.job.spec),
             None => self.queue.iter().find(|q| q.id == id).map(|q| &q.spec),
@@ -1201,9 +1311,16 @@ impl Shard {
         found.filter(|other| same(other)).map(|_| id)
     }
 
-    /// Starts queued jobs while buffers last.
+    /// Starts queued jobs while buffers last. A job that ends while being started calls
+    /// this again from inside the loop below: that call returns at once, and the loop goes
+    /// on, so starting never recurses.
     fn admit(&mut self) {
+        if self.admitting {
+            return;
+        }
+        self.admitting = true;
         self.start_queued();
+        self.admitting = false;
         self.metrics.jobs(self.queue.len(), self.seq_to_slot.len());
     }
 
@@ -1226,7 +1343,20 @@ impl Shard {
                 }
             };
             let token_base = KIND_JOB | ((slot as u64) << 8);
-            let job = FileJob::new(queued.id, queued.spec, queued.passed, token_base, bufs);
+            let run_as = self.run_as(&queued.spec).cloned();
+            let mut job = FileJob::new(queued.id, queued.spec, queued.passed, token_base, bufs);
+            if let Some(caller) = run_as {
+                match self.reactor.identity(&caller) {
+                    Ok(who) => job.run_as(who),
+                    Err(err) => job.refuse(Error::new(
+                        Code::Internal,
+                        format!(
+                            "cannot take on the credentials of uid {}: {err}",
+                            caller.uid
+                        ),
+                    )),
+                }
+            }
             self.seq_to_slot.insert(queued.id.seq, slot);
             self.jobs[slot] = Some(Slot {
                 job,
@@ -1234,6 +1364,15 @@ impl Shard {
             });
             self.with_job(slot, |job, ctx| job.start(ctx));
         }
+    }
+
+    /// The identity a job's path ops run with: the caller's, unless the caller is root or
+    /// the daemon's own uid (or the operator chose the daemon's rights for everyone). Jobs
+    /// on passed descriptors open nothing, so they need none.
+    fn run_as<'s>(&self, spec: &'s FileJobSpec) -> Option<&'s Arc<Caller>> {
+        spec.caller.as_ref().filter(|caller| {
+            !spec.fds && self.shared.act_as_callers && !caller.is_admin(self.shared.daemon_uid)
+        })
     }
 
     fn with_job(&mut self, slot: usize, f: impl FnOnce(&mut FileJob, &mut JobCtx)) {
@@ -1265,6 +1404,9 @@ impl Shard {
         for buf in job.buffers() {
             self.reactor.release(buf);
         }
+        if let Some(who) = job.who() {
+            self.reactor.release_identity(who);
+        }
         let outcome = job.outcome();
         let state = match &outcome {
             Ok(_) => JobState::Done,
@@ -1290,49 +1432,8 @@ impl Shard {
         // it frees travel ahead of the replies: the request a reply prompts finds them.
         let home = waiters.first.reply.shard;
         self.make_room_in_finished();
-        for waiter in waiters.into_iter().filter(|w| w.wait) {
-            if waiter.reply.tree.is_some() {
-                // The input path names a failure; a file that did not fail needs none.
-                let (result, input) = match &outcome {
-                    Ok(done) if done.skipped => (FileResult::Skipped, PathBuf::new()),
-                    Ok(done) => (
-                        FileResult::Done {
-                            bytes_in: done.bytes_in,
-                            bytes_out: done.bytes_out,
-                        },
-                        PathBuf::new(),
-                    ),
-                    Err(err) => (FileResult::Failed(err.clone()), job.spec.input.clone()),
-                };
-                self.answer_tree(&waiter.reply, input, job.input_len(), result);
-                continue;
-            }
-            let answer = match &outcome {
-                Ok(done) => {
-                    let skipped = if done.skipped {
-                        vec![protocol::Skipped {
-                            path: job.spec.output.clone(),
-                            reason: "exists and verifies".into(),
-                        }]
-                    } else {
-                        Vec::new()
-                    };
-                    Reply::Done(protocol::DoneReport {
-                        job: job.id,
-                        bytes_in: done.bytes_in,
-                        bytes_out: done.bytes_out,
-                        micros: done.micros,
-                        files_ok: u64::from(!done.skipped),
-                        files_failed: 0,
-                        files_skipped: u64::from(done.skipped),
-                        failures: Vec::new(),
-                        skipped,
-                    })
-                }
-                Err(err) => Reply::Error(err.clone()),
-            };
-            self.reply(&waiter.reply, answer, true);
-        }
+        let size = job.input_len();
+        self.answer_waiters(waiters, job.id, &job.spec, size, &outcome);
         // The job is over: its paths move into the record of finished jobs.
         self.remember(
             JobInfo {
@@ -1347,6 +1448,62 @@ impl Shard {
             home,
         );
         self.admit();
+    }
+
+    /// Gives every waiter of an ended job its one final answer: a `done` or `error` line
+    /// for a request, a result for a tree's file (whatever ended it: the job, a cancel, a
+    /// shutdown), so no tree is left waiting for a file and no client for a reply.
+    fn answer_waiters(
+        &mut self,
+        waiters: Waiters,
+        id: JobId,
+        spec: &FileJobSpec,
+        size: u64,
+        outcome: &Result<JobOutcome, Error>,
+    ) {
+        for waiter in waiters.into_iter().filter(|w| w.wait) {
+            if waiter.reply.tree.is_some() {
+                // The input path names a failure; a file that did not fail needs none.
+                let (result, input) = match outcome {
+                    Ok(done) if done.skipped => (FileResult::Skipped, PathBuf::new()),
+                    Ok(done) => (
+                        FileResult::Done {
+                            bytes_in: done.bytes_in,
+                            bytes_out: done.bytes_out,
+                        },
+                        PathBuf::new(),
+                    ),
+                    Err(err) => (FileResult::Failed(err.clone()), spec.input.clone()),
+                };
+                self.answer_tree(&waiter.reply, input, size, result);
+                continue;
+            }
+            let answer = match outcome {
+                Ok(done) => {
+                    let skipped = if done.skipped {
+                        vec![protocol::Skipped {
+                            path: spec.output.clone(),
+                            reason: "exists and verifies".into(),
+                        }]
+                    } else {
+                        Vec::new()
+                    };
+                    Reply::Done(protocol::DoneReport {
+                        job: id,
+                        bytes_in: done.bytes_in,
+                        bytes_out: done.bytes_out,
+                        micros: done.micros,
+                        files_ok: u64::from(!done.skipped),
+                        files_failed: 0,
+                        files_skipped: u64::from(done.skipped),
+                        failures: Vec::new(),
+                        skipped,
+                    })
+                }
+                Err(err) => Reply::Error(err.clone()),
+            };
+            self.reply(&waiter.reply, answer, true);
+        }
     }
 
     // ---- tree jobs on the connection's shard ----------------------------------------------
@@ -1372,23 +1529,33 @@ impl Shard {
         };
         self.next_seq += 1;
         let wait = spec.wait;
-        match TreeJob::start(id, spec, &self.shared.roots) {
+        // The walk opens and makes directories with the caller's rights, as its files do.
+        let started = match ActAs::maybe(self.run_as(&spec).map(|c| &**c)) {
+            Ok(_acting) => TreeJob::start(id, spec, &self.shared.roots),
+            Err(err) => Err(Error::io(
+                "take on the caller's identity for",
+                &spec.input,
+                err,
+            )),
+        };
+        match started {
             Ok(job) => {
                 let reply_id = reply.id.as_ref();
                 self.queue_with(key, !wait, |out| {
                     protocol::write_accepted(out, reply_id, id);
                 });
+                // The loop walks it on its next turn.
                 self.trees.insert(id.seq, Tree { job, reply, wait });
-                self.pump_trees();
             }
             Err(err) => self.queue_line(key, &error_line(reply.id.as_ref(), &err), true),
         }
     }
 
-    /// Walks every tree that has room for more files; returns whether any did.
+    /// Walks every tree that has room for more files; returns whether any did. Called by
+    /// the loop only, once a turn: results and retries wait for the next turn, so walking
+    /// never nests inside the handling of a result.
     fn pump_trees(&mut self) -> bool {
-        // The lists are kept from call to call; a nested call (a file's result can arrive
-        // while its tree is being pumped) finds them taken and makes its own.
+        // The lists are kept from turn to turn, so a walk step allocates none.
         let mut ready = std::mem::take(&mut self.tree_ready);
         let mut specs = std::mem::take(&mut self.tree_specs);
         ready.clear();
@@ -1400,11 +1567,26 @@ impl Shard {
         );
         for seq in &ready {
             specs.clear();
-            match self.trees.get_mut(seq) {
-                Some(tree) => tree
+            let Some(tree) = self.trees.get(seq) else {
+                continue;
+            };
+            let caller = self.run_as(&tree.job.spec).cloned();
+            let acting = ActAs::maybe(caller.as_deref());
+            let Some(tree) = self.trees.get_mut(seq) else {
+                continue;
+            };
+            match acting {
+                Ok(_acting) => tree
                     .job
                     .step(&self.shared.roots, &mut specs, &mut self.spares),
-                None => continue,
+                Err(err) => {
+                    let err = Error::io(
+                        "take on the caller's identity for",
+                        &tree.job.spec.input,
+                        err,
+                    );
+                    tree.job.abort(err);
+                }
             }
             for spec in specs.drain(..) {
                 let reply = ReplyTo {
@@ -1442,8 +1624,8 @@ impl Shard {
         };
         tree.job.on_result(input, size, result);
         if !tree.job.is_finished() {
+            // The loop walks on (or retries) on its next turn.
             self.tree_progress(seq);
-            self.pump_trees();
             return;
         }
         self.tree_result_finish(seq);
@@ -1643,9 +1825,7 @@ impl Shard {
             );
             // As in `finish`: the first waiter's shard made the spec.
             let home = queued.waiters.first.reply.shard;
-            for waiter in queued.waiters.into_iter().filter(|w| w.wait) {
-                self.reply(&waiter.reply, Reply::Error(err.clone()), true);
-            }
+            self.answer_waiters(queued.waiters, id, &queued.spec, 0, &Err(err));
             self.remember(
                 JobInfo {
                     job: id,
@@ -1704,27 +1884,22 @@ impl Shard {
     fn on_accept(&mut self, result: std::io::Result<OwnedFd>) {
         match result {
             Ok(fd) => {
-                let creds = rustix::net::sockopt::socket_peercred(&fd);
                 let open = self.shared.connections.fetch_add(1, Ordering::Relaxed);
                 metrics::connections(open + 1);
-                match creds {
-                    Ok(creds) if open < MAX_CONNECTIONS => {
+                match self.admit_conn(&fd, open) {
+                    Ok(caller) => {
                         let target = self.next_conn_shard % self.shared.inboxes.len();
                         self.next_conn_shard += 1;
-                        let msg = Msg::Conn {
-                            fd,
-                            uid: creds.uid.as_raw(),
-                            gid: creds.gid.as_raw(),
-                        };
-                        self.deliver(target, msg);
+                        *self.conns_by_uid.entry(caller.uid).or_default() += 1;
+                        let caller = Arc::new(caller);
+                        self.deliver(target, Msg::Conn { fd, caller });
                     }
-                    _ => {
-                        // Over the limit (or no credentials): say so, then close.
-                        let err = Error::new(Code::Busy, "too many connections; retry shortly");
+                    Err(err) => {
+                        // Say why, then close.
                         let _ = rustix::net::send(
                             &fd,
                             error_line(None, &err).as_bytes(),
-                            rustix::net::SendFlags::DONTWAIT,
+                            rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
                         );
                         let open = self.shared.connections.fetch_sub(1, Ordering::Relaxed) - 1;
                         metrics::connections(open);
@@ -1747,6 +1922,38 @@ impl Shard {
         }
     }
 
+    /// Whether a new connection fits, given `open` connections before it: the caller's
+    /// identity if so. Root and the daemon's uid may use the last
+    /// [`ADMIN_RESERVED_CONNECTIONS`] slots, so an administrator always gets in; every
+    /// other uid may hold at most [`MAX_CONNECTIONS_PER_UID`].
+    fn admit_conn(&self, fd: &OwnedFd, open: usize) -> Result<Caller, Error> {
+        let caller = Caller::of_peer(fd.as_fd()).map_err(|e| {
+            Error::new(
+                Code::Internal,
+                format!("cannot read the connecting peer's credentials: {e}"),
+            )
+        })?;
+        let busy = |why: String| Error::new(Code::Busy, why);
+        if caller.is_admin(self.shared.daemon_uid) {
+            if open >= MAX_CONNECTIONS {
+                return Err(busy("too many connections; retry shortly".into()));
+            }
+            return Ok(caller);
+        }
+        if open >= MAX_CONNECTIONS - ADMIN_RESERVED_CONNECTIONS {
+            return Err(busy("too many connections; retry shortly".into()));
+        }
+        let held = self.conns_by_uid.get(&caller.uid).copied().unwrap_or(0);
+        if held >= MAX_CONNECTIONS_PER_UID {
+            return Err(busy(format!(
+                "uid {} already has {held} connections open, the most one user may; close \
+                 some, or send more requests on each (they are pipelined)",
+                caller.uid
+            )));
+        }
+        Ok(caller)
+    }
+
     fn tick(&mut self) {
         test_hooks::maybe_hang(self.index, self.shared.started);
         if let Some(until) = self.accept_paused_until
@@ -1761,7 +1968,12 @@ impl Shard {
             .conns
             .iter()
             .filter(|(_, c)| {
-                c.open_requests == 0 && !c.sending && c.last_active.elapsed() > IDLE_TIMEOUT
+                let limit = if c.refused {
+                    REFUSED_IDLE_TIMEOUT
+                } else {
+                    IDLE_TIMEOUT
+                };
+                c.open_requests == 0 && !c.sending && c.last_active.elapsed() > limit
             })
             .map(|(&k, _)| k)
             .collect();
@@ -1818,29 +2030,41 @@ impl Shard {
         }
     }
 
+    /// During a shutdown: whether this shard may exit now. It closes each connection that
+    /// is owed nothing more (no request without its final line, nothing left to send) once
+    /// its own jobs are over, and exits when every shard is quiet (no job, tree or
+    /// connection anywhere, so no reply can still be on its way to one of its clients), or
+    /// at the latest [`SHUTDOWN_GRACE`] after the drain deadline, whatever is left.
     fn finished_shutdown(&mut self) -> bool {
-        if self.shutdown.is_none()
-            || !self.seq_to_slot.is_empty()
+        let Some(deadline) = self.shutdown else {
+            return false;
+        };
+        let jobs_left = !self.seq_to_slot.is_empty()
             || !self.queue.is_empty()
             || !self.trees.is_empty()
-        {
-            return false;
-        }
-        // Jobs are done: close connections once their last replies are out.
-        let keys: Vec<u64> = self.conns.keys().copied().collect();
-        for key in keys {
-            let flushed = self
+            || !self.local.is_empty()
+            || !self.gathers.is_empty();
+        if !jobs_left {
+            let owed_nothing: Vec<u64> = self
                 .conns
-                .get(&key)
-                .is_some_and(|c| c.out.is_empty() && !c.sending);
-            if flushed {
+                .iter()
+                .filter(|(_, c)| c.open_requests == 0 && c.out.is_empty() && !c.sending)
+                .map(|(&k, _)| k)
+                .collect();
+            for key in owed_nothing {
                 self.close_conn(key);
             }
         }
-        let deadline_passed = self
-            .shutdown
-            .is_some_and(|d| Instant::now() >= d + Duration::from_secs(1));
-        self.conns.is_empty() || deadline_passed
+        let quiet = !jobs_left && self.conns.is_empty();
+        let inboxes = &self.shared.inboxes;
+        inboxes[self.index].quiet.store(quiet, Ordering::SeqCst);
+        if Instant::now() >= deadline + SHUTDOWN_GRACE {
+            return true;
+        }
+        quiet
+            && inboxes
+                .iter()
+                .all(|inbox| inbox.quiet.load(Ordering::SeqCst))
     }
 }
 
@@ -1874,11 +2098,19 @@ mod test_hooks {
 
 /// One audit line per request, accepted or refused: who (from SO_PEERCRED), what, and on
 /// which paths. Never key material (requests carry key names at most).
-fn audit(uid: u32, gid: u32, request: &Request, allowed: bool) {
-    let verdict = if allowed { "accepted" } else { "refused" };
+fn audit(uid: u32, gid: u32, request: &Request, refused: Option<&Error>) {
+    let (verdict, code) = match refused {
+        None => ("accepted", ""),
+        Some(err) => ("refused", err.code.as_str()),
+    };
+    let code = if code.is_empty() {
+        String::new()
+    } else {
+        format!(" code={code}")
+    };
     match request {
         Request::File(spec) => eprintln!(
-            "audit: {verdict} uid={uid} gid={gid} op={}{}{} input={:?} output={:?}",
+            "audit: {verdict} uid={uid} gid={gid} op={}{}{} input={:?} output={:?}{code}",
             spec.op.as_str(),
             if spec.recursive { " recursive" } else { "" },
             // Passed descriptors: the paths are the caller's names for them.
@@ -1887,8 +2119,11 @@ fn audit(uid: u32, gid: u32, request: &Request, allowed: bool) {
             spec.output
         ),
         // Health checks are not audited: a monitoring loop would drown the log.
-        Request::Ping if allowed => {}
-        other => eprintln!("audit: {verdict} uid={uid} gid={gid} op={}", other.op()),
+        Request::Ping if refused.is_none() => {}
+        other => eprintln!(
+            "audit: {verdict} uid={uid} gid={gid} op={}{code}",
+            other.op()
+        ),
     }
 }
 

@@ -22,6 +22,8 @@ pub struct SealWriter<W: Write> {
     /// Plaintext bytes in `batch`.
     filled: usize,
     bytes_out: u64,
+    /// The last error came from writing the output, not from reading the input.
+    write_failed: bool,
 }
 
 impl<W: Write> SealWriter<W> {
@@ -35,6 +37,7 @@ impl<W: Write> SealWriter<W> {
             batch,
             filled: 0,
             bytes_out: HEADER_BYTES as u64,
+            write_failed: false,
         })
     }
 
@@ -74,6 +77,12 @@ impl<W: Write> SealWriter<W> {
         Ok((self.out, self.bytes_out))
     }
 
+    /// Whether the error [`SealWriter::fill_from`] returned came from writing the output
+    /// (a full disk, say) rather than from reading the input, so it can name the right file.
+    pub fn write_failed(&self) -> bool {
+        self.write_failed
+    }
+
     /// Fills the batch straight from `input` until end of input (no intermediate copy), and
     /// returns the plaintext bytes read.
     pub fn fill_from(&mut self, input: &mut impl Read) -> io::Result<u64> {
@@ -88,7 +97,8 @@ impl<W: Write> SealWriter<W> {
             self.filled += got;
             total += got as u64;
             if self.filled == LANES * chunk {
-                self.seal_and_write_batch()?;
+                self.seal_and_write_batch()
+                    .inspect_err(|_| self.write_failed = true)?;
             }
             if got < chunk - offset {
                 return Ok(total);

@@ -27,6 +27,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, ResolveFlags};
 use rustix::io::Errno;
 
 use crate::error::{Code, Error};
+use crate::limits::TREE_RETRY_DELAY;
 use crate::protocol::{
     DoneReport, Failure, FileJobSpec, FileOp, JobId, MAX_FAILURES_REPORTED, Progress, Skipped,
     SparePaths,
@@ -96,6 +97,9 @@ pub struct TreeJob {
     spare_pending: Vec<Vec<u8>>,
     walked: bool,
     retry: VecDeque<FileJobSpec>,
+    /// Files in `retry` are handed out again from this moment (see
+    /// [`TREE_RETRY_DELAY`]).
+    retry_at: Instant,
     pub in_flight: usize,
     files_total: u64,
     bytes_total: u64,
@@ -112,9 +116,11 @@ pub struct TreeJob {
 }
 
 impl TreeJob {
-    /// Opens the input root and creates (or reuses) the output root.
+    /// Opens the input root and creates (or reuses) the output root, refusing an output
+    /// that lies inside the input (the walk would find its own outputs).
     pub fn start(id: JobId, spec: FileJobSpec, roots: &Roots) -> Result<TreeJob, Error> {
         let input = open_dir(roots, &spec.input)?;
+        refuse_output_inside(roots, &input, &spec)?;
         let out = make_dir_path(roots, &spec.output, dir_mode(&input))?;
         Ok(TreeJob {
             id,
@@ -131,6 +137,7 @@ impl TreeJob {
             spare_pending: Vec::new(),
             walked: false,
             retry: VecDeque::new(),
+            retry_at: Instant::now(),
             in_flight: 0,
             files_total: 0,
             bytes_total: 0,
@@ -149,8 +156,19 @@ impl TreeJob {
 
     /// True while the walk has entries left or files wait for a retry, and there is room
     /// in the window.
+    /// Files refused `busy` wait [`TREE_RETRY_DELAY`], and the walk waits with them.
     pub fn wants_step(&self) -> bool {
-        !self.cancelled && (!self.walked || !self.retry.is_empty()) && self.in_flight < TREE_WINDOW
+        let more = if self.retry.is_empty() {
+            !self.walked
+        } else {
+            Instant::now() >= self.retry_at
+        };
+        !self.cancelled && more && self.in_flight < TREE_WINDOW
+    }
+
+    /// When files refused `busy` may go out again, if any wait.
+    pub fn retry_at(&self) -> Option<Instant> {
+        (!self.cancelled && !self.retry.is_empty()).then_some(self.retry_at)
     }
 
     /// Walks for up to [`WALK_SLICE`], adding the file jobs to submit to `out` (empty when
@@ -311,6 +329,7 @@ impl TreeJob {
                 let output = joined(spares, &self.spec.output, &level.rel, &[stem, suffix]);
                 let mut spec = FileJobSpec::new(self.spec.op, input, output);
                 spec.key = self.spec.key.clone();
+                spec.caller = self.spec.caller.clone();
                 spec.overwrite = self.spec.overwrite;
                 spec.skip_existing = self.spec.skip_existing;
                 self.files_total += 1;
@@ -383,7 +402,11 @@ impl TreeJob {
         match result {
             FileResult::Busy(spec) => {
                 self.in_flight -= 1;
-                self.retry.push_back(*spec);
+                // A cancelled tree hands nothing out again: the file is simply not done.
+                if !self.cancelled {
+                    self.retry.push_back(*spec);
+                    self.retry_at = Instant::now() + TREE_RETRY_DELAY;
+                }
                 return;
             }
             FileResult::Done {
@@ -401,6 +424,16 @@ impl TreeJob {
         }
         self.in_flight -= 1;
         self.bytes_done += size;
+    }
+
+    /// Ends the walk with `err` counted as a failure of the whole input; files already out
+    /// finish and are counted.
+    pub fn abort(&mut self, err: Error) {
+        let input = self.spec.input.clone();
+        self.fail(&input, err);
+        self.walked = true;
+        self.retry.clear();
+        self.stack.clear();
     }
 
     /// Stops walking; files already out finish and are counted.
@@ -495,6 +528,72 @@ fn joined(spares: &mut SparePaths, base: &Path, rel: &Path, name: &[&[u8]]) -> P
         path.extend_from_slice(part);
     }
     PathBuf::from(OsString::from_vec(path))
+}
+
+/// Refuses a tree whose output directory is the input directory (but for a rewrap in
+/// place) or lies anywhere beneath it, by the identity (device, inode) of the directories
+/// as opened, not by their path strings: a bind mount or another route to the same
+/// directory cannot slip past. The output may not exist yet: its nearest existing ancestor
+/// is where the check starts, then every directory above it up to `/`.
+fn refuse_output_inside(roots: &Roots, input: &OwnedFd, spec: &FileJobSpec) -> Result<(), Error> {
+    let input_id = identity(input).map_err(|e| Error::io("stat", &spec.input, e.into()))?;
+    let inside = |what: &str| {
+        Error::new(
+            Code::BadRequest,
+            format!(
+                "{} {what} the input directory {}; the walk would find its own outputs \
+                 (an output inside the input directory is refused); choose another output \
+                 directory",
+                spec.output.display(),
+                spec.input.display()
+            ),
+        )
+    };
+    // The output itself, or its nearest ancestor that exists and lies under a root.
+    let mut at = spec.output.as_path();
+    let mut dir = loop {
+        match open_dir(roots, at) {
+            Ok(fd) => break fd,
+            Err(_) => match at.parent() {
+                Some(parent) if roots.locate(parent).is_ok() => at = parent,
+                // Nothing of the output exists under a root yet: creating it will say why.
+                _ => return Ok(()),
+            },
+        }
+    };
+    if at == spec.output {
+        let output_id = identity(&dir).map_err(|e| Error::io("stat", at, e.into()))?;
+        if output_id == input_id {
+            if spec.op == FileOp::Rewrap {
+                // Rewrap in place: every file is replaced by its own rewrapped self.
+                return Ok(());
+            }
+            return Err(inside("is"));
+        }
+    }
+    loop {
+        let id = identity(&dir).map_err(|e| Error::io("stat", at, e.into()))?;
+        if id == input_id {
+            return Err(inside("lies inside"));
+        }
+        // `..` of `/` is `/` itself: the walk up ends there.
+        let parent = rustix::fs::openat(
+            &dir,
+            c"..",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("open the parent of", at, e.into()))?;
+        if identity(&parent).map_err(|e| Error::io("stat", at, e.into()))? == id {
+            return Ok(());
+        }
+        dir = parent;
+    }
+}
+
+/// A directory's identity: its device and inode.
+fn identity(fd: &OwnedFd) -> Result<(u64, u64), Errno> {
+    rustix::fs::fstat(fd).map(|st| (st.st_dev, st.st_ino))
 }
 
 fn dir_mode(fd: &OwnedFd) -> u32 {
