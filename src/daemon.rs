@@ -471,10 +471,12 @@ fn raise_fd_limit() {
 /// sweep must not turn a restart into a walk of a million-file tree.
 pub const SWEEP_MAX_ENTRIES: usize = 200_000;
 
-/// Removes named temp files (`.ringcrypt-tmp-*`, regular files owned by this user) that an
-/// interrupted job on a filesystem without `O_TMPFILE` left under the allowed roots. Symlinks
-/// are never followed. Runs in the background at start; returns what it removed.
-pub fn sweep_temp_files(roots: &[PathBuf], daemon_uid: u32) -> usize {
+/// Removes named temp files (`.ringcrypt-tmp-*`, regular files owned by `owner`, or by
+/// anyone when `owner` is None) that an interrupted job on a filesystem without `O_TMPFILE`
+/// left under the allowed roots. A daemon that runs path jobs as their callers made its temp
+/// files as them, so it sweeps every owner's; otherwise only its own. Symlinks are never
+/// followed. Runs in the background at start; returns what it removed.
+pub fn sweep_temp_files(roots: &[PathBuf], owner: Option<u32>) -> usize {
     use std::os::unix::fs::MetadataExt;
     let mut removed = 0;
     let mut seen = 0;
@@ -494,7 +496,7 @@ pub fn sweep_temp_files(roots: &[PathBuf], daemon_uid: u32) -> usize {
             if meta.is_dir() {
                 pending.push_back(entry.path());
             } else if meta.is_file()
-                && meta.uid() == daemon_uid
+                && owner.is_none_or(|uid| meta.uid() == uid)
                 && crate::output::is_temp_name(&entry.file_name())
                 && std::fs::remove_file(entry.path()).is_ok()
             {
@@ -614,11 +616,11 @@ pub fn run(config: Config) -> Result<(), Error> {
     });
     {
         let roots = config.allow_roots.clone();
-        let uid = shared.daemon_uid;
+        let owner = (!(shared.act_as_callers && shared.can_act_as)).then_some(shared.daemon_uid);
         std::thread::Builder::new()
             .name("sweep".into())
             .spawn(move || {
-                let removed = sweep_temp_files(&roots, uid);
+                let removed = sweep_temp_files(&roots, owner);
                 if removed > 0 {
                     eprintln!(
                         "ringcryptd: removed {removed} temp file(s) left by interrupted jobs"
@@ -753,6 +755,18 @@ pub fn run(config: Config) -> Result<(), Error> {
             .collect::<Vec<_>>()
             .join(", "),
     );
+    eprintln!(
+        "ringcryptd: path jobs of callers other than root and uid {} {}",
+        shared.daemon_uid,
+        match (shared.act_as_callers, shared.can_act_as) {
+            (true, true) => "run with the caller's uid, gid and groups",
+            (true, false) => {
+                "are refused: no CAP_SETUID/CAP_SETGID to act as the caller \
+                 (descriptor jobs work; see --path-credentials)"
+            }
+            (false, _) => "run with the daemon's rights (--path-credentials daemon)",
+        }
+    );
     if config.dev {
         eprintln!(
             "ringcryptd: dev mode: key ring {}; try\n  RINGCRYPT_SOCKET={} ringcrypt encrypt FILE",
@@ -824,7 +838,7 @@ mod tests {
         std::fs::write(outside.path().join(".ringcrypt-tmp-ff"), b"outside").unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
         let uid = rustix::process::geteuid().as_raw();
-        assert_eq!(sweep_temp_files(&[dir.path().to_path_buf()], uid), 1);
+        assert_eq!(sweep_temp_files(&[dir.path().to_path_buf()], Some(uid)), 1);
         assert!(nested.join("keep.txt").exists());
         assert!(!nested.join(".ringcrypt-tmp-0011223344556677").exists());
         assert!(dir.path().join(".ringcrypt-tmpX").exists());
