@@ -30,6 +30,7 @@ use crate::offline::{self, Format, Job, Outcome};
 use crate::output::{AtomicFile, Durability};
 use crate::protocol::{FileJobSpec, FileOp, JobId, Reply, Request};
 use crate::tree::{self, Summary, TreeJob};
+use crate::tree_rules::{with_suffix, without_suffix};
 
 /// Exit code: the job failed; the message says why.
 pub const EXIT_FAILED: u8 = 1;
@@ -1020,18 +1021,6 @@ fn load_ring(path: Option<&Path>) -> Result<KeyRing, Failure> {
     Ok(KeyRing::load(path)?)
 }
 
-fn with_suffix(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(".rcrypt");
-    PathBuf::from(name)
-}
-
-fn without_suffix(path: &Path) -> Option<PathBuf> {
-    let name = path.file_name()?.to_str()?;
-    let stem = name.strip_suffix(".rcrypt")?;
-    (!stem.is_empty()).then(|| path.with_file_name(stem))
-}
-
 fn same_path(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
@@ -1522,20 +1511,6 @@ fn progress_line(s: &tree::Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn output_names() {
-        assert_eq!(
-            with_suffix(Path::new("a/b.txt")),
-            PathBuf::from("a/b.txt.rcrypt")
-        );
-        assert_eq!(
-            without_suffix(Path::new("a/b.txt.rcrypt")),
-            Some(PathBuf::from("a/b.txt"))
-        );
-        assert_eq!(without_suffix(Path::new("a/b.txt")), None);
-        assert_eq!(without_suffix(Path::new("a/.rcrypt")), None);
-    }
 
     #[test]
     fn the_command_line_is_consistent() {

@@ -20,6 +20,7 @@
 //! - [`offline`]: file jobs run in this process (the client's `--keys` mode).
 //! - [`tree`]: directory-tree jobs in this process: the walk, its skip and naming rules, and
 //!   a worker per core running `offline`'s file jobs.
+//! - [`tree_rules`]: a tree's naming and skip rules, one source for both engines and the CLI.
 //! - [`client`]: the client's side of the socket: connect, send a request, read its replies.
 //! - [`cli`]: the `ringcrypt` command line.
 
@@ -48,5 +49,6 @@ pub mod shard;
 pub mod stream;
 pub mod tree;
 pub mod tree_job;
+pub mod tree_rules;
 
 pub use error::{Code, Error};

@@ -1483,7 +1483,7 @@ impl Shard {
                     let skipped = if done.skipped {
                         vec![protocol::Skipped {
                             path: spec.output.clone(),
-                            reason: "exists and verifies".into(),
+                            reason: crate::tree_rules::REASON_EXISTS.into(),
                         }]
                     } else {
                         Vec::new()

@@ -41,6 +41,7 @@ use crate::keys::KeyRing;
 use crate::offline::{self, Format, Job};
 use crate::output::{self, Durability};
 use crate::protocol::{FileOp, MAX_FAILURES_REPORTED};
+use crate::tree_rules::Special;
 
 pub use crate::protocol::{Failure, Skipped};
 
@@ -56,13 +57,7 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 /// quickly rather than at the next progress tick.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// The reason a verified existing output is skipped (also the daemon's).
-pub const REASON_EXISTS: &str = "exists and verifies";
-/// The reason decrypt skips a file whose name does not end in `.rcrypt`.
-pub const REASON_NOT_RCRYPT: &str = "not a .rcrypt file";
-
-/// The suffix encrypt appends and decrypt strips.
-const SUFFIX: &str = ".rcrypt";
+pub use crate::tree_rules::{REASON_EXISTS, REASON_NOT_RCRYPT, output_name};
 
 /// One tree job.
 #[derive(Clone, Copy, Debug)]
@@ -122,39 +117,20 @@ pub struct Summary {
     pub skipped_omitted: u64,
 }
 
-/// The output name of a file in the tree, or why it has none.
-pub fn output_name(op: FileOp, name: &std::ffi::OsStr) -> Result<OsString, &'static str> {
-    match op {
-        FileOp::Encrypt => {
-            let mut out = name.to_os_string();
-            out.push(SUFFIX);
-            Ok(out)
-        }
-        FileOp::Decrypt => {
-            let stem = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(SUFFIX))
-                .filter(|stem| !stem.is_empty())
-                .ok_or(REASON_NOT_RCRYPT)?;
-            Ok(stem.into())
-        }
-        FileOp::Rewrap => Ok(name.to_os_string()),
-    }
-}
-
 /// Why a directory entry that is not a regular file or a directory is skipped.
 fn special_reason(kind: fs::FileType) -> &'static str {
-    if kind.is_symlink() {
-        "symbolic link"
+    let special = if kind.is_symlink() {
+        Special::Symlink
     } else if kind.is_fifo() {
-        "fifo"
+        Special::Fifo
     } else if kind.is_socket() {
-        "socket"
+        Special::Socket
     } else if kind.is_block_device() || kind.is_char_device() {
-        "device"
+        Special::Device
     } else {
-        "not a regular file"
-    }
+        Special::Unknown
+    };
+    special.reason()
 }
 
 /// One file for a worker: paths relative to the input and output roots.
@@ -519,17 +495,6 @@ fn one_file(ring: &KeyRing, job: &TreeJob, shared: &Shared, input: &Path, output
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::OsStr;
-
-    #[test]
-    fn output_names_follow_the_op() {
-        let name = |op, n: &str| output_name(op, OsStr::new(n));
-        assert_eq!(name(FileOp::Encrypt, "a.txt"), Ok("a.txt.rcrypt".into()));
-        assert_eq!(name(FileOp::Decrypt, "a.txt.rcrypt"), Ok("a.txt".into()));
-        assert_eq!(name(FileOp::Decrypt, "a.txt"), Err(REASON_NOT_RCRYPT));
-        assert_eq!(name(FileOp::Decrypt, ".rcrypt"), Err(REASON_NOT_RCRYPT));
-        assert_eq!(name(FileOp::Rewrap, "a.rcrypt"), Ok("a.rcrypt".into()));
-    }
 
     #[test]
     fn an_output_inside_the_input_is_refused() {

@@ -33,6 +33,7 @@ use crate::protocol::{
     SparePaths,
 };
 use crate::roots::{RESOLVE_CONFINED, Roots};
+use crate::tree_rules::{Special, output_name_parts};
 
 /// File jobs one tree keeps out at once: enough to keep every shard's pipeline full, few
 /// enough that a million-file tree is never a million queued jobs.
@@ -322,9 +323,12 @@ impl TreeJob {
                 }
             }
             FileType::RegularFile => {
-                let Some((stem, suffix)) = self.output_name(name.to_bytes()) else {
-                    self.skip(&input, "not a .rcrypt file");
-                    return Some(input);
+                let (stem, suffix) = match output_name_parts(self.spec.op, name.to_bytes()) {
+                    Ok(parts) => parts,
+                    Err(reason) => {
+                        self.skip(&input, reason);
+                        return Some(input);
+                    }
                 };
                 let output = joined(spares, &self.spec.output, &level.rel, &[stem, suffix]);
                 let mut spec = FileJobSpec::new(self.spec.op, input, output);
@@ -337,11 +341,13 @@ impl TreeJob {
                 out.push(spec);
                 return None;
             }
-            FileType::Symlink => self.skip(&input, "symbolic link"),
-            FileType::Fifo => self.skip(&input, "fifo"),
-            FileType::Socket => self.skip(&input, "socket"),
-            FileType::BlockDevice | FileType::CharacterDevice => self.skip(&input, "device"),
-            FileType::Unknown => self.skip(&input, "unknown file type"),
+            FileType::Symlink => self.skip(&input, Special::Symlink.reason()),
+            FileType::Fifo => self.skip(&input, Special::Fifo.reason()),
+            FileType::Socket => self.skip(&input, Special::Socket.reason()),
+            FileType::BlockDevice | FileType::CharacterDevice => {
+                self.skip(&input, Special::Device.reason())
+            }
+            FileType::Unknown => self.skip(&input, Special::Unknown.reason()),
         }
         Some(input)
     }
@@ -361,19 +367,6 @@ impl TreeJob {
             rel: rel.to_path_buf(),
             out,
         })
-    }
-
-    /// The name a file gets in the output tree, as a stem and a suffix to append, or None
-    /// when it is not for this op.
-    fn output_name<'n>(&self, name: &'n [u8]) -> Option<(&'n [u8], &'static [u8])> {
-        match self.spec.op {
-            FileOp::Encrypt => Some((name, b".rcrypt")),
-            FileOp::Decrypt => name
-                .strip_suffix(b".rcrypt")
-                .filter(|stem| !stem.is_empty())
-                .map(|stem| (stem, &b""[..])),
-            FileOp::Rewrap => Some((name, b"")),
-        }
     }
 
     fn fail(&mut self, path: &Path, err: Error) {

@@ -504,9 +504,12 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             } else if kind.is_dir() {
                 all.push((path.clone(), Vec::new()));
                 stack.push(path);
-            } else {
+            } else if kind.is_file() {
                 let data = fs::read(&path).unwrap();
                 all.push((path, data));
+            } else {
+                // A FIFO, socket or device: reading it could block; its presence is enough.
+                all.push((path, b"(special)".to_vec()));
             }
         }
     }
