@@ -18,364 +18,47 @@
 //! (`protocol`), or process setup (`daemon`).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-use crossbeam_queue::ArrayQueue;
 
 use crate::creds::{ActAs, Caller};
 use crate::error::{Code, Error};
 use crate::job::{BUFFERS_PER_JOB, FileJob, JobCtx, JobOutcome, Passed};
 use crate::keys::KeyRing;
-use crate::limits::{
-    ADMIN_RESERVED_CONNECTIONS, FINISHED_JOBS_KEPT, IDLE_TIMEOUT, INBOX_DEPTH, MAX_CONNECTIONS,
-    MAX_CONNECTIONS_PER_UID, MAX_PASSED_FDS_PER_CONN, MAX_PENDING_REPLY_BYTES,
-    MAX_QUEUED_JOBS_PER_SHARD, RECV_BUFFER_BYTES, RECV_INITIAL_BYTES, REFUSED_IDLE_TIMEOUT,
-    SHUTDOWN_GRACE, SPARE_PATHS_PER_SHARD, TICK,
-};
+use crate::limits::{SHUTDOWN_GRACE, SPARE_PATHS_PER_SHARD, TICK};
 use crate::metrics::{self, JobResult, ShardMetrics};
-use crate::output::Durability;
 use crate::protocol::{
-    self, FileJobSpec, JobId, JobInfo, JobState, MAX_REQUEST_LINE_BYTES, Request, RequestId,
-    ShardStats, SparePaths,
+    self, FileJobSpec, JobId, JobInfo, JobState, Request, RequestId, ShardStats, SparePaths,
 };
-use crate::reactor::{BackendKind, BufId, Completion, Op, RECV_FDS_MAX, Reactor, RecvBuf};
-use crate::roots::Roots;
+use crate::reactor::{BackendKind, BufId, Completion, Op, Reactor, RecvBuf};
 use crate::tree_job::{FileResult, TreeJob};
 
-/// Where a reply goes: a connection on some shard, and the request id to echo.
-#[derive(Clone, Debug)]
-pub struct ReplyTo {
-    pub shard: usize,
-    pub conn: u64,
-    pub id: Option<RequestId>,
-    /// A file of tree job `tree` on shard `shard`: results go back as [`Msg::TreeResult`],
-    /// not as reply lines.
-    pub tree: Option<u64>,
-}
+mod conns;
+mod inbox;
+mod jobs;
 
-/// A message between shards (or from the main thread).
-pub enum Msg {
-    /// A client connection for this shard to serve, with its peer's identity.
-    Conn {
-        fd: OwnedFd,
-        caller: Arc<Caller>,
-    },
-    /// A connection of `uid` closed, for shard 0's per-uid connection counts.
-    ConnClosed {
-        uid: u32,
-    },
-    /// A file job for its owner shard. `wait`: send `done`/`error` when it ends.
-    Submit {
-        spec: FileJobSpec,
-        reply: ReplyTo,
-    },
-    /// A reply for one of this shard's connections. `final_reply`: the last line of a
-    /// request (a connection closes on EOF only once every request had its last line).
-    Reply {
-        conn: u64,
-        id: Option<RequestId>,
-        reply: Reply,
-        final_reply: bool,
-    },
-    Status {
-        job: JobId,
-        reply: ReplyTo,
-    },
-    Cancel {
-        job: JobId,
-        reply: ReplyTo,
-    },
-    /// Collect this shard's part of a `jobs` or `stats` answer.
-    Gather {
-        stats: bool,
-        reply: ReplyTo,
-        gather: u64,
-    },
-    /// One shard's part, back to the gathering connection's shard.
-    Part {
-        gather: u64,
-        jobs: Vec<JobInfo>,
-        stats: Option<ShardStats>,
-    },
-    /// One file of a tree job ended (or must be retried), for the tree's shard.
-    TreeResult {
-        tree: u64,
-        /// The file's input path, to name it among the failures: empty unless it failed.
-        input: PathBuf,
-        size: u64,
-        result: FileResult,
-    },
-    /// The path buffers of a job this shard made the spec of (parsed its request, or walked
-    /// its tree), back from the owner shard once the job's record left its finished ring,
-    /// to be reused for the next job's paths.
-    Recycle {
-        input: PathBuf,
-        output: PathBuf,
-    },
-    /// A new key ring for every later job.
-    Reload(Arc<KeyRing>),
-    /// Stop accepting; finish jobs until `deadline`, then cancel the rest; then exit.
-    Shutdown {
-        deadline: Instant,
-    },
-}
+use conns::{Conns, PassedFds, Received};
 
-/// A reply as data, encoded only where it is written: on the connection's shard, straight
-/// into the connection's output buffer, so sending one allocates nothing.
-pub enum Reply {
-    Accepted(JobId),
-    Done(protocol::DoneReport),
-    Status(JobInfo),
-    Cancelled(JobId),
-    Error(Error),
-}
+use jobs::{Decision, JobTable, Waiter, Waiters};
 
-impl Reply {
-    /// Writes the reply line into `out`.
-    fn encode(&self, out: &mut Vec<u8>, id: Option<&RequestId>) {
-        match self {
-            Reply::Accepted(job) => protocol::write_accepted(out, id, *job),
-            Reply::Done(report) => protocol::write_done(out, id, report),
-            Reply::Status(info) => protocol::write_status(out, id, info),
-            Reply::Cancelled(job) => protocol::write_cancelled(out, id, *job),
-            Reply::Error(err) => protocol::write_error(out, id, err),
-        }
-    }
-}
-
-/// One shard's inbox: a bounded queue plus the eventfd that wakes it.
-pub struct Inbox {
-    queue: ArrayQueue<Msg>,
-    sleeping: AtomicBool,
-    wake: OwnedFd,
-    /// Set by the shard on every loop turn (ms since start), read by the watchdog.
-    pub heartbeat_ms: AtomicU64,
-    /// Jobs ended and bytes written by the shard, for the service manager's status line.
-    pub jobs_done: AtomicU64,
-    pub bytes_out: AtomicU64,
-    /// During a shutdown: the shard has no job, tree or connection left. Shards exit only
-    /// once every one of them is quiet, so none leaves while a job elsewhere still owes a
-    /// reply to one of its connections.
-    pub quiet: AtomicBool,
-    /// The shard's loop has ended: nothing will drain this inbox again, so senders that
-    /// would wait for room give up instead.
-    pub exited: AtomicBool,
-}
-
-/// What every shard can see: the inboxes and the fixed configuration.
-/// Who may use the daemon, by the uid and gid the kernel reports for the peer
-/// (`SO_PEERCRED`), never by anything the client says. Empty lists allow every peer that
-/// can open the socket (its file mode is the gate). Root and the daemon's own uid are
-/// always allowed.
-#[derive(Clone, Debug, Default)]
-pub struct Callers {
-    pub uids: Vec<u32>,
-    pub gids: Vec<u32>,
-}
-
-impl Callers {
-    pub fn allows(&self, uid: u32, gid: u32, daemon_uid: u32) -> bool {
-        (self.uids.is_empty() && self.gids.is_empty())
-            || uid == 0
-            || uid == daemon_uid
-            || self.uids.contains(&uid)
-            || self.gids.contains(&gid)
-    }
-}
-
-pub struct Shared {
-    pub inboxes: Vec<Inbox>,
-    pub callers: Callers,
-    pub roots: Roots,
-    pub durability: Durability,
-    pub chunk_log2: u8,
-    pub keys_path: PathBuf,
-    pub daemon_uid: u32,
-    /// Path jobs of callers other than root and the daemon's uid run with the caller's
-    /// credentials (see `creds`); false only when the operator chose `--path-credentials
-    /// daemon`.
-    pub act_as_callers: bool,
-    /// The daemon can take on a caller's credentials (it has CAP_SETUID and CAP_SETGID).
-    pub can_act_as: bool,
-    pub version: &'static str,
-    pub connections: AtomicUsize,
-    pub started: Instant,
-}
-
-impl Shared {
-    pub fn new_inbox() -> std::io::Result<Inbox> {
-        let wake = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )?;
-        Ok(Inbox {
-            queue: ArrayQueue::new(INBOX_DEPTH),
-            sleeping: AtomicBool::new(false),
-            wake,
-            heartbeat_ms: AtomicU64::new(0),
-            jobs_done: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            quiet: AtomicBool::new(false),
-            exited: AtomicBool::new(false),
-        })
-    }
-
-    /// Delivers `msg` to shard `to`, waking it if it sleeps. A full inbox gives the message
-    /// back; the caller decides (`busy` for new work, retry for replies).
-    // The message itself comes back on failure, so nothing is allocated or lost.
-    #[allow(clippy::result_large_err)]
-    pub fn send(&self, to: usize, msg: Msg) -> Result<(), Msg> {
-        let inbox = &self.inboxes[to];
-        inbox.queue.push(msg)?;
-        if inbox.sleeping.swap(false, Ordering::SeqCst) {
-            // A failed write means the counter is saturated: the shard is already awake.
-            let _ = rustix::io::write(&inbox.wake, &1u64.to_ne_bytes());
-        }
-        Ok(())
-    }
-
-    /// Delivers a message that must not be lost (a reply): waits while the inbox is full.
-    /// Inboxes drain every loop turn, so this waits microseconds, not more; a shard that
-    /// has exited (the end of a shutdown) drains nothing, and the message is dropped.
-    pub fn send_must(&self, to: usize, mut msg: Msg) {
-        loop {
-            match self.send(to, msg) {
-                Ok(()) => return,
-                Err(_) if self.inboxes[to].exited.load(Ordering::SeqCst) => return,
-                Err(back) => {
-                    msg = back;
-                    std::thread::yield_now();
-                }
-            }
-        }
-    }
-
-    /// The owner shard of an input path: a stable hash (FNV-1a, the same in every build
-    /// and run) of its bytes, modulo the shard count.
-    pub fn owner_of(&self, input: &std::path::Path) -> usize {
-        let mut hasher = Fnv1a::default();
-        input.as_os_str().hash(&mut hasher);
-        (hasher.finish() % self.inboxes.len() as u64) as usize
-    }
-}
-
-#[derive(Default)]
-struct Fnv1a(u64);
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &byte in bytes {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
-    }
-}
-
-/// Largest send buffer a connection keeps for its next reply: a few thousand `done` lines.
-/// A buffer grown past it by a rare large reply is freed once sent.
-const REPLY_BUFFER_KEPT_BYTES: usize = 64 * 1024;
+pub use inbox::{Callers, Inbox, Msg, Reply, ReplyTo, Shared};
 
 // Token kinds: the top byte of a reactor token.
-const KIND_JOB: u64 = 1 << 56;
-const KIND_CONN_RECV: u64 = 2 << 56;
-const KIND_CONN_SEND: u64 = 3 << 56;
-const KIND_ACCEPT: u64 = 4 << 56;
-const KIND_WAKE: u64 = 5 << 56;
-const KIND_MASK: u64 = 0xff << 56;
-
-struct Conn {
-    fd: OwnedFd,
-    caller: Arc<Caller>,
-    /// The caller is not on the allow lists: it gets one answer, then the connection
-    /// closes, so refused callers cannot hold connection slots.
-    refused: bool,
-    /// The receive buffer (bytes and passed descriptors), or None while a recv owns it.
-    rbuf: Option<Box<RecvBuf>>,
-    /// Inside a line longer than the limit: drop bytes until the next newline.
-    discarding: bool,
-    /// Replies not yet handed to a send.
-    out: Vec<u8>,
-    /// The buffer of the last finished send, kept for the next one, so replies go out
-    /// through two buffers that swap rather than a new one per send.
-    spare: Vec<u8>,
-    sending: bool,
-    eof: bool,
-    open_requests: usize,
-    last_active: Instant,
-}
-
-/// The descriptors a connection received and no request took yet (lent from its receive
-/// buffer while its lines are handled), with whether the kernel dropped some.
-struct PassedFds<'a> {
-    fds: &'a mut VecDeque<OwnedFd>,
-    fds_truncated: &'a mut bool,
-}
-
-struct Waiter {
-    reply: ReplyTo,
-    wait: bool,
-}
-
-/// Who waits for a job: the request that started it, inline, and any duplicates attached
-/// later, so an undisputed job needs no list.
-struct Waiters {
-    first: Waiter,
-    more: Vec<Waiter>,
-}
-
-impl Waiters {
-    fn push(&mut self, waiter: Waiter) {
-        self.more.push(waiter);
-    }
-}
-
-impl IntoIterator for Waiters {
-    type Item = Waiter;
-    type IntoIter = std::iter::Chain<std::iter::Once<Waiter>, std::vec::IntoIter<Waiter>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        std::iter::once(self.first).chain(self.more)
-    }
-}
-
-struct Slot {
-    job: FileJob,
-    waiters: Waiters,
-}
-
-struct Queued {
-    id: JobId,
-    spec: FileJobSpec,
-    passed: Option<Passed>,
-    waiters: Waiters,
-}
+pub(crate) const KIND_JOB: u64 = 1 << 56;
+pub(crate) const KIND_CONN_RECV: u64 = 2 << 56;
+pub(crate) const KIND_CONN_SEND: u64 = 3 << 56;
+pub(crate) const KIND_ACCEPT: u64 = 4 << 56;
+pub(crate) const KIND_WAKE: u64 = 5 << 56;
+pub(crate) const KIND_MASK: u64 = 0xff << 56;
 
 /// A tree job and where its replies go.
 struct Tree {
     job: TreeJob,
     reply: ReplyTo,
     wait: bool,
-}
-
-/// A finished job's record, with the shard its paths were made on (which gets them back
-/// when the record is dropped).
-struct Finished {
-    info: JobInfo,
-    home: usize,
 }
 
 struct Gathering {
@@ -397,23 +80,12 @@ pub struct Shard {
     accepting: bool,
     accept_paused_until: Option<Instant>,
     next_conn_shard: usize,
-    conns: HashMap<u64, Conn>,
-    next_conn: u64,
-    jobs: Vec<Option<Slot>>,
-    free_jobs: Vec<usize>,
-    queue: VecDeque<Queued>,
-    /// In-flight jobs by a hash of their (op, input, output), to attach duplicates; a hit is
-    /// confirmed against the job's own spec (see [`Shard::duplicate_of`]).
-    by_key: HashMap<u64, JobId>,
-    /// Keys of [`Shard::by_key`]: a random SipHash key, so clients cannot aim collisions.
-    key_hasher: std::hash::RandomState,
-    seq_to_slot: HashMap<u64, usize>,
-    /// Ended jobs, oldest first, at most [`FINISHED_JOBS_KEPT`].
-    finished: VecDeque<Finished>,
+    conns: Conns,
+    /// The file jobs this shard owns: queued, running, and the record of ended ones.
+    jobs: JobTable,
     /// Path buffers for the specs this shard makes (request paths, tree files); refilled
     /// from the records [`Shard::finished`] drops, here and on other shards.
     spares: SparePaths,
-    next_seq: u64,
     gathers: HashMap<u64, Gathering>,
     next_gather: u64,
     stats: ShardStats,
@@ -432,8 +104,6 @@ pub struct Shard {
     /// Inside `start_queued`: a job that ends while being started does not start more
     /// from inside it (the running loop picks them up).
     admitting: bool,
-    /// Shard 0 only: open connections per uid, for [`MAX_CONNECTIONS_PER_UID`].
-    conns_by_uid: HashMap<u32, usize>,
 }
 
 impl Shard {
@@ -466,17 +136,9 @@ impl Shard {
             listener,
             accept_paused_until: None,
             next_conn_shard: 0,
-            conns: HashMap::new(),
-            next_conn: 1,
-            jobs: Vec::new(),
-            free_jobs: Vec::new(),
-            queue: VecDeque::new(),
-            by_key: HashMap::new(),
-            key_hasher: std::hash::RandomState::new(),
-            seq_to_slot: HashMap::new(),
-            finished: VecDeque::with_capacity(FINISHED_JOBS_KEPT),
+            conns: Conns::default(),
+            jobs: JobTable::new(index),
             spares: SparePaths::with_bound(SPARE_PATHS_PER_SHARD),
-            next_seq: 1,
             gathers: HashMap::new(),
             next_gather: 1,
             stats,
@@ -488,7 +150,6 @@ impl Shard {
             tree_specs: Vec::new(),
             local: VecDeque::new(),
             admitting: false,
-            conns_by_uid: HashMap::new(),
         };
         Ok((shard, warning))
     }
@@ -597,7 +258,7 @@ impl Shard {
     fn on_msg(&mut self, msg: Msg) {
         match msg {
             Msg::Conn { fd, caller } => self.add_conn(fd, caller),
-            Msg::ConnClosed { uid } => self.uid_closed(uid),
+            Msg::ConnClosed { uid } => self.conns.uid_closed(uid),
             Msg::Submit { spec, reply } => self.submit(spec, reply, None),
             Msg::Reply {
                 conn,
@@ -686,101 +347,27 @@ impl Shard {
     // ---- connections -------------------------------------------------------------------
 
     fn add_conn(&mut self, fd: OwnedFd, caller: Arc<Caller>) {
-        let key = self.next_conn;
-        self.next_conn += 1;
-        if self.reactor.kind() == BackendKind::Sync {
-            let _ = rustix::io::ioctl_fionbio(&fd, true);
-        }
         let refused = !self
             .shared
             .callers
             .allows(caller.uid, caller.gid, self.shared.daemon_uid);
-        let conn = Conn {
-            fd,
-            caller,
-            refused,
-            rbuf: Some(RecvBuf::new(RECV_INITIAL_BYTES)),
-            discarding: false,
-            out: Vec::new(),
-            spare: Vec::new(),
-            sending: false,
-            eof: false,
-            open_requests: 0,
-            last_active: Instant::now(),
-        };
-        self.conns.insert(key, conn);
-        self.arm_recv(key);
+        self.conns.add(fd, caller, refused, &mut self.reactor);
     }
 
-    fn arm_recv(&mut self, key: u64) {
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
-        };
-        // Back-pressure: while its replies pile up unread, read no more of its requests.
-        if conn.eof || conn.out.len() > MAX_PENDING_REPLY_BYTES {
-            return;
-        }
-        let Some(buf) = conn.rbuf.take() else { return };
-        let fd = conn.fd.as_raw_fd();
-        self.reactor
-            .push(KIND_CONN_RECV | key, Op::Recv { fd, buf });
-    }
-
-    fn on_recv(&mut self, key: u64, mut done: Completion) {
-        let Some(mut buf) = done.take_recv() else {
-            return;
-        };
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
-        };
-        let n = match done.result {
-            Ok(0) | Err(_) => {
-                buf.fds.clear();
-                conn.rbuf = Some(buf);
-                conn.eof = true;
-                self.maybe_close(key);
-                return;
-            }
-            Ok(n) => n as usize,
-        };
-        conn.last_active = Instant::now();
-        if buf.fds.len() > MAX_PASSED_FDS_PER_CONN {
-            // Descriptors no request takes: close them rather than hold them.
-            buf.fds.clear();
-            let err = Error::new(
-                Code::BadRequest,
-                format!(
-                    "more than {MAX_PASSED_FDS_PER_CONN} passed descriptors are waiting for a \
-                     request with \"fds\": true; they were closed"
-                ),
-            );
-            self.queue_line(key, &error_line(None, &err), false);
-        }
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
-        };
-        let start = buf.filled;
-        buf.filled += n;
-        let filled = buf.filled;
-        // Complete lines end at the last newline; bytes before `start` hold none (they are
-        // the unfinished line of earlier receives).
-        let consumed = buf.data[start..filled]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |pos| start + pos + 1);
-        // A line that was being discarded ends at the first newline.
-        let skip_first = conn.discarding && consumed > 0;
-        let discarding = conn.discarding && consumed == 0;
-        let too_long = filled - consumed > MAX_REQUEST_LINE_BYTES;
-        conn.discarding = discarding || too_long;
-        if too_long && !discarding {
-            // Too long and still no newline: answer now, drop the rest of the line.
-            let err = Error::new(
-                Code::TooLarge,
-                format!(
-                    "request line is longer than {MAX_REQUEST_LINE_BYTES} bytes; it was discarded"
-                ),
-            );
+    /// Hands each complete request line that arrived on connection `key` to `on_line`.
+    fn on_recv(&mut self, key: u64, done: Completion) {
+        let (mut buf, consumed, skip_first, too_long, complaints) =
+            match self.conns.received(key, done) {
+                Received::Ended(closed) => return self.closed(closed),
+                Received::Lines {
+                    buf,
+                    consumed,
+                    skip_first,
+                    too_long,
+                    complaints,
+                } => (buf, consumed, skip_first, too_long, complaints),
+            };
+        for err in complaints.into_iter().flatten() {
             self.queue_line(key, &error_line(None, &err), false);
         }
         // The lines are handled where they lie in the receive buffer, which the connection
@@ -791,7 +378,7 @@ impl Shard {
             fds_truncated,
             ..
         } = &mut *buf;
-        let mut passed = PassedFds { fds, fds_truncated };
+        let mut passed = PassedFds::of(fds, fds_truncated);
         let mut at = 0;
         while at < consumed {
             let end = at
@@ -804,61 +391,14 @@ impl Shard {
             }
             at = end + 1;
             // A refused caller's connection closes after its one answer.
-            if self.conns.get(&key).is_none_or(|c| c.eof) {
+            if self.conns.get(key).is_none_or(|c| c.eof) {
                 break;
             }
         }
-        data.copy_within(consumed..filled, 0);
-        buf.filled -= consumed;
-        if too_long {
-            buf.filled = 0;
-        }
-        // Grow for a long line, shrink back once it is consumed: an idle connection
-        // costs RECV_INITIAL_BYTES, not a whole maximal line.
-        if buf.filled == buf.data.len() && buf.data.len() < RECV_BUFFER_BYTES {
-            let grown = (buf.data.len() * 2).min(RECV_BUFFER_BYTES);
-            buf.data.resize(grown, 0);
-        } else if buf.filled == 0 && buf.data.len() > RECV_INITIAL_BYTES {
-            buf.data.truncate(RECV_INITIAL_BYTES);
-            buf.data.shrink_to_fit();
-        }
-        if let Some(conn) = self.conns.get_mut(&key) {
-            conn.rbuf = Some(buf);
-        }
-        self.arm_recv(key);
-        self.maybe_close(key);
-    }
-
-    /// Takes the two descriptors a request with `"fds": true` passed (input, then output)
-    /// and checks that they are what such a request promises.
-    fn take_passed(passed: &mut PassedFds, spec: &FileJobSpec) -> Result<Passed, Error> {
-        let (input, output) = match passed.fds.len() {
-            2.. => {
-                let input = passed.fds.pop_front().expect("two are queued");
-                let output = passed.fds.pop_front().expect("two are queued");
-                (input, output)
-            }
-            _ => {
-                let truncated = std::mem::take(passed.fds_truncated);
-                passed.fds.clear();
-                return Err(Error::new(
-                    Code::BadRequest,
-                    if truncated {
-                        format!(
-                            "the request says \"fds\": true, but the descriptors passed with \
-                             it did not fit (at most {RECV_FDS_MAX} per message); the kernel \
-                             closed them"
-                        )
-                    } else {
-                        "the request says \"fds\": true, but two descriptors (the input, \
-                         then the output) did not come with it; pass them with SCM_RIGHTS in \
-                         the same sendmsg as the line, or send paths without \"fds\""
-                            .to_string()
-                    },
-                ));
-            }
-        };
-        Passed::check(input, output, spec)
+        let closed = self
+            .conns
+            .done_receiving(key, buf, consumed, too_long, &mut self.reactor);
+        self.closed(closed);
     }
 
     fn queue_line(&mut self, key: u64, line: &str, final_reply: bool) {
@@ -869,105 +409,29 @@ impl Shard {
 
     /// Appends what `encode` writes to a connection's output and sends it.
     fn queue_with(&mut self, key: u64, final_reply: bool, encode: impl FnOnce(&mut Vec<u8>)) {
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
-        };
-        if final_reply {
-            conn.open_requests = conn.open_requests.saturating_sub(1);
-        }
-        let closing = conn.eof && conn.open_requests == 0;
-        encode(&mut conn.out);
-        self.flush(key);
-        if closing {
-            self.maybe_close(key);
-        }
+        let closed = self
+            .conns
+            .queue(key, final_reply, encode, &mut self.reactor);
+        self.closed(closed);
     }
 
-    fn flush(&mut self, key: u64) {
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
-        };
-        if conn.sending || conn.out.is_empty() {
-            return;
-        }
-        conn.sending = true;
-        let data = std::mem::replace(&mut conn.out, std::mem::take(&mut conn.spare));
-        let fd = conn.fd.as_raw_fd();
-        self.reactor
-            .push(KIND_CONN_SEND | key, Op::Send { fd, data, sent: 0 });
+    fn on_send(&mut self, key: u64, done: Completion) {
+        let closed = self.conns.sent(key, done, &mut self.reactor);
+        self.closed(closed);
     }
 
-    fn on_send(&mut self, key: u64, mut done: Completion) {
-        let mut data = done.take_vec();
-        let Some(conn) = self.conns.get_mut(&key) else {
+    /// Counts a connection of `uid` that closed (if one did): here, and on shard 0 by uid.
+    fn closed(&mut self, uid: Option<u32>) {
+        let Some(uid) = uid else {
             return;
         };
-        match done.result {
-            Ok(n) if (n as usize) < data.len() => {
-                // Partial send: the rest goes first, before anything queued since.
-                data.drain(..n as usize);
-                data.extend_from_slice(&conn.out);
-                conn.out.clear();
-                conn.spare = std::mem::replace(&mut conn.out, data);
-                conn.sending = false;
-                self.flush(key);
-            }
-            Ok(_) => {
-                // Keep the buffer for the next send unless a large reply (a long `jobs`
-                // list) grew it: an idle connection should not pin that memory.
-                if data.capacity() <= REPLY_BUFFER_KEPT_BYTES {
-                    data.clear();
-                    conn.spare = data;
-                }
-                conn.sending = false;
-                self.flush(key);
-                self.maybe_close(key);
-                // Reading may have paused for back-pressure; resume (no-op if a recv is out).
-                self.arm_recv(key);
-            }
-            Err(_) => {
-                // The peer is gone: drop what it will never read.
-                conn.out.clear();
-                conn.sending = false;
-                conn.eof = true;
-                let _ = rustix::net::shutdown(&conn.fd, rustix::net::Shutdown::Both);
-                self.maybe_close(key);
-            }
-        }
-    }
-
-    /// Closes a connection once its peer is gone (or it must go) and nothing is in flight.
-    /// Jobs it submitted go on: their replies are dropped.
-    fn maybe_close(&mut self, key: u64) {
-        let Some(conn) = self.conns.get(&key) else {
-            return;
-        };
-        if conn.eof
-            && conn.open_requests == 0
-            && !conn.sending
-            && conn.rbuf.is_some()
-            && conn.out.is_empty()
-        {
-            let uid = conn.caller.uid;
-            self.conns.remove(&key);
-            let open = self.shared.connections.fetch_sub(1, Ordering::Relaxed) - 1;
-            metrics::connections(open);
-            self.deliver(0, Msg::ConnClosed { uid });
-        }
-    }
-
-    /// Shard 0: one connection of `uid` closed.
-    fn uid_closed(&mut self, uid: u32) {
-        if let Some(count) = self.conns_by_uid.get_mut(&uid) {
-            *count -= 1;
-            if *count == 0 {
-                self.conns_by_uid.remove(&uid);
-            }
-        }
+        let open = self.shared.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::connections(open);
+        self.deliver(0, Msg::ConnClosed { uid });
     }
 
     fn on_line(&mut self, key: u64, line: &[u8], fds: &mut PassedFds) {
-        if let Some(conn) = self.conns.get_mut(&key) {
+        if let Some(conn) = self.conns.get_mut(key) {
             conn.open_requests += 1;
         }
         let parsed = protocol::parse_request_reusing(line, &mut self.spares);
@@ -983,12 +447,12 @@ impl Shard {
         // so a refused request cannot leave them to be taken by the next one.
         let mut request = request;
         if let Request::File(spec) = &mut request
-            && let Some(conn) = self.conns.get(&key)
+            && let Some(conn) = self.conns.get(key)
         {
             spec.caller = Some(Arc::clone(&conn.caller));
         }
         let passed = match &request {
-            Request::File(spec) if spec.fds => Some(Self::take_passed(fds, spec)),
+            Request::File(spec) if spec.fds => Some(fds.take(spec)),
             _ => None,
         };
         let reply = ReplyTo {
@@ -997,7 +461,7 @@ impl Shard {
             id,
             tree: None,
         };
-        let Some(conn) = self.conns.get_mut(&key) else {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         let caller = Arc::clone(&conn.caller);
@@ -1229,86 +693,37 @@ impl Shard {
             }
             return;
         }
-        // Jobs on passed descriptors are never merged: their paths are only names.
-        let key = self.job_key(&spec);
-        let duplicate = match passed {
-            None => self.duplicate_of(key, &spec),
-            Some(_) => None,
-        };
-        if let Some(id) = duplicate {
-            // The same work is in flight: attach to it; it runs once.
-            if waiter.reply.tree.is_none() {
-                self.reply(&waiter.reply, Reply::Accepted(id), !waiter.wait);
+        match self.jobs.decide(&spec, passed.is_some()) {
+            Decision::Attach(id) => {
+                // The same work is in flight: attach to it; it runs once.
+                if waiter.reply.tree.is_none() {
+                    self.reply(&waiter.reply, Reply::Accepted(id), !waiter.wait);
+                }
+                let home = waiter.reply.shard;
+                self.jobs.attach(id, waiter);
+                // The running job has the same paths; this spec's buffers go back.
+                self.recycle(home, spec.input, spec.output);
             }
-            let home = waiter.reply.shard;
-            if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
-                self.jobs[slot]
-                    .as_mut()
-                    .expect("live slot")
-                    .waiters
-                    .push(waiter);
-            } else if let Some(queued) = self.queue.iter_mut().find(|q| q.id == id) {
-                queued.waiters.push(waiter);
-            }
-            // The running job has the same paths; this spec's buffers go back.
-            self.recycle(home, spec.input, spec.output);
-            return;
-        }
-        if self.queue.len() >= MAX_QUEUED_JOBS_PER_SHARD {
-            if waiter.reply.tree.is_some() {
+            Decision::Busy if waiter.reply.tree.is_some() => {
                 // Trees wait for capacity: the file goes back to its tree for a retry.
                 let input = spec.input.clone();
                 self.answer_tree(&waiter.reply, input, 0, FileResult::Busy(Box::new(spec)));
-            } else {
+            }
+            Decision::Busy => {
                 self.refuse(
                     &waiter.reply,
                     Error::new(Code::Busy, "this shard's job queue is full; retry shortly"),
                 );
                 self.recycle(waiter.reply.shard, spec.input, spec.output);
             }
-            return;
+            Decision::Queue(id) => {
+                if waiter.reply.tree.is_none() {
+                    self.reply(&waiter.reply, Reply::Accepted(id), !waiter.wait);
+                }
+                self.jobs.enqueue(id, spec, passed, waiter);
+                self.admit();
+            }
         }
-        let id = JobId {
-            shard: self.index as u32,
-            seq: self.next_seq,
-        };
-        self.next_seq += 1;
-        if passed.is_none() {
-            self.by_key.insert(key, id);
-        }
-        if waiter.reply.tree.is_none() {
-            self.reply(&waiter.reply, Reply::Accepted(id), !waiter.wait);
-        }
-        self.queue.push_back(Queued {
-            id,
-            spec,
-            passed,
-            waiters: Waiters {
-                first: waiter,
-                more: Vec::new(),
-            },
-        });
-        self.admit();
-    }
-
-    /// The dedup key of a job's (op, input, output).
-    fn job_key(&self, spec: &FileJobSpec) -> u64 {
-        self.key_hasher
-            .hash_one((spec.op, spec.input.as_path(), spec.output.as_path()))
-    }
-
-    /// The in-flight job doing exactly what `spec` asks, for the same caller
-    /// ([`FileJobSpec::same_work`]), if any. Requests for the same (op, input, output) that
-    /// differ in anything else (key, overwrite, caller...) run as jobs of their own. Two
-    /// different jobs whose keys collide (a 2^-64 chance) are both run.
-    fn duplicate_of(&self, key: u64, spec: &FileJobSpec) -> Option<JobId> {
-        let id = *self.by_key.get(&key)?;
-        let same = |other: &FileJobSpec| other.same_work(spec);
-        let found = match self.seq_to_slot.get(&id.seq) {
-            Some(&slot) => self.jobs[slot].as_ref().map(|s| &s.job.spec),
-            None => self.queue.iter().find(|q| q.id == id).map(|q| &q.spec),
-        };
-        found.filter(|other| same(other)).map(|_| id)
     }
 
     /// Starts queued jobs while buffers last. A job that ends while being started calls
@@ -1321,27 +736,20 @@ impl Shard {
         self.admitting = true;
         self.start_queued();
         self.admitting = false;
-        self.metrics.jobs(self.queue.len(), self.seq_to_slot.len());
+        self.metrics.jobs(self.jobs.queued(), self.jobs.running());
     }
 
     fn start_queued(&mut self) {
-        while !self.queue.is_empty() {
-            if self.reactor.free_buffers() < BUFFERS_PER_JOB {
+        while self.reactor.free_buffers() >= BUFFERS_PER_JOB {
+            let Some(queued) = self.jobs.pop_queued() else {
                 return;
-            }
+            };
             let bufs: [BufId; BUFFERS_PER_JOB] = std::array::from_fn(|_| {
                 self.reactor
                     .acquire()
                     .expect("enough buffers are free, checked above")
             });
-            let queued = self.queue.pop_front().expect("not empty");
-            let slot = match self.free_jobs.pop() {
-                Some(slot) => slot,
-                None => {
-                    self.jobs.push(None);
-                    self.jobs.len() - 1
-                }
-            };
+            let slot = self.jobs.free_slot();
             let token_base = KIND_JOB | ((slot as u64) << 8);
             let run_as = self.run_as(&queued.spec).cloned();
             let mut job = FileJob::new(queued.id, queued.spec, queued.passed, token_base, bufs);
@@ -1357,11 +765,7 @@ impl Shard {
                     )),
                 }
             }
-            self.seq_to_slot.insert(queued.id.seq, slot);
-            self.jobs[slot] = Some(Slot {
-                job,
-                waiters: queued.waiters,
-            });
+            self.jobs.run(slot, job, queued.waiters);
             self.with_job(slot, |job, ctx| job.start(ctx));
         }
     }
@@ -1376,7 +780,7 @@ impl Shard {
     }
 
     fn with_job(&mut self, slot: usize, f: impl FnOnce(&mut FileJob, &mut JobCtx)) {
-        let Some(entry) = self.jobs[slot].as_mut() else {
+        let Some(entry) = self.jobs.running_mut(slot) else {
             return;
         };
         let mut ctx = JobCtx {
@@ -1394,13 +798,9 @@ impl Shard {
     }
 
     fn finish(&mut self, slot: usize) {
-        let Slot { mut job, waiters } = self.jobs[slot].take().expect("live slot");
-        self.free_jobs.push(slot);
-        self.seq_to_slot.remove(&job.id.seq);
-        let key = self.job_key(&job.spec);
-        if self.by_key.get(&key) == Some(&job.id) {
-            self.by_key.remove(&key);
-        }
+        let Some(jobs::Slot { mut job, waiters }) = self.jobs.remove(slot) else {
+            return;
+        };
         for buf in job.buffers() {
             self.reactor.release(buf);
         }
@@ -1431,7 +831,9 @@ impl Shard {
         // shard built its files' specs. Room is made in the record first, so the buffers
         // it frees travel ahead of the replies: the request a reply prompts finds them.
         let home = waiters.first.reply.shard;
-        self.make_room_in_finished();
+        if let Some(evicted) = self.jobs.make_room() {
+            self.recycle(evicted.home, evicted.info.input, evicted.info.output);
+        }
         let size = job.input_len();
         self.answer_waiters(waiters, job.id, &job.spec, size, &outcome);
         // The job is over: its paths move into the record of finished jobs.
@@ -1523,11 +925,7 @@ impl Shard {
     }
 
     fn start_tree(&mut self, key: u64, spec: FileJobSpec, reply: ReplyTo) {
-        let id = JobId {
-            shard: self.index as u32,
-            seq: self.next_seq,
-        };
-        self.next_seq += 1;
+        let id = self.jobs.next_id();
         let wait = spec.wait;
         // The walk opens and makes directories with the caller's rights, as its files do.
         let started = match ActAs::maybe(self.run_as(&spec).map(|c| &**c)) {
@@ -1703,21 +1101,12 @@ impl Shard {
         }
     }
 
-    /// Records an ended job whose paths were made on shard `home`.
+    /// Records an ended job whose paths were made on shard `home`; the record it pushes out
+    /// sends its paths home for reuse.
     fn remember(&mut self, info: JobInfo, home: usize) {
-        self.make_room_in_finished();
-        self.finished.push_back(Finished { info, home });
-    }
-
-    /// Drops the oldest record if the ring is full, sending its paths home for reuse.
-    fn make_room_in_finished(&mut self) {
-        if self.finished.len() < FINISHED_JOBS_KEPT {
-            return;
+        if let Some(evicted) = self.jobs.remember(info, home) {
+            self.recycle(evicted.home, evicted.info.input, evicted.info.output);
         }
-        let Some(Finished { info, home }) = self.finished.pop_front() else {
-            return;
-        };
-        self.recycle(home, info.input, info.output);
     }
 
     /// Gives a spec's path buffers back to the shard that made them. A full inbox or pool
@@ -1744,42 +1133,13 @@ impl Shard {
                 bytes_total: progress.bytes_total,
             });
         }
-        if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
-            let job = &self.jobs[slot].as_ref()?.job;
-            return Some(JobInfo {
-                job: id,
-                op: job.spec.op,
-                input: job.spec.input.clone(),
-                output: job.spec.output.clone(),
-                state: JobState::Running,
-                bytes_done: job.bytes_in,
-                bytes_total: job.input_len(),
-            });
-        }
-        if let Some(queued) = self.queue.iter().find(|q| q.id == id) {
-            return Some(JobInfo {
-                job: id,
-                op: queued.spec.op,
-                input: queued.spec.input.clone(),
-                output: queued.spec.output.clone(),
-                state: JobState::Queued,
-                bytes_done: 0,
-                bytes_total: 0,
-            });
-        }
-        self.finished
-            .iter()
-            .find(|done| done.info.job == id)
-            .map(|done| done.info.clone())
+        self.jobs.info(id)
     }
 
     fn all_jobs(&self) -> Vec<JobInfo> {
-        let live = self
-            .seq_to_slot
+        let mut out: Vec<JobInfo> = self
+            .trees
             .keys()
-            .chain(self.trees.keys())
-            .chain(self.queue.iter().map(|q| &q.id.seq));
-        let mut out: Vec<JobInfo> = live
             .filter_map(|&seq| {
                 self.job_info(JobId {
                     shard: self.index as u32,
@@ -1787,14 +1147,14 @@ impl Shard {
                 })
             })
             .collect();
-        out.extend(self.finished.iter().map(|done| done.info.clone()));
+        out.extend(self.jobs.all());
         out
     }
 
     fn current_stats(&self) -> ShardStats {
         ShardStats {
-            queued: self.queue.len() as u64,
-            running: self.seq_to_slot.len() as u64,
+            queued: self.jobs.queued() as u64,
+            running: self.jobs.running() as u64,
             ..self.stats.clone()
         }
     }
@@ -1810,15 +1170,10 @@ impl Shard {
             }
             return;
         }
-        if let Some(pos) = self.queue.iter().position(|q| q.id == id) {
-            let queued = self.queue.remove(pos).expect("position is valid");
+        if let Some(queued) = self.jobs.remove_queued(id) {
             self.metrics
                 .job_ended(queued.spec.op, JobResult::Cancelled, 0.0);
-            self.metrics.jobs(self.queue.len(), self.seq_to_slot.len());
-            let key = self.job_key(&queued.spec);
-            if self.by_key.get(&key) == Some(&id) {
-                self.by_key.remove(&key);
-            }
+            self.metrics.jobs(self.jobs.queued(), self.jobs.running());
             let err = Error::new(
                 Code::Cancelled,
                 format!("{}: the job was cancelled", queued.spec.input.display()),
@@ -1841,13 +1196,13 @@ impl Shard {
             self.reply(&reply, Reply::Cancelled(id), true);
             return;
         }
-        if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
+        if let Some(slot) = self.jobs.slot_of(id) {
             self.with_job(slot, |job, ctx| job.cancel(ctx));
             self.reply(&reply, Reply::Cancelled(id), true);
             return;
         }
-        let err = match self.finished.iter().find(|done| done.info.job == id) {
-            Some(Finished { info, .. }) => Error::new(
+        let err = match self.jobs.ended(id) {
+            Some(info) => Error::new(
                 Code::NotFound,
                 format!(
                     "job {id} already ended ({}); there is nothing to cancel",
@@ -1890,7 +1245,7 @@ impl Shard {
                     Ok(caller) => {
                         let target = self.next_conn_shard % self.shared.inboxes.len();
                         self.next_conn_shard += 1;
-                        *self.conns_by_uid.entry(caller.uid).or_default() += 1;
+                        self.conns.uid_opened(caller.uid);
                         let caller = Arc::new(caller);
                         self.deliver(target, Msg::Conn { fd, caller });
                     }
@@ -1922,10 +1277,8 @@ impl Shard {
         }
     }
 
-    /// Whether a new connection fits, given `open` connections before it: the caller's
-    /// identity if so. Root and the daemon's uid may use the last
-    /// [`ADMIN_RESERVED_CONNECTIONS`] slots, so an administrator always gets in; every
-    /// other uid may hold at most [`MAX_CONNECTIONS_PER_UID`].
+    /// The identity of a new connection's peer, if the connection fits (see
+    /// [`Conns::admits`]).
     fn admit_conn(&self, fd: &OwnedFd, open: usize) -> Result<Caller, Error> {
         let caller = Caller::of_peer(fd.as_fd()).map_err(|e| {
             Error::new(
@@ -1933,25 +1286,9 @@ impl Shard {
                 format!("cannot read the connecting peer's credentials: {e}"),
             )
         })?;
-        let busy = |why: String| Error::new(Code::Busy, why);
-        if caller.is_admin(self.shared.daemon_uid) {
-            if open >= MAX_CONNECTIONS {
-                return Err(busy("too many connections; retry shortly".into()));
-            }
-            return Ok(caller);
-        }
-        if open >= MAX_CONNECTIONS - ADMIN_RESERVED_CONNECTIONS {
-            return Err(busy("too many connections; retry shortly".into()));
-        }
-        let held = self.conns_by_uid.get(&caller.uid).copied().unwrap_or(0);
-        if held >= MAX_CONNECTIONS_PER_UID {
-            return Err(busy(format!(
-                "uid {} already has {held} connections open, the most one user may; close \
-                 some, or send more requests on each (they are pipelined)",
-                caller.uid
-            )));
-        }
-        Ok(caller)
+        self.conns
+            .admits(&caller, open, self.shared.daemon_uid)
+            .map(|()| caller)
     }
 
     fn tick(&mut self) {
@@ -1964,26 +1301,13 @@ impl Shard {
                 self.arm_accept();
             }
         }
-        let idle: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                let limit = if c.refused {
-                    REFUSED_IDLE_TIMEOUT
-                } else {
-                    IDLE_TIMEOUT
-                };
-                c.open_requests == 0 && !c.sending && c.last_active.elapsed() > limit
-            })
-            .map(|(&k, _)| k)
-            .collect();
-        for key in idle {
+        for key in self.conns.idle() {
             self.close_conn(key);
         }
         if let Some(deadline) = self.shutdown
             && Instant::now() >= deadline
         {
-            let running: Vec<usize> = self.seq_to_slot.values().copied().collect();
+            let running = self.jobs.running_slots();
             for slot in running {
                 self.with_job(slot, |job, ctx| job.cancel(ctx));
             }
@@ -1992,11 +1316,8 @@ impl Shard {
 
     /// Shuts a connection's socket so its pending recv completes, then it closes.
     fn close_conn(&mut self, key: u64) {
-        if let Some(conn) = self.conns.get_mut(&key) {
-            conn.eof = true;
-            let _ = rustix::net::shutdown(&conn.fd, rustix::net::Shutdown::Both);
-        }
-        self.maybe_close(key);
+        let closed = self.conns.close(key);
+        self.closed(closed);
     }
 
     fn begin_shutdown(&mut self, deadline: Instant) {
@@ -2018,7 +1339,7 @@ impl Shard {
             let _ = rustix::net::shutdown(listener, rustix::net::Shutdown::Both);
         }
         // Queued jobs never started: cancel them now; running ones get until the deadline.
-        let queued: Vec<JobId> = self.queue.iter().map(|q| q.id).collect();
+        let queued = self.jobs.queued_ids();
         for id in queued {
             let reply = ReplyTo {
                 shard: self.index,
@@ -2030,29 +1351,23 @@ impl Shard {
         }
     }
 
-    /// During a shutdown: whether this shard may exit now. It closes each connection that
-    /// is owed nothing more (no request without its final line, nothing left to send) once
-    /// its own jobs are over, and exits when every shard is quiet (no job, tree or
+    /// During a shutdown: whether this shard may exit now. Once its own jobs are over, it
+    /// shuts each connection owed nothing more (no request without its final line, nothing
+    /// left to send) for reading: lines the client already wrote are still read and
+    /// answered (`shutting_down` for new work), and the end of the stream closes it. It exits when every shard is quiet (no job, tree or
     /// connection anywhere, so no reply can still be on its way to one of its clients), or
     /// at the latest [`SHUTDOWN_GRACE`] after the drain deadline, whatever is left.
     fn finished_shutdown(&mut self) -> bool {
         let Some(deadline) = self.shutdown else {
             return false;
         };
-        let jobs_left = !self.seq_to_slot.is_empty()
-            || !self.queue.is_empty()
+        let jobs_left = !self.jobs.is_idle()
             || !self.trees.is_empty()
             || !self.local.is_empty()
             || !self.gathers.is_empty();
         if !jobs_left {
-            let owed_nothing: Vec<u64> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| c.open_requests == 0 && c.out.is_empty() && !c.sending)
-                .map(|(&k, _)| k)
-                .collect();
-            for key in owed_nothing {
-                self.close_conn(key);
+            for key in self.conns.owed_nothing() {
+                self.conns.drain(key);
             }
         }
         let quiet = !jobs_left && self.conns.is_empty();
