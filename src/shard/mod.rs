@@ -8,41 +8,53 @@
 //! 2. The connection's shard reads request lines, parses them (`protocol`), and routes file
 //!    jobs to their owner: stable hash of the input path modulo the shard count
 //!    ([`Msg::Submit`]).
-//! 3. The owner attaches duplicates of an in-flight (op, input, output) to the running job,
-//!    admits the job when it has buffers (queues it, bounded, or answers `busy`), and runs
-//!    its state machine (`job`) on its reactor.
+//! 3. The owner attaches an identical request to the job already running it, admits the
+//!    job when it has buffers (queues it, bounded, or answers `busy`), and runs its state
+//!    machine (`job`) on its reactor, with the caller's identity.
 //! 4. Replies go back to the connection's shard as data ([`Msg::Reply`]), which encodes them
 //!    straight into the connection's output buffer.
+//!
+//! The three dispatchers are here, so a request reads top to bottom in one place:
+//! [`Shard::on_line`] (a request), `on_msg` (a message from a shard), `on_completion` (an op
+//! finished). The state they work on lives in rooms of its own, each with a narrow API:
+//! - `inbox`: the messages, inboxes, wake-ups and the settings every shard reads;
+//! - `conns`: connections, their buffers, back-pressure, and per-uid counts;
+//! - `authorize`: the verdict on each request, and its audit line;
+//! - `jobs`: the job table (admission, merges, `busy`, the record of ended jobs);
+//! - `owner`: file jobs on their owner shard, from submission to the answer to every waiter;
+//! - `trees`: tree jobs on the shard that received them.
 //!
 //! What this room does not do: crypto (`format`), op bookkeeping (`reactor`), wire syntax
 //! (`protocol`), or process setup (`daemon`).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::creds::{ActAs, Caller};
+use crate::creds::Caller;
 use crate::error::{Code, Error};
-use crate::job::{BUFFERS_PER_JOB, FileJob, JobCtx, JobOutcome, Passed};
 use crate::keys::KeyRing;
 use crate::limits::{SHUTDOWN_GRACE, SPARE_PATHS_PER_SHARD, TICK};
-use crate::metrics::{self, JobResult, ShardMetrics};
+use crate::metrics::{self, ShardMetrics};
 use crate::protocol::{
-    self, FileJobSpec, JobId, JobInfo, JobState, Request, RequestId, ShardStats, SparePaths,
+    self, FileJobSpec, JobId, JobInfo, Request, RequestId, ShardStats, SparePaths,
 };
-use crate::reactor::{BackendKind, BufId, Completion, Op, Reactor, RecvBuf};
-use crate::tree_job::{FileResult, TreeJob};
+use crate::reactor::{BackendKind, Completion, Op, Reactor, RecvBuf};
 
+mod authorize;
 mod conns;
 mod inbox;
 mod jobs;
+mod owner;
+mod trees;
+
+use trees::Tree;
 
 use conns::{Conns, PassedFds, Received};
 
-use jobs::{Decision, JobTable, Waiter, Waiters};
+use jobs::JobTable;
 
 pub use inbox::{Callers, Inbox, Msg, Reply, ReplyTo, Shared};
 
@@ -53,13 +65,6 @@ pub(crate) const KIND_CONN_SEND: u64 = 3 << 56;
 pub(crate) const KIND_ACCEPT: u64 = 4 << 56;
 pub(crate) const KIND_WAKE: u64 = 5 << 56;
 pub(crate) const KIND_MASK: u64 = 0xff << 56;
-
-/// A tree job and where its replies go.
-struct Tree {
-    job: TreeJob,
-    reply: ReplyTo,
-    wait: bool,
-}
 
 struct Gathering {
     conn: u64,
@@ -430,6 +435,8 @@ impl Shard {
         self.deliver(0, Msg::ConnClosed { uid });
     }
 
+    /// Handles one request line of connection `key`: parse, authorize, audit, then answer
+    /// it here or route it (file jobs to their owner, `status`/`cancel` to the job's shard).
     fn on_line(&mut self, key: u64, line: &[u8], fds: &mut PassedFds) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.open_requests += 1;
@@ -471,37 +478,8 @@ impl Shard {
             // One answer, then the connection closes: read nothing more from it.
             conn.eof = true;
         }
-        let verdict = if refused_caller && !matches!(request, Request::Ping) {
-            Err(Error::new(
-                Code::PermissionDenied,
-                format!(
-                    "uid {uid} (gid {gid}) may not use this daemon; ask its administrator to add it to allow_uids or allow_gids"
-                ),
-            ))
-        } else if matches!(request, Request::Reload) && !caller.is_admin(self.shared.daemon_uid) {
-            Err(Error::new(
-                Code::PermissionDenied,
-                "reload is an admin operation: it needs uid 0 or the daemon's uid",
-            ))
-        } else if let Request::File(spec) = &request
-            && !spec.fds
-            && !caller.is_admin(self.shared.daemon_uid)
-            && self.shared.act_as_callers
-            && !self.shared.can_act_as
-        {
-            Err(Error::new(
-                Code::PermissionDenied,
-                format!(
-                    "this daemon cannot act with the credentials of uid {uid} (it runs without \
-                     CAP_SETUID and CAP_SETGID), so it opens no paths for it; pass the files as \
-                     descriptors (the ringcrypt client does for single files), or ask the \
-                     administrator about path_credentials"
-                ),
-            ))
-        } else {
-            Ok(())
-        };
-        audit(uid, gid, &request, verdict.as_ref().err());
+        let verdict = authorize::verdict(&self.shared, &caller, refused_caller, &request);
+        authorize::audit(uid, gid, &request, verdict.as_ref().err());
         if let Err(err) = verdict {
             self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
             if let Request::File(spec) = request {
@@ -665,555 +643,6 @@ impl Shard {
         self.queue_line(state.conn, &line, true);
     }
 
-    // ---- jobs on the owner shard -------------------------------------------------------
-
-    fn refuse(&mut self, reply: &ReplyTo, err: Error) {
-        self.reply(reply, Reply::Error(err), true);
-    }
-
-    fn submit(&mut self, spec: FileJobSpec, reply: ReplyTo, passed: Option<Passed>) {
-        let waiter = Waiter {
-            wait: spec.wait,
-            reply,
-        };
-        if self.shutdown.is_some() {
-            let err = Error::new(
-                Code::ShuttingDown,
-                "the daemon is shutting down; it takes no new work",
-            );
-            if waiter.reply.tree.is_some() {
-                self.answer_tree(
-                    &waiter.reply,
-                    spec.input.clone(),
-                    0,
-                    FileResult::Failed(err),
-                );
-            } else {
-                self.refuse(&waiter.reply, err);
-            }
-            return;
-        }
-        match self.jobs.decide(&spec, passed.is_some()) {
-            Decision::Attach(id) => {
-                // The same work is in flight: attach to it; it runs once.
-                if waiter.reply.tree.is_none() {
-                    self.reply(&waiter.reply, Reply::Accepted(id), !waiter.wait);
-                }
-                let home = waiter.reply.shard;
-                self.jobs.attach(id, waiter);
-                // The running job has the same paths; this spec's buffers go back.
-                self.recycle(home, spec.input, spec.output);
-            }
-            Decision::Busy if waiter.reply.tree.is_some() => {
-                // Trees wait for capacity: the file goes back to its tree for a retry.
-                let input = spec.input.clone();
-                self.answer_tree(&waiter.reply, input, 0, FileResult::Busy(Box::new(spec)));
-            }
-            Decision::Busy => {
-                self.refuse(
-                    &waiter.reply,
-                    Error::new(Code::Busy, "this shard's job queue is full; retry shortly"),
-                );
-                self.recycle(waiter.reply.shard, spec.input, spec.output);
-            }
-            Decision::Queue(id) => {
-                if waiter.reply.tree.is_none() {
-                    self.reply(&waiter.reply, Reply::Accepted(id), !waiter.wait);
-                }
-                self.jobs.enqueue(id, spec, passed, waiter);
-                self.admit();
-            }
-        }
-    }
-
-    /// Starts queued jobs while buffers last. A job that ends while being started calls
-    /// this again from inside the loop below: that call returns at once, and the loop goes
-    /// on, so starting never recurses.
-    fn admit(&mut self) {
-        if self.admitting {
-            return;
-        }
-        self.admitting = true;
-        self.start_queued();
-        self.admitting = false;
-        self.metrics.jobs(self.jobs.queued(), self.jobs.running());
-    }
-
-    fn start_queued(&mut self) {
-        while self.reactor.free_buffers() >= BUFFERS_PER_JOB {
-            let Some(queued) = self.jobs.pop_queued() else {
-                return;
-            };
-            let bufs: [BufId; BUFFERS_PER_JOB] = std::array::from_fn(|_| {
-                self.reactor
-                    .acquire()
-                    .expect("enough buffers are free, checked above")
-            });
-            let slot = self.jobs.free_slot();
-            let token_base = KIND_JOB | ((slot as u64) << 8);
-            let run_as = self.run_as(&queued.spec).cloned();
-            let mut job = FileJob::new(queued.id, queued.spec, queued.passed, token_base, bufs);
-            if let Some(caller) = run_as {
-                match self.reactor.identity(&caller) {
-                    Ok(who) => job.run_as(who),
-                    Err(err) => job.refuse(Error::new(
-                        Code::Internal,
-                        format!(
-                            "cannot take on the credentials of uid {}: {err}",
-                            caller.uid
-                        ),
-                    )),
-                }
-            }
-            self.jobs.run(slot, job, queued.waiters);
-            self.with_job(slot, |job, ctx| job.start(ctx));
-        }
-    }
-
-    /// The identity a job's path ops run with: the caller's, unless the caller is root or
-    /// the daemon's own uid (or the operator chose the daemon's rights for everyone). Jobs
-    /// on passed descriptors open nothing, so they need none.
-    fn run_as<'s>(&self, spec: &'s FileJobSpec) -> Option<&'s Arc<Caller>> {
-        spec.caller.as_ref().filter(|caller| {
-            !spec.fds && self.shared.act_as_callers && !caller.is_admin(self.shared.daemon_uid)
-        })
-    }
-
-    fn with_job(&mut self, slot: usize, f: impl FnOnce(&mut FileJob, &mut JobCtx)) {
-        let Some(entry) = self.jobs.running_mut(slot) else {
-            return;
-        };
-        let mut ctx = JobCtx {
-            reactor: &mut self.reactor,
-            ring: &self.ring,
-            roots: &self.shared.roots,
-            durability: self.shared.durability,
-            chunk_log2: self.shared.chunk_log2,
-            metrics: &self.metrics,
-        };
-        f(&mut entry.job, &mut ctx);
-        if entry.job.is_finished() {
-            self.finish(slot);
-        }
-    }
-
-    fn finish(&mut self, slot: usize) {
-        let Some(jobs::Slot { mut job, waiters }) = self.jobs.remove(slot) else {
-            return;
-        };
-        for buf in job.buffers() {
-            self.reactor.release(buf);
-        }
-        if let Some(who) = job.who() {
-            self.reactor.release_identity(who);
-        }
-        let outcome = job.outcome();
-        let state = match &outcome {
-            Ok(_) => JobState::Done,
-            Err(err) if err.code == Code::Cancelled => JobState::Cancelled,
-            Err(_) => JobState::Failed,
-        };
-        let result = match state {
-            JobState::Done => JobResult::Ok,
-            JobState::Cancelled => JobResult::Cancelled,
-            _ => JobResult::Failed,
-        };
-        self.metrics
-            .job_ended(job.spec.op, result, job.elapsed().as_secs_f64());
-        self.stats.bytes_in += job.bytes_in;
-        self.stats.bytes_out += job.bytes_out;
-        self.stats.jobs_done += 1;
-        let inbox = &self.shared.inboxes[self.index];
-        inbox.jobs_done.fetch_add(1, Ordering::Relaxed);
-        inbox.bytes_out.fetch_add(job.bytes_out, Ordering::Relaxed);
-        // The spec's paths were made where the first waiter's replies go: the connection's
-        // shard parsed the request (and runs jobs on passed descriptors itself), a tree's
-        // shard built its files' specs. Room is made in the record first, so the buffers
-        // it frees travel ahead of the replies: the request a reply prompts finds them.
-        let home = waiters.first.reply.shard;
-        if let Some(evicted) = self.jobs.make_room() {
-            self.recycle(evicted.home, evicted.info.input, evicted.info.output);
-        }
-        let size = job.input_len();
-        self.answer_waiters(waiters, job.id, &job.spec, size, &outcome);
-        // The job is over: its paths move into the record of finished jobs.
-        self.remember(
-            JobInfo {
-                job: job.id,
-                op: job.spec.op,
-                input: std::mem::take(&mut job.spec.input),
-                output: std::mem::take(&mut job.spec.output),
-                state,
-                bytes_done: job.bytes_in,
-                bytes_total: job.input_len(),
-            },
-            home,
-        );
-        self.admit();
-    }
-
-    /// Gives every waiter of an ended job its one final answer: a `done` or `error` line
-    /// for a request, a result for a tree's file (whatever ended it: the job, a cancel, a
-    /// shutdown), so no tree is left waiting for a file and no client for a reply.
-    fn answer_waiters(
-        &mut self,
-        waiters: Waiters,
-        id: JobId,
-        spec: &FileJobSpec,
-        size: u64,
-        outcome: &Result<JobOutcome, Error>,
-    ) {
-        for waiter in waiters.into_iter().filter(|w| w.wait) {
-            if waiter.reply.tree.is_some() {
-                // The input path names a failure; a file that did not fail needs none.
-                let (result, input) = match outcome {
-                    Ok(done) if done.skipped => (FileResult::Skipped, PathBuf::new()),
-                    Ok(done) => (
-                        FileResult::Done {
-                            bytes_in: done.bytes_in,
-                            bytes_out: done.bytes_out,
-                        },
-                        PathBuf::new(),
-                    ),
-                    Err(err) => (FileResult::Failed(err.clone()), spec.input.clone()),
-                };
-                self.answer_tree(&waiter.reply, input, size, result);
-                continue;
-            }
-            let answer = match outcome {
-                Ok(done) => {
-                    let skipped = if done.skipped {
-                        vec![protocol::Skipped {
-                            path: spec.output.clone(),
-                            reason: crate::tree_rules::REASON_EXISTS.into(),
-                        }]
-                    } else {
-                        Vec::new()
-                    };
-                    Reply::Done(protocol::DoneReport {
-                        job: id,
-                        bytes_in: done.bytes_in,
-                        bytes_out: done.bytes_out,
-                        micros: done.micros,
-                        files_ok: u64::from(!done.skipped),
-                        files_failed: 0,
-                        files_skipped: u64::from(done.skipped),
-                        failures: Vec::new(),
-                        skipped,
-                    })
-                }
-                Err(err) => Reply::Error(err.clone()),
-            };
-            self.reply(&waiter.reply, answer, true);
-        }
-    }
-
-    // ---- tree jobs on the connection's shard ----------------------------------------------
-
-    /// Sends a tree file's result to its tree (here or on the tree's shard).
-    fn answer_tree(&mut self, reply: &ReplyTo, input: PathBuf, size: u64, result: FileResult) {
-        let tree = reply.tree.expect("only for tree files");
-        self.deliver(
-            reply.shard,
-            Msg::TreeResult {
-                tree,
-                input,
-                size,
-                result,
-            },
-        );
-    }
-
-    fn start_tree(&mut self, key: u64, spec: FileJobSpec, reply: ReplyTo) {
-        let id = self.jobs.next_id();
-        let wait = spec.wait;
-        // The walk opens and makes directories with the caller's rights, as its files do.
-        let started = match ActAs::maybe(self.run_as(&spec).map(|c| &**c)) {
-            Ok(_acting) => TreeJob::start(id, spec, &self.shared.roots),
-            Err(err) => Err(Error::io(
-                "take on the caller's identity for",
-                &spec.input,
-                err,
-            )),
-        };
-        match started {
-            Ok(job) => {
-                let reply_id = reply.id.as_ref();
-                self.queue_with(key, !wait, |out| {
-                    protocol::write_accepted(out, reply_id, id);
-                });
-                // The loop walks it on its next turn.
-                self.trees.insert(id.seq, Tree { job, reply, wait });
-            }
-            Err(err) => self.queue_line(key, &error_line(reply.id.as_ref(), &err), true),
-        }
-    }
-
-    /// Walks every tree that has room for more files; returns whether any did. Called by
-    /// the loop only, once a turn: results and retries wait for the next turn, so walking
-    /// never nests inside the handling of a result.
-    fn pump_trees(&mut self) -> bool {
-        // The lists are kept from turn to turn, so a walk step allocates none.
-        let mut ready = std::mem::take(&mut self.tree_ready);
-        let mut specs = std::mem::take(&mut self.tree_specs);
-        ready.clear();
-        ready.extend(
-            self.trees
-                .iter()
-                .filter(|(_, t)| t.job.wants_step())
-                .map(|(&k, _)| k),
-        );
-        for seq in &ready {
-            specs.clear();
-            let Some(tree) = self.trees.get(seq) else {
-                continue;
-            };
-            let caller = self.run_as(&tree.job.spec).cloned();
-            let acting = ActAs::maybe(caller.as_deref());
-            let Some(tree) = self.trees.get_mut(seq) else {
-                continue;
-            };
-            match acting {
-                Ok(_acting) => tree
-                    .job
-                    .step(&self.shared.roots, &mut specs, &mut self.spares),
-                Err(err) => {
-                    let err = Error::io(
-                        "take on the caller's identity for",
-                        &tree.job.spec.input,
-                        err,
-                    );
-                    tree.job.abort(err);
-                }
-            }
-            for spec in specs.drain(..) {
-                let reply = ReplyTo {
-                    shard: self.index,
-                    conn: 0,
-                    id: None,
-                    tree: Some(*seq),
-                };
-                let owner = self.shared.owner_of(&spec.input);
-                if owner == self.index {
-                    self.submit(spec, reply, None);
-                } else if let Err(Msg::Submit { spec, reply }) =
-                    self.shared.send(owner, Msg::Submit { spec, reply })
-                {
-                    let input = spec.input.clone();
-                    self.answer_tree(&reply, input, 0, FileResult::Busy(Box::new(spec)));
-                }
-            }
-            self.tree_progress(*seq);
-            // A tree whose walk found no file (or whose files all came back during the
-            // step) ends here: no result will arrive to end it.
-            if self.trees.get(seq).is_some_and(|t| t.job.is_finished()) {
-                self.tree_result_finish(*seq);
-            }
-        }
-        let any = !ready.is_empty();
-        self.tree_ready = ready;
-        self.tree_specs = specs;
-        any
-    }
-
-    fn tree_result(&mut self, seq: u64, input: &std::path::Path, size: u64, result: FileResult) {
-        let Some(tree) = self.trees.get_mut(&seq) else {
-            return;
-        };
-        tree.job.on_result(input, size, result);
-        if !tree.job.is_finished() {
-            // The loop walks on (or retries) on its next turn.
-            self.tree_progress(seq);
-            return;
-        }
-        self.tree_result_finish(seq);
-    }
-
-    /// Ends a finished tree: metrics, the job record, and its one `done` (or `error`).
-    fn tree_result_finish(&mut self, seq: u64) {
-        let Tree {
-            mut job,
-            reply,
-            wait,
-        } = self.trees.remove(&seq).expect("present");
-        let report = job.report();
-        let cancelled = job.is_cancelled();
-        let result = match (cancelled, report.files_failed) {
-            (true, _) => JobResult::Cancelled,
-            (false, 0) => JobResult::Ok,
-            _ => JobResult::Failed,
-        };
-        self.metrics
-            .job_ended(job.spec.op, result, report.micros as f64 / 1e6);
-        let progress = job.progress();
-        let state = match result {
-            JobResult::Ok => JobState::Done,
-            JobResult::Failed => JobState::Failed,
-            JobResult::Cancelled => JobState::Cancelled,
-        };
-        let line = if !wait {
-            None
-        } else if cancelled {
-            let err = Error::new(
-                Code::Cancelled,
-                format!(
-                    "{}: the tree job was cancelled after {} files ({} failed)",
-                    job.spec.input.display(),
-                    report.files_ok,
-                    report.files_failed
-                ),
-            );
-            Some(error_line(reply.id.as_ref(), &err))
-        } else {
-            Some(protocol::done(reply.id.as_ref(), &report))
-        };
-        // The tree's request was parsed here; its paths move into the record.
-        self.remember(
-            JobInfo {
-                job: job.id,
-                op: job.spec.op,
-                input: std::mem::take(&mut job.spec.input),
-                output: std::mem::take(&mut job.spec.output),
-                state,
-                bytes_done: progress.bytes_done,
-                bytes_total: progress.bytes_total,
-            },
-            self.index,
-        );
-        if let Some(line) = line {
-            self.queue_line(reply.conn, &line, true);
-        }
-    }
-
-    fn tree_progress(&mut self, seq: u64) {
-        let Some(tree) = self.trees.get_mut(&seq) else {
-            return;
-        };
-        if !tree.wait {
-            return;
-        }
-        if let Some(progress) = tree.job.progress_due() {
-            let id = tree.reply.id.clone();
-            let conn = tree.reply.conn;
-            self.queue_with(conn, false, |out| {
-                protocol::write_progress(out, id.as_ref(), &progress);
-            });
-        }
-    }
-
-    /// Records an ended job whose paths were made on shard `home`; the record it pushes out
-    /// sends its paths home for reuse.
-    fn remember(&mut self, info: JobInfo, home: usize) {
-        if let Some(evicted) = self.jobs.remember(info, home) {
-            self.recycle(evicted.home, evicted.info.input, evicted.info.output);
-        }
-    }
-
-    /// Gives a spec's path buffers back to the shard that made them. A full inbox or pool
-    /// drops them instead: recycling saves an allocation, it is never worth a wait.
-    fn recycle(&mut self, home: usize, input: PathBuf, output: PathBuf) {
-        if home == self.index {
-            self.spares.give(input);
-            self.spares.give(output);
-        } else {
-            let _ = self.shared.send(home, Msg::Recycle { input, output });
-        }
-    }
-
-    fn job_info(&self, id: JobId) -> Option<JobInfo> {
-        if let Some(tree) = self.trees.get(&id.seq) {
-            let progress = tree.job.progress();
-            return Some(JobInfo {
-                job: id,
-                op: tree.job.spec.op,
-                input: tree.job.spec.input.clone(),
-                output: tree.job.spec.output.clone(),
-                state: JobState::Running,
-                bytes_done: progress.bytes_done,
-                bytes_total: progress.bytes_total,
-            });
-        }
-        self.jobs.info(id)
-    }
-
-    fn all_jobs(&self) -> Vec<JobInfo> {
-        let mut out: Vec<JobInfo> = self
-            .trees
-            .keys()
-            .filter_map(|&seq| {
-                self.job_info(JobId {
-                    shard: self.index as u32,
-                    seq,
-                })
-            })
-            .collect();
-        out.extend(self.jobs.all());
-        out
-    }
-
-    fn current_stats(&self) -> ShardStats {
-        ShardStats {
-            queued: self.jobs.queued() as u64,
-            running: self.jobs.running() as u64,
-            ..self.stats.clone()
-        }
-    }
-
-    fn cancel(&mut self, id: JobId, reply: ReplyTo) {
-        if let Some(tree) = self.trees.get_mut(&id.seq) {
-            // The walk stops; files already handed out finish, then the tree ends with a
-            // `cancelled` error.
-            tree.job.cancel();
-            self.reply(&reply, Reply::Cancelled(id), true);
-            if self.trees[&id.seq].job.is_finished() {
-                self.tree_result_finish(id.seq);
-            }
-            return;
-        }
-        if let Some(queued) = self.jobs.remove_queued(id) {
-            self.metrics
-                .job_ended(queued.spec.op, JobResult::Cancelled, 0.0);
-            self.metrics.jobs(self.jobs.queued(), self.jobs.running());
-            let err = Error::new(
-                Code::Cancelled,
-                format!("{}: the job was cancelled", queued.spec.input.display()),
-            );
-            // As in `finish`: the first waiter's shard made the spec.
-            let home = queued.waiters.first.reply.shard;
-            self.answer_waiters(queued.waiters, id, &queued.spec, 0, &Err(err));
-            self.remember(
-                JobInfo {
-                    job: id,
-                    op: queued.spec.op,
-                    input: queued.spec.input,
-                    output: queued.spec.output,
-                    state: JobState::Cancelled,
-                    bytes_done: 0,
-                    bytes_total: 0,
-                },
-                home,
-            );
-            self.reply(&reply, Reply::Cancelled(id), true);
-            return;
-        }
-        if let Some(slot) = self.jobs.slot_of(id) {
-            self.with_job(slot, |job, ctx| job.cancel(ctx));
-            self.reply(&reply, Reply::Cancelled(id), true);
-            return;
-        }
-        let err = match self.jobs.ended(id) {
-            Some(info) => Error::new(
-                Code::NotFound,
-                format!(
-                    "job {id} already ended ({}); there is nothing to cancel",
-                    info.state.as_str()
-                ),
-            ),
-            None => unknown_job(id),
-        };
-        self.reply(&reply, Reply::Error(err), true);
-    }
-
     // ---- completions, timers, shutdown -------------------------------------------------
 
     fn on_completion(&mut self, mut done: Completion) {
@@ -1292,7 +721,7 @@ impl Shard {
     }
 
     fn tick(&mut self) {
-        test_hooks::maybe_hang(self.index, self.shared.started);
+        authorize::test_hooks::maybe_hang(self.index, self.shared.started);
         if let Some(until) = self.accept_paused_until
             && Instant::now() >= until
         {
@@ -1380,65 +809,6 @@ impl Shard {
             && inboxes
                 .iter()
                 .all(|inbox| inbox.quiet.load(Ordering::SeqCst))
-    }
-}
-
-/// Hooks that exist only with the `test-hooks` feature (the test suite's).
-mod test_hooks {
-    use std::time::Instant;
-
-    /// `RINGCRYPT_TEST_HANG_SHARD=I:MS` makes shard I stop looping MS milliseconds after
-    /// start, as a wedged shard would, so the watchdog test can see the pings stop.
-    #[cfg(feature = "test-hooks")]
-    pub fn maybe_hang(index: usize, started: Instant) {
-        let Ok(spec) = std::env::var("RINGCRYPT_TEST_HANG_SHARD") else {
-            return;
-        };
-        let Some((shard, after)) = spec.split_once(':') else {
-            return;
-        };
-        let (Ok(shard), Ok(after)) = (shard.parse::<usize>(), after.parse::<u64>()) else {
-            return;
-        };
-        if shard == index && started.elapsed().as_millis() as u64 >= after {
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            }
-        }
-    }
-
-    #[cfg(not(feature = "test-hooks"))]
-    pub fn maybe_hang(_index: usize, _started: Instant) {}
-}
-
-/// One audit line per request, accepted or refused: who (from SO_PEERCRED), what, and on
-/// which paths. Never key material (requests carry key names at most).
-fn audit(uid: u32, gid: u32, request: &Request, refused: Option<&Error>) {
-    let (verdict, code) = match refused {
-        None => ("accepted", ""),
-        Some(err) => ("refused", err.code.as_str()),
-    };
-    let code = if code.is_empty() {
-        String::new()
-    } else {
-        format!(" code={code}")
-    };
-    match request {
-        Request::File(spec) => eprintln!(
-            "audit: {verdict} uid={uid} gid={gid} op={}{}{} input={:?} output={:?}{code}",
-            spec.op.as_str(),
-            if spec.recursive { " recursive" } else { "" },
-            // Passed descriptors: the paths are the caller's names for them.
-            if spec.fds { " fds" } else { "" },
-            spec.input,
-            spec.output
-        ),
-        // Health checks are not audited: a monitoring loop would drown the log.
-        Request::Ping if refused.is_none() => {}
-        other => eprintln!(
-            "audit: {verdict} uid={uid} gid={gid} op={}{code}",
-            other.op()
-        ),
     }
 }
 
