@@ -1301,20 +1301,6 @@ impl Reactor {
     }
 }
 
-/// Locks the pages holding `bytes` in RAM (`mlock`), so key material is never written to
-/// swap. Locks are per page and stay until the process exits; a page may hold several keys,
-/// so they are never unlocked one by one. Fails under a locked-memory limit too small for
-/// the pages.
-pub fn lock_in_memory(bytes: &[u8]) -> io::Result<()> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    // SAFETY: mlock only changes how the kernel pages the range; it neither reads nor writes
-    // it, and `bytes` is a live borrow for the call, so the range is mapped.
-    unsafe { rustix::mm::mlock(bytes.as_ptr().cast_mut().cast(), bytes.len()) }
-        .map_err(io::Error::from)
-}
-
 impl<'a> Op<'a> {
     /// A socket op (which borrows nothing) as one the sync backend can park; other ops
     /// come back unchanged.
