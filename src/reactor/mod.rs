@@ -1,6 +1,6 @@
 //! The reactor: one per shard. It owns the shard's io_uring (or the synchronous fallback),
 //! the op slab keyed by `user_data`, and the shard's fixed buffer pool. This is the only room
-//! with io_uring `unsafe`.
+//! with io_uring `unsafe`; each item that needs it allows it alone and says why it is sound.
 //!
 //! Ownership: an op owns its memory (its `Vec` or the pool buffer it names) from
 //! [`Reactor::push`] until its [`Completion`] hands it back. Paths are borrowed only for the
@@ -23,8 +23,6 @@
 //!
 //! What this room does not do: decide what to do with a completion (jobs and connections do),
 //! or know about files, keys or the protocol.
-
-#![allow(unsafe_code)]
 
 use std::ffi::CStr;
 use std::io;
@@ -322,6 +320,7 @@ impl Slab {
 
     /// Turns the finished op at `index` into its completion, freeing the slot. A descriptor
     /// it produced becomes owned; with io_uring, so do descriptors a recvmsg received.
+    #[allow(unsafe_code)]
     fn complete(
         &mut self,
         pool: &mut Pool,

@@ -39,6 +39,7 @@ pub struct RecvBuf {
 // SAFETY: the raw pointers in `hdr` and `iov` only ever point into this same box (its
 // `data` vector and `control` array) and are rewritten before every op, so moving the box
 // to another thread moves everything they point to along with it.
+#[allow(unsafe_code)]
 unsafe impl Send for RecvBuf {}
 
 impl RecvBuf {
@@ -75,6 +76,7 @@ impl RecvBuf {
 
     /// After an io_uring recvmsg completed: takes ownership of the descriptors the kernel
     /// installed, from the control messages it wrote back (`msg_controllen`, `msg_flags`).
+    #[allow(unsafe_code)]
     pub(super) fn collect_fds(&mut self) {
         if self.hdr.msg_flags & libc::MSG_CTRUNC != 0 {
             self.fds_truncated = true;
@@ -136,6 +138,7 @@ impl RecvBuf {
 }
 
 /// An empty `msghdr`: no name, no data, no control space.
+#[allow(unsafe_code)]
 fn zeroed_msghdr() -> libc::msghdr {
     // SAFETY: msghdr is a plain C struct (integers and raw pointers, plus private padding
     // on some targets) for which all-zero is a valid, empty value; no pointer in it is

@@ -123,6 +123,7 @@ impl SyncBackend {
         self.ready.drain(..)
     }
 
+    #[allow(unsafe_code)]
     fn poll_parked(&mut self, slab: &mut Slab, timeout: Option<Duration>) {
         let indices = self.parked.clone();
         let wanted: Vec<(BorrowedFd<'_>, PollFlags)> = indices
@@ -163,6 +164,7 @@ impl SyncBackend {
 
     /// Tries the parked socket op of `slot` without blocking; on success queues its
     /// completion, on EAGAIN leaves it parked.
+    #[allow(unsafe_code)]
     fn try_parked(&mut self, slot: &mut Slot, index: usize) {
         let op = slot.parked.take().expect("parked op");
         let fd = |raw: RawFd| {
@@ -231,6 +233,7 @@ impl SyncBackend {
 }
 
 /// Runs a file op (not a socket op) now, keeping the memory it names in `slot`.
+#[allow(unsafe_code)]
 fn run(
     slot: &mut Slot,
     paths: &mut Option<Box<OpPaths>>,

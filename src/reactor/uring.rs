@@ -44,6 +44,7 @@ impl UringBackend {
     /// against RLIMIT_MEMLOCK for unprivileged users (8 MiB by default, less than a shard's
     /// pool); when it is refused the ring still runs, with plain reads and writes into the
     /// same buffers, and the caller is told why.
+    #[allow(unsafe_code)]
     pub(super) fn new(pool: &mut Pool) -> io::Result<(UringBackend, Option<String>)> {
         let ring = IoUring::builder().build(RING_ENTRIES)?;
         let iovecs: Vec<libc::iovec> = pool
@@ -262,6 +263,7 @@ impl UringBackend {
         }
     }
 
+    #[allow(unsafe_code)]
     fn push_entry(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every pointer in `entry` points into memory that stays put until the
