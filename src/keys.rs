@@ -7,6 +7,7 @@
 //! names, ids and states only.
 //!
 //! This module resolves names and ids to keys; it does no cryptography beyond the key id.
+//! Its one `unsafe` item is [`lock_in_memory`], which keeps loaded secrets out of swap.
 
 use std::fmt;
 use std::io::Read;
@@ -336,7 +337,7 @@ impl KeyRing {
         // immutable once loaded.
         for entry in &ring.entries {
             if let KeyMaterial::Secret(key) = &entry.material {
-                ring.memory_locked &= crate::reactor::lock_in_memory(key.bytes()).is_ok();
+                ring.memory_locked &= lock_in_memory(key.bytes()).is_ok();
             }
         }
         Ok(ring)
@@ -573,6 +574,21 @@ const RING_FIELDS: [&str; 7] = [
     "iter",
     "state",
 ];
+
+/// Locks the pages holding `bytes` in RAM (`mlock`), so key material is never written to
+/// swap. Locks are per page and stay until the process exits; a page may hold several keys,
+/// so they are never unlocked one by one. Fails under a locked-memory limit too small for
+/// the pages.
+#[allow(unsafe_code)]
+fn lock_in_memory(bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: mlock only changes how the kernel pages the range; it neither reads nor writes
+    // it, and `bytes` is a live borrow for the call, so the range is mapped.
+    unsafe { rustix::mm::mlock(bytes.as_ptr().cast_mut().cast(), bytes.len()) }
+        .map_err(std::io::Error::from)
+}
 
 /// A parser message with every quoted fragment that is not a known field name replaced by
 /// `…`: values (and misspelled field names, which may be pasted secrets) are never echoed.

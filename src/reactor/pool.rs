@@ -1,0 +1,92 @@
+//! The shard's fixed buffer pool: every buffer allocated when the reactor is made, handed out
+//! by [`BufId`] (`acquire`/`release`), and lent to ops in flight, which the pool counts so
+//! that no one touches a buffer while the kernel may write into it.
+//!
+//! It owns the buffers' memory and says where a span of it lies; it does not make ops, talk
+//! to the kernel (the io_uring backend registers these buffers), or allocate after it is
+//! made: when every buffer is out, `acquire` says so and the caller waits.
+
+/// A buffer of the shard's fixed pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufId(u16);
+
+impl BufId {
+    /// The buffer's index in the pool, which is also its io_uring fixed-buffer index.
+    pub(super) fn index(self) -> u16 {
+        self.0
+    }
+}
+
+pub(super) struct Pool {
+    /// Boxed slices, allocated once and never reallocated or freed before the reactor is
+    /// dropped: their addresses may be registered with a ring.
+    bufs: Vec<Box<[u8]>>,
+    /// In-flight ops per buffer (reads of one batch share a buffer at distinct spans).
+    lent: Vec<u16>,
+    free: Vec<u16>,
+    buf_bytes: usize,
+}
+
+impl Pool {
+    pub(super) fn new(buffers: u16, buf_bytes: usize) -> Pool {
+        Pool {
+            bufs: (0..buffers)
+                .map(|_| vec![0u8; buf_bytes].into_boxed_slice())
+                .collect(),
+            lent: vec![0; usize::from(buffers)],
+            free: (0..buffers).rev().collect(),
+            buf_bytes,
+        }
+    }
+
+    pub(super) fn buf_bytes(&self) -> usize {
+        self.buf_bytes
+    }
+
+    /// Every buffer, in [`BufId`] order, for registering them with a ring.
+    pub(super) fn buffers_mut(&mut self) -> impl ExactSizeIterator<Item = &mut [u8]> {
+        self.bufs.iter_mut().map(|buf| &mut buf[..])
+    }
+
+    pub(super) fn acquire(&mut self) -> Option<BufId> {
+        self.free.pop().map(BufId)
+    }
+
+    pub(super) fn free_buffers(&self) -> usize {
+        self.free.len()
+    }
+
+    pub(super) fn release(&mut self, id: BufId) {
+        assert_eq!(
+            self.lent[usize::from(id.0)],
+            0,
+            "released a buffer the kernel still uses"
+        );
+        debug_assert!(!self.free.contains(&id.0), "double release");
+        self.free.push(id.0);
+    }
+
+    pub(super) fn buf_mut(&mut self, id: BufId) -> &mut [u8] {
+        assert_eq!(
+            self.lent[usize::from(id.0)],
+            0,
+            "buffer {id:?} is in flight"
+        );
+        &mut self.bufs[usize::from(id.0)]
+    }
+
+    /// Marks a buffer lent to one more op and returns its span `[at, at + len)`, which the
+    /// op may read or write until [`Pool::unlend`].
+    pub(super) fn lend(&mut self, buf: BufId, at: usize, len: usize) -> &mut [u8] {
+        let index = usize::from(buf.0);
+        assert!(at + len <= self.buf_bytes, "span {at}+{len} outside buffer");
+        // Concurrent ops on one buffer use disjoint spans (a batch's chunk reads).
+        self.lent[index] += 1;
+        &mut self.bufs[index][at..at + len]
+    }
+
+    /// An op that had `buf` lent has completed.
+    pub(super) fn unlend(&mut self, buf: BufId) {
+        self.lent[usize::from(buf.0)] -= 1;
+    }
+}

@@ -1,0 +1,363 @@
+//! The synchronous backend, for where io_uring is not allowed (or `RINGCRYPT_BACKEND=sync`):
+//! file ops run at once as plain syscalls; socket and eventfd ops are tried non-blocking and,
+//! if they would block, parked in their slot until `poll(2)` says they are ready.
+//!
+//! It owns the queue of finished ops waiting to be handed back and the list of parked ones.
+//! It does not own the memory ops use (their slots and the pool do), and nothing here is
+//! `unsafe` beyond borrowing the raw descriptors an op names, for the one call that uses them.
+
+use std::io;
+use std::os::fd::{BorrowedFd, IntoRawFd, RawFd};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use super::pool::Pool;
+use super::{Held, Op, OpPaths, Slab, Slot, fill_path};
+
+pub(super) struct SyncBackend {
+    /// Finished ops by slot index, oldest first, handed back by the next `wait`.
+    ready: Vec<(usize, io::Result<u32>)>,
+    /// Slot indices of socket ops that would have blocked.
+    parked: Vec<usize>,
+}
+
+impl Op<'_> {
+    /// A socket op (which borrows nothing) as one the sync backend can park; other ops
+    /// come back unchanged.
+    fn into_socket_op(self) -> Result<Op<'static>, Self> {
+        match self {
+            Op::Accept { fd } => Ok(Op::Accept { fd }),
+            Op::ReadEventfd { fd } => Ok(Op::ReadEventfd { fd }),
+            Op::Recv { fd, buf } => Ok(Op::Recv { fd, buf }),
+            Op::Send { fd, data, sent } => Ok(Op::Send { fd, data, sent }),
+            other => Err(other),
+        }
+    }
+
+    /// The descriptor a parked op waits on, and whether it waits to write.
+    fn pollable(&self) -> Option<(RawFd, bool)> {
+        match self {
+            Op::Accept { fd } | Op::Recv { fd, .. } | Op::ReadEventfd { fd } => Some((*fd, false)),
+            Op::Send { fd, .. } => Some((*fd, true)),
+            _ => None,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Op::ReadFixed { .. } => "read",
+            Op::WriteFixed { .. } => "write",
+            Op::WriteVec { .. } => "write",
+            Op::ReadVec { .. } => "read",
+            Op::Fsync { .. } => "fsync",
+            Op::OpenAt2 { .. } => "open",
+            Op::LinkAt { .. } => "link",
+            Op::RenameAt { .. } => "rename",
+            Op::UnlinkAt { .. } => "unlink",
+            Op::Accept { .. } => "accept",
+            Op::Recv { .. } => "recv",
+            Op::Send { .. } => "send",
+            Op::ReadEventfd { .. } => "wake",
+        }
+    }
+}
+
+impl SyncBackend {
+    pub(super) fn new() -> SyncBackend {
+        SyncBackend {
+            ready: Vec::new(),
+            parked: Vec::new(),
+        }
+    }
+
+    /// Runs a file op now, or tries a socket op and parks it if it would block. `slot` is the
+    /// op's, already in the slab at `index`.
+    pub(super) fn push(
+        &mut self,
+        slot: &mut Slot,
+        paths: &mut Option<Box<OpPaths>>,
+        pool: &mut Pool,
+        op: Op,
+        index: usize,
+    ) {
+        match op.into_socket_op() {
+            Ok(parked) => {
+                slot.parked = Some(parked);
+                self.try_parked(slot, index);
+            }
+            Err(op) => {
+                let result = run(slot, paths, pool, op);
+                self.ready.push((index, result));
+            }
+        }
+    }
+
+    /// The op at `index` failed before it ran.
+    pub(super) fn fail(&mut self, index: usize, err: io::Error) {
+        self.ready.push((index, Err(err)));
+    }
+
+    /// Polls the parked ops (without blocking when some ops already finished) and returns
+    /// every finished op by slot index, with its result.
+    pub(super) fn wait(
+        &mut self,
+        slab: &mut Slab,
+        timeout: Option<Duration>,
+    ) -> std::vec::Drain<'_, (usize, io::Result<u32>)> {
+        // Parked sockets are polled on every call, without blocking when file ops already
+        // completed: a long job whose ops complete at once must not starve the connections
+        // (a `cancel` for it, say) on the same shard.
+        let limit = if self.ready.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        if !self.parked.is_empty() {
+            self.poll_parked(slab, limit);
+        } else if let Some(limit) = limit
+            && !limit.is_zero()
+        {
+            std::thread::sleep(limit);
+        }
+        self.ready.drain(..)
+    }
+
+    #[allow(unsafe_code)]
+    fn poll_parked(&mut self, slab: &mut Slab, timeout: Option<Duration>) {
+        let indices = self.parked.clone();
+        let wanted: Vec<(BorrowedFd<'_>, PollFlags)> = indices
+            .iter()
+            .map(|&index| {
+                let op = slab.slot(index).parked.as_ref().expect("parked op");
+                let (raw, write) = op.pollable().expect("parkable");
+                // SAFETY: the op's owner keeps `raw` open until the op's completion is handed
+                // back (module docs of the reactor), and it is parked, so not yet; the borrow
+                // ends with this function.
+                let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+                let flags = if write { PollFlags::OUT } else { PollFlags::IN };
+                (fd, flags)
+            })
+            .collect();
+        let mut fds: Vec<_> = wanted
+            .iter()
+            .map(|(fd, flags)| PollFd::new(fd, *flags))
+            .collect();
+        let limit = timeout.map(|d| {
+            Timespec::try_from(d).unwrap_or(Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            })
+        });
+        let _ = rustix::event::poll(&mut fds, limit.as_ref());
+        let ready: Vec<usize> = indices
+            .iter()
+            .zip(&fds)
+            .filter(|(_, pfd)| !pfd.revents().is_empty())
+            .map(|(&index, _)| index)
+            .collect();
+        drop(fds);
+        for index in ready {
+            self.try_parked(slab.slot(index), index);
+        }
+    }
+
+    /// Tries the parked socket op of `slot` without blocking; on success queues its
+    /// completion, on EAGAIN leaves it parked.
+    #[allow(unsafe_code)]
+    fn try_parked(&mut self, slot: &mut Slot, index: usize) {
+        let op = slot.parked.take().expect("parked op");
+        let fd = |raw: RawFd| {
+            // SAFETY: the op's owner keeps `raw` open until the op's completion is handed
+            // back (module docs of the reactor), and it is parked, so not yet; the borrow
+            // ends with the one call it is made for.
+            unsafe { BorrowedFd::borrow_raw(raw) }
+        };
+        let (result, op) = match op {
+            Op::Accept { fd: raw } => {
+                let flags = rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK;
+                let result = rustix::net::accept_with(fd(raw), flags)
+                    .map(|owned| owned.into_raw_fd() as u32)
+                    .map_err(io::Error::from);
+                (result, Op::Accept { fd: raw })
+            }
+            Op::Recv { fd: raw, mut buf } => {
+                let result = buf.recv_now(fd(raw));
+                (result, Op::Recv { fd: raw, buf })
+            }
+            Op::Send {
+                fd: raw,
+                data,
+                sent,
+            } => {
+                let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+                let result = rustix::net::send(fd(raw), &data[sent..], flags)
+                    .map(|n| n as u32)
+                    .map_err(io::Error::from);
+                (
+                    result,
+                    Op::Send {
+                        fd: raw,
+                        data,
+                        sent,
+                    },
+                )
+            }
+            Op::ReadEventfd { fd: raw } => {
+                let mut value = [0u8; 8];
+                let result = rustix::io::read(fd(raw), &mut value)
+                    .map(|n| n as u32)
+                    .map_err(io::Error::from);
+                (result, Op::ReadEventfd { fd: raw })
+            }
+            other => unreachable!("not a parkable op: {}", other.name()),
+        };
+        match result {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                slot.parked = Some(op);
+                if !self.parked.contains(&index) {
+                    self.parked.push(index);
+                }
+            }
+            result => {
+                slot.held = match op {
+                    Op::Recv { buf, .. } => Held::Recv(buf),
+                    Op::Send { data, .. } => Held::Vec(data),
+                    _ => Held::Nothing,
+                };
+                self.parked.retain(|&i| i != index);
+                self.ready.push((index, result));
+            }
+        }
+    }
+}
+
+/// Runs a file op (not a socket op) now, keeping the memory it names in `slot`.
+#[allow(unsafe_code)]
+fn run(
+    slot: &mut Slot,
+    paths: &mut Option<Box<OpPaths>>,
+    pool: &mut Pool,
+    op: Op,
+) -> io::Result<u32> {
+    use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
+    let fd = |raw: RawFd| {
+        // SAFETY: the caller keeps `raw` open for the duration of the op (module docs of the
+        // reactor), and the op runs and ends inside this function, as does the borrow.
+        unsafe { BorrowedFd::borrow_raw(raw) }
+    };
+    let count = |n: usize| Ok(n as u32);
+    match op {
+        Op::ReadFixed {
+            fd: raw,
+            buf,
+            at,
+            len,
+            offset,
+        } => {
+            slot.held = Held::Buf(buf);
+            rustix::io::pread(fd(raw), pool.lend(buf, at, len), offset)
+                .map_err(io::Error::from)
+                .and_then(count)
+        }
+        Op::WriteFixed {
+            fd: raw,
+            buf,
+            at,
+            len,
+            offset,
+        } => {
+            slot.held = Held::Buf(buf);
+            rustix::io::pwrite(fd(raw), pool.lend(buf, at, len), offset)
+                .map_err(io::Error::from)
+                .and_then(count)
+        }
+        Op::WriteVec {
+            fd: raw,
+            data,
+            offset,
+        } => {
+            let result = rustix::io::pwrite(fd(raw), &data, offset)
+                .map_err(io::Error::from)
+                .and_then(count);
+            slot.held = Held::Vec(data);
+            result
+        }
+        Op::ReadVec {
+            fd: raw,
+            mut data,
+            len,
+            offset,
+        } => {
+            data.resize(len, 0);
+            let result = rustix::io::pread(fd(raw), &mut data, offset)
+                .map_err(io::Error::from)
+                .and_then(count);
+            slot.held = Held::Vec(data);
+            result
+        }
+        Op::Fsync { fd: raw } => rustix::fs::fsync(fd(raw))
+            .map(|()| 0)
+            .map_err(io::Error::from),
+        Op::OpenAt2 {
+            dir,
+            path,
+            flags,
+            mode,
+            resolve,
+        } => rustix::fs::openat2(
+            fd(dir),
+            fill_path(&mut OpPaths::of(paths).from, path),
+            OFlags::from_bits_retain(flags as u32),
+            Mode::from_raw_mode(mode as u32),
+            ResolveFlags::from_bits_retain(resolve),
+        )
+        .map(|owned| owned.into_raw_fd() as u32)
+        .map_err(io::Error::from),
+        Op::LinkAt {
+            from_dir,
+            from,
+            to_dir,
+            to,
+            flags,
+        } => {
+            let paths = OpPaths::of(paths);
+            rustix::fs::linkat(
+                fd(from_dir),
+                fill_path(&mut paths.from, from),
+                fd(to_dir),
+                fill_path(&mut paths.to, to),
+                AtFlags::from_bits_retain(flags as u32),
+            )
+            .map(|()| 0)
+            .map_err(io::Error::from)
+        }
+        Op::RenameAt {
+            dir,
+            from,
+            to,
+            flags,
+        } => {
+            let paths = OpPaths::of(paths);
+            rustix::fs::renameat_with(
+                fd(dir),
+                fill_path(&mut paths.from, from),
+                fd(dir),
+                fill_path(&mut paths.to, to),
+                RenameFlags::from_bits_retain(flags),
+            )
+            .map(|()| 0)
+            .map_err(io::Error::from)
+        }
+        Op::UnlinkAt { dir, path } => rustix::fs::unlinkat(
+            fd(dir),
+            fill_path(&mut OpPaths::of(paths).from, path),
+            AtFlags::empty(),
+        )
+        .map(|()| 0)
+        .map_err(io::Error::from),
+        Op::Accept { .. } | Op::Recv { .. } | Op::Send { .. } | Op::ReadEventfd { .. } => {
+            unreachable!("socket ops are parked, not run directly")
+        }
+    }
+}
