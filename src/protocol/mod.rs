@@ -141,7 +141,10 @@ use serde_json::Value;
 use crate::error::{Code, Error};
 use crate::offline::Format;
 
-pub use client::{Reply, encode_request, parse_reply};
+pub use client::{
+    ByteCounts, Done, FailedFile, JobEntry, KeyEntry, KeyList, Pong, Reply, ReplyLine,
+    encode_request, parse_reply,
+};
 pub use reply::{
     accepted, cancelled, done, error, jobs, keys, pong, progress, reloaded, stats, status,
     write_accepted, write_cancelled, write_done, write_error, write_progress, write_status,
@@ -473,8 +476,10 @@ pub struct DoneReport {
     pub skipped: Vec<Skipped>,
 }
 
-/// One entry of a tree job that was skipped, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One entry of a tree job that was skipped, and why; also an entry of the `skipped` list the
+/// client reads back from a `done` line ([`Done`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct Skipped {
     pub path: PathBuf,
     pub reason: String,
@@ -488,16 +493,23 @@ pub struct Failure {
     pub message: String,
 }
 
-/// A running job's progress, for its `progress` reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A running job's progress, for its `progress` reply; also what the client reads back from
+/// one ([`ReplyLine::Progress`]: a count the line leaves out reads as zero).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Progress {
     pub job: JobId,
+    #[serde(default)]
     pub files_done: u64,
+    #[serde(default)]
     pub files_total: u64,
+    #[serde(default)]
     pub bytes_done: u64,
+    #[serde(default)]
     pub bytes_total: u64,
+    #[serde(default)]
     pub rate_bytes_per_sec: u64,
     /// False while a tree is still being walked: the totals may still grow.
+    #[serde(default)]
     pub totals_final: bool,
 }
 
@@ -557,8 +569,10 @@ pub struct JobInfo {
     pub bytes_total: u64,
 }
 
-/// One shard's counters, for `stats`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One shard's counters, for `stats`; also what the client reads back from one
+/// ([`ReplyLine::Stats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct ShardStats {
     pub shard: u32,
     pub queued: u64,

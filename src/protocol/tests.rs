@@ -1,10 +1,11 @@
 //! The protocol's unit tests, by side: `request` (parsing request lines, paths, job ids),
-//! `reply` (writing reply lines and reading them back, encoding requests); the properties
-//! over arbitrary input, which cross both sides, are here. Helpers every side uses are here
-//! too.
+//! `reply` (writing reply lines and reading them back, encoding requests), `client` (the
+//! client's typed view of reply lines); the properties over arbitrary input, which cross the
+//! sides, are here. Helpers every side uses are here too.
 //!
 //! Not here: anything with a socket or a daemon (the integration tests under `tests/`).
 
+mod client;
 mod reply;
 mod request;
 
