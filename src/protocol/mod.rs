@@ -96,7 +96,7 @@
 //! | `pong` | `version` (string), `shards` (integer), `backend` (`"uring"` or `"sync"`) |
 //! | `accepted` | `job` |
 //! | `progress` | `job`, `files_done`, `files_total`, `bytes_done`, `bytes_total`, `rate_bytes_per_sec`, `totals_final` (bool: false while a tree is still being walked and the totals may grow) |
-//! | `done` | `job`, `bytes_in`, `bytes_out`, `micros`, `files_ok`, `files_failed`, `files_skipped`, `failures` (array of `{path, code, message}`, at most [`MAX_FAILURES_REPORTED`]), and `failures_omitted` (integer) only when more files failed than are listed |
+//! | `done` | `job`, `bytes_in`, `bytes_out`, `micros`, `files_ok`, `files_failed`, `files_skipped`, `failures` (array of `{path, code, message}`, at most [`MAX_FAILURES_REPORTED`]), `failures_omitted` (integer) only when more files failed than are listed, `skipped` (array of `{path, reason}`: entries of a tree that were not processed, at most [`MAX_FAILURES_REPORTED`]), and `skipped_omitted` (integer) only when more were skipped than are listed |
 //! | `status` | `job`, `state` (`queued`, `running`, `done`, `failed` or `cancelled`), `progress` (`{bytes_done, bytes_total}`), `op`, `input`, `output` |
 //! | `cancelled` | `job` |
 //! | `jobs` | `jobs`: array of `{job, op, input, output, state, progress}` as in `status` |
