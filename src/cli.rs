@@ -17,10 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::Value;
-
 use crate::client::{self, Client, ClientError};
 use crate::daemon::DEFAULT_SOCKET;
 use crate::error::{Code, Error};
@@ -28,9 +24,11 @@ use crate::keys::{self, KeyRing};
 use crate::limits::{CHUNK_LOG2_DEFAULT, CHUNK_LOG2_MAX, CHUNK_LOG2_MIN};
 use crate::offline::{self, Format, Job, Outcome};
 use crate::output::{AtomicFile, Durability};
-use crate::protocol::{FileJobSpec, FileOp, JobId, Reply, Request};
+use crate::protocol::{Done, FileJobSpec, FileOp, JobId, KeyList, Progress, ReplyLine, Request};
 use crate::tree::{self, Summary, TreeJob};
 use crate::tree_rules::{with_suffix, without_suffix};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Exit code: the job failed; the message says why.
 pub const EXIT_FAILED: u8 = 1;
@@ -558,7 +556,7 @@ fn run_daemon(cli: Cli) -> Result<(), Failure> {
         _ => None,
     };
     let json = cli.json;
-    let print_json = |line: &str, _reply: &Reply| {
+    let print_json = |line: &str, _reply: &ReplyLine| {
         if json {
             let mut stdout = std::io::stdout().lock();
             let _ = stdout
@@ -577,20 +575,15 @@ fn run_daemon(cli: Cli) -> Result<(), Failure> {
     if let (Some(files), Request::File(spec)) = (passing, &request) {
         files.commit(spec)?;
     }
-    let failed_files = match &request {
-        Request::File(_) => count(&reply, "files_failed"),
-        _ => 0,
-    };
     if !json {
-        print_reply(&request, shown.as_ref(), client.socket(), &reply);
+        print_reply(&request, shown.as_ref(), client.socket(), &reply)?;
     }
-    if failed_files > 0 {
+    if let ReplyLine::Done(done) = &reply
+        && done.files_failed > 0
+    {
         return Err(Failure {
             exit: EXIT_FAILED,
-            error: format!(
-                "{failed_files} file(s) of job {} failed",
-                field(&reply, "job")
-            ),
+            error: format!("{} file(s) of job {} failed", done.files_failed, done.job),
             hint: None,
         });
     }
@@ -780,46 +773,45 @@ fn wire_path(cwd: &Path, path: &Path) -> Result<PathBuf, Failure> {
     Ok(client::absolute(cwd, path))
 }
 
-/// Prints the human form of a final reply.
-fn print_reply(request: &Request, shown: Option<&Shown>, socket: &Path, reply: &Reply) {
-    let mut out = String::new();
-    match request {
-        Request::File(_) => {
-            if let Some(shown) = shown {
-                out = format!(
-                    "{} {} -> {} ({} bytes -> {} bytes, job {})\n",
-                    shown.verb,
-                    shown.input.display(),
-                    shown.output.display(),
-                    count(reply, "bytes_in"),
-                    count(reply, "bytes_out"),
-                    field(reply, "job"),
-                );
-            }
-        }
-        Request::Ping => {
-            out = format!(
-                "ringcryptd {} at {}: {} shards, {} backend\n",
-                field(reply, "version"),
-                socket.display(),
-                field(reply, "shards"),
-                field(reply, "backend"),
-            );
-        }
-        Request::Status { .. } => {
-            let (done, total) = progress(reply.fields.get("progress"));
-            out = format!(
-                "job {}: {}, {}\n  {} {} -> {}\n",
-                field(reply, "job"),
-                field(reply, "state"),
-                progress_text(done, total),
-                field(reply, "op"),
-                field(reply, "input"),
-                field(reply, "output"),
-            );
-        }
-        Request::Cancel { job } => out = format!("cancelled job {job}\n"),
-        Request::Jobs => {
+/// Prints the human form of a final reply. A reply this client cannot show for the request
+/// (a type a newer daemon added) is an error rather than a blank.
+fn print_reply(
+    request: &Request,
+    shown: Option<&Shown>,
+    socket: &Path,
+    reply: &ReplyLine,
+) -> Result<(), Failure> {
+    let out = match reply {
+        ReplyLine::Done(done) => match shown {
+            Some(shown) => format!(
+                "{} {} -> {} ({} bytes -> {} bytes, job {})\n",
+                shown.verb,
+                shown.input.display(),
+                shown.output.display(),
+                done.bytes_in,
+                done.bytes_out,
+                done.job,
+            ),
+            None => String::new(),
+        },
+        ReplyLine::Pong(pong) => format!(
+            "ringcryptd {} at {}: {} shards, {} backend\n",
+            pong.version,
+            socket.display(),
+            pong.shards,
+            pong.backend,
+        ),
+        ReplyLine::Status(job) => format!(
+            "job {}: {}, {}\n  {} {} -> {}\n",
+            job.job,
+            job.state,
+            progress_text(job.progress.bytes_done, job.progress.bytes_total),
+            job.op,
+            job.input.display(),
+            job.output.display(),
+        ),
+        ReplyLine::Cancelled { job } => format!("cancelled job {job}\n"),
+        ReplyLine::Jobs(jobs) => {
             let mut rows = vec![[
                 "JOB".to_string(),
                 "STATE".into(),
@@ -827,23 +819,22 @@ fn print_reply(request: &Request, shown: Option<&Shown>, socket: &Path, reply: &
                 "PROGRESS".into(),
                 "INPUT -> OUTPUT".into(),
             ]];
-            for job in array(reply, "jobs") {
-                let (done, total) = progress(job.get("progress"));
+            for job in jobs {
                 rows.push([
-                    text(job.get("job")),
-                    text(job.get("state")),
-                    text(job.get("op")),
-                    progress_text(done, total),
-                    format!("{} -> {}", text(job.get("input")), text(job.get("output"))),
+                    job.job.to_string(),
+                    job.state.clone(),
+                    job.op.clone(),
+                    progress_text(job.progress.bytes_done, job.progress.bytes_total),
+                    format!("{} -> {}", job.input.display(), job.output.display()),
                 ]);
             }
             if rows.len() == 1 {
-                out = "no jobs\n".into();
+                "no jobs\n".into()
             } else {
-                out = table(&rows);
+                table(&rows)
             }
         }
-        Request::Stats => {
+        ReplyLine::Stats(shards) => {
             let mut rows = vec![[
                 "SHARD".to_string(),
                 "QUEUED".into(),
@@ -852,85 +843,66 @@ fn print_reply(request: &Request, shown: Option<&Shown>, socket: &Path, reply: &
                 "BYTES_IN".into(),
                 "BYTES_OUT".into(),
             ]];
-            for shard in array(reply, "shards") {
-                rows.push(
-                    [
-                        "shard",
-                        "queued",
-                        "running",
-                        "jobs_done",
-                        "bytes_in",
-                        "bytes_out",
-                    ]
-                    .map(|name| text(shard.get(name))),
-                );
-            }
-            out = table(&rows);
-        }
-        Request::Keys => {
-            let default = reply.fields.get("default").and_then(Value::as_str);
-            let mut rows = vec![[
-                "NAME".to_string(),
-                "ID".into(),
-                "KIND".into(),
-                "STATE".into(),
-            ]];
-            for key in array(reply, "keys") {
-                let mut name = text(key.get("name"));
-                if default == Some(name.as_str()) {
-                    name.push_str(" (default)");
-                }
+            for s in shards {
                 rows.push([
-                    name,
-                    text(key.get("id")),
-                    text(key.get("kind")),
-                    text(key.get("state")),
+                    s.shard.to_string(),
+                    s.queued.to_string(),
+                    s.running.to_string(),
+                    s.jobs_done.to_string(),
+                    s.bytes_in.to_string(),
+                    s.bytes_out.to_string(),
                 ]);
             }
-            out = table(&rows);
+            table(&rows)
         }
-        Request::Reload => out = format!("reloaded: {} keys\n", field(reply, "keys")),
-    }
+        ReplyLine::Keys(keys) => keys_table(keys),
+        ReplyLine::Reloaded { keys } => format!("reloaded: {keys} keys\n"),
+        ReplyLine::Accepted { .. }
+        | ReplyLine::Progress(_)
+        | ReplyLine::Error(_)
+        | ReplyLine::Other { .. } => return Err(unexpected_reply(request, reply)),
+    };
     let mut stdout = std::io::stdout().lock();
     let _ = stdout
         .write_all(out.as_bytes())
         .and_then(|()| stdout.flush());
+    Ok(())
 }
 
-/// A reply field as text: strings bare, `-` when absent or null.
-fn field(reply: &Reply, name: &str) -> String {
-    text(reply.fields.get(name))
-}
-
-fn text(value: Option<&Value>) -> String {
-    match value {
-        None | Some(Value::Null) => "-".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+/// The `keys` table: the default key marked, `-` for a passphrase's id.
+fn keys_table(list: &KeyList) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "ID".into(),
+        "KIND".into(),
+        "STATE".into(),
+    ]];
+    for key in &list.keys {
+        let mut name = key.name.clone();
+        if list.default.as_deref() == Some(name.as_str()) {
+            name.push_str(" (default)");
+        }
+        rows.push([
+            name,
+            key.id.clone().unwrap_or_else(|| "-".into()),
+            key.kind.clone(),
+            key.state.clone(),
+        ]);
     }
+    table(&rows)
 }
 
-fn count(reply: &Reply, name: &str) -> u64 {
-    reply.fields.get(name).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn array<'a>(reply: &'a Reply, name: &str) -> &'a [Value] {
-    reply
-        .fields
-        .get(name)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
-}
-
-/// `{bytes_done, bytes_total}`, zeros when absent.
-fn progress(value: Option<&Value>) -> (u64, u64) {
-    let get = |name| {
-        value
-            .and_then(|v| v.get(name))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    (get("bytes_done"), get("bytes_total"))
+/// A final reply of a type the request does not call for: `internal`.
+fn unexpected_reply(request: &Request, reply: &ReplyLine) -> Failure {
+    Failure::from(Error::new(
+        Code::Internal,
+        format!(
+            "the daemon answered the {} request with a {:?} reply, which this client cannot \
+             show (is ringcryptd newer than ringcrypt?)",
+            request.op(),
+            reply.kind()
+        ),
+    ))
 }
 
 fn progress_text(done: u64, total: u64) -> String {
@@ -1276,77 +1248,69 @@ fn run_tree_daemon(cli: &Cli, plan: &TreePlan) -> Result<(), Failure> {
             let _ = stdout
                 .write_all(line.as_bytes())
                 .and_then(|()| stdout.flush());
-        } else if reply.kind == "progress" {
-            display.update(&snapshot_from(reply));
+        } else if let ReplyLine::Progress(progress) = reply {
+            display.update(&snapshot_from(progress));
         }
     });
     display.finish();
-    let reply = reply?;
-    let summary = summary_from(&reply);
+    let done = match reply? {
+        ReplyLine::Done(done) => done,
+        other => return Err(unexpected_reply(&request, &other)),
+    };
+    let job = done.job.to_string();
+    let summary = summary_from(done);
     if json {
         return match summary.files_failed {
             0 => Ok(()),
-            failed => Err(files_failed(failed, Some(&field(&reply, "job")))),
+            failed => Err(files_failed(failed, Some(&job))),
         };
     }
-    finish_tree(plan, &summary, Some(&field(&reply, "job")))
+    finish_tree(plan, &summary, Some(&job))
 }
 
 /// A `progress` reply as a snapshot for the display.
-fn snapshot_from(reply: &Reply) -> tree::Snapshot {
+fn snapshot_from(p: &Progress) -> tree::Snapshot {
     tree::Snapshot {
-        files_done: count(reply, "files_done"),
-        files_total: count(reply, "files_total"),
-        bytes_done: count(reply, "bytes_done"),
-        bytes_total: count(reply, "bytes_total"),
-        rate_bytes_per_sec: count(reply, "rate_bytes_per_sec"),
-        totals_final: reply
-            .fields
-            .get("totals_final")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        files_done: p.files_done,
+        files_total: p.files_total,
+        bytes_done: p.bytes_done,
+        bytes_total: p.bytes_total,
+        rate_bytes_per_sec: p.rate_bytes_per_sec,
+        totals_final: p.totals_final,
     }
 }
 
 /// A tree job's `done` reply as a summary. Unknown error codes become `internal` (the list
 /// may grow), keeping the daemon's code in the message.
-fn summary_from(reply: &Reply) -> Summary {
-    let failures = array(reply, "failures")
-        .iter()
+fn summary_from(done: Done) -> Summary {
+    let failures = done
+        .failures
+        .into_iter()
         .map(|f| {
-            let code_text = text(f.get("code"));
-            let message = text(f.get("message"));
-            let (code, message) = match Code::parse(&code_text) {
-                Some(code) => (code, message),
+            let (code, message) = match Code::parse(&f.code) {
+                Some(code) => (code, f.message),
                 None => (
                     Code::Internal,
-                    format!("{message} (error code {code_text})"),
+                    format!("{} (error code {})", f.message, f.code),
                 ),
             };
             tree::Failure {
-                path: PathBuf::from(text(f.get("path"))),
+                path: f.path,
                 code,
                 message,
             }
         })
         .collect();
-    let skipped = array(reply, "skipped")
-        .iter()
-        .map(|s| tree::Skipped {
-            path: PathBuf::from(text(s.get("path"))),
-            reason: text(s.get("reason")),
-        })
-        .collect();
     Summary {
-        bytes_in: count(reply, "bytes_in"),
-        bytes_out: count(reply, "bytes_out"),
-        files_ok: count(reply, "files_ok"),
-        files_failed: count(reply, "files_failed"),
-        files_skipped: count(reply, "files_skipped"),
+        bytes_in: done.bytes_in,
+        bytes_out: done.bytes_out,
+        files_ok: done.files_ok,
+        files_failed: done.files_failed,
+        files_skipped: done.files_skipped,
         failures,
-        failures_omitted: count(reply, "failures_omitted"),
-        skipped,
-        skipped_omitted: count(reply, "skipped_omitted"),
+        failures_omitted: done.failures_omitted,
+        skipped: done.skipped,
+        skipped_omitted: done.skipped_omitted,
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! This module owns the connection and the "which line is the last one" rule. It does **not**
 //! build requests from a command line or print anything (that is `cli`), nor define the wire
-//! format (that is `protocol`: [`protocol::encode_request`], [`protocol::parse_reply`]).
+//! format or read a line's fields (that is `protocol`: [`protocol::encode_request`],
+//! [`protocol::parse_reply`], and the typed [`ReplyLine`] each reply line is read into once).
 //!
 //! A request with a file job and `wait` (the default) gets `accepted`, any number of
 //! `progress` lines, then exactly one `done` or `error`; every other request gets one line.
@@ -22,7 +23,7 @@ use std::time::Duration;
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 use crate::error::{Code, Error};
-use crate::protocol::{self, Reply, Request, RequestId};
+use crate::protocol::{self, ReplyLine, Request, RequestId};
 
 /// How long a request that is not a file job may wait for its one reply line. `ping`,
 /// `status`, `jobs`, `stats`, `keys`, `reload` and `cancel` are answered by a shard without
@@ -117,8 +118,8 @@ impl Client {
     pub fn request(
         &mut self,
         request: &Request,
-        on_line: impl FnMut(&str, &Reply),
-    ) -> Result<Reply, ClientError> {
+        on_line: impl FnMut(&str, &ReplyLine),
+    ) -> Result<ReplyLine, ClientError> {
         self.request_passing(request, &[], on_line)
     }
 
@@ -128,8 +129,8 @@ impl Client {
         &mut self,
         request: &Request,
         fds: &[BorrowedFd<'_>],
-        mut on_line: impl FnMut(&str, &Reply),
-    ) -> Result<Reply, ClientError> {
+        mut on_line: impl FnMut(&str, &ReplyLine),
+    ) -> Result<ReplyLine, ClientError> {
         let id = RequestId::from(self.next_id);
         self.next_id += 1;
         let waits_for_job = matches!(request, Request::File(spec) if spec.wait);
@@ -164,19 +165,20 @@ impl Client {
                 )
             })?;
             let reply = protocol::parse_reply(text).map_err(ClientError::Failed)?;
-            on_line(text, &reply);
+            let (answers, anonymous) = (reply.answers(Some(&id)), reply.id.is_none());
+            let line = reply.into_line().map_err(ClientError::Failed)?;
+            on_line(text, &line);
             // An error without an id is the daemon refusing a line it could not read far
             // enough to find the id; on this connection it can only be about our request.
-            let ours = reply.answers(Some(&id)) || (reply.kind == "error" && reply.id.is_none());
+            let ours = answers || (anonymous && matches!(line, ReplyLine::Error(_)));
             if !ours {
                 continue;
             }
-            if let Some(err) = reply.error() {
-                return Err(ClientError::Failed(err));
-            }
-            let last = !waits_for_job || reply.kind == "done";
-            if last {
-                return Ok(reply);
+            match line {
+                ReplyLine::Error(err) => return Err(ClientError::Failed(err)),
+                ReplyLine::Done(_) => return Ok(line),
+                line if !waits_for_job => return Ok(line),
+                _ => {}
             }
         }
     }
