@@ -1,6 +1,6 @@
 //! Crypto-core throughput, single thread: how close the RCRYPT v1 seal and open come to what
 //! their parts (multi-lane AES-256-CBC and HMAC-SHA256) allow, how much the eight lanes buy
-//! over one CBC chain (DESIGN §2 "Crypto loop", §3), and how much the multi-buffer HMAC
+//! over one CBC chain (docs/architecture.md, "Crypto loop"; docs/format.md), and how much the multi-buffer HMAC
 //! (`sha_mb`, interleaved SHA-NI chains) buys over one SHA-256 chain, for the HMAC alone and
 //! for the whole seal and open against the previous single-chain path run here too.
 //!
@@ -41,7 +41,7 @@ const QUICK_BYTES: usize = 8 << 20;
 /// Timed repetitions with `--quick`.
 const QUICK_REPS: usize = 2;
 
-/// 8 lanes over one chain; the DESIGN figures (~4.5 vs ~1.0 GB/s/core) say this is reachable.
+/// 8 lanes over one chain; docs/architecture.md gives ~4.5 vs ~1.0 GB/s/core as reachable.
 const LANES_SPEEDUP_TARGET: f64 = 4.0;
 /// Seal (and open) over the ideal composition of its parts.
 const COMPOSITION_TARGET: f64 = 0.90;

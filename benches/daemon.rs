@@ -1,5 +1,5 @@
 //! The daemon end to end: throughput and latency of `ringcryptd` through its socket, with
-//! `openssl enc` as the baseline in the same run (DESIGN §1, §2, §5; README "Performance").
+//! `openssl enc` as the baseline in the same run (docs/architecture.md, docs/protocol.md; README "Performance").
 //!
 //! A plain bench binary (`harness = false`): `cargo bench --bench daemon` prints a table and
 //! asserts nothing about speed. It makes a scratch directory (under /dev/shm when it exists,

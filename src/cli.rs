@@ -1,5 +1,5 @@
 //! The `ringcrypt` command line: parse arguments, run, map the outcome to the exit codes of
-//! DESIGN §1 (0 success, 1 the job failed, 2 usage error, 3 the daemon could not be reached).
+//! README "Using it" (0 success, 1 the job failed, 2 usage error, 3 the daemon could not be reached).
 //!
 //! Without `--keys`, file jobs and the daemon's own commands go to `ringcryptd` over its socket
 //! (the connection lives in [`crate::client`]); with `--keys`, file jobs run in this process

@@ -1,4 +1,4 @@
-//! The client's side of the socket (DESIGN §5): connect to `ringcryptd`'s Unix socket, send
+//! The client's side of the socket (docs/protocol.md): connect to `ringcryptd`'s Unix socket, send
 //! one request line, read reply lines until the one that ends the request.
 //!
 //! This module owns the connection and the "which line is the last one" rule. It does **not**

@@ -30,7 +30,7 @@ use crate::reactor::{BackendKind, Reactor};
 use crate::roots::Roots;
 use crate::shard::{Callers, Msg, Shard, Shared};
 
-/// Where the socket lives unless told otherwise (DESIGN §1).
+/// Where the socket lives unless told otherwise (README "Using it").
 pub const DEFAULT_SOCKET: &str = "/run/ringcrypt/ringcrypt.sock";
 
 /// The largest chunk the daemon's pool buffers hold: 64 KiB, the format's default. Larger
@@ -163,7 +163,7 @@ pub enum MetricsSetting {
     Explicit(SocketAddr),
 }
 
-/// The metrics address unless told otherwise (DESIGN §7).
+/// The metrics address unless told otherwise (README "Metrics, dashboard and alerts").
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9477";
 
 fn metrics_setting(text: Option<&str>) -> Result<MetricsSetting, Error> {

@@ -1,4 +1,4 @@
-//! The error type every boundary of the library returns: a stable wire `code` (DESIGN §5)
+//! The error type every boundary of the library returns: a stable wire `code` (docs/protocol.md)
 //! and a message that names the file and the cause in words a person can act on.
 //!
 //! IO errors carry the operation and the path; the code is derived from the OS error, so a
@@ -8,7 +8,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
-/// Wire error codes (DESIGN §5). The string forms are part of the protocol; this list may
+/// Wire error codes (docs/protocol.md). The string forms are part of the protocol; this list may
 /// grow, never change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Code {
@@ -33,7 +33,7 @@ pub enum Code {
 }
 
 impl Code {
-    /// Every code, in the order DESIGN §5 lists them.
+    /// Every code, in the order docs/protocol.md lists them.
     pub const ALL: [Code; 18] = [
         Code::BadRequest,
         Code::UnknownOp,

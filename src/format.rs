@@ -1,4 +1,4 @@
-//! RCRYPT v1 (DESIGN §3): the 96-byte header, per-file key derivation, and the chunk
+//! RCRYPT v1 (docs/format.md): the 96-byte header, per-file key derivation, and the chunk
 //! [`Sealer`] and [`Opener`] that a caller drives one batch of records at a time.
 //!
 //! Pure functions over byte slices: no IO, no allocation per chunk, so the daemon can feed it

@@ -1,4 +1,4 @@
-//! The key ring (DESIGN §4): a TOML file of named master keys (`secret`) and openssl-format
+//! The key ring (README "Key ring"): a TOML file of named master keys (`secret`) and openssl-format
 //! passphrases (`passphrase`), each `active`, `decrypt-only` or `retired`, plus the default.
 //!
 //! Loading refuses, as ssh does, a file that is a symlink, not a regular file, owned by

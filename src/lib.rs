@@ -1,5 +1,9 @@
 //! ringcrypt: authenticated file encryption at the speed of the hardware.
 //!
+//! `docs/architecture.md` has the map: what each room owns and must not do, and the path of
+//! one encrypt job and one tree job through them, function by function. The file format is
+//! specified in `docs/format.md`, the socket protocol in `docs/protocol.md`.
+//!
 //! The rooms, from the bytes up:
 //! - [`limits`]: every fixed bound, with the reason for it.
 //! - [`error`]: the error type and its wire codes.
@@ -7,19 +11,23 @@
 //! - [`sha_mb`]: multi-buffer HMAC-SHA256 (four SHA-NI chains interleaved, portable fallback).
 //! - [`format`]: RCRYPT v1 header, key derivation, chunk sealer and opener. No IO.
 //! - [`openssl`]: the unauthenticated `openssl enc` compatibility format.
-//! - [`keys`]: the TOML key ring.
+//! - [`keys`]: the TOML key ring; key pages locked in RAM.
 //! - [`protocol`]: the JSON-lines wire format and its limits; no IO.
 //! - [`reactor`]: a shard's io_uring (or synchronous fallback), op slab and buffer pool.
 //! - [`roots`]: allowed roots and confined path resolution.
 //! - [`creds`]: a client's identity (SO_PEERCRED, SO_PEERGROUPS) and acting as it.
 //! - [`job`]: one file job's state machine on its owner shard.
-//! - [`shard`]: a pinned thread with its inbox, connections and jobs.
+//! - [`shard`]: a pinned thread with its inbox, connections, the verdict on each request, its
+//!   job table, and the file and tree jobs it runs.
+//! - [`metrics`]: Prometheus metrics, the only place their names are spelled.
+//! - [`notify`]: `sd_notify` and socket activation.
 //! - [`daemon`]: `ringcryptd` setup: configuration, socket, shards, signals.
 //! - [`stream`]: sealing and opening over `Read`/`Write`.
 //! - [`output`]: atomic, durable output files.
 //! - [`offline`]: file jobs run in this process (the client's `--keys` mode).
-//! - [`tree`]: directory-tree jobs in this process: the walk, its skip and naming rules, and
-//!   a worker per core running `offline`'s file jobs.
+//! - [`tree`]: directory-tree jobs in this process: the walk and a worker per core running
+//!   `offline`'s file jobs.
+//! - [`tree_job`]: one directory-tree job of the daemon, walked on the shard that received it.
 //! - [`tree_rules`]: a tree's naming and skip rules, one source for both engines and the CLI.
 //! - [`client`]: the client's side of the socket: connect, send a request, read its replies.
 //! - [`cli`]: the `ringcrypt` command line.

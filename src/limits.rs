@@ -2,7 +2,7 @@
 //! it has. Daemon limits (connections, queues, timeouts) join this file with the daemon.
 
 /// Bytes in an RCRYPT v1 header: magic, version, suite, chunk_log2, flags, reserved, key id,
-/// salt and header tag (DESIGN §3). Fixed by the format.
+/// salt and header tag (docs/format.md). Fixed by the format.
 pub const HEADER_BYTES: usize = 96;
 
 /// Bytes in every HMAC-SHA256 tag: the header tag and each chunk's tag.

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN §7): the only place metric names are spelled.
+//! Prometheus metrics (README "Metrics, dashboard and alerts"): the only place metric names are spelled.
 //!
 //! Counters, gauges and the job histogram go through the `metrics` facade into
 //! `metrics-exporter-prometheus`'s recorder. Each shard holds its own labelled handles, so

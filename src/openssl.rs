@@ -1,4 +1,4 @@
-//! The `openssl` compatibility format (DESIGN §3): exactly what
+//! The `openssl` compatibility format (docs/format.md): exactly what
 //! `openssl enc -aes-256-cbc -pbkdf2 -iter N -pass ...` reads and writes:
 //! `Salted__` || 8-byte salt || AES-256-CBC/PKCS#7, with key || IV =
 //! PBKDF2-HMAC-SHA256(passphrase, salt, N, 48).

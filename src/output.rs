@@ -1,4 +1,4 @@
-//! Atomic output files (DESIGN §6): a job writes into a temp file in the output's directory,
+//! Atomic output files (README "Security"): a job writes into a temp file in the output's directory,
 //! fsyncs it, links or renames it into place (never replacing an existing file unless asked),
 //! then fsyncs the directory. Until [`AtomicFile::commit`] returns, nothing exists under the
 //! output name; dropping an uncommitted file removes every trace of it.

@@ -1,4 +1,4 @@
-//! Allowed roots (DESIGN §6): every path a request names must lie under one of the daemon's
+//! Allowed roots (README "Security"): every path a request names must lie under one of the daemon's
 //! `--allow-root` directories, and is opened relative to that root's directory fd with
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`, so neither `..`
 //! nor a symlink (planted before or during the job) can lead outside it, and nothing is

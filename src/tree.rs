@@ -7,7 +7,7 @@
 //! counters and the [`Summary`]. It does **not** do the per-file crypto or the atomic output
 //! (that is `offline` and `output`), print anything (that is `cli`), or talk to the daemon.
 //!
-//! The rules are the daemon's (DESIGN §5, tree jobs), so both modes give the same tree:
+//! The rules are the daemon's (docs/protocol.md, trees; `tree_rules`), so both modes give the same tree:
 //!
 //! - encrypt appends `.rcrypt` to every file name; decrypt strips it (files without it are
 //!   skipped, "not a .rcrypt file"); rewrap keeps names.

@@ -2,7 +2,7 @@
 //! directories: key generation, round trips, tampering, existing and missing files, key ring
 //! checks, key states, rewrap, interop with the real `openssl` binary, and usage errors.
 //!
-//! Each test says in a comment what must stay intact and checks it. Exit codes are DESIGN §1:
+//! Each test says in a comment what must stay intact and checks it. Exit codes are README "Using it":
 //! 0 success, 1 the job failed (stderr `error: ... [code]`), 2 usage error. The one test that
 //! tries every byte position of a file goes through the library (`offline::decrypt`) for
 //! speed; the binary gets a sample of the same positions.
@@ -21,9 +21,9 @@ use ringcrypt::output::Durability;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringcrypt");
 
-/// RCRYPT v1 header bytes (DESIGN §3).
+/// RCRYPT v1 header bytes (docs/format.md).
 const HEADER: u64 = 96;
-/// HMAC-SHA256 tag bytes after every chunk (DESIGN §3).
+/// HMAC-SHA256 tag bytes after every chunk (docs/format.md).
 const TAG: u64 = 32;
 /// Magic bytes of an RCRYPT v1 file.
 const MAGIC: &[u8; 8] = b"\x89RCRYPT\n";
@@ -130,7 +130,7 @@ fn secret(seed: u64) -> String {
     hex(&random_bytes(32, seed ^ 0x5EC2E7))
 }
 
-/// The key id (DESIGN §3) of a secret given as hex.
+/// The key id (docs/format.md) of a secret given as hex.
 fn key_id(secret_hex: &str) -> [u8; 16] {
     let bytes: [u8; 32] = unhex(secret_hex).try_into().expect("32 bytes");
     ringcrypt::format::key_id(&bytes)
@@ -199,7 +199,7 @@ fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|name| name.to_string()).collect()
 }
 
-/// Size of a sealed file (DESIGN §3): the header, floor(len / C) full records of C + 32 bytes,
+/// Size of a sealed file (docs/format.md): the header, floor(len / C) full records of C + 32 bytes,
 /// and a final record holding len mod C bytes PKCS#7-padded to the next multiple of 16
 /// (always at least one byte of padding) plus its tag.
 fn sealed_size(len: u64, chunk_log2: u8) -> u64 {
@@ -360,7 +360,7 @@ fn keygen_prints_a_fresh_usable_entry() {
 
 /// Intact: encrypt then decrypt gives back every byte, at the chunk boundaries and for a
 /// multi-MiB file; the default output name is IN.rcrypt; the sealed size is exactly
-/// 96 + records (DESIGN §3) with a well-formed header naming the key; inputs are never
+/// 96 + records (docs/format.md) with a well-formed header naming the key; inputs are never
 /// modified (same bytes, same mtime) by either step.
 #[test]
 fn round_trips_are_bit_exact_and_leave_inputs_alone() {

@@ -3,7 +3,7 @@
 //! against it. Every daemon test runs twice, once per IO backend (`RINGCRYPT_BACKEND=uring`
 //! and `=sync`).
 //!
-//! Exit codes are DESIGN §1: 0 success, 1 the job failed (stderr `error: ... [code]`), 2 usage
+//! Exit codes are README "Using it": 0 success, 1 the job failed (stderr `error: ... [code]`), 2 usage
 //! error, 3 the daemon could not be reached.
 
 use std::fs;
@@ -220,7 +220,7 @@ fn ping(backend: &str) {
     assert!(run.stdout.contains("2 shards"), "{run:#?}");
 }
 
-/// The protocol (src/protocol.rs, the `pong` row) documents `backend` as `"uring"` or
+/// The protocol (docs/protocol.md, `pong`) documents `backend` as `"uring"` or
 /// `"sync"`; a script comparing it must get one of those.
 fn pong_backend_is_a_documented_name(backend: &str) {
     let daemon = Daemon::start(backend);

@@ -1,4 +1,4 @@
-//! Crash safety of the write protocol (DESIGN §6): the daemon is killed with SIGKILL at each
+//! Crash safety of the write protocol (README "Security"): the daemon is killed with SIGKILL at each
 //! step of a job (failpoints, `test-hooks` feature) and at 200 random moments during jobs.
 //!
 //! After every kill: no file under a final output name that does not verify and decrypt to

@@ -1,4 +1,4 @@
-//! Drives the real `ringcryptd` binary over its Unix socket (DESIGN §2, §5, §6): every op,
+//! Drives the real `ringcryptd` binary over its Unix socket (docs/architecture.md, docs/protocol.md, README "Security"): every op,
 //! the `socat` one-liners, many concurrent jobs, duplicate attach, cancel, malformed lines,
 //! refused requests, SIGTERM under load and a second daemon on the same socket.
 //!

@@ -1,4 +1,4 @@
-//! Descriptor passing on the real daemon (DESIGN §6, README "Descriptors or paths"): a
+//! Descriptor passing on the real daemon (README "Security", descriptors or paths): a
 //! request with `"fds": true` brings its input and an unnamed temp output as `SCM_RIGHTS`
 //! descriptors, so the kernel, not the daemon, checked the caller's permissions.
 //!

@@ -1,4 +1,4 @@
-//! Hostile clients against the real daemon (DESIGN §6): they may not hurt anyone else.
+//! Hostile clients against the real daemon (README "Security"): they may not hurt anyone else.
 //!
 //! Checked: during a flood of 20,000 malformed lines over 20 connections, a 2 MiB line and
 //! 1,000 idle connections, a well-behaved client keeps getting answers (its latency is

@@ -2,7 +2,7 @@
 //!
 //! The public vectors (NIST SP 800-38A, RFC 4231, RFC 5869) pin the primitives the format is
 //! built from, and check that the multi-lane CBC engine in `lanes` is plain CBC in every lane.
-//! The last tests rebuild DESIGN §3 step by step from `aes`, `cbc`, `hmac` and `hkdf` alone and
+//! The last tests rebuild docs/format.md step by step from `aes`, `cbc`, `hmac` and `hkdf` alone and
 //! require the library's sealer to produce the same bytes, so a mistake in the library's
 //! key derivation, IVs, tag input or record layout cannot hide behind its own round trip.
 
@@ -374,9 +374,9 @@ fn key_id_is_truncated_hmac_of_the_label() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// RCRYPT v1 rebuilt from the primitives (DESIGN §3).
+// RCRYPT v1 rebuilt from the primitives (docs/format.md).
 
-/// An independent RCRYPT v1 sealer: every step written out from DESIGN §3, using only the
+/// An independent RCRYPT v1 sealer: every step written out from docs/format.md, using only the
 /// primitive crates (no code from the library).
 fn reference_seal(master: &[u8; 32], chunk_log2: u8, salt: &[u8; 32], plain: &[u8]) -> Vec<u8> {
     let mut header = Vec::with_capacity(96);
@@ -490,7 +490,7 @@ fn rcrypt_v1_three_chunk_file_matches_reference() {
     ] {
         assert!(
             got[range.clone()] == expected[range.clone()],
-            "{name} differs from the DESIGN §3 reference"
+            "{name} differs from the docs/format.md reference"
         );
     }
     assert_eq!(got, expected);
@@ -569,7 +569,7 @@ fn library_opens_the_reference_file() {
 // holder can make these, but the opener must still refuse them with the one opaque failure.
 
 /// K_enc, K_mac and the header of a file sealed under `master` with `salt` at chunk_log2 12,
-/// derived by hand from DESIGN §3.
+/// derived by hand from docs/format.md.
 fn reference_file_keys(master: &[u8; 32], salt: &[u8; 32]) -> ([u8; 32], [u8; 32], Vec<u8>) {
     let header = reference_seal(master, 12, salt, b"")[..96].to_vec();
     let mut info = b"ringcrypt v1".to_vec();

@@ -1,4 +1,4 @@
-//! The Prometheus side of operations (DESIGN §7): the alert rules in
+//! The Prometheus side of operations (README "Metrics, dashboard and alerts"): the alert rules in
 //! `contrib/prometheus/alerts.yml`, the Grafana dashboard in `contrib/grafana/ringcrypt.json`,
 //! and the `/metrics` endpoint of the real `ringcryptd` they are written against.
 //!
@@ -37,7 +37,7 @@ const DASHBOARD: &str = concat!(
     "/contrib/grafana/ringcrypt.json"
 );
 
-/// The families of the metric contract (DESIGN §7 and README "Running in production").
+/// The families of the metric contract (README "Metrics, dashboard and alerts").
 const FAMILIES: [(&str, &str); 11] = [
     ("ringcrypt_jobs_total", "counter"),
     ("ringcrypt_job_duration_seconds", "histogram"),

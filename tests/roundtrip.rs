@@ -1,7 +1,7 @@
 //! Round trips and property tests over the public API: sealing through `stream::SealWriter`
 //! and opening with `stream::open` at the lengths where chunking can go wrong, random sizes,
 //! write patterns and salts; every single-byte flip, truncation and extension of a sealed file
-//! is refused with the code DESIGN §3 gives it; the sealer and opener refuse out-of-sequence
+//! is refused with the code docs/format.md gives it; the sealer and opener refuse out-of-sequence
 //! calls; and the `openssl` compatibility format round trips.
 
 use std::io::{self, Read, Write};

@@ -1,4 +1,4 @@
-//! Caller checks and key hygiene of the real daemon (DESIGN §6).
+//! Caller checks and key hygiene of the real daemon (README "Security").
 //!
 //! Checked: a client whose uid is not on `--allow-uid` is refused with `permission_denied`
 //! (its `ping` still answers), an allowed uid is served, root always is; every request is

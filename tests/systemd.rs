@@ -1,4 +1,4 @@
-//! The systemd integration files (DESIGN §8) checked with systemd's own tools, and the example
+//! The systemd integration files (README "Running in production") checked with systemd's own tools, and the example
 //! configuration checked by the real daemon:
 //!
 //! - `systemd-analyze verify` accepts both units without a word of complaint (unknown keys

@@ -1,4 +1,4 @@
-//! The socket protocol (DESIGN §5): the JSON-lines wire format between `ringcrypt` and
+//! The socket protocol (docs/protocol.md): the JSON-lines wire format between `ringcrypt` and
 //! `ringcryptd`, in one place. This module documents the whole format (below) and owns its
 //! vocabulary: the ops ([`Request`], [`FileOp`], [`FileJobSpec`]), request and job ids
 //! ([`RequestId`], [`JobId`]), what replies carry ([`DoneReport`], [`Progress`],
@@ -153,12 +153,12 @@ pub use request::{Parsed, SPARE_PATH_MAX_BYTES, SparePaths, parse_request, parse
 
 use reply::json;
 
-/// Longest request line accepted, newline excluded (DESIGN §5): 64 KiB. A request is a few
+/// Longest request line accepted, newline excluded (docs/protocol.md): 64 KiB. A request is a few
 /// hundred bytes (two paths and some flags); the bound lets a connection's read buffer be
 /// fixed in size and keeps one client from making the daemon buffer without limit.
 pub const MAX_REQUEST_LINE_BYTES: usize = 64 * 1024;
 
-/// Most failures listed in one `done` reply (DESIGN §5). A tree job can fail on millions of
+/// Most failures listed in one `done` reply (docs/protocol.md). A tree job can fail on millions of
 /// files; the reply stays one readable line, and `failures_omitted` counts the rest (the
 /// daemon's log has every one).
 pub const MAX_FAILURES_REPORTED: usize = 100;
@@ -370,7 +370,7 @@ impl Request {
     }
 }
 
-/// Every op name, in the order DESIGN §5 lists them; quoted in `unknown_op` messages.
+/// Every op name, in the order docs/protocol.md lists them; quoted in `unknown_op` messages.
 const OPS: [&str; 10] = [
     "ping", "encrypt", "decrypt", "rewrap", "status", "cancel", "jobs", "stats", "keys", "reload",
 ];

@@ -28,7 +28,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long SIGTERM may take (the daemon's drain timeout is 30 s).
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(40);
 
-/// The name prefix of the daemon's named temp files (DESIGN §6).
+/// The name prefix of the daemon's named temp files (README "Security").
 pub const TEMP_PREFIX: &str = ".ringcrypt-tmp-";
 
 /// One `[[key]]` entry from `ringcrypt keygen --name NAME`.
