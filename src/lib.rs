@@ -7,6 +7,7 @@
 //! The rooms, from the bytes up:
 //! - [`limits`]: every fixed bound, with the reason for it.
 //! - [`error`]: the error type and its wire codes.
+//! - [`failpoint`]: the test suite's hooks (kill at a step, wedge a shard), empty in real builds.
 //! - [`lanes`]: multi-lane AES-256-CBC (eight chains in lockstep).
 //! - [`sha_mb`]: multi-buffer HMAC-SHA256 (four SHA-NI chains interleaved, portable fallback).
 //! - [`format`]: RCRYPT v1 header, key derivation, chunk sealer and opener. No IO.
@@ -39,6 +40,7 @@ pub mod client;
 pub mod creds;
 pub mod daemon;
 pub mod error;
+pub mod failpoint;
 pub mod format;
 pub mod job;
 pub mod keys;

@@ -79,7 +79,7 @@ impl AtomicFile {
             }
         }
         let private = Mode::from_raw_mode(0o600);
-        let unnamed = if tmpfile_refused() {
+        let unnamed = if crate::failpoint::tmpfile_refused() {
             Err(Errno::OPNOTSUPP)
         } else {
             rustix::fs::openat(
@@ -202,22 +202,6 @@ impl AtomicFile {
         self.temp_name = None;
         Ok(())
     }
-}
-
-/// Test hook (feature `test-hooks`): with `RINGCRYPT_TEST_NO_TMPFILE` set, answer as a file
-/// system without `O_TMPFILE` does, so the suite can drive the named-temp-file path that
-/// such file systems (vfat, some FUSE and network file systems) take. Always false in
-/// builds users run.
-#[cfg(feature = "test-hooks")]
-pub(crate) fn tmpfile_refused() -> bool {
-    static REFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *REFUSED.get_or_init(|| std::env::var_os("RINGCRYPT_TEST_NO_TMPFILE").is_some())
-}
-
-#[cfg(not(feature = "test-hooks"))]
-#[inline(always)]
-pub(crate) fn tmpfile_refused() -> bool {
-    false
 }
 
 impl Drop for AtomicFile {

@@ -83,31 +83,3 @@ pub(super) fn audit(uid: u32, gid: u32, request: &Request, refused: Option<&Erro
         ),
     }
 }
-
-/// Hooks that exist only with the `test-hooks` feature (the test suite's).
-pub(super) mod test_hooks {
-    use std::time::Instant;
-
-    /// `RINGCRYPT_TEST_HANG_SHARD=I:MS` makes shard I stop looping MS milliseconds after
-    /// start, as a wedged shard would, so the watchdog test can see the pings stop.
-    #[cfg(feature = "test-hooks")]
-    pub fn maybe_hang(index: usize, started: Instant) {
-        let Ok(spec) = std::env::var("RINGCRYPT_TEST_HANG_SHARD") else {
-            return;
-        };
-        let Some((shard, after)) = spec.split_once(':') else {
-            return;
-        };
-        let (Ok(shard), Ok(after)) = (shard.parse::<usize>(), after.parse::<u64>()) else {
-            return;
-        };
-        if shard == index && started.elapsed().as_millis() as u64 >= after {
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            }
-        }
-    }
-
-    #[cfg(not(feature = "test-hooks"))]
-    pub fn maybe_hang(_index: usize, _started: Instant) {}
-}

@@ -721,7 +721,7 @@ impl Shard {
     }
 
     fn tick(&mut self) {
-        authorize::test_hooks::maybe_hang(self.index, self.shared.started);
+        crate::failpoint::maybe_hang(self.index, self.shared.started);
         if let Some(until) = self.accept_paused_until
             && Instant::now() >= until
         {

@@ -1,0 +1,63 @@
+//! Test hooks, all in one place, compiled in only with the `test-hooks` feature (the test
+//! suite's); in builds users run each is an empty inline function. They let the suite kill
+//! the daemon at each step of the write protocol, wedge a shard, and play a file system
+//! without `O_TMPFILE`.
+
+use std::time::Instant;
+
+/// A test hook: with the `test-hooks` feature and `RINGCRYPT_FAILPOINT=NAME` in the
+/// environment, the daemon kills itself (SIGKILL, as `kill -9` would) when a job reaches the
+/// step NAME: `opened`, `temp_created`, `written` (all data written, before the fsync),
+/// `fsynced` (before the link), `linked` (before the directory fsync), `done`.
+#[cfg(feature = "test-hooks")]
+pub fn failpoint(name: &str) {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var("RINGCRYPT_FAILPOINT").ok());
+    if armed.as_deref() == Some(name) {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn failpoint(_name: &str) {}
+
+/// Test hook (feature `test-hooks`): with `RINGCRYPT_TEST_NO_TMPFILE` set, answer as a file
+/// system without `O_TMPFILE` does, so the suite can drive the named-temp-file path that
+/// such file systems (vfat, some FUSE and network file systems) take. Always false in
+/// builds users run.
+#[cfg(feature = "test-hooks")]
+pub fn tmpfile_refused() -> bool {
+    static REFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REFUSED.get_or_init(|| std::env::var_os("RINGCRYPT_TEST_NO_TMPFILE").is_some())
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn tmpfile_refused() -> bool {
+    false
+}
+
+/// `RINGCRYPT_TEST_HANG_SHARD=I:MS` makes shard I stop looping MS milliseconds after
+/// start, as a wedged shard would, so the watchdog test can see the pings stop.
+#[cfg(feature = "test-hooks")]
+pub fn maybe_hang(index: usize, started: Instant) {
+    let Ok(spec) = std::env::var("RINGCRYPT_TEST_HANG_SHARD") else {
+        return;
+    };
+    let Some((shard, after)) = spec.split_once(':') else {
+        return;
+    };
+    let (Ok(shard), Ok(after)) = (shard.parse::<usize>(), after.parse::<u64>()) else {
+        return;
+    };
+    if shard == index && started.elapsed().as_millis() as u64 >= after {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+pub fn maybe_hang(_index: usize, _started: Instant) {}
