@@ -513,16 +513,27 @@ impl Opener {
     }
 }
 
-/// 32 bytes from the OS CSPRNG, for a file's salt.
-pub fn random_salt() -> Result<[u8; 32], Error> {
-    let mut salt = [0u8; 32];
-    getrandom::fill(&mut salt).map_err(|err| {
+/// Fills `buf` from the OS CSPRNG. The one place randomness comes from: salts, keys and
+/// temp file names all go through here (or [`random_bytes`]).
+pub fn random_fill(buf: &mut [u8]) -> Result<(), Error> {
+    getrandom::fill(buf).map_err(|err| {
         Error::new(
             Code::Internal,
             format!("the OS random generator failed: {err}"),
         )
-    })?;
-    Ok(salt)
+    })
+}
+
+/// `N` bytes from the OS CSPRNG.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
+    let mut bytes = [0u8; N];
+    random_fill(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// 32 bytes from the OS CSPRNG, for a file's salt.
+pub fn random_salt() -> Result<[u8; 32], Error> {
+    random_bytes()
 }
 
 #[cfg(test)]

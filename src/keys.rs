@@ -39,12 +39,7 @@ impl MasterKey {
     /// A fresh key from the OS CSPRNG.
     pub fn generate() -> Result<MasterKey, Error> {
         let mut bytes = Zeroizing::new([0u8; 32]);
-        getrandom::fill(bytes.as_mut()).map_err(|err| {
-            Error::new(
-                Code::Internal,
-                format!("the OS random generator failed: {err}"),
-            )
-        })?;
+        format::random_fill(bytes.as_mut())?;
         Ok(MasterKey::from_bytes(*bytes))
     }
 

@@ -196,14 +196,7 @@ pub(crate) fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usi
 
 /// 8 bytes from the OS CSPRNG, for an openssl-format salt.
 pub fn random_salt() -> Result<[u8; 8], Error> {
-    let mut salt = [0u8; 8];
-    getrandom::fill(&mut salt).map_err(|err| {
-        Error::new(
-            Code::Internal,
-            format!("the OS random generator failed: {err}"),
-        )
-    })?;
-    Ok(salt)
+    crate::format::random_bytes()
 }
 
 #[cfg(test)]

@@ -224,13 +224,7 @@ fn exists(path: &Path) -> Error {
 }
 
 fn temp_name() -> Result<OsString, Error> {
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random).map_err(|e| {
-        Error::new(
-            Code::Internal,
-            format!("the OS random generator failed: {e}"),
-        )
-    })?;
+    let random: [u8; 8] = crate::format::random_bytes()?;
     Ok(OsString::from(format!(
         "{TEMP_PREFIX}{}",
         hex_encode(&random)

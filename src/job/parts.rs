@@ -4,7 +4,7 @@
 //!
 //! What this room does not do: decide the next step (the job's state machine does).
 
-use crate::error::{Code, Error};
+use crate::error::Error;
 use crate::format::{Opener, Sealer};
 use crate::limits::{LANES, TAG_BYTES};
 use crate::output::TEMP_PREFIX;
@@ -99,8 +99,7 @@ pub(super) struct TempName(pub(super) [u8; TEMP_NAME_BYTES]);
 impl TempName {
     /// A fresh random name.
     pub(super) fn random() -> Result<TempName, Error> {
-        let mut random = [0u8; 8];
-        getrandom::fill(&mut random).map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+        let random: [u8; 8] = crate::format::random_bytes()?;
         let mut name = [0u8; TEMP_NAME_BYTES];
         let (prefix, hex) = name.split_at_mut(TEMP_PREFIX.len());
         prefix.copy_from_slice(TEMP_PREFIX.as_bytes());
