@@ -17,6 +17,7 @@
 //! - [`reactor`]: a shard's io_uring (or synchronous fallback), op slab and buffer pool.
 //! - [`roots`]: allowed roots and confined path resolution.
 //! - [`creds`]: a client's identity (SO_PEERCRED, SO_PEERGROUPS) and acting as it.
+//! - [`token`]: what an op's completion is for (a typed token, packed in one place).
 //! - [`job`]: one file job's state machine on its owner shard.
 //! - [`shard`]: a pinned thread with its inbox, connections, the verdict on each request, its
 //!   job table, and the file and tree jobs it runs.
@@ -57,6 +58,7 @@ pub mod roots;
 pub mod sha_mb;
 pub mod shard;
 pub mod stream;
+pub mod token;
 pub mod tree;
 pub mod tree_job;
 pub mod tree_rules;

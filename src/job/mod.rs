@@ -45,6 +45,7 @@ use crate::output::Durability;
 use crate::protocol::{FileJobSpec, FileOp, JobId};
 use crate::reactor::{BufId, Completion, Op, Reactor, Who};
 use crate::roots::{RESOLVE_CONFINED, Roots};
+use crate::token::{Step, Token};
 
 mod parts;
 mod passed;
@@ -63,22 +64,6 @@ pub const BUFFERS_PER_JOB: usize = 4;
 pub fn pool_buf_bytes(chunk_log2: u8) -> usize {
     LANES * ((1usize << chunk_log2) + TAG_BYTES)
 }
-
-// Op tags: the low byte of a job op's token.
-const TAG_OPEN_INPUT: u64 = 1;
-const TAG_OPEN_DIR: u64 = 2;
-const TAG_CREATE_TEMP: u64 = 3;
-const TAG_CREATE_NAMED: u64 = 4;
-const TAG_HEADER_READ: u64 = 5;
-const TAG_HEADER_WRITE: u64 = 6;
-const TAG_EOF_PROBE: u64 = 7;
-const TAG_FSYNC: u64 = 8;
-const TAG_LINK: u64 = 9;
-const TAG_RENAME: u64 = 10;
-const TAG_FSYNC_DIR: u64 = 11;
-const TAG_UNLINK: u64 = 12;
-const TAG_LANE_READ: u64 = 16;
-const TAG_LANE_WRITE: u64 = 32;
 
 /// What the shard must pass a job on every call.
 pub struct JobCtx<'a> {
@@ -113,7 +98,8 @@ enum Phase {
 pub struct FileJob {
     pub id: JobId,
     pub spec: FileJobSpec,
-    token_base: u64,
+    /// The job's slot in its shard's job table, named by its ops' tokens.
+    slot: u32,
     phase: Phase,
     pending: u32,
     failure: Option<Error>,
@@ -145,19 +131,19 @@ pub struct FileJob {
 }
 
 impl FileJob {
-    /// A job that will use `bufs` (acquired by the shard on admission) and whose op tokens
-    /// are `token_base | tag`.
+    /// A job that will use `bufs` (acquired by the shard on admission) and whose ops carry
+    /// [`Token::Job`] with its job-table `slot`.
     pub fn new(
         id: JobId,
         spec: FileJobSpec,
         passed: Option<Passed>,
-        token_base: u64,
+        slot: u32,
         bufs: [BufId; BUFFERS_PER_JOB],
     ) -> FileJob {
         FileJob {
             id,
             spec,
-            token_base,
+            slot,
             phase: Phase::Opening,
             pending: 0,
             failure: None,
@@ -241,21 +227,22 @@ impl FileJob {
         }
     }
 
-    fn push(&mut self, ctx: &mut JobCtx, tag: u64, op: Op) {
-        Self::push_op(&mut self.pending, self.token_base, self.who, ctx, tag, op);
+    fn push(&mut self, ctx: &mut JobCtx, step: Step, op: Op) {
+        Self::push_op(&mut self.pending, self.slot, self.who, ctx, step, op);
     }
 
     /// [`FileJob::push`] for ops that borrow a path from the job: the reactor copies it.
     fn push_op(
         pending: &mut u32,
-        token_base: u64,
+        slot: u32,
         who: Option<Who>,
         ctx: &mut JobCtx,
-        tag: u64,
+        step: Step,
         op: Op,
     ) {
         *pending += 1;
-        ctx.reactor.push_as(token_base | tag, op, who);
+        ctx.reactor
+            .push_as(Token::Job { slot, step }.encode(), op, who);
     }
 
     /// Starts the job: opens the input (or takes the passed one).
@@ -280,10 +267,10 @@ impl FileJob {
                     (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
                 Self::push_op(
                     &mut self.pending,
-                    self.token_base,
+                    self.slot,
                     self.who,
                     ctx,
-                    TAG_OPEN_INPUT,
+                    Step::OpenInput,
                     Op::OpenAt2 {
                         dir: root,
                         path: rel.as_os_str().as_bytes(),
@@ -324,7 +311,7 @@ impl FileJob {
         }
         if let (Some(dir), Some(name)) = (&self.out_dir, self.temp_name.take()) {
             let dir = dir.as_raw_fd();
-            self.push(ctx, TAG_UNLINK, Op::UnlinkAt { dir, path: &name.0 });
+            self.push(ctx, Step::Unlink, Op::UnlinkAt { dir, path: &name.0 });
             return;
         }
         self.input = None;
@@ -334,28 +321,28 @@ impl FileJob {
     }
 
     /// Feeds one completion of this job's ops.
-    pub fn on_complete(&mut self, ctx: &mut JobCtx, tag: u64, mut done: Completion) {
+    pub fn on_complete(&mut self, ctx: &mut JobCtx, step: Step, mut done: Completion) {
         self.pending -= 1;
         if self.failure.is_some() {
             self.drain_or_finish(ctx);
             return;
         }
         let result = std::mem::replace(&mut done.result, Ok(0));
-        let step = match tag {
-            TAG_OPEN_INPUT => result
+        let outcome = match step {
+            Step::OpenInput => result
                 .map_err(|e| self.io_err("open", true, e))
                 .and_then(|_| self.opened_input(ctx, done.take_fd().expect("open yields an fd"))),
-            TAG_OPEN_DIR => result
+            Step::OpenDir => result
                 .map_err(|e| self.io_err("open the directory of", false, e))
                 .and_then(|_| self.opened_dir(ctx, done.take_fd().expect("open yields an fd"))),
-            TAG_CREATE_TEMP => {
+            Step::CreateTemp => {
                 let fd = done.take_fd();
                 self.created_temp(ctx, result.map(|_| fd.expect("open yields an fd")))
             }
-            TAG_CREATE_NAMED => result
+            Step::CreateNamed => result
                 .map_err(|e| self.io_err("create a temp file for", false, e))
                 .and_then(|_| self.have_temp(ctx, done.take_fd().expect("open yields an fd"))),
-            TAG_HEADER_READ => result
+            Step::HeaderRead => result
                 .map_err(|e| self.io_err("read", true, e))
                 .and_then(|n| {
                     ctx.metrics.read(u64::from(n));
@@ -365,44 +352,36 @@ impl FileJob {
                     head[..n].copy_from_slice(&ctx.reactor.buf_mut(self.lanes[0].buf)[..n]);
                     self.got_header(ctx, &head[..n])
                 }),
-            TAG_HEADER_WRITE => self.wrote(result, HEADER_BYTES as u32).map(|()| {
+            Step::HeaderWrite => self.wrote(result, HEADER_BYTES as u32).map(|()| {
                 ctx.metrics.written(HEADER_BYTES as u64);
                 self.pump(ctx)
             }),
-            TAG_EOF_PROBE => match result {
+            Step::EofProbe => match result {
                 Ok(0) => self.commit(ctx),
                 Ok(_) => Err(format::AuthFailed.into()),
                 Err(e) => Err(self.io_err("read", true, e)),
             },
-            TAG_FSYNC => result
+            Step::Fsync => result
                 .map_err(|e| self.io_err("fsync", false, e))
                 .and_then(|_| self.link(ctx)),
-            TAG_LINK | TAG_RENAME => result
+            Step::Link | Step::Rename => result
                 .map_err(|e| self.link_err(e))
-                .and_then(|_| self.linked(ctx, tag)),
-            TAG_FSYNC_DIR => {
+                .and_then(|_| self.linked(ctx, step)),
+            Step::FsyncDir => {
                 // The output is in place; a failed directory fsync is reported, but the
                 // file is complete and valid.
                 result
                     .map_err(|e| self.io_err("fsync the directory of", false, e))
                     .map(|_| self.finish())
             }
-            TAG_UNLINK => {
+            Step::Unlink => {
                 self.drain_or_finish(ctx);
                 Ok(())
             }
-            t if (TAG_LANE_READ..TAG_LANE_WRITE).contains(&t) => {
-                self.lane_read(ctx, (t - TAG_LANE_READ) as usize, result)
-            }
-            t if (TAG_LANE_WRITE..TAG_LANE_WRITE + 16).contains(&t) => {
-                self.lane_written(ctx, (t - TAG_LANE_WRITE) as usize, result)
-            }
-            other => Err(Error::new(
-                Code::Internal,
-                format!("unknown op tag {other}"),
-            )),
+            Step::LaneRead(lane) => self.lane_read(ctx, usize::from(lane), result),
+            Step::LaneWrite(lane) => self.lane_written(ctx, usize::from(lane), result),
         };
-        if let Err(err) = step {
+        if let Err(err) = outcome {
             self.fail(ctx, err);
         }
     }
@@ -495,10 +474,10 @@ impl FileJob {
         let flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
         Self::push_op(
             &mut self.pending,
-            self.token_base,
+            self.slot,
             self.who,
             ctx,
-            TAG_OPEN_DIR,
+            Step::OpenDir,
             Op::OpenAt2 {
                 dir: root,
                 path: rel.as_os_str().as_bytes(),
@@ -569,7 +548,7 @@ impl FileJob {
         let flags = (libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC) as u64;
         self.push(
             ctx,
-            TAG_CREATE_TEMP,
+            Step::CreateTemp,
             Op::OpenAt2 {
                 dir: dir_raw,
                 path: b".",
@@ -601,7 +580,7 @@ impl FileJob {
                     | libc::O_NOFOLLOW) as u64;
                 self.push(
                     ctx,
-                    TAG_CREATE_NAMED,
+                    Step::CreateNamed,
                     Op::OpenAt2 {
                         dir,
                         path: &name.0,
@@ -640,7 +619,7 @@ impl FileJob {
                 let buf = self.lanes[0].buf;
                 self.push(
                     ctx,
-                    TAG_HEADER_READ,
+                    Step::HeaderRead,
                     Op::ReadFixed {
                         fd,
                         buf,
@@ -678,7 +657,7 @@ impl FileJob {
         }
         if ctx.durability == Durability::Fsync {
             let fd = temp.as_raw_fd();
-            self.push(ctx, TAG_FSYNC, Op::Fsync { fd });
+            self.push(ctx, Step::Fsync, Op::Fsync { fd });
             Ok(())
         } else {
             self.link(ctx)
@@ -701,10 +680,10 @@ impl FileJob {
             };
             Self::push_op(
                 &mut self.pending,
-                self.token_base,
+                self.slot,
                 self.who,
                 ctx,
-                TAG_RENAME,
+                Step::Rename,
                 Op::RenameAt {
                     dir,
                     from: &temp_name.0,
@@ -732,10 +711,10 @@ impl FileJob {
         };
         Self::push_op(
             &mut self.pending,
-            self.token_base,
+            self.slot,
             self.who,
             ctx,
-            TAG_LINK,
+            Step::Link,
             Op::LinkAt {
                 from_dir: libc::AT_FDCWD,
                 from: &proc_path[..proc_len],
@@ -747,16 +726,16 @@ impl FileJob {
         Ok(())
     }
 
-    fn linked(&mut self, ctx: &mut JobCtx, tag: u64) -> Result<(), Error> {
+    fn linked(&mut self, ctx: &mut JobCtx, step: Step) -> Result<(), Error> {
         failpoint("linked");
-        if tag == TAG_LINK && self.temp_name.is_some() {
+        if step == Step::Link && self.temp_name.is_some() {
             // Overwrite: the temp name now exists; rename it over the target.
             return self.link(ctx);
         }
         self.temp_name = None;
         if ctx.durability == Durability::Fsync {
             let dir = self.out_dir.as_ref().expect("dir is open").as_raw_fd();
-            self.push(ctx, TAG_FSYNC_DIR, Op::Fsync { fd: dir });
+            self.push(ctx, Step::FsyncDir, Op::Fsync { fd: dir });
         } else {
             self.finish();
         }

@@ -35,7 +35,7 @@ impl FileJob {
         self.bytes_out += HEADER_BYTES as u64;
         self.push(
             ctx,
-            TAG_HEADER_WRITE,
+            Step::HeaderWrite,
             Op::WriteFixed {
                 fd,
                 buf,
@@ -177,7 +177,7 @@ impl FileJob {
                 reads.push((0, len, HEADER_BYTES as u64 + first * stride as u64));
             }
         }
-        let tag = TAG_LANE_READ + lane as u64;
+        let tag = Step::LaneRead(lane as u8);
         self.lanes[lane] = Lane {
             buf,
             batch,
@@ -256,7 +256,7 @@ impl FileJob {
                 self.bytes_out += len as u64;
                 self.push(
                     ctx,
-                    TAG_LANE_WRITE + lane as u64,
+                    Step::LaneWrite(lane as u8),
                     Op::WriteFixed {
                         fd,
                         buf,
@@ -380,7 +380,7 @@ impl FileJob {
                 let buf = self.lanes[0].buf;
                 self.push(
                     ctx,
-                    TAG_EOF_PROBE,
+                    Step::EofProbe,
                     Op::ReadFixed {
                         fd,
                         buf,

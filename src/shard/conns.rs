@@ -23,7 +23,7 @@ use crate::limits::{
 use crate::protocol::{FileJobSpec, MAX_REQUEST_LINE_BYTES};
 use crate::reactor::{BackendKind, Completion, Op, RECV_FDS_MAX, Reactor, RecvBuf};
 
-use super::{KIND_CONN_RECV, KIND_CONN_SEND};
+use crate::token::Token;
 
 /// Largest send buffer a connection keeps for its next reply: a few thousand `done` lines.
 /// A buffer grown past it by a rare large reply is freed once sent.
@@ -144,7 +144,7 @@ impl Conns {
         }
         let Some(buf) = conn.rbuf.take() else { return };
         let fd = conn.fd.as_raw_fd();
-        reactor.push(KIND_CONN_RECV | key, Op::Recv { fd, buf });
+        reactor.push(Token::ConnRecv(key).encode(), Op::Recv { fd, buf });
     }
 
     /// Takes a finished receive: where its complete lines are, or that it ended.
@@ -273,7 +273,10 @@ impl Conns {
         conn.sending = true;
         let data = std::mem::replace(&mut conn.out, std::mem::take(&mut conn.spare));
         let fd = conn.fd.as_raw_fd();
-        reactor.push(KIND_CONN_SEND | key, Op::Send { fd, data, sent: 0 });
+        reactor.push(
+            Token::ConnSend(key).encode(),
+            Op::Send { fd, data, sent: 0 },
+        );
     }
 
     /// Takes a finished send. Returns the uid if the connection closed.

@@ -42,6 +42,7 @@ use crate::protocol::{
     self, FileJobSpec, JobId, JobInfo, Request, RequestId, ShardStats, SparePaths,
 };
 use crate::reactor::{BackendKind, Completion, Op, Reactor, RecvBuf};
+use crate::token::Token;
 
 mod authorize;
 mod conns;
@@ -57,14 +58,6 @@ use conns::{Conns, PassedFds, Received};
 use jobs::JobTable;
 
 pub use inbox::{Callers, Inbox, Msg, Reply, ReplyTo, Shared};
-
-// Token kinds: the top byte of a reactor token.
-pub(crate) const KIND_JOB: u64 = 1 << 56;
-pub(crate) const KIND_CONN_RECV: u64 = 2 << 56;
-pub(crate) const KIND_CONN_SEND: u64 = 3 << 56;
-pub(crate) const KIND_ACCEPT: u64 = 4 << 56;
-pub(crate) const KIND_WAKE: u64 = 5 << 56;
-pub(crate) const KIND_MASK: u64 = 0xff << 56;
 
 struct Gathering {
     conn: u64,
@@ -233,13 +226,14 @@ impl Shard {
 
     fn arm_wake(&mut self) {
         let fd = self.shared.inboxes[self.index].wake.as_raw_fd();
-        self.reactor.push(KIND_WAKE, Op::ReadEventfd { fd });
+        self.reactor
+            .push(Token::Wake.encode(), Op::ReadEventfd { fd });
     }
 
     fn arm_accept(&mut self) {
         if let Some(listener) = &self.listener {
             let fd = listener.as_raw_fd();
-            self.reactor.push(KIND_ACCEPT, Op::Accept { fd });
+            self.reactor.push(Token::Accept.encode(), Op::Accept { fd });
         }
     }
 
@@ -646,22 +640,23 @@ impl Shard {
     // ---- completions, timers, shutdown -------------------------------------------------
 
     fn on_completion(&mut self, mut done: Completion) {
-        let kind = done.token & KIND_MASK;
-        let rest = done.token & !KIND_MASK;
-        match kind {
-            KIND_JOB => {
-                let slot = (rest >> 8) as usize;
-                let tag = rest & 0xff;
-                self.with_job(slot, |job, ctx| job.on_complete(ctx, tag, done));
+        match Token::decode(done.token) {
+            Some(Token::Job { slot, step }) => {
+                self.with_job(slot as usize, |job, ctx| job.on_complete(ctx, step, done));
             }
-            KIND_CONN_RECV => self.on_recv(rest, done),
-            KIND_CONN_SEND => self.on_send(rest, done),
-            KIND_ACCEPT => {
+            Some(Token::ConnRecv(key)) => self.on_recv(key, done),
+            Some(Token::ConnSend(key)) => self.on_send(key, done),
+            Some(Token::Accept) => {
                 let fd = done.take_fd();
                 self.on_accept(done.result.map(|_| fd.expect("accept yields an fd")));
             }
-            KIND_WAKE => self.arm_wake(),
-            _ => {}
+            Some(Token::Wake) => self.arm_wake(),
+            // Every op this shard pushes carries an encoded token.
+            None => debug_assert!(
+                false,
+                "a completion with an unknown token {:#x}",
+                done.token
+            ),
         }
     }
 

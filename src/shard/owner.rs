@@ -19,7 +19,7 @@ use crate::reactor::BufId;
 use crate::tree_job::FileResult;
 
 use super::jobs::{self, Decision, Waiter, Waiters};
-use super::{KIND_JOB, Msg, Reply, ReplyTo, Shard, unknown_job};
+use super::{Msg, Reply, ReplyTo, Shard, unknown_job};
 
 impl Shard {
     pub(super) fn refuse(&mut self, reply: &ReplyTo, err: Error) {
@@ -105,9 +105,8 @@ impl Shard {
                     .expect("enough buffers are free, checked above")
             });
             let slot = self.jobs.free_slot();
-            let token_base = KIND_JOB | ((slot as u64) << 8);
             let run_as = self.run_as(&queued.spec).cloned();
-            let mut job = FileJob::new(queued.id, queued.spec, queued.passed, token_base, bufs);
+            let mut job = FileJob::new(queued.id, queued.spec, queued.passed, slot as u32, bufs);
             if let Some(caller) = run_as {
                 match self.reactor.identity(&caller) {
                     Ok(who) => job.run_as(who),
