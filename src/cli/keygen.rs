@@ -15,8 +15,7 @@ pub(super) fn keygen(name: Option<&str>) -> Result<(), Failure> {
     let name = match name {
         Some(name) => name.to_string(),
         None => {
-            let mut tag = [0u8; 3];
-            getrandom::fill(&mut tag).map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+            let tag: [u8; 3] = crate::format::random_bytes()?;
             format!("key-{}-{}", today(), keys::hex_encode(&tag))
         }
     };
