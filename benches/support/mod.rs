@@ -1,6 +1,7 @@
-//! The harness the daemon benches share (`benches/daemon.rs`, `benches/e2e.rs`,
-//! `benches/allocs.rs`), included by each with `mod support;`: Cargo builds no bench target
-//! from this directory.
+//! The harness the daemon benches share (`benches/daemon.rs`, `benches/e2e/`,
+//! `benches/allocs.rs`), included by each with `mod support;` (from a directory bench,
+//! `#[path = "../support/mod.rs"] mod support;`): Cargo builds no bench target from this
+//! directory, which has no `main.rs`.
 //!
 //! It holds the paths of the built binaries and the openssl baseline's command lines; the
 //! scratch directory (under /dev/shm when it exists); a fresh `ringcryptd` per measurement,
