@@ -1,6 +1,7 @@
-//! The harness the daemon benches share (`benches/daemon.rs`, `benches/e2e.rs`,
-//! `benches/allocs.rs`), included by each with `mod support;`: Cargo builds no bench target
-//! from this directory.
+//! The harness the daemon benches share (`benches/daemon.rs`, `benches/e2e/`,
+//! `benches/allocs/`), included by each with `mod support;` (from a directory bench,
+//! `#[path = "../support/mod.rs"] mod support;`): Cargo builds no bench target from this
+//! directory, which has no `main.rs`.
 //!
 //! It holds the paths of the built binaries and the openssl baseline's command lines; the
 //! scratch directory (under /dev/shm when it exists); a fresh `ringcryptd` per measurement,
@@ -9,7 +10,7 @@
 //! a read to warm the page cache, file counts; and the plain-text table the benches print.
 //!
 //! Not every bench uses every item, hence `allow(dead_code)`. Safe code only, also inside
-//! allocs.rs, whose counting allocator needs `unsafe` of its own.
+//! the allocs bench, whose counting allocator needs `unsafe` of its own.
 
 #![allow(dead_code)]
 #![forbid(unsafe_code)]
