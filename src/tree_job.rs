@@ -545,9 +545,20 @@ fn refuse_output_inside(roots: &Roots, input: &OwnedFd, spec: &FileJobSpec) -> R
     // The output itself, or its nearest ancestor that exists and lies under a root.
     let mut at = spec.output.as_path();
     let mut dir = loop {
-        match open_dir(roots, at) {
-            Ok(fd) => break fd,
-            Err(_) => match at.parent() {
+        // Asked without building an error: a missing output is the usual case.
+        let opened = roots.locate(at).ok().and_then(|(root, rel)| {
+            rustix::fs::openat2(
+                root,
+                rel,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::from_bits_retain(RESOLVE_CONFINED),
+            )
+            .ok()
+        });
+        match opened {
+            Some(fd) => break fd,
+            None => match at.parent() {
                 Some(parent) if roots.locate(parent).is_ok() => at = parent,
                 // Nothing of the output exists under a root yet: creating it will say why.
                 _ => return Ok(()),
