@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::durable::Durability;
 use crate::error::{Code, Error};
 use crate::job::{BUFFERS_PER_JOB, pool_buf_bytes};
 use crate::keys::{self, KeyRing};
@@ -25,7 +26,6 @@ use crate::limits::{
 };
 use crate::metrics;
 use crate::notify::{self, Notifier};
-use crate::output::Durability;
 use crate::reactor::{BackendKind, Reactor};
 use crate::roots::Roots;
 use crate::shard::{Callers, Msg, Shard, Shared};
@@ -497,7 +497,7 @@ pub fn sweep_temp_files(roots: &[PathBuf], owner: Option<u32>) -> usize {
                 pending.push_back(entry.path());
             } else if meta.is_file()
                 && owner.is_none_or(|uid| meta.uid() == uid)
-                && crate::output::is_temp_name(&entry.file_name())
+                && crate::durable::is_temp_name(&entry.file_name())
                 && std::fs::remove_file(entry.path()).is_ok()
             {
                 removed += 1;

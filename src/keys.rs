@@ -20,7 +20,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Code, Error};
 use crate::format::{self, KeyId};
-use crate::limits::{KEYRING_MAX_BYTES, OPENSSL_DEFAULT_ITER};
+use crate::limits::{HEADER_BYTES, KEYRING_MAX_BYTES, OPENSSL_DEFAULT_ITER};
 
 /// A 32-byte master key. Zeroized on drop; `Debug` shows only its id.
 #[derive(Clone)]
@@ -371,6 +371,30 @@ impl KeyRing {
     /// locked-memory limit too small for them; the keys work either way.
     pub fn memory_locked(&self) -> bool {
         self.memory_locked
+    }
+
+    /// Checks a sealed file of `file_len` bytes cheaply: the header parses, its key is in
+    /// this ring, and the header tag and the final record's tag verify. Only the header and
+    /// the last record are read, through `read_at(buf, offset)` (the caller does the IO);
+    /// earlier records are not authenticated (outputs are linked only when complete, so this
+    /// catches foreign or damaged files, not torn ones). Returns the key id the file names.
+    pub fn verify_tail(
+        &self,
+        file_len: u64,
+        mut read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
+    ) -> Result<KeyId, Error> {
+        let auth = || Error::from(format::AuthFailed);
+        let mut head = [0u8; HEADER_BYTES];
+        read_at(&mut head, 0).map_err(|_| auth())?;
+        let header = format::Header::parse(&head)?;
+        let master = self.opening_key(&header.key_id)?;
+        let mut opener = format::Opener::new(&header, master.bytes())?;
+        let layout = format::Layout::for_file(file_len, header.chunk_log2)?;
+        let mut last = vec![0u8; layout.final_record_bytes];
+        read_at(&mut last, file_len - layout.final_record_bytes as u64).map_err(|_| auth())?;
+        opener.skip_to(layout.full_records);
+        opener.open_final(&mut last)?;
+        Ok(header.key_id)
     }
 
     pub fn entries(&self) -> &[KeyEntry] {

@@ -25,7 +25,8 @@
 //! - [`notify`]: `sd_notify` and socket activation.
 //! - [`daemon`]: `ringcryptd` setup: configuration, socket, shards, signals.
 //! - [`stream`]: sealing and opening over `Read`/`Write`.
-//! - [`output`]: atomic, durable output files.
+//! - [`durable`]: what both engines share about outputs in the making: durability, temp names.
+//! - [`output`]: atomic, durable output files (the offline engine's).
 //! - [`offline`]: file jobs run in this process (the client's `--keys` mode).
 //! - [`tree`]: directory-tree jobs in this process: the walk and a worker per core running
 //!   `offline`'s file jobs.
@@ -40,6 +41,7 @@ pub mod cli;
 pub mod client;
 pub mod creds;
 pub mod daemon;
+pub mod durable;
 pub mod error;
 pub mod failpoint;
 pub mod format;

@@ -91,6 +91,10 @@ pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 /// Ended jobs each shard remembers for `status` and `jobs`.
 pub const FINISHED_JOBS_KEPT: usize = 1024;
 
+/// File jobs one tree keeps out at once: enough to keep every shard's pipeline full, few
+/// enough that a million-file tree is never a million queued jobs.
+pub const TREE_WINDOW: usize = 256;
+
 /// Spare path buffers each shard keeps for the paths of new jobs: two (input and output) for
 /// each of the `TREE_WINDOW` files a tree job hands out at once, so a tree starting on a
 /// shard finds its first window's paths waiting. A single-file request takes two at a time.
@@ -98,7 +102,7 @@ pub const FINISHED_JOBS_KEPT: usize = 1024;
 /// state a job's paths cost no allocation. Each spare holds at most
 /// `protocol::SPARE_PATH_MAX_BYTES` (4 KiB), so the pool never holds more than 2 MiB, and
 /// holds a few tens of KiB for paths of ordinary length.
-pub const SPARE_PATHS_PER_SHARD: usize = 2 * crate::tree_job::TREE_WINDOW;
+pub const SPARE_PATHS_PER_SHARD: usize = 2 * TREE_WINDOW;
 
 /// Concurrent jobs per shard: each holds `job::BUFFERS_PER_JOB` pool buffers.
 pub const RUNNING_JOBS_PER_SHARD: u16 = 16;

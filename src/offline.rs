@@ -20,23 +20,7 @@ use crate::output::{AtomicFile, Durability};
 use crate::protocol::FileOp;
 use crate::stream::{self, SealWriter};
 
-/// The on-disk format of an encrypted file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// RCRYPT v1: authenticated. The default.
-    Ringcrypt,
-    /// `openssl enc -aes-256-cbc -pbkdf2`: unauthenticated, for legacy archives.
-    Openssl,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Ringcrypt => "ringcrypt",
-            Format::Openssl => "openssl",
-        }
-    }
-}
+pub use crate::protocol::Format;
 
 /// One file job.
 #[derive(Clone, Copy, Debug)]

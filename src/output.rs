@@ -10,7 +10,6 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, CWD, Mode, OFlags, RenameFlags};
@@ -19,18 +18,7 @@ use rustix::io::Errno;
 use crate::error::{Code, Error};
 use crate::keys::hex_encode;
 
-/// Prefix of named temp files; anything starting with it in an output directory is debris
-/// of an interrupted job.
-pub const TEMP_PREFIX: &str = ".ringcrypt-tmp-";
-
-/// How an output is made durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// fsync the file before linking and the directory after: `done` means on disk.
-    Fsync,
-    /// Skip both fsyncs (benchmarks, scratch data): atomic, but not durable across power loss.
-    None,
-}
+pub use crate::durable::{Durability, TEMP_PREFIX, is_temp_name};
 
 /// An output being written. See the module docs.
 pub struct AtomicFile {
@@ -251,11 +239,6 @@ fn create_named_temp(dir: &OwnedFd, path: &Path) -> Result<(OwnedFd, OsString), 
         Code::Internal,
         format!("could not pick a free temp name next to {}", path.display()),
     ))
-}
-
-/// True when `name` is a named temp file left by an interrupted job.
-pub fn is_temp_name(name: &OsStr) -> bool {
-    name.as_bytes().starts_with(TEMP_PREFIX.as_bytes())
 }
 
 #[cfg(test)]

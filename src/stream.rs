@@ -184,27 +184,13 @@ pub fn open(
     Ok((written + plain as u64, header.key_id))
 }
 
-/// Checks an existing sealed file cheaply, for resuming trees: the header parses, its key is
-/// in the ring, and the header tag and the final record's tag verify. Only the header and
-/// the last record are read; earlier records are not authenticated (outputs are linked only
-/// when complete, so this catches foreign or damaged files, not torn ones). Returns the key
-/// id the file names.
+/// Checks an existing sealed file cheaply, for resuming trees (see
+/// [`KeyRing::verify_tail`]): reads only its header and its final record. Returns the key id
+/// the file names.
 pub fn verify_last_record(file: &std::fs::File, ring: &KeyRing) -> Result<format::KeyId, Error> {
     use std::os::unix::fs::FileExt;
-    let auth = || Error::from(format::AuthFailed);
     let len = file.metadata().map_err(read_error)?.len();
-    let mut head = [0u8; HEADER_BYTES];
-    file.read_exact_at(&mut head, 0).map_err(|_| auth())?;
-    let header = Header::parse(&head)?;
-    let master = ring.opening_key(&header.key_id)?;
-    let mut opener = Opener::new(&header, master.bytes())?;
-    let layout = Layout::for_file(len, header.chunk_log2)?;
-    let mut last = vec![0u8; layout.final_record_bytes];
-    file.read_exact_at(&mut last, len - layout.final_record_bytes as u64)
-        .map_err(|_| auth())?;
-    opener.skip_to(layout.full_records);
-    opener.open_final(&mut last)?;
-    Ok(header.key_id)
+    ring.verify_tail(len, |buf, offset| file.read_exact_at(buf, offset))
 }
 
 fn read_error(e: io::Error) -> Error {

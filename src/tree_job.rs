@@ -27,17 +27,13 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, ResolveFlags};
 use rustix::io::Errno;
 
 use crate::error::{Code, Error};
-use crate::limits::TREE_RETRY_DELAY;
+use crate::limits::{TREE_RETRY_DELAY, TREE_WINDOW};
 use crate::protocol::{
     DoneReport, Failure, FileJobSpec, FileOp, JobId, MAX_FAILURES_REPORTED, Progress, Skipped,
     SparePaths,
 };
 use crate::roots::{RESOLVE_CONFINED, Roots};
 use crate::tree_rules::{Special, output_name_parts};
-
-/// File jobs one tree keeps out at once: enough to keep every shard's pipeline full, few
-/// enough that a million-file tree is never a million queued jobs.
-pub const TREE_WINDOW: usize = 256;
 
 /// Directory levels a tree may have: each open level holds two descriptors.
 pub const TREE_MAX_DEPTH: usize = 256;

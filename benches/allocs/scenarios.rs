@@ -12,8 +12,8 @@ use std::thread;
 use std::time::Duration;
 
 use ringcrypt::limits::FINISHED_JOBS_KEPT;
+use ringcrypt::limits::TREE_WINDOW;
 use ringcrypt::protocol::FileOp;
-use ringcrypt::tree_job::TREE_WINDOW;
 
 use crate::Options;
 use crate::counting::{Counts, SAMPLE_EVERY, SAMPLE_TICKET, SAMPLES};

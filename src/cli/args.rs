@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use crate::daemon::DEFAULT_SOCKET;
 use crate::error::Error;
 use crate::limits::{CHUNK_LOG2_MAX, CHUNK_LOG2_MIN};
-use crate::offline::Format;
+use crate::protocol::Format;
 use crate::protocol::JobId;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 

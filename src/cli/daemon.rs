@@ -14,8 +14,8 @@ use super::print::{self, Shown};
 use super::{Failure, decrypt_output, files_failed, usage};
 use crate::client::{self, Client};
 use crate::error::{Code, Error};
-use crate::offline::Format;
 use crate::output::{AtomicFile, Durability};
+use crate::protocol::Format;
 use crate::protocol::{FileJobSpec, FileOp, ReplyLine, Request};
 use crate::tree_rules::with_suffix;
 

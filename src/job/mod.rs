@@ -35,13 +35,13 @@ use std::time::Instant;
 use rustix::fs::{AtFlags, FileType, Mode};
 
 use crate::creds::ActAs;
+use crate::durable::Durability;
 use crate::error::{Code, Error};
 use crate::failpoint::failpoint;
 use crate::format::{self, Header, Layout, Opener, Sealer};
 use crate::keys::{KeyMaterial, KeyRing};
 use crate::limits::{HEADER_BYTES, LANES, TAG_BYTES};
 use crate::metrics::ShardMetrics;
-use crate::output::Durability;
 use crate::protocol::{FileJobSpec, FileOp, JobId};
 use crate::reactor::{BufId, Completion, Op, Reactor, Who};
 use crate::roots::{RESOLVE_CONFINED, Roots};
@@ -778,10 +778,18 @@ fn verify_existing(dir: &OwnedFd, name: &OsStr, op: FileOp, ring: &KeyRing) -> b
     }
     match op {
         FileOp::Decrypt => true,
-        FileOp::Encrypt => crate::stream::verify_last_record(&file, ring).is_ok(),
+        FileOp::Encrypt => verify_tail(&file, ring).is_ok(),
         // A rewrap is done only when the output is under the current default key.
-        FileOp::Rewrap => {
-            crate::stream::verify_last_record(&file, ring).is_ok_and(|id| ring.is_default_key(&id))
-        }
+        FileOp::Rewrap => verify_tail(&file, ring).is_ok_and(|id| ring.is_default_key(&id)),
     }
+}
+
+/// [`KeyRing::verify_tail`] of an open file.
+fn verify_tail(file: &std::fs::File, ring: &KeyRing) -> Result<format::KeyId, Error> {
+    use std::os::unix::fs::FileExt;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::new(Code::from_io(&e), e.to_string()))?
+        .len();
+    ring.verify_tail(len, |buf, offset| file.read_exact_at(buf, offset))
 }

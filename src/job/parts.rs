@@ -4,10 +4,10 @@
 //!
 //! What this room does not do: decide the next step (the job's state machine does).
 
+use crate::durable::TEMP_PREFIX;
 use crate::error::Error;
 use crate::format::{Opener, Sealer};
 use crate::limits::{LANES, TAG_BYTES};
-use crate::output::TEMP_PREFIX;
 use crate::reactor::BufId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::Format;
 use super::reply::{Obj, line_of, write_json};
 use super::{JobId, Progress, Request, RequestId, ShardStats, Skipped, describe, quote};
 use crate::error::{Code, Error};
-use crate::offline::Format;
 
 /// Encodes a request as one line, with its newline. Fields at their default are left out, so
 /// a request that does not use a newer field is understood by an older daemon.

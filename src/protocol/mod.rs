@@ -139,7 +139,6 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::{Code, Error};
-use crate::offline::Format;
 
 pub use client::{
     ByteCounts, Done, FailedFile, JobEntry, KeyEntry, KeyList, Pong, Reply, ReplyLine,
@@ -242,6 +241,25 @@ impl From<String> for RequestId {
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&json(&self.0))
+    }
+}
+
+/// The on-disk format of an encrypted file (`format` in requests; the offline client's
+/// `--format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// RCRYPT v1: authenticated. The default.
+    Ringcrypt,
+    /// `openssl enc -aes-256-cbc -pbkdf2`: unauthenticated, for legacy archives.
+    Openssl,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Ringcrypt => "ringcrypt",
+            Format::Openssl => "openssl",
+        }
     }
 }
 

@@ -19,12 +19,12 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use super::Format;
 use super::{
     FileJobSpec, FileOp, JobId, MAX_KEY_NAME_BYTES, MAX_PATH_BYTES, MAX_REQUEST_LINE_BYTES, OPS,
     Request, RequestId, quote,
 };
 use crate::error::{Code, Error};
-use crate::offline::Format;
 
 /// One parsed line: the id (if one could be read, even when the rest is bad, so the error
 /// reply echoes it) and the request or the error to send back.

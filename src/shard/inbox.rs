@@ -15,10 +15,10 @@ use std::time::Instant;
 use crossbeam_queue::ArrayQueue;
 
 use crate::creds::Caller;
+use crate::durable::Durability;
 use crate::error::Error;
 use crate::keys::KeyRing;
 use crate::limits::INBOX_DEPTH;
-use crate::output::Durability;
 use crate::protocol::{self, FileJobSpec, JobId, JobInfo, RequestId, ShardStats};
 use crate::roots::Roots;
 use crate::tree_job::FileResult;
