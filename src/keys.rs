@@ -7,7 +7,7 @@
 //! names, ids and states only.
 //!
 //! This module resolves names and ids to keys; it does no cryptography beyond the key id.
-//! Its one `unsafe` item is [`lock_in_memory`], which keeps loaded secrets out of swap.
+//! Its one `unsafe` item is `lock_in_memory`, which keeps loaded secrets out of swap.
 
 use std::fmt;
 use std::io::Read;

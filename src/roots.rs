@@ -45,10 +45,6 @@ impl Roots {
         Ok(Roots { roots })
     }
 
-    pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.roots.iter().map(|(path, _)| path.as_path())
-    }
-
     /// Checks that an absolute, lexically normal path lies under an allowed root, as
     /// [`Roots::locate`] does, without keeping the answer.
     pub fn check(&self, path: &Path) -> Result<(), Error> {

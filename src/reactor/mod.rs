@@ -84,13 +84,9 @@ pub enum Op<'a> {
         len: usize,
         offset: u64,
     },
-    /// pwrite of a whole owned vector (headers, small writes).
-    WriteVec {
-        fd: RawFd,
-        data: Vec<u8>,
-        offset: u64,
-    },
-    /// pread into an owned vector (its capacity), e.g. a header or the end-of-file probe.
+    /// pread into an owned vector (its capacity). Jobs read into pool buffers; the reactor's
+    /// tests use this to read back what they wrote.
+    #[cfg_attr(not(test), allow(dead_code))]
     ReadVec {
         fd: RawFd,
         data: Vec<u8>,
@@ -178,7 +174,7 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// The owned vector back (for `ReadVec`, `WriteVec`, `Recv`, `Send`).
+    /// The owned vector back (for `ReadVec`, `Recv`, `Send`).
     pub fn take_vec(&mut self) -> Vec<u8> {
         match std::mem::replace(&mut self.held, Held::Nothing) {
             Held::Vec(data) => data,
@@ -426,11 +422,6 @@ impl Reactor {
         UringBackend::probe()
     }
 
-    /// True when pool buffers are registered with the kernel.
-    pub fn fixed_buffers(&self) -> bool {
-        matches!(&self.backend, Backend::Uring(ring) if ring.fixed())
-    }
-
     pub fn kind(&self) -> BackendKind {
         match self.backend {
             Backend::Uring(_) => BackendKind::Uring,
@@ -439,6 +430,7 @@ impl Reactor {
     }
 
     /// Ops pushed and not yet completed.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.slab.in_flight
     }

@@ -48,7 +48,6 @@ impl Op<'_> {
         match self {
             Op::ReadFixed { .. } => "read",
             Op::WriteFixed { .. } => "write",
-            Op::WriteVec { .. } => "write",
             Op::ReadVec { .. } => "read",
             Op::Fsync { .. } => "fsync",
             Op::OpenAt2 { .. } => "open",
@@ -271,17 +270,6 @@ fn run(
             rustix::io::pwrite(fd(raw), pool.lend(buf, at, len), offset)
                 .map_err(io::Error::from)
                 .and_then(count)
-        }
-        Op::WriteVec {
-            fd: raw,
-            data,
-            offset,
-        } => {
-            let result = rustix::io::pwrite(fd(raw), &data, offset)
-                .map_err(io::Error::from)
-                .and_then(count);
-            slot.held = Held::Vec(data);
-            result
         }
         Op::ReadVec {
             fd: raw,

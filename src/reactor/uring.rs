@@ -84,10 +84,6 @@ impl UringBackend {
         Ok((backend, warning))
     }
 
-    pub(super) fn fixed(&self) -> bool {
-        self.fixed
-    }
-
     /// Queues `op`, whose slot (already in the slab at `index`) keeps its memory until it
     /// completes; with `personality`, it runs with those credentials.
     pub(super) fn push(
@@ -157,12 +153,6 @@ impl UringBackend {
                         .build()
                         .user_data(ud)
                 }
-            }
-            Op::WriteVec { fd, data, offset } => {
-                let entry = opcode::Write::new(types::Fd(fd), data.as_ptr(), data.len() as u32)
-                    .offset(offset);
-                slot.held = Held::Vec(data);
-                entry.build().user_data(ud)
             }
             Op::ReadVec {
                 fd,

@@ -57,7 +57,7 @@ use conns::{Conns, PassedFds, Received};
 
 use jobs::JobTable;
 
-pub use inbox::{Callers, Inbox, Msg, Reply, ReplyTo, Shared};
+pub use inbox::{Callers, Msg, Reply, ReplyTo, Shared};
 
 struct Gathering {
     conn: u64,
