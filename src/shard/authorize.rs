@@ -1,12 +1,13 @@
-//! Who may do what: the verdict on each request from the caller's identity, and the audit
-//! line every request leaves in the log with that verdict.
+//! Who may do what: the verdict on each request from the caller's identity (and on what
+//! the daemon never does for anyone), and the audit line every request leaves in the log
+//! with that verdict.
 //!
 //! What this room does not do: learn who the caller is (`creds`, at accept) or act on the
 //! verdict (the shard's `on_line` does).
 
 use crate::creds::Caller;
 use crate::error::{Code, Error};
-use crate::protocol::Request;
+use crate::protocol::{Format, Request};
 
 use super::Shared;
 
@@ -21,6 +22,18 @@ pub(super) fn verdict(
     request: &Request,
 ) -> Result<(), Error> {
     let (uid, gid) = (caller.uid, caller.gid);
+    if let Request::File(spec) = request
+        && spec.format == Format::Openssl
+    {
+        // Never silently write something else than what was asked: the daemon writes the
+        // authenticated format only.
+        return Err(Error::new(
+            Code::BadRequest,
+            "the daemon does not write the unauthenticated openssl format; use the offline \
+             client (`ringcrypt --keys FILE encrypt --format openssl ...`), or leave out \
+             \"format\" to seal in the ringcrypt format",
+        ));
+    }
     if refused_caller && !matches!(request, Request::Ping) {
         Err(Error::new(
             Code::PermissionDenied,
