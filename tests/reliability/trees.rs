@@ -41,13 +41,13 @@ fn assert_inside_refusal(replies: &[Value], also_same: bool) {
 /// Intact: refused `bad_request` ("inside the input directory"); `t/enc` never appears and
 /// `t` is byte for byte what it was.
 fn tree_output_inside_input(backend: &'static str) {
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let t = rd.root.join("t");
     small_tree(&t);
     let before = snapshot(&t);
-    let mut c = rd.conn();
+    let mut c = rd.client();
     c.send(&tree_req("encrypt", &t, &t.join("enc"), "inside"));
-    let replies = c.until_end(&rd, "tree into itself");
+    let replies = c.until_end_noting(&rd, "tree into itself");
     // Give a wrongly started walk a moment to show itself on disk.
     std::thread::sleep(Duration::from_millis(200));
     assert!(
@@ -64,13 +64,13 @@ fn tree_output_inside_input(backend: &'static str) {
 /// Intact: refused `bad_request` (the message may say "inside the input directory" or "the
 /// input directory itself"); `u` unchanged, no `*.rcrypt` in it.
 fn tree_output_is_input(backend: &'static str) {
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let u = rd.root.join("u");
     small_tree(&u);
     let before = snapshot(&u);
-    let mut c = rd.conn();
+    let mut c = rd.client();
     c.send(&tree_req("encrypt", &u, &u, "same"));
-    let replies = c.until_end(&rd, "tree onto itself");
+    let replies = c.until_end_noting(&rd, "tree onto itself");
     std::thread::sleep(Duration::from_millis(200));
     let sealed: Vec<_> = files_under(&u)
         .into_iter()
@@ -91,7 +91,7 @@ fn tree_output_inside_input_through_bind_mount(backend: &'static str) {
         eprintln!("skipped: needs root to bind-mount");
         return;
     }
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let t = rd.root.join("t");
     small_tree(&t);
     let m = rd.root.join("m");
@@ -103,9 +103,9 @@ fn tree_output_inside_input_through_bind_mount(backend: &'static str) {
     }
     let _unmount = Unmount(m.clone());
     let before = snapshot(&t);
-    let mut c = rd.conn();
+    let mut c = rd.client();
     c.send(&tree_req("encrypt", &t, &m.join("enc"), "bind"));
-    let replies = c.until_end(&rd, "tree into itself through a bind mount");
+    let replies = c.until_end_noting(&rd, "tree into itself through a bind mount");
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         !t.join("enc").exists(),
@@ -123,19 +123,19 @@ fn tree_output_inside_input_through_bind_mount(backend: &'static str) {
 /// to its input; the rewrap in place ends `done` with 5 files ok, and each file then names
 /// the default key k2 and still decrypts to its input; `t` is unchanged.
 fn tree_sibling_output_and_rewrap_in_place(backend: &'static str) {
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let ring = rd.ring();
     let t = rd.root.join("t");
     small_tree(&t);
     let before = snapshot(&t);
     let t2 = rd.root.join("t2");
-    let mut c = rd.conn();
+    let mut c = rd.client();
     let enc = with(
         tree_req("encrypt", &t, &t2, "sibling"),
         json!({"key": "k1"}),
     );
     c.send(&enc);
-    let end = c.until_end(&rd, "tree to a sibling").pop().unwrap();
+    let end = c.until_end_noting(&rd, "tree to a sibling").pop().unwrap();
     assert_eq!(end["type"], "done", "{end}");
     assert_eq!(end["files_ok"], 5, "{end}");
     assert_eq!(end["files_failed"], 0, "{end}");
@@ -148,7 +148,7 @@ fn tree_sibling_output_and_rewrap_in_place(backend: &'static str) {
         json!({"overwrite": true}),
     );
     c.send(&rewrap);
-    let end = c.until_end(&rd, "rewrap in place").pop().unwrap();
+    let end = c.until_end_noting(&rd, "rewrap in place").pop().unwrap();
     assert_eq!(
         end["type"], "done",
         "rewrap in place must stay allowed: {end}"
@@ -250,7 +250,7 @@ fn tree_rules_agree_between_engines(backend: &'static str) {
     }
     use ringcrypt::protocol::FileOp;
     use ringcrypt::tree::{self, TreeJob};
-    let rd = Rd::start(backend, &["--allow-uid", NOBODY_ARG]);
+    let rd = rd(backend).allow_uid(NOBODY).start();
     let base = rd.root.join("t");
     fs::create_dir(&base).unwrap();
     chown_nobody(&base);
