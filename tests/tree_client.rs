@@ -15,7 +15,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use support::{Run, keygen, ringcrypt_command, running_as_root, write_private};
+use support::{Run, keygen, mkfifo, ringcrypt_command, running_as_root, write_private};
 
 /// Chunk size for the trees here: 4 KiB, so "0 to 3 chunks" stays small.
 const CHUNK_LOG2: &str = "12";
@@ -37,17 +37,6 @@ fn key_ring(dir: &Path) -> PathBuf {
     let path = dir.join("keys.toml");
     write_private(&path, &keygen("tree-test"));
     path
-}
-
-fn mkfifo(path: &Path) {
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o644),
-        0,
-    )
-    .expect("mkfifo");
 }
 
 /// Deterministic bytes for file number `n`.

@@ -67,14 +67,7 @@ fn make_tree_of(root: &Path, count: usize) -> (Vec<PathBuf>, u64) {
     }
     fs::set_permissions(root.join("d3"), fs::Permissions::from_mode(0o750)).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", root.join("d1/link")).unwrap();
-    let fifo = root.join("d2/fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mkfifo(&root.join("d2/fifo"));
     (files, total)
 }
 

@@ -25,6 +25,16 @@ fn small_tree(dir: &Path) {
     }
 }
 
+/// Sends `encrypt -r INPUT -o OUTPUT` (request id `id`) and returns its replies, once a
+/// wrongly started walk has had a moment to show itself on disk.
+fn try_tree(rd: &Daemon, input: &Path, output: &Path, id: &str, what: &str) -> Vec<Value> {
+    let mut c = rd.client();
+    c.send(&tree_req("encrypt", input, output, id));
+    let replies = c.until_end_noting(rd, what);
+    std::thread::sleep(Duration::from_millis(200));
+    replies
+}
+
 #[track_caller]
 fn assert_inside_refusal(replies: &[Value], also_same: bool) {
     let end = replies.last().unwrap();
@@ -45,11 +55,7 @@ fn tree_output_inside_input(backend: &'static str) {
     let t = rd.root.join("t");
     small_tree(&t);
     let before = snapshot(&t);
-    let mut c = rd.client();
-    c.send(&tree_req("encrypt", &t, &t.join("enc"), "inside"));
-    let replies = c.until_end_noting(&rd, "tree into itself");
-    // Give a wrongly started walk a moment to show itself on disk.
-    std::thread::sleep(Duration::from_millis(200));
+    let replies = try_tree(&rd, &t, &t.join("enc"), "inside", "tree into itself");
     assert!(
         !t.join("enc").exists(),
         "t/enc was created: {}",
@@ -68,10 +74,7 @@ fn tree_output_is_input(backend: &'static str) {
     let u = rd.root.join("u");
     small_tree(&u);
     let before = snapshot(&u);
-    let mut c = rd.client();
-    c.send(&tree_req("encrypt", &u, &u, "same"));
-    let replies = c.until_end_noting(&rd, "tree onto itself");
-    std::thread::sleep(Duration::from_millis(200));
+    let replies = try_tree(&rd, &u, &u, "same", "tree onto itself");
     let sealed: Vec<_> = files_under(&u)
         .into_iter()
         .filter(|f| f.to_string_lossy().ends_with(".rcrypt"))
@@ -103,10 +106,8 @@ fn tree_output_inside_input_through_bind_mount(backend: &'static str) {
     }
     let _unmount = Unmount(m.clone());
     let before = snapshot(&t);
-    let mut c = rd.client();
-    c.send(&tree_req("encrypt", &t, &m.join("enc"), "bind"));
-    let replies = c.until_end_noting(&rd, "tree into itself through a bind mount");
-    std::thread::sleep(Duration::from_millis(200));
+    let what = "tree into itself through a bind mount";
+    let replies = try_tree(&rd, &t, &m.join("enc"), "bind", what);
     assert!(
         !t.join("enc").exists(),
         "t/enc was created (through m): {}",
@@ -194,11 +195,7 @@ fn awkward_tree(dir: &Path) {
     ] {
         fs::write(named(rel), bytes(len, len as u64 + 5)).unwrap();
     }
-    let status = Command::new("mkfifo")
-        .arg(named(b"sub/pipe"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "mkfifo");
+    mkfifo(&named(b"sub/pipe"));
     drop(std::os::unix::net::UnixListener::bind(named(b"sub/deep/sock")).unwrap());
     std::os::unix::fs::symlink("a.txt", named(b"link")).unwrap();
     let status = Command::new("chown")

@@ -164,9 +164,10 @@ impl Builder {
     }
 
     /// An environment variable for the daemon (a test hook, say).
-    pub fn env(mut self, key: &str, value: &str) -> Builder {
-        self.env.push((key.into(), value.into()));
-        self
+    pub fn env(self, key: &str, value: &str) -> Builder {
+        let mut builder = self.unset_env(key);
+        builder.env.push((key.into(), value.into()));
+        builder
     }
 
     /// Drops an environment variable set with [`Builder::env`].

@@ -279,6 +279,18 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Makes a FIFO (named pipe) at `path`, mode 0644 (less the umask).
+pub fn mkfifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
+}
+
 /// Mounts a tmpfs of `size` (`8m`, ...) on `dir`; false where this container may not mount.
 pub fn mount_tmpfs(dir: &Path, size: &str) -> bool {
     Command::new("mount")
