@@ -33,7 +33,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -328,13 +327,7 @@ fn child(scratch: &Path) {
     fs::create_dir_all(&dir).expect("make the file directory");
     let keys = scratch.join("keys.toml");
     let entry = ringcrypt::keys::keygen_entry("allocs").expect("generate a key");
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&keys)
-        .and_then(|mut file| file.write_all(entry.as_bytes()))
-        .expect("write the key ring");
+    support::write_private(&keys, &entry);
     let inputs: Vec<PathBuf> = (0..INPUTS)
         .map(|i| {
             let path = name(&dir, "in", i);

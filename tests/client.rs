@@ -6,149 +6,27 @@
 //! Exit codes are README "Using it": 0 success, 1 the job failed (stderr `error: ... [code]`), 2 usage
 //! error, 3 the daemon could not be reached.
 
+#[macro_use]
+mod support;
+
 use std::fs;
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+use std::time::Duration;
 
-const CLIENT: &str = env!("CARGO_BIN_EXE_ringcrypt");
-const DAEMON: &str = env!("CARGO_BIN_EXE_ringcryptd");
-
-/// How long the daemon may take to answer its first ping.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+use support::*;
 
 /// The name of the key the test ring holds.
 const KEY_NAME: &str = "test-key";
 
-/// One finished client run.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "expected success: {self:#?}");
-        self
-    }
-
-    /// Exit 1 with `[code]` on stderr.
-    #[track_caller]
-    fn failed(self, code: &str) -> Run {
-        assert_eq!(self.code, 1, "expected a failed job (exit 1): {self:#?}");
-        assert!(
-            self.stderr.contains(&format!("[{code}]")),
-            "expected [{code}] on stderr: {self:#?}"
-        );
-        self
-    }
-}
-
-/// A running `ringcryptd` in its own temp directory; SIGTERMed and reaped on drop.
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    keys: PathBuf,
-}
-
-impl Daemon {
-    /// Starts the daemon with `RINGCRYPT_BACKEND=backend` and waits until it answers ping.
-    fn start(backend: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("a temp directory");
-        let keys = dir.path().join("keys.toml");
-        let entry = Command::new(CLIENT)
-            .args(["keygen", "--name", KEY_NAME])
-            .output()
-            .expect("ringcrypt keygen runs");
-        assert!(entry.status.success(), "{entry:?}");
-        fs::write(&keys, &entry.stdout).unwrap();
-        fs::set_permissions(&keys, fs::Permissions::from_mode(0o600)).unwrap();
-        let socket = dir.path().join("s.sock");
-        let log = fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(DAEMON)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--keys")
-            .arg(&keys)
-            .arg("--allow-root")
-            .arg(dir.path())
-            .args(["--fsync", "never", "--shards", "2"])
-            .env("RINGCRYPT_BACKEND", backend)
-            .env_remove("RINGCRYPT_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("ringcryptd starts");
-        let mut daemon = Daemon {
-            child,
-            dir,
-            socket,
-            keys,
-        };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                panic!("ringcryptd exited with {status}: {}", daemon.log());
-            }
-            if daemon.client(&["ping"]).code == 0 {
-                break;
-            }
-            assert!(
-                start.elapsed() < STARTUP_TIMEOUT,
-                "ringcryptd did not answer ping within {STARTUP_TIMEOUT:?}: {}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        daemon
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    /// Runs `ringcrypt --socket SOCKET ARGS` in the temp directory.
-    fn client(&self, args: &[&str]) -> Run {
-        client_in(self.root(), &self.socket, args)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `ringcrypt --socket SOCKET ARGS` with `cwd` as its working directory and no key ring
-/// or socket inherited from the environment.
-fn client_in(cwd: &Path, socket: &Path, args: &[&str]) -> Run {
-    let out = Command::new(CLIENT)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RINGCRYPT_KEYS")
-        .env_remove("RINGCRYPT_SOCKET")
-        .output()
-        .expect("the ringcrypt binary runs");
-    Run {
-        code: out.status.code().expect("ringcrypt exited, not killed"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+/// A running `ringcryptd` whose allowed root is its own temp directory, with a key ring of
+/// one key and no default; SIGTERMed and reaped on drop.
+fn start(backend: &'static str) -> Daemon {
+    Daemon::builder(backend)
+        .root_is_dir()
+        .ring(keygen(KEY_NAME))
+        .at_drop(AtDrop::Reap)
+        .start()
 }
 
 /// `len` bytes that are not all alike (a simple LCG), so a misplaced chunk shows.
@@ -160,22 +38,6 @@ fn pattern(len: usize) -> Vec<u8> {
             (state >> 24) as u8
         })
         .collect()
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
-}
-
-/// Each scenario below, once per backend.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(#[test] fn $name() { super::$name("uring") })*
-        }
-        mod sync {
-            $(#[test] fn $name() { super::$name("sync") })*
-        }
-    };
 }
 
 both_backends!(
@@ -194,27 +56,26 @@ both_backends!(
 /// How long an idle daemon may take to exit after SIGTERM: it has no job to drain.
 const IDLE_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn sigterm_stops_an_idle_daemon_promptly(backend: &str) {
-    let mut daemon = Daemon::start(backend);
-    let start = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &daemon.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = daemon.child.wait().unwrap();
-    let took = start.elapsed();
-    assert!(exit.success(), "{exit}: {}", daemon.log());
+fn sigterm_stops_an_idle_daemon_promptly(backend: &'static str) {
+    let daemon = start(backend);
+    let (exit, took) = daemon.terminate(STOP_TIMEOUT);
+    let exit = exit.unwrap_or_else(|| {
+        panic!(
+            "an idle daemon did not stop within {STOP_TIMEOUT:?}: {}",
+            daemon.log_text()
+        )
+    });
+    assert!(exit.success(), "{exit}: {}", daemon.log_text());
     assert!(
         took < IDLE_STOP_TIMEOUT,
         "an idle daemon took {took:?} to stop: {}",
-        daemon.log()
+        daemon.log_text()
     );
 }
 
-fn ping(backend: &str) {
-    let daemon = Daemon::start(backend);
-    let run = daemon.client(&["ping"]).ok();
+fn ping(backend: &'static str) {
+    let daemon = start(backend);
+    let run = daemon.cli(&["ping"]).ok();
     assert!(run.stdout.contains("backend"), "{run:#?}");
     assert!(run.stdout.contains(backend), "names the backend: {run:#?}");
     assert!(run.stdout.contains("2 shards"), "{run:#?}");
@@ -222,23 +83,23 @@ fn ping(backend: &str) {
 
 /// The protocol (docs/protocol.md, `pong`) documents `backend` as `"uring"` or
 /// `"sync"`; a script comparing it must get one of those.
-fn pong_backend_is_a_documented_name(backend: &str) {
-    let daemon = Daemon::start(backend);
-    let run = daemon.client(&["--json", "ping"]).ok();
+fn pong_backend_is_a_documented_name(backend: &'static str) {
+    let daemon = start(backend);
+    let run = daemon.cli(&["--json", "ping"]).ok();
     let pong: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(pong["type"], "pong");
     assert_eq!(pong["backend"], backend, "{run:#?}");
 }
 
-fn round_trip_with_relative_paths(backend: &str) {
-    let daemon = Daemon::start(backend);
-    let sub = daemon.root().join("sub");
+fn round_trip_with_relative_paths(backend: &'static str) {
+    let daemon = start(backend);
+    let sub = daemon.root.join("sub");
     fs::create_dir(&sub).unwrap();
     let plain = pattern(1 << 20);
     fs::write(sub.join("data.bin"), &plain).unwrap();
 
     // Relative to the client's working directory, `.` components and all.
-    let run = client_in(&sub, &daemon.socket, &["encrypt", "./data.bin"]).ok();
+    let run = ringcrypt_in(&sub, &daemon.socket, &["encrypt", "./data.bin"]).ok();
     assert!(
         run.stdout
             .starts_with("encrypted ./data.bin -> ./data.bin.rcrypt (1048576 bytes -> "),
@@ -249,7 +110,7 @@ fn round_trip_with_relative_paths(backend: &str) {
     assert!(sealed.starts_with(b"\x89RCRYPT\n"));
     assert!(sealed.len() > plain.len());
 
-    client_in(
+    ringcrypt_in(
         &sub,
         &daemon.socket,
         &["decrypt", "data.bin.rcrypt", "-o", "copy.bin"],
@@ -259,20 +120,20 @@ fn round_trip_with_relative_paths(backend: &str) {
 
     // The default decrypt name strips .rcrypt; with nothing to strip it refuses to guess.
     fs::remove_file(sub.join("data.bin")).unwrap();
-    client_in(&sub, &daemon.socket, &["decrypt", "data.bin.rcrypt"]).ok();
+    ringcrypt_in(&sub, &daemon.socket, &["decrypt", "data.bin.rcrypt"]).ok();
     assert_eq!(fs::read(sub.join("data.bin")).unwrap(), plain);
-    let run = client_in(&sub, &daemon.socket, &["decrypt", "copy.bin"]);
+    let run = ringcrypt_in(&sub, &daemon.socket, &["decrypt", "copy.bin"]);
     assert_eq!(run.code, 2, "{run:#?}");
 
     // --force replaces; rewrap --in-place keeps the content.
-    client_in(&sub, &daemon.socket, &["encrypt", "data.bin", "--force"]).ok();
-    client_in(
+    ringcrypt_in(&sub, &daemon.socket, &["encrypt", "data.bin", "--force"]).ok();
+    ringcrypt_in(
         &sub,
         &daemon.socket,
         &["rewrap", "data.bin.rcrypt", "--in-place"],
     )
     .ok();
-    client_in(
+    ringcrypt_in(
         &sub,
         &daemon.socket,
         &["decrypt", "data.bin.rcrypt", "-o", "copy.bin", "--force"],
@@ -281,7 +142,7 @@ fn round_trip_with_relative_paths(backend: &str) {
     assert_eq!(fs::read(sub.join("copy.bin")).unwrap(), plain);
 
     // The daemon seals ringcrypt only: the openssl format is an offline job.
-    let run = client_in(
+    let run = ringcrypt_in(
         &sub,
         &daemon.socket,
         &["encrypt", "data.bin", "--format", "openssl"],
@@ -290,21 +151,21 @@ fn round_trip_with_relative_paths(backend: &str) {
     assert!(run.stderr.contains("--keys"), "{run:#?}");
 }
 
-fn offline_mode_reads_daemon_files(backend: &str) {
-    let daemon = Daemon::start(backend);
+fn offline_mode_reads_daemon_files(backend: &'static str) {
+    let daemon = start(backend);
     let plain = pattern(300_000);
-    let input = daemon.root().join("a.txt");
+    let input = daemon.root.join("a.txt");
     fs::write(&input, &plain).unwrap();
-    daemon.client(&["encrypt", s(&input)]).ok();
-    let out = daemon.root().join("offline.txt");
-    let run = Command::new(CLIENT)
+    daemon.cli(&["encrypt", p(&input)]).ok();
+    let out = daemon.root.join("offline.txt");
+    let run = Command::new(CLI)
         .arg("--keys")
         .arg(&daemon.keys)
         .args([
             "decrypt",
-            s(&daemon.root().join("a.txt.rcrypt")),
+            p(&daemon.root.join("a.txt.rcrypt")),
             "-o",
-            s(&out),
+            p(&out),
         ])
         .env_remove("RINGCRYPT_SOCKET")
         .output()
@@ -313,11 +174,11 @@ fn offline_mode_reads_daemon_files(backend: &str) {
     assert_eq!(fs::read(&out).unwrap(), plain);
 }
 
-fn json_prints_every_reply_line(backend: &str) {
-    let daemon = Daemon::start(backend);
-    let input = daemon.root().join("j.bin");
+fn json_prints_every_reply_line(backend: &'static str) {
+    let daemon = start(backend);
+    let input = daemon.root.join("j.bin");
     fs::write(&input, pattern(70_000)).unwrap();
-    let run = daemon.client(&["--json", "encrypt", s(&input)]).ok();
+    let run = daemon.cli(&["--json", "encrypt", p(&input)]).ok();
     let types: Vec<String> = run
         .stdout
         .lines()
@@ -339,23 +200,23 @@ fn json_prints_every_reply_line(backend: &str) {
     assert!(run.stdout.contains("\"bytes_in\":70000"), "{run:#?}");
 }
 
-fn an_existing_output_is_kept(backend: &str) {
-    let daemon = Daemon::start(backend);
-    let input = daemon.root().join("in.txt");
-    let output = daemon.root().join("in.txt.rcrypt");
+fn an_existing_output_is_kept(backend: &'static str) {
+    let daemon = start(backend);
+    let input = daemon.root.join("in.txt");
+    let output = daemon.root.join("in.txt.rcrypt");
     fs::write(&input, b"secret").unwrap();
     fs::write(&output, b"keep me").unwrap();
-    let run = daemon.client(&["encrypt", s(&input)]).failed("exists");
+    let run = daemon.cli(&["encrypt", p(&input)]).failed_code("exists");
     assert!(run.stderr.contains("hint: "), "{run:#?}");
     assert_eq!(fs::read(&output).unwrap(), b"keep me");
 }
 
-fn a_tampered_file_leaves_nothing(backend: &str) {
-    let daemon = Daemon::start(backend);
-    let input = daemon.root().join("t.bin");
+fn a_tampered_file_leaves_nothing(backend: &'static str) {
+    let daemon = start(backend);
+    let input = daemon.root.join("t.bin");
     fs::write(&input, pattern(200_000)).unwrap();
-    daemon.client(&["encrypt", s(&input)]).ok();
-    let sealed = daemon.root().join("t.bin.rcrypt");
+    daemon.cli(&["encrypt", p(&input)]).ok();
+    let sealed = daemon.root.join("t.bin.rcrypt");
     let file = fs::OpenOptions::new()
         .write(true)
         .read(true)
@@ -366,18 +227,18 @@ fn a_tampered_file_leaves_nothing(backend: &str) {
     file.read_exact_at(&mut byte, at).unwrap();
     file.write_all_at(&[byte[0] ^ 0x01], at).unwrap();
     drop(file);
-    let out = daemon.root().join("t.out");
+    let out = daemon.root.join("t.out");
     daemon
-        .client(&["decrypt", s(&sealed), "-o", s(&out)])
-        .failed("auth_failed");
+        .cli(&["decrypt", p(&sealed), "-o", p(&out)])
+        .failed_code("auth_failed");
     assert!(!out.exists(), "no plaintext may be left behind");
 }
 
 /// A single file goes by descriptor: this process opens it, so the kernel checks its own
 /// permissions, and no allowed root applies. Trees go by path and stay inside the roots.
-fn single_files_pass_descriptors_and_trees_stay_in_the_roots(backend: &str) {
+fn single_files_pass_descriptors_and_trees_stay_in_the_roots(backend: &'static str) {
     use std::os::unix::fs::PermissionsExt;
-    let daemon = Daemon::start(backend);
+    let daemon = start(backend);
     let elsewhere = tempfile::tempdir().unwrap();
     let input = elsewhere.path().join("x.txt");
     fs::write(&input, pattern(70_000)).unwrap();
@@ -389,7 +250,7 @@ fn single_files_pass_descriptors_and_trees_stay_in_the_roots(backend: &str) {
         .unwrap()
         .set_modified(mtime)
         .unwrap();
-    daemon.client(&["encrypt", s(&input)]).ok();
+    daemon.cli(&["encrypt", p(&input)]).ok();
     let sealed = elsewhere.path().join("x.txt.rcrypt");
     let meta = fs::metadata(&sealed).expect("the client linked the output into place");
     assert_eq!(meta.permissions().mode() & 0o777, 0o640, "the input's mode");
@@ -399,10 +260,10 @@ fn single_files_pass_descriptors_and_trees_stay_in_the_roots(backend: &str) {
         "the input's modification time"
     );
     let back = elsewhere.path().join("x.back");
-    daemon.client(&["decrypt", s(&sealed), "-o", s(&back)]).ok();
+    daemon.cli(&["decrypt", p(&sealed), "-o", p(&back)]).ok();
     assert_eq!(fs::read(&back).unwrap(), pattern(70_000));
     // An existing output is kept without --force, by descriptor as by path.
-    daemon.client(&["encrypt", s(&input)]).failed("exists");
+    daemon.cli(&["encrypt", p(&input)]).failed_code("exists");
     assert!(
         fs::read_dir(elsewhere.path()).unwrap().all(|e| !e
             .unwrap()
@@ -411,47 +272,47 @@ fn single_files_pass_descriptors_and_trees_stay_in_the_roots(backend: &str) {
             .starts_with(".ringcrypt")),
         "no temp files"
     );
-    let log = daemon.log();
+    let log = daemon.log_text();
     assert!(
         log.contains(" fds input="),
         "audited as descriptor jobs: {log}"
     );
 
     // A tree is walked by the daemon, by path, so it must lie under a root.
-    let run = daemon.client(&["encrypt", "-r", s(elsewhere.path()), "-o", "t"]);
+    let run = daemon.cli(&["encrypt", "-r", p(elsewhere.path()), "-o", "t"]);
     assert_eq!(run.code, 1, "{run:#?}");
     assert!(run.stderr.contains("forbidden_path"), "{run:#?}");
     // A file the caller cannot name is refused before anything is sent.
     daemon
-        .client(&["encrypt", s(&elsewhere.path().join("missing"))])
-        .failed("not_found");
+        .cli(&["encrypt", p(&elsewhere.path().join("missing"))])
+        .failed_code("not_found");
     // `..` is sent as is, and the daemon refuses it rather than guessing.
-    let run = daemon.client(&["encrypt", "../x.txt"]);
+    let run = daemon.cli(&["encrypt", "../x.txt"]);
     assert_eq!(run.code, 1, "{run:#?}");
 }
 
-fn status_jobs_stats_keys(backend: &str) {
-    let daemon = Daemon::start(backend);
-    let input = daemon.root().join("st.bin");
+fn status_jobs_stats_keys(backend: &'static str) {
+    let daemon = start(backend);
+    let input = daemon.root.join("st.bin");
     fs::write(&input, pattern(50_000)).unwrap();
-    let run = daemon.client(&["--json", "encrypt", s(&input)]).ok();
+    let run = daemon.cli(&["--json", "encrypt", p(&input)]).ok();
     let accepted: serde_json::Value =
         serde_json::from_str(run.stdout.lines().next().unwrap()).unwrap();
     let job = accepted["job"].as_str().unwrap().to_string();
 
-    let status = daemon.client(&["status", &job]).ok();
+    let status = daemon.cli(&["status", &job]).ok();
     assert!(status.stdout.contains("done"), "{status:#?}");
     assert!(status.stdout.contains(&job), "{status:#?}");
-    let jobs = daemon.client(&["jobs"]).ok();
+    let jobs = daemon.cli(&["jobs"]).ok();
     assert!(jobs.stdout.contains(&job), "{jobs:#?}");
-    let stats = daemon.client(&["stats"]).ok();
+    let stats = daemon.cli(&["stats"]).ok();
     assert_eq!(
         stats.stdout.lines().count(),
         3,
         "a header and two shards: {stats:#?}"
     );
 
-    let keys = daemon.client(&["keys"]).ok();
+    let keys = daemon.cli(&["keys"]).ok();
     assert!(keys.stdout.contains(KEY_NAME), "{keys:#?}");
     let ring = fs::read_to_string(&daemon.keys).unwrap();
     let secret = ring
@@ -459,12 +320,12 @@ fn status_jobs_stats_keys(backend: &str) {
         .find_map(|l| l.strip_prefix("secret = \""))
         .and_then(|l| l.strip_suffix('"'))
         .expect("the ring has a secret");
-    for run in [&keys, &daemon.client(&["--json", "keys"]).ok()] {
+    for run in [&keys, &daemon.cli(&["--json", "keys"]).ok()] {
         assert!(!run.stdout.contains(secret), "never key bytes: {run:#?}");
     }
 
-    daemon.client(&["cancel", "9-9"]).failed("not_found");
-    let run = daemon.client(&["status", "nope"]);
+    daemon.cli(&["cancel", "9-9"]).failed_code("not_found");
+    let run = daemon.cli(&["status", "nope"]);
     assert_eq!(run.code, 2, "{run:#?}");
 }
 
@@ -473,9 +334,9 @@ fn an_absent_daemon_is_exit_3_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("absent.sock");
     for args in [&["ping"][..], &["encrypt", "whatever.txt"], &["jobs"]] {
-        let run = client_in(dir.path(), &socket, args);
+        let run = ringcrypt_in(dir.path(), &socket, args);
         assert_eq!(run.code, 3, "{run:#?}");
-        assert!(run.stderr.contains(s(&socket)), "{run:#?}");
+        assert!(run.stderr.contains(p(&socket)), "{run:#?}");
         assert!(run.stderr.contains("hint: "), "{run:#?}");
         assert!(run.stdout.is_empty(), "{run:#?}");
     }

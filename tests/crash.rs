@@ -7,109 +7,39 @@
 
 #![cfg(feature = "test-hooks")]
 
+#[macro_use]
 mod support;
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringcrypt::keys::KeyRing;
-use support::{bytes, keygen, temp_files};
+use serde_json::{Value, json};
+use support::*;
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_ringcryptd");
-
-struct Setup {
-    dir: tempfile::TempDir,
-    root: PathBuf,
-    keys: PathBuf,
-    socket: PathBuf,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    fs::create_dir(&root).unwrap();
-    let keys = dir.path().join("keys.toml");
-    fs::write(&keys, keygen("k")).unwrap();
-    fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let socket = dir.path().join("s.sock");
-    Setup {
-        dir,
-        root,
-        keys,
-        socket,
-    }
-}
-
-fn start(setup: &Setup, backend: &str, failpoint: Option<&str>) -> Child {
-    start_with(setup, backend, failpoint, false)
-}
-
-/// `named_temps`: the daemon answers as on a file system without `O_TMPFILE`
-/// (`RINGCRYPT_TEST_NO_TMPFILE`), so every job writes a named temp file and renames it.
-fn start_with(setup: &Setup, backend: &str, failpoint: Option<&str>, named_temps: bool) -> Child {
-    let mut cmd = Command::new(DAEMON);
-    cmd.arg("--socket")
-        .arg(&setup.socket)
-        .arg("--keys")
-        .arg(&setup.keys)
-        .arg("--allow-root")
-        .arg(&setup.root);
-    cmd.args(["--shards", "2", "--fsync", "always", "--metrics", "off"])
-        .env("RINGCRYPT_BACKEND", backend);
-    match failpoint {
-        Some(point) => cmd.env("RINGCRYPT_FAILPOINT", point),
-        None => cmd.env_remove("RINGCRYPT_FAILPOINT"),
-    };
+/// A daemon on a fresh directory (`--fsync always --metrics off`, one key `k`), not started:
+/// each test starts it (again) as it needs. `named_temps`: the daemon answers as on a file
+/// system without `O_TMPFILE` (`RINGCRYPT_TEST_NO_TMPFILE`), so every job writes a named
+/// temp file and renames it.
+fn setup(backend: &'static str, named_temps: bool) -> Daemon {
+    let mut builder = Daemon::builder(backend)
+        .fsync("always")
+        .metrics("off")
+        .ring(keygen("k"))
+        .at_drop(AtDrop::Reap);
     if named_temps {
-        cmd.env("RINGCRYPT_TEST_NO_TMPFILE", "1");
-    } else {
-        cmd.env_remove("RINGCRYPT_TEST_NO_TMPFILE");
+        builder = builder.env("RINGCRYPT_TEST_NO_TMPFILE", "1");
     }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut stream) = UnixStream::connect(&setup.socket) {
-            stream
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
-            let _ = stream.write_all(b"{\"op\":\"ping\"}\n");
-            let mut line = String::new();
-            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line);
-            if line.contains("pong") {
-                return child;
-            }
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the daemon exited while starting"
-        );
-        assert!(Instant::now() < deadline, "the daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    builder.prepare()
 }
 
-fn submit(setup: &Setup, input: &Path, output: &Path) {
-    let mut stream = UnixStream::connect(&setup.socket).unwrap();
-    let line = format!(
-        "{{\"op\":\"encrypt\",\"wait\":false,\"input\":\"{}\",\"output\":\"{}\"}}\n",
-        input.display(),
-        output.display()
-    );
-    stream.write_all(line.as_bytes()).unwrap();
-    // Wait for `accepted` so the job exists before any kill.
-    let mut reply = String::new();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut reply);
+/// Submits an encrypt with `"wait": false` and waits for `accepted` (so the job exists
+/// before any kill), as far as the daemon lives to send it.
+fn submit(d: &Daemon, input: &Path, output: &Path) {
+    let mut c = Client::open(&d.socket, Duration::from_secs(10));
+    c.send(&json!({"op": "encrypt", "wait": false, "input": p(input), "output": p(output)}));
+    let _ = c.next();
 }
 
 /// An output is either absent or verifies and decrypts to `plain`.
@@ -128,23 +58,15 @@ fn check_output(ring: &KeyRing, output: &Path, plain: &[u8]) -> bool {
     true
 }
 
-fn ring(setup: &Setup) -> KeyRing {
-    KeyRing::parse(&fs::read_to_string(&setup.keys).unwrap(), "keys").unwrap()
-}
-
-fn wait_killed(child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(
-                !status.success(),
-                "the daemon should have been killed: {status:?}"
-            );
-            return;
-        }
-        assert!(Instant::now() < deadline, "the failpoint never fired");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_killed(d: &mut Daemon) {
+    let status = d
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the failpoint never fired"));
+    assert!(
+        !status.success(),
+        "the daemon should have been killed: {status:?}"
+    );
+    d.forget();
 }
 
 fn at_each_failpoint(backend: &'static str) {
@@ -159,9 +81,9 @@ fn at_each_failpoint_with_named_temps(backend: &'static str) {
 }
 
 fn failpoints(backend: &'static str, named_temps: bool) {
-    let setup = setup();
-    let ring = ring(&setup);
-    let input = setup.root.join("in.bin");
+    let mut d = setup(backend, named_temps);
+    let ring = d.ring();
+    let input = d.root.join("in.bin");
     let plain = bytes(3 << 20, 9);
     fs::write(&input, &plain).unwrap();
     for (point, output_exists) in [
@@ -172,12 +94,12 @@ fn failpoints(backend: &'static str, named_temps: bool) {
         ("linked", true),
         ("done", true),
     ] {
-        let output = setup.root.join(format!("out-{point}.rcrypt"));
-        let mut daemon = start_with(&setup, backend, Some(point), named_temps);
-        submit(&setup, &input, &output);
-        wait_killed(&mut daemon);
+        let output = d.root.join(format!("out-{point}.rcrypt"));
+        d.relaunch_with(|b| b.env("RINGCRYPT_FAILPOINT", point));
+        submit(&d, &input, &output);
+        wait_killed(&mut d);
         if named_temps {
-            let left = temp_files(setup.dir.path());
+            let left = temp_files(d.dir.path());
             // Killed while the named temp file exists: it is there, under the temp prefix.
             let expect_temp = matches!(point, "temp_created" | "written" | "fsynced");
             assert_eq!(
@@ -197,36 +119,33 @@ fn failpoints(backend: &'static str, named_temps: bool) {
             "{point}: output presence"
         );
         // A restart cleans up and the same job then succeeds.
-        let mut daemon = start_with(&setup, backend, None, named_temps);
+        d.relaunch_with(|b| b.unset_env("RINGCRYPT_FAILPOINT"));
         assert!(
-            temp_files(setup.dir.path()).is_empty(),
+            temp_files(d.dir.path()).is_empty(),
             "{point}: temp files after restart"
         );
         if !output_exists {
-            submit(&setup, &input, &output);
-            let deadline = Instant::now() + Duration::from_secs(30);
+            submit(&d, &input, &output);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while !output.exists() {
                 assert!(
-                    Instant::now() < deadline,
+                    std::time::Instant::now() < deadline,
                     "{point}: the rerun never finished"
                 );
                 std::thread::sleep(Duration::from_millis(10));
             }
             assert!(check_output(&ring, &output, &plain));
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &daemon.id().to_string()])
-            .status();
-        let _ = daemon.wait();
+        d.end();
     }
 }
 
 fn at_random_moments(backend: &'static str) {
-    let setup = setup();
-    let ring = ring(&setup);
+    let mut d = setup(backend, false);
+    let ring = d.ring();
     let inputs: Vec<(PathBuf, Vec<u8>)> = (0..6)
         .map(|i| {
-            let path = setup.root.join(format!("in{i}.bin"));
+            let path = d.root.join(format!("in{i}.bin"));
             let data = bytes(200_000 + i * 70_001, i as u64);
             fs::write(&path, &data).unwrap();
             (path, data)
@@ -235,140 +154,100 @@ fn at_random_moments(backend: &'static str) {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut finished = 0;
     for round in 0..200 {
-        let mut daemon = start(&setup, backend, None);
+        d.launch();
         for (i, (input, _)) in inputs.iter().enumerate() {
-            submit(
-                &setup,
-                input,
-                &setup.root.join(format!("r{round}-{i}.rcrypt")),
-            );
+            submit(&d, input, &d.root.join(format!("r{round}-{i}.rcrypt")));
         }
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         std::thread::sleep(Duration::from_micros(seed % 20_000));
-        daemon.kill().unwrap();
-        daemon.wait().unwrap();
+        d.kill();
+        d.forget();
         for (i, (input, data)) in inputs.iter().enumerate() {
             assert_eq!(
                 &fs::read(input).unwrap(),
                 data,
                 "round {round}: input {i} changed"
             );
-            if check_output(
-                &ring,
-                &setup.root.join(format!("r{round}-{i}.rcrypt")),
-                data,
-            ) {
+            if check_output(&ring, &d.root.join(format!("r{round}-{i}.rcrypt")), data) {
                 finished += 1;
             }
         }
         assert!(
-            temp_files(setup.dir.path()).is_empty(),
+            temp_files(d.dir.path()).is_empty(),
             "round {round}: temp files left"
         );
     }
     println!("{backend}: {finished} of 1200 outputs finished before their kill; none was partial");
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(#[test] fn $name() { super::$name("uring") })*
-        }
-        mod sync {
-            $(#[test] fn $name() { super::$name("sync") })*
-        }
-    };
-}
-
 /// Without `O_TMPFILE`, a job that fails after making its named temp file removes it, and
 /// `overwrite` replaces an existing output by rename.
 fn named_temps_are_removed_on_failure(backend: &'static str) {
-    let setup = setup();
-    let ring = ring(&setup);
-    let mut daemon = start_with(&setup, backend, None, true);
+    let mut d = setup(backend, true);
+    d.launch();
+    let ring = d.ring();
     let plain = bytes(600_000, 3);
-    let input = setup.root.join("n.bin");
+    let input = d.root.join("n.bin");
     fs::write(&input, &plain).unwrap();
-    let sealed = setup.root.join("n.rcrypt");
-    let job = |line: String| {
-        let mut stream = UnixStream::connect(&setup.socket).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        stream.write_all(line.as_bytes()).unwrap();
-        let mut reader = std::io::BufReader::new(stream);
-        loop {
-            let mut reply = String::new();
-            std::io::BufRead::read_line(&mut reader, &mut reply).unwrap();
-            if reply.contains("\"done\"") || reply.contains("\"error\"") {
-                return reply;
-            }
-        }
+    let sealed = d.root.join("n.rcrypt");
+    // The final reply's line.
+    let job = |request: Value| {
+        let mut c = Client::open(&d.socket, Duration::from_secs(30));
+        c.job(&request).pop().unwrap().to_string()
     };
-    let request = |op: &str, input: &Path, output: &Path, extra: &str| {
-        format!(
-            "{{\"op\":\"{op}\",\"input\":\"{}\",\"output\":\"{}\"{extra}}}\n",
-            input.display(),
-            output.display()
-        )
-    };
-    let reply = job(request("encrypt", &input, &sealed, ""));
+    let reply = job(file_req("encrypt", &input, &sealed));
     assert!(reply.contains("\"done\""), "{reply}");
     assert!(check_output(&ring, &sealed, &plain));
     // Replacing an existing output goes through the named temp file and a rename.
-    let reply = job(request("encrypt", &input, &sealed, ",\"overwrite\":true"));
+    let reply = job(with(
+        file_req("encrypt", &input, &sealed),
+        json!({"overwrite": true}),
+    ));
     assert!(reply.contains("\"done\""), "{reply}");
     assert!(check_output(&ring, &sealed, &plain));
     // A tampered input fails after the temp file was made and written to.
     let mut data = fs::read(&sealed).unwrap();
     let middle = data.len() - 1000;
     data[middle] ^= 0x40;
-    let tampered = setup.root.join("t.rcrypt");
+    let tampered = d.root.join("t.rcrypt");
     fs::write(&tampered, &data).unwrap();
-    let out = setup.root.join("t.out");
-    let reply = job(request("decrypt", &tampered, &out, ""));
+    let out = d.root.join("t.out");
+    let reply = job(file_req("decrypt", &tampered, &out));
     assert!(reply.contains("auth_failed"), "{reply}");
     assert!(!out.exists(), "nothing under the output name");
     assert!(
-        temp_files(setup.dir.path()).is_empty(),
+        temp_files(d.dir.path()).is_empty(),
         "the failed job removed its named temp file"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status();
-    let _ = daemon.wait();
 }
 
 /// The client passes descriptors only when it can make an unnamed temp file; where the
 /// output's file system cannot, it sends paths, and the daemon's roots apply.
 fn a_client_without_tmpfile_sends_paths(backend: &'static str) {
-    let setup = setup();
-    let mut daemon = start_with(&setup, backend, None, true);
-    let outside = setup.dir.path().join("outside");
-    fs::create_dir(&outside).unwrap();
+    let mut d = setup(backend, true);
+    d.launch();
     let client = |input: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_ringcrypt"))
+        ringcrypt_command()
             .arg("--socket")
-            .arg(&setup.socket)
+            .arg(&d.socket)
             .arg("encrypt")
             .arg(input)
             .env("RINGCRYPT_TEST_NO_TMPFILE", "1")
-            .env_remove("RINGCRYPT_KEYS")
             .output()
             .unwrap()
     };
-    let inside = setup.root.join("a.txt");
+    let inside = d.root.join("a.txt");
     fs::write(&inside, b"inside the root").unwrap();
     let run = client(&inside);
     assert!(run.status.success(), "{run:?}");
     assert!(check_output(
-        &ring(&setup),
-        &setup.root.join("a.txt.rcrypt"),
+        &d.ring(),
+        &d.root.join("a.txt.rcrypt"),
         b"inside the root"
     ));
-    let away = outside.join("b.txt");
+    let away = d.outside.join("b.txt");
     fs::write(&away, b"outside every root").unwrap();
     let run = client(&away);
     assert_eq!(run.status.code(), Some(1), "{run:?}");
@@ -376,11 +255,7 @@ fn a_client_without_tmpfile_sends_paths(backend: &'static str) {
         String::from_utf8_lossy(&run.stderr).contains("forbidden_path"),
         "sent by path, so the roots apply: {run:?}"
     );
-    assert!(temp_files(setup.dir.path()).is_empty(), "no temp files");
-    let _ = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status();
-    let _ = daemon.wait();
+    assert!(temp_files(d.dir.path()).is_empty(), "no temp files");
 }
 
 both_backends!(

@@ -7,6 +7,7 @@
 //! both backends (`RINGCRYPT_BACKEND=uring` and `sync`): see `both_backends!` at the bottom.
 //! Each test says in a comment what must stay intact and checks it.
 
+#[macro_use]
 mod support;
 
 use std::collections::HashMap;
@@ -47,10 +48,6 @@ fn secrets(keys: &Path) -> Vec<String> {
         .filter_map(|l| l.strip_prefix("secret = "))
         .map(|s| s.trim_matches('"').to_string())
         .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// 1. Every op over one pipelined connection, with ids of several JSON types.
@@ -724,7 +721,7 @@ fn sigterm_under_load(backend: &'static str) {
 fn second_daemon_refused(backend: &'static str) {
     let d = Daemon::start(backend);
     let log = d.dir.path().join("second.log");
-    let mut second = spawn_daemon(backend, &d.socket, &d.keys, &d.root, &log);
+    let mut second = d.command(&log).spawn().expect("ringcryptd starts");
     let status = match wait_within(&mut second, Duration::from_secs(10)) {
         Some(status) => status,
         None => {
@@ -826,17 +823,6 @@ fn sighup_reloads_keys(backend: &'static str) {
         "the old ring was dropped: {keys}"
     );
     assert_eq!(c.call(&json!({"op": "ping"}))["type"], "pong");
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(#[test] fn $name() { super::$name("uring") })*
-        }
-        mod sync {
-            $(#[test] fn $name() { super::$name("sync") })*
-        }
-    };
 }
 
 both_backends!(

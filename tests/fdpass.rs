@@ -10,6 +10,7 @@
 //! descriptors are closed; a tampered input is `auth_failed` with nothing linked; and the
 //! daemon holds no descriptor after any of it.
 
+#[macro_use]
 mod support;
 
 use std::fs::{self, File, OpenOptions};
@@ -20,31 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Daemon, bytes, code, p};
-
-/// An unnamed temp file in `dir`, open for reading and writing, as the client makes one.
-fn tmpfile_in(dir: &Path) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o600)
-        .open(dir)
-        .expect("O_TMPFILE in the test directory")
-}
-
-/// Gives an unnamed temp file the name `path` (what the client does after `done`).
-fn link_into_place(file: &File, path: &Path) {
-    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
-    rustix::fs::linkat(
-        rustix::fs::CWD,
-        proc_path.as_str(),
-        rustix::fs::CWD,
-        path,
-        rustix::fs::AtFlags::SYMLINK_FOLLOW,
-    )
-    .expect("link the output into place");
-}
+use support::{Daemon, bytes, code, link_into_place, open_fds, p, tmpfile_in};
 
 fn fd_request(op: &str, input: &Path, output: &Path) -> Value {
     json!({"op": op, "input": p(input), "output": p(output), "fds": true})
@@ -57,17 +34,12 @@ fn passing(daemon: &Daemon, request: &Value, fds: &[BorrowedFd<'_>]) -> Vec<Valu
     client.until_end()
 }
 
-/// Descriptors the daemon holds now.
-fn open_fds(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-}
-
 /// Waits (bounded) for the daemon's descriptor count to come back to `baseline`: replies
 /// are sent before a finished job's descriptors are dropped on the shard's next turn.
 fn assert_fds_return_to(pid: u32, baseline: usize, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let now = open_fds(pid);
+        let now = open_fds(pid).unwrap();
         if now <= baseline {
             return;
         }
@@ -86,17 +58,6 @@ fn read_all(mut file: &File) -> Vec<u8> {
     data
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(#[test] fn $name() { super::$name("uring"); })*
-        }
-        mod sync {
-            $(#[test] fn $name() { super::$name("sync"); })*
-        }
-    };
-}
-
 both_backends!(
     passed_descriptors_round_trip_outside_every_root,
     descriptors_that_break_the_promise_are_refused,
@@ -106,7 +67,7 @@ both_backends!(
 
 fn passed_descriptors_round_trip_outside_every_root(backend: &'static str) {
     let daemon = Daemon::start(backend);
-    let baseline = open_fds(daemon.pid());
+    let baseline = open_fds(daemon.pid()).unwrap();
     // `outside` is a sibling of the daemon's only allowed root.
     let dir = &daemon.outside;
     let plain = bytes(300_000, 7);
@@ -142,7 +103,7 @@ fn passed_descriptors_round_trip_outside_every_root(backend: &'static str) {
     let ciphertext = read_all(&sealed);
     assert_eq!(done["bytes_out"], ciphertext.len() as u64);
     assert!(ciphertext.starts_with(b"\x89RCRYPT\n"));
-    link_into_place(&sealed, &sealed_path);
+    link_into_place(&sealed, &sealed_path).expect("link the output into place");
     support::assert_decrypts_to(&daemon.ring(), &sealed_path, &plain, &dir.join("check.out"));
 
     // And back, by descriptor again.
@@ -185,7 +146,7 @@ fn passed_descriptors_round_trip_outside_every_root(backend: &'static str) {
 
 fn descriptors_that_break_the_promise_are_refused(backend: &'static str) {
     let daemon = Daemon::start(backend);
-    let baseline = open_fds(daemon.pid());
+    let baseline = open_fds(daemon.pid()).unwrap();
     let dir = &daemon.outside;
     let input = dir.join("in.txt");
     fs::write(&input, b"the input").unwrap();
@@ -267,7 +228,7 @@ fn descriptors_that_break_the_promise_are_refused(backend: &'static str) {
 
 fn stray_descriptors_are_closed(backend: &'static str) {
     let daemon = Daemon::start(backend);
-    let baseline = open_fds(daemon.pid());
+    let baseline = open_fds(daemon.pid()).unwrap();
     let file = tempfile::tempfile().unwrap();
     let mut client = daemon.client();
     // Descriptors sent with requests that take none: each ping answers, and once more
@@ -290,7 +251,7 @@ fn stray_descriptors_are_closed(backend: &'static str) {
     }
     assert!(closed, "stray descriptors beyond the bound are closed");
     assert!(
-        open_fds(daemon.pid()) <= baseline + 1 + 16,
+        open_fds(daemon.pid()).unwrap() <= baseline + 1 + 16,
         "at most the bound is held"
     );
     drop(client);

@@ -8,25 +8,16 @@
 //! exhausted (`prlimit --nofile=128`) the daemon does not spin (CPU time while saturated is
 //! measured from /proc) and serves again once they are released.
 
+#[macro_use]
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
 
 /// User + system CPU time of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -63,7 +54,7 @@ fn flood(backend: &'static str) {
         }
     }
     std::thread::sleep(Duration::from_millis(200));
-    let rss_before = rss_kib(pid);
+    let rss_before = rss_kib(pid).expect("VmRSS");
 
     let idle: Vec<UnixStream> = (0..1000)
         .map(|_| UnixStream::connect(&d.socket).unwrap())
@@ -117,7 +108,7 @@ fn flood(backend: &'static str) {
     // Let the daemon see the 1,000 closes.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(good.call(&json!({"op": "ping"}))["type"], "pong");
-    let rss_after = rss_kib(pid);
+    let rss_after = rss_kib(pid).expect("VmRSS");
     println!("{backend}: RSS {rss_before} KiB before, {rss_after} KiB after");
     assert!(
         rss_after < rss_before + 5 * 1024,
@@ -129,7 +120,7 @@ fn flood(backend: &'static str) {
 fn writer_that_never_reads(backend: &'static str) {
     let d = Daemon::start(backend);
     let pid = d.pid();
-    let rss_before = rss_kib(pid);
+    let rss_before = rss_kib(pid).expect("VmRSS");
     let mut stream = UnixStream::connect(&d.socket).unwrap();
     stream
         .set_write_timeout(Some(Duration::from_secs(2)))
@@ -148,7 +139,7 @@ fn writer_that_never_reads(backend: &'static str) {
         written < 200 << 20,
         "the daemon read 200 MiB of requests without their replies being read"
     );
-    let rss_after = rss_kib(pid);
+    let rss_after = rss_kib(pid).expect("VmRSS");
     println!(
         "{backend}: wrote {} KiB before back-pressure; RSS {rss_before} -> {rss_after} KiB",
         written >> 10
@@ -198,31 +189,12 @@ fn out_of_descriptors(backend: &'static str) {
     // Recovery: a new client is served.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(mut stream) = UnixStream::connect(&d.socket) {
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            let _ = stream.write_all(b"{\"op\":\"ping\"}\n");
-            let mut line = String::new();
-            let _ = BufReader::new(stream).read_line(&mut line);
-            if line.contains("pong") {
-                break;
-            }
+        if try_ping(&d.socket).is_some_and(|reply| reply["type"] == "pong") {
+            break;
         }
         assert!(Instant::now() < deadline, "the daemon did not recover");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(#[test] fn $name() { super::$name("uring") })*
-        }
-        mod sync {
-            $(#[test] fn $name() { super::$name("sync") })*
-        }
-    };
 }
 
 both_backends!(flood, writer_that_never_reads, out_of_descriptors);

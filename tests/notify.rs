@@ -7,15 +7,15 @@
 //! debug-build hook); `STATUS=` lines arrive; `STOPPING=1` arrives on SIGTERM and the daemon
 //! exits 0.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_ringcryptd");
-const CLIENT: &str = env!("CARGO_BIN_EXE_ringcrypt");
+use support::*;
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -28,13 +28,7 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.toml");
-    let entry = Command::new(CLIENT)
-        .args(["keygen", "--name", "n"])
-        .output()
-        .unwrap();
-    assert!(entry.status.success());
-    std::fs::write(&keys, &entry.stdout).unwrap();
-    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_private(&keys, &keygen("n"));
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify
@@ -50,7 +44,7 @@ fn setup() -> Setup {
 }
 
 fn activate(setup: &Setup, watchdog_usec: u64, hang: Option<&str>) -> Child {
-    let tool = which("systemd-socket-activate").unwrap_or_else(|| {
+    let tool = on_path("systemd-socket-activate").unwrap_or_else(|| {
         panic!("systemd-socket-activate is missing: .ci/run installs Debian's systemd package")
     });
     let mut cmd = Command::new(tool);
@@ -75,14 +69,6 @@ fn activate(setup: &Setup, watchdog_usec: u64, hang: Option<&str>) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|path| path.exists())
 }
 
 /// Notifications received within `within`.
@@ -138,20 +124,8 @@ fn wait_for_socket(socket: &Path) {
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let end = Instant::now() + Duration::from_secs(40);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("the daemon did not exit within 40 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sigterm_within(child, Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("the daemon did not exit within 40 s of SIGTERM"))
 }
 
 #[test]
@@ -217,92 +191,36 @@ fn a_wedged_shard_stops_the_watchdog_pings() {
 /// As root (whose CAP_IPC_LOCK ignores the limit) the daemon runs as `nobody`.
 #[test]
 fn a_small_memlock_limit_costs_fixed_buffers_not_the_daemon() {
-    let setup = setup();
     let root = running_as_root();
-    // nobody must reach the files: a world-traversable scratch dir owned by nobody.
-    let work = tempfile::Builder::new()
+    // nobody must reach the files: a world-traversable scratch dir, owned by nobody, that is
+    // also the daemon's root.
+    let mut d = Builder::new()
+        .for_nobody()
         .prefix("ringcrypt-memlock")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let keys = work.path().join("keys.toml");
-    std::fs::copy(&setup.keys, &keys).unwrap();
-    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let input = work.path().join("in.bin");
+        .root_is_dir()
+        .ring(keygen("n"))
+        .shards(1)
+        .default_fsync()
+        .metrics("off")
+        .wrap(move |daemon| through_shell(daemon, "ulimit -l 8192 && ", root))
+        .prepare();
+    chmod(d.dir.path(), 0o777);
+    let input = d.root.join("in.bin");
     std::fs::write(&input, vec![7u8; 300_000]).unwrap();
-    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let socket = work.path().join("s.sock");
-    let script = format!(
-        "ulimit -l 8192 && exec {DAEMON} --socket {} --keys {} --allow-root {} --shards 1 --metrics off",
-        socket.display(),
-        keys.display(),
-        work.path().display()
-    );
-    let mut cmd = if root {
-        let ok = Command::new("chown")
-            .args(["-R", "nobody"])
-            .arg(work.path())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        // setpriv execs in place (no session wrapper), so the child's pid is the daemon's.
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]);
-        cmd
-    } else {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", &script]);
-        cmd
-    };
-    let log = work.path().join("d.log");
-    let mut child = cmd
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "the daemon exited ({status:?}): {}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        assert!(
-            Instant::now() < end,
-            "no socket: {}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    chmod(&input, 0o644);
+    if root {
+        chown_r_nobody(d.dir.path());
     }
-    let mut stream = UnixStream::connect(&socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let request = format!(
-        "{{\"op\":\"encrypt\",\"input\":\"{}\",\"output\":\"{}\"}}\n",
-        input.display(),
-        work.path().join("in.bin.rcrypt").display()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut lines = String::new();
-    while !lines.contains("\"done\"") && !lines.contains("\"error\"") {
-        assert!(
-            reader.read_line(&mut lines).unwrap() > 0,
-            "connection closed: {lines}"
-        );
-    }
-    assert!(lines.contains("\"done\""), "{lines}");
-    let status = terminate(&mut child);
-    let text = std::fs::read_to_string(&log).unwrap();
+    d.launch();
+    let replies = Client::open(&d.socket, Duration::from_secs(30)).job(&file_req(
+        "encrypt",
+        &input,
+        &d.root.join("in.bin.rcrypt"),
+    ));
+    let end = replies.last().unwrap();
+    assert_eq!(end["type"], "done", "{replies:?}");
+    let (status, _) = d.stop(Duration::from_secs(40));
+    let text = d.log_text();
     assert!(status.success(), "{status:?}: {text}");
     assert_eq!(
         text.matches("fixed buffers").count(),
@@ -313,13 +231,4 @@ fn a_small_memlock_limit_costs_fixed_buffers_not_the_daemon() {
         text.contains("LimitMEMLOCK"),
         "the warning says how to fix it: {text}"
     );
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        .unwrap_or(false)
 }

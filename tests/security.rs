@@ -7,125 +7,40 @@
 //! The client runs as `nobody` through `setpriv`, so this needs root; as another user the
 //! test says so and checks only what it can.
 
+#[macro_use]
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_ringcryptd");
-const CLIENT: &str = env!("CARGO_BIN_EXE_ringcrypt");
+use serde_json::Value;
+use support::*;
 
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        .unwrap_or(false)
-}
-
-fn uid_of(name: &str) -> u32 {
-    let out = Command::new("id").args(["-u", name]).output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-struct Running {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path, allow_uid: Option<u32>) -> Running {
-    let keys = dir.join("keys.toml");
-    let entry = Command::new(CLIENT)
-        .args(["keygen", "--name", "k"])
-        .output()
-        .unwrap();
-    std::fs::write(&keys, &entry.stdout).unwrap();
-    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let socket = dir.join("s.sock");
-    let log = dir.join("d.log");
-    let mut cmd = Command::new(DAEMON);
-    cmd.arg("--socket")
-        .arg(&socket)
-        .arg("--keys")
-        .arg(&keys)
-        .arg("--allow-root")
-        .arg(dir);
-    cmd.args(["--metrics", "off", "--shards", "1"]);
-    if let Some(uid) = allow_uid {
-        cmd.args(["--allow-uid", &uid.to_string()]);
-    }
-    let child = cmd
-        .stderr(std::fs::File::create(&log).unwrap())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(
-            Instant::now() < end,
-            "no socket: {}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // The socket is 0660 root:root here; let `nobody` reach it so the daemon, not the file
-    // mode, is what decides.
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    Running { child, log }
-}
-
-fn as_nobody(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--",
-            CLIENT,
-            "--socket",
-        ])
-        .arg(dir.join("s.sock"))
-        .args(args)
-        .env_remove("RINGCRYPT_KEYS")
-        .output()
-        .unwrap()
-}
-
-fn request(socket: &Path, line: &str) -> String {
-    let mut stream = UnixStream::connect(socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(line.as_bytes()).unwrap();
-    stream.write_all(b"\n").unwrap();
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).unwrap();
-    reply
-}
-
-fn scratch() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
+/// A daemon on a directory under /tmp that `nobody` can reach, which is also its only
+/// allowed root, with one key `k`, `--metrics off --shards 1` and the daemon's default
+/// `--fsync`; SIGTERMed and reaped on drop. The socket is made 0666 once it listens: the
+/// daemon, not the file mode, is what decides.
+fn daemon() -> Builder {
+    Builder::new()
+        .for_nobody()
         .prefix("ringcrypt-sec")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
+        .root_is_dir()
+        .ring(keygen("k"))
+        .metrics("off")
+        .shards(1)
+        .default_fsync()
+        .at_drop(AtDrop::Reap)
+}
+
+fn start(allow_uid: Option<u32>) -> Daemon {
+    match allow_uid {
+        Some(uid) => daemon().allow_uid(uid),
+        None => daemon(),
+    }
+    .start()
 }
 
 #[test]
@@ -134,35 +49,35 @@ fn callers_off_the_allow_list_are_refused_and_audited() {
         eprintln!("skipped: needs root to run the client as another uid (setpriv)");
         return;
     }
-    let dir = scratch();
-    let daemon = start(dir.path(), Some(4242));
-    std::fs::write(dir.path().join("in.txt"), b"data").unwrap();
+    let daemon = start(Some(4242));
+    let dir = &daemon.root;
+    std::fs::write(dir.join("in.txt"), b"data").unwrap();
 
     // nobody: ping answers (health checks are open), everything else is refused.
-    let ping = as_nobody(dir.path(), &["ping"]);
+    let ping = ringcrypt_as_nobody(&daemon.socket, &["ping"]);
     assert!(ping.status.success(), "{ping:?}");
-    let keys = as_nobody(dir.path(), &["keys"]);
+    let keys = ringcrypt_as_nobody(&daemon.socket, &["keys"]);
     assert_eq!(keys.status.code(), Some(1), "{keys:?}");
     let stderr = String::from_utf8_lossy(&keys.stderr);
     assert!(
         stderr.contains("[permission_denied]") && stderr.contains("allow_uids"),
         "{stderr}"
     );
-    let enc = as_nobody(
-        dir.path(),
+    let enc = ringcrypt_as_nobody(
+        &daemon.socket,
         &["encrypt", "/tmp/none-such", "-o", "/tmp/none-such.rcrypt"],
     );
     assert_eq!(enc.status.code(), Some(1), "{enc:?}");
-    assert!(!dir.path().join("in.txt.rcrypt").exists());
+    assert!(!dir.join("in.txt.rcrypt").exists());
 
     // root is always allowed.
-    let input = dir.path().join("in.txt");
-    let line = format!(
-        "{{\"op\":\"encrypt\",\"input\":\"{}\",\"output\":\"{}.rcrypt\"}}",
-        input.display(),
-        input.display()
-    );
-    assert!(request(&dir.path().join("s.sock"), &line).contains("accepted"));
+    let input = dir.join("in.txt");
+    let reply = Client::open(&daemon.socket, Duration::from_secs(10)).call(&file_req(
+        "encrypt",
+        &input,
+        &dir.join("in.txt.rcrypt"),
+    ));
+    assert!(reply.to_string().contains("accepted"), "{reply}");
 
     let log = std::fs::read_to_string(&daemon.log).unwrap();
     let nobody = uid_of("nobody");
@@ -175,7 +90,7 @@ fn callers_off_the_allow_list_are_refused_and_audited() {
         log.contains("audit: accepted uid=0") && log.contains("op=encrypt"),
         "{log}"
     );
-    let secret = std::fs::read_to_string(dir.path().join("keys.toml")).unwrap();
+    let secret = std::fs::read_to_string(&daemon.keys).unwrap();
     let hex = secret
         .split('"')
         .find(|part| part.len() == 64)
@@ -189,11 +104,10 @@ fn an_allowed_uid_is_served_but_reload_stays_admin_only() {
         eprintln!("skipped: needs root to run the client as another uid (setpriv)");
         return;
     }
-    let dir = scratch();
-    let _daemon = start(dir.path(), Some(uid_of("nobody")));
-    let keys = as_nobody(dir.path(), &["keys"]);
+    let daemon = start(Some(uid_of("nobody")));
+    let keys = ringcrypt_as_nobody(&daemon.socket, &["keys"]);
     assert!(keys.status.success(), "{keys:?}");
-    let reload = as_nobody(dir.path(), &["reload"]);
+    let reload = ringcrypt_as_nobody(&daemon.socket, &["reload"]);
     assert_eq!(reload.status.code(), Some(1), "{reload:?}");
     assert!(String::from_utf8_lossy(&reload.stderr).contains("[permission_denied]"));
 }
@@ -208,52 +122,10 @@ fn the_daemon_is_not_dumpable() {
         return;
     }
     use std::os::unix::fs::MetadataExt;
-    let dir = scratch();
-    let keys = dir.path().join("keys.toml");
-    let entry = Command::new(CLIENT)
-        .args(["keygen", "--name", "k"])
-        .output()
-        .unwrap();
-    std::fs::write(&keys, &entry.stdout).unwrap();
-    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-    assert!(
-        Command::new("chown")
-            .args(["-R", "nobody"])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success()
-    );
-    let socket = dir.path().join("s.sock");
-    let script = format!(
-        "exec {DAEMON} --socket {} --keys {} --allow-root {} --metrics off --shards 1",
-        socket.display(),
-        keys.display(),
-        dir.path().display()
-    );
-    let child = Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let daemon = Running {
-        child,
-        log: dir.path().join("unused"),
-    };
-    let end = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < end, "the daemon never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pid = daemon.child.id();
+    let mut daemon = daemon().wrap(|cmd| through_shell(cmd, "", true)).prepare();
+    chown_r_nobody(daemon.dir.path());
+    daemon.launch();
+    let pid = daemon.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let nobody = uid_of("nobody");
     assert!(
@@ -269,19 +141,14 @@ fn the_daemon_is_not_dumpable() {
     );
 }
 
-/// Sends one job line and returns its reply lines up to its `done` or `error`.
-fn job_replies(socket: &Path, line: &str) -> String {
-    let mut stream = UnixStream::connect(socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut replies = String::new();
-    while !replies.contains("\"done\"") && !replies.contains("\"error\"") {
-        assert!(reader.read_line(&mut replies).unwrap() > 0, "{replies}");
-    }
+/// Sends one job and returns its reply lines up to its `done` or `error`.
+fn job_replies(socket: &Path, request: &Value) -> String {
+    let replies = Client::open(socket, Duration::from_secs(30)).job(request);
     replies
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A disk that fills up mid-write: `no_space`, no partial output, no temp file, the
@@ -293,47 +160,32 @@ fn a_full_disk_gives_no_space_and_leaves_nothing() {
         eprintln!("skipped: needs root to mount a small tmpfs");
         return;
     }
-    let dir = scratch();
-    let small = dir.path().join("small");
+    let mut daemon = daemon().prepare();
+    let dir = daemon.root.clone();
+    let small = dir.join("small");
     std::fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m"])
-        .arg("tmpfs")
-        .arg(&small)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
+    if !mount_tmpfs(&small, "8m") {
         eprintln!("skipped: cannot mount a tmpfs here (no mount permission in this container)");
         return;
     }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     let _unmount = Unmount(small.clone());
-    let daemon = start(dir.path(), None);
-    let socket = dir.path().join("s.sock");
-    let big = dir.path().join("big.bin");
+    daemon.launch();
+    let big = dir.join("big.bin");
     std::fs::write(&big, vec![0x5a; 20 << 20]).unwrap();
-    let line = format!(
-        "{{\"op\":\"encrypt\",\"input\":\"{}\",\"output\":\"{}\"}}",
-        big.display(),
-        small.join("big.rcrypt").display()
+    let replies = job_replies(
+        &daemon.socket,
+        &file_req("encrypt", &big, &small.join("big.rcrypt")),
     );
-    let replies = job_replies(&socket, &line);
     assert!(replies.contains("\"code\":\"no_space\""), "{replies}");
     let left: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
     assert!(left.is_empty(), "the full disk kept {left:?}");
     // The space came back with the temp file: a job that fits succeeds.
-    let fits = dir.path().join("fits.bin");
+    let fits = dir.join("fits.bin");
     std::fs::write(&fits, vec![1u8; 1 << 20]).unwrap();
-    let line = format!(
-        "{{\"op\":\"encrypt\",\"input\":\"{}\",\"output\":\"{}\"}}",
-        fits.display(),
-        small.join("fits.rcrypt").display()
+    let replies = job_replies(
+        &daemon.socket,
+        &file_req("encrypt", &fits, &small.join("fits.rcrypt")),
     );
-    let replies = job_replies(&socket, &line);
     assert!(replies.contains("\"done\""), "{replies}");
     assert!(small.join("fits.rcrypt").exists());
     drop(daemon);
@@ -347,12 +199,18 @@ fn a_full_disk_gives_no_space_and_leaves_nothing() {
 #[test]
 fn symlink_races_never_leave_the_root() {
     use std::os::unix::fs::symlink;
-    let dir = scratch();
-    let root = dir.path().join("root");
-    let outside = dir.path().join("outside");
+    // The root is `root/` here, beside `outside/`, with one shard per core.
+    let mut daemon = Builder::new()
+        .for_nobody()
+        .prefix("ringcrypt-sec")
+        .ring(keygen("k"))
+        .metrics("off")
+        .default_shards()
+        .at_drop(AtDrop::Reap)
+        .prepare();
+    let (root, outside) = (daemon.root.clone(), daemon.outside.clone());
     std::fs::create_dir_all(root.join("real")).unwrap();
     std::fs::create_dir_all(root.join("realout")).unwrap();
-    std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(root.join("real/f"), b"inside").unwrap();
     std::fs::write(outside.join("f"), b"OUTSIDE SECRET").unwrap();
     // `flip` and `flipout` start as directories; `alt` and `altout` are symlinks out.
@@ -361,30 +219,7 @@ fn symlink_races_never_leave_the_root() {
     symlink(&outside, root.join("alt")).unwrap();
     symlink(&outside, root.join("altout")).unwrap();
 
-    let keys = dir.path().join("keys.toml");
-    let entry = Command::new(CLIENT)
-        .args(["keygen", "--name", "k"])
-        .output()
-        .unwrap();
-    std::fs::write(&keys, &entry.stdout).unwrap();
-    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let socket = dir.path().join("s.sock");
-    let mut child = Command::new(DAEMON)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--keys")
-        .arg(&keys)
-        .arg("--allow-root")
-        .arg(&root)
-        .args(["--metrics", "off", "--fsync", "never"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < end, "no socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.launch();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flipper = {
@@ -410,7 +245,7 @@ fn symlink_races_never_leave_the_root() {
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
-    let mut stream = UnixStream::connect(&socket).unwrap();
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -446,10 +281,7 @@ fn symlink_races_never_leave_the_root() {
         n += 1;
     }
     flipper.join().unwrap();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    daemon.end();
     println!("{n} jobs during the flips: {done} done, {refused} refused");
 
     // Nothing was written outside; every output decrypts to the inside content.
@@ -463,8 +295,7 @@ fn symlink_races_never_leave_the_root() {
         "something was written outside the root"
     );
     assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"OUTSIDE SECRET");
-    let ring =
-        ringcrypt::keys::KeyRing::parse(&std::fs::read_to_string(&keys).unwrap(), "k").unwrap();
+    let ring = daemon.ring();
     let mut checked = 0;
     for side in ["flip", "flipout", "alt", "altout"] {
         let path = root.join(side);
@@ -501,20 +332,13 @@ fn passed_descriptors_carry_the_callers_own_permissions() {
         eprintln!("skipped: needs root to run the client as another uid (setpriv)");
         return;
     }
-    let dir = scratch();
     let nobody = uid_of("nobody");
-    let nogroup = {
-        let out = Command::new("id").args(["-g", "nobody"]).output().unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let daemon = start(dir.path(), Some(nobody));
+    let nogroup = gid_of("nobody");
+    let daemon = start(Some(nobody));
+    let dir = &daemon.root;
     // nobody's own directory and file, and a root-only file and directory beside them, all
     // under the daemon's allowed root: the daemon (root) could read and write every one.
-    let home = dir.path().join("home");
+    let home = dir.join("home");
     std::fs::create_dir(&home).unwrap();
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
     let mine = home.join("mine.txt");
@@ -522,15 +346,15 @@ fn passed_descriptors_carry_the_callers_own_permissions() {
     std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&mine, Some(nobody), Some(nogroup)).unwrap();
     std::os::unix::fs::chown(&home, Some(nobody), Some(nogroup)).unwrap();
-    let secret = dir.path().join("root-secret.txt");
+    let secret = dir.join("root-secret.txt");
     std::fs::write(&secret, b"root only").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let locked = dir.path().join("root-only");
+    let locked = dir.join("root-only");
     std::fs::create_dir(&locked).unwrap();
     let p = |path: &Path| path.to_str().unwrap().to_string();
 
     // Its own file: encrypted, and the output belongs to nobody, not to the daemon's uid.
-    let own = as_nobody(dir.path(), &["encrypt", &p(&mine)]);
+    let own = ringcrypt_as_nobody(&daemon.socket, &["encrypt", &p(&mine)]);
     assert!(own.status.success(), "{own:?}");
     let sealed = std::fs::metadata(home.join("mine.txt.rcrypt")).unwrap();
     assert_eq!(
@@ -542,7 +366,7 @@ fn passed_descriptors_carry_the_callers_own_permissions() {
     // A file nobody cannot read: refused by the kernel when the client opens it, so the
     // daemon never hears of it and nothing is written.
     let out = home.join("stolen.rcrypt");
-    let read = as_nobody(dir.path(), &["encrypt", &p(&secret), "-o", &p(&out)]);
+    let read = ringcrypt_as_nobody(&daemon.socket, &["encrypt", &p(&secret), "-o", &p(&out)]);
     assert_eq!(read.status.code(), Some(1), "{read:?}");
     let stderr = String::from_utf8_lossy(&read.stderr);
     assert!(stderr.contains("permission_denied"), "{stderr}");
@@ -550,7 +374,7 @@ fn passed_descriptors_carry_the_callers_own_permissions() {
 
     // A directory nobody cannot write: refused when the client makes its temp file there.
     let planted = locked.join("planted.rcrypt");
-    let write = as_nobody(dir.path(), &["encrypt", &p(&mine), "-o", &p(&planted)]);
+    let write = ringcrypt_as_nobody(&daemon.socket, &["encrypt", &p(&mine), "-o", &p(&planted)]);
     assert_eq!(write.status.code(), Some(1), "{write:?}");
     let stderr = String::from_utf8_lossy(&write.stderr);
     assert!(stderr.contains("permission_denied"), "{stderr}");

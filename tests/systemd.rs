@@ -12,20 +12,21 @@
 //!
 //! `systemd-analyze` must be installed; `.ci/run` installs the `systemd` package.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ringcrypt::daemon::{DEFAULT_METRICS, DEFAULT_SOCKET};
 use ringcrypt::limits::{CHUNK_LOG2_DEFAULT, DRAIN_TIMEOUT};
+use support::{
+    DAEMON, START_TIMEOUT, keygen, on_path, output_within, try_ping, wait_within, write_private,
+};
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_ringcryptd");
-const CLI: &str = env!("CARGO_BIN_EXE_ringcrypt");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The path the shipped service starts the daemon from.
@@ -36,8 +37,6 @@ const INSTALLED_CONFIG: &str = "/etc/ringcrypt/ringcryptd.toml";
 const MAX_EXPOSURE: f64 = 1.5;
 /// How long any one systemd tool may run.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the daemon may take to answer its first ping.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(REPO).join(rel)
@@ -49,66 +48,24 @@ fn read(rel: &str) -> String {
 
 /// A systemd tool from `$PATH`; a missing one fails the test (never a silent skip).
 fn tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| {
-            candidate
-                .metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is not installed: these tests check the systemd units with systemd's \
-                 own tools, so .ci/run must install the `systemd` package \
-                 (apt-get install -y --no-install-recommends systemd)"
-            )
-        })
+    on_path(name).unwrap_or_else(|| {
+        panic!(
+            "{name} is not installed: these tests check the systemd units with systemd's \
+             own tools, so .ci/run must install the `systemd` package \
+             (apt-get install -y --no-install-recommends systemd)"
+        )
+    })
 }
 
-/// Polls `child` until it exits or `within` passes.
-fn wait_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs a command to completion with its output captured, killing it after `TOOL_TIMEOUT`.
+/// Runs a systemd tool to completion with its output captured (no colours, no pager),
+/// killing it after `TOOL_TIMEOUT`.
 fn run(cmd: &mut Command) -> Output {
-    let mut child = cmd
-        .env("SYSTEMD_COLORS", "0")
-        .env("SYSTEMD_PAGER", "")
-        .env("SYSTEMD_LOG_COLOR", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?} does not start: {e}"));
-    // Drain both pipes while waiting, so a chatty tool cannot block on a full pipe.
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let status = match wait_within(&mut child, TOOL_TIMEOUT) {
-        Some(status) => status,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {TOOL_TIMEOUT:?}");
-        }
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap().into_bytes(),
-        stderr: err.join().unwrap().into_bytes(),
-    }
+    output_within(
+        cmd.env("SYSTEMD_COLORS", "0")
+            .env("SYSTEMD_PAGER", "")
+            .env("SYSTEMD_LOG_COLOR", "0"),
+        TOOL_TIMEOUT,
+    )
 }
 
 fn show(out: &Output) -> String {
@@ -580,16 +537,6 @@ fn example_config_documents_every_setting_with_its_default() {
     );
 }
 
-/// Sends `{"op":"ping"}` and reads one line; `None` until the daemon answers.
-fn ping(socket: &Path) -> Option<String> {
-    let mut stream = UnixStream::connect(socket).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream.write_all(b"{\"op\":\"ping\"}\n").ok()?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).ok()?;
-    line.ends_with('\n').then_some(line)
-}
-
 #[test]
 fn example_config_runs_the_daemon() {
     let settings = daemon_settings();
@@ -599,19 +546,7 @@ fn example_config_runs_the_daemon() {
     let keys = dir.path().join("keys.toml");
     let socket = dir.path().join("d.sock");
     let log = dir.path().join("d.log");
-    let keygen = run(Command::new(CLI).args(["keygen", "--name", "systemd-test"]));
-    assert!(
-        keygen.status.success(),
-        "ringcrypt keygen:\n{}",
-        show(&keygen)
-    );
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&keys)
-        .and_then(|mut f| f.write_all(&keygen.stdout))
-        .unwrap();
+    write_private(&keys, &keygen("systemd-test"));
 
     // The example with its defaults switched on and the host-specific paths moved here; the
     // metrics port is off so parallel tests cannot collide on it.
@@ -670,8 +605,8 @@ fn example_config_runs_the_daemon() {
                 log_text()
             );
         }
-        if let Some(line) = ping(&socket) {
-            break line;
+        if let Some(reply) = try_ping(&socket) {
+            break reply;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
@@ -683,9 +618,8 @@ fn example_config_runs_the_daemon() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let reply: serde_json::Value = serde_json::from_str(&pong).unwrap();
-    assert_eq!(reply["type"], "pong", "{pong}");
-    assert_eq!(reply["shards"], 2, "{pong}");
+    assert_eq!(pong["type"], "pong", "{pong}");
+    assert_eq!(pong["shards"], 2, "{pong}");
 
     let kill = run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
     assert!(kill.status.success(), "kill -TERM:\n{}", show(&kill));

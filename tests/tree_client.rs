@@ -7,64 +7,36 @@
 //!
 //! The daemon's side of `-r` is tested with the daemon; this file needs no daemon.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ringcrypt");
+use support::{Run, keygen, mkfifo, ringcrypt_command, running_as_root, write_private};
 
 /// Chunk size for the trees here: 4 KiB, so "0 to 3 chunks" stays small.
 const CHUNK_LOG2: &str = "12";
 const CHUNK: usize = 1 << 12;
 
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
+/// Runs `ringcrypt ARGS` in `cwd`; its output must be UTF-8.
 fn ringcrypt(cwd: &Path, args: &[&str]) -> Run {
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RINGCRYPT_KEYS")
-        .env_remove("RINGCRYPT_SOCKET")
-        .output()
-        .expect("run ringcrypt");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
-    }
+    Run::of_utf8(
+        ringcrypt_command()
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .expect("run ringcrypt"),
+    )
 }
 
 /// A key ring with one fresh key, mode 0600, at `dir/keys.toml`.
 fn key_ring(dir: &Path) -> PathBuf {
-    let run = ringcrypt(dir, &["keygen", "--name", "tree-test"]);
-    assert_eq!(run.code, 0, "{run:?}");
     let path = dir.join("keys.toml");
-    fs::write(&path, run.stdout).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    write_private(&path, &keygen("tree-test"));
     path
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-fn mkfifo(path: &Path) {
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o644),
-        0,
-    )
-    .expect("mkfifo");
 }
 
 /// Deterministic bytes for file number `n`.
@@ -216,7 +188,7 @@ fn build_tree(src: &Path) -> Tree {
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).unwrap();
     symlink("d0/f000.dat", src.join("link")).unwrap();
     mkfifo(&src.join("d1").join("fifo"));
-    let unreadable = if is_root() {
+    let unreadable = if running_as_root() {
         println!("running as root: the unreadable-file case is skipped (root reads everything)");
         None
     } else {

@@ -7,6 +7,7 @@
 //! finishes the rest, leaving no partial or temp file; an unreadable file fails alone with
 //! `permission_denied` (the daemon runs as `nobody` for that when the suite runs as root).
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeMap;
@@ -66,14 +67,7 @@ fn make_tree_of(root: &Path, count: usize) -> (Vec<PathBuf>, u64) {
     }
     fs::set_permissions(root.join("d3"), fs::Permissions::from_mode(0o750)).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", root.join("d1/link")).unwrap();
-    let fifo = root.join("d2/fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mkfifo(&root.join("d2/fifo"));
     (files, total)
 }
 
@@ -106,10 +100,6 @@ fn describe(root: &Path) -> BTreeMap<PathBuf, (u32, i64, Vec<u8>)> {
         }
     }
     out
-}
-
-fn tree_req(op: &str, input: &Path, output: &Path) -> Value {
-    json!({"op": op, "id": op, "recursive": true, "input": p(input), "output": p(output)})
 }
 
 /// Runs a tree job; checks its progress lines; returns the `done` line.
@@ -152,7 +142,12 @@ fn encrypt_decrypt_identical(backend: &'static str) {
     let enc = d.root.join("enc");
     let dec = d.root.join("dec");
 
-    let done = run_tree(&d, &tree_req("encrypt", &src, &enc), FILES as u64, total);
+    let done = run_tree(
+        &d,
+        &tree_req("encrypt", &src, &enc, "encrypt"),
+        FILES as u64,
+        total,
+    );
     assert_eq!(done["files_ok"], FILES as u64, "{done}");
     assert_eq!(done["files_failed"], 0, "{done}");
     assert_eq!(done["files_skipped"], 2, "{done}");
@@ -180,7 +175,7 @@ fn encrypt_decrypt_identical(backend: &'static str) {
 
     let done = run_tree(
         &d,
-        &tree_req("decrypt", &enc, &dec),
+        &tree_req("decrypt", &enc, &dec, "decrypt"),
         FILES as u64,
         total_of(&enc),
     );
@@ -217,16 +212,14 @@ fn killed_mid_tree_resumes(backend: &'static str) {
     let (_, total) = make_tree_of(&src, KILL_FILES);
     let enc = d.root.join("enc");
     let mut c = d.client();
-    c.send(&tree_req("encrypt", &src, &enc));
+    c.send(&tree_req("encrypt", &src, &enc, "encrypt"));
     // Wait until some outputs exist, then kill -9.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while count_files(&enc) < 200 {
         assert!(std::time::Instant::now() < deadline, "no progress");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = Command::new("kill")
-        .args(["-KILL", &d.pid().to_string()])
-        .status();
+    let _ = kill("KILL", d.pid());
     d.forget();
     let partial = count_files(&enc);
     assert!(
@@ -234,29 +227,29 @@ fn killed_mid_tree_resumes(backend: &'static str) {
         "the tree finished before the kill ({partial} files)"
     );
 
-    let d2 = d.restart();
-    let mut request = tree_req("encrypt", &src, &enc);
+    d.launch();
+    let mut request = tree_req("encrypt", &src, &enc, "encrypt");
     request["skip_existing"] = json!(true);
-    let done = run_tree(&d2, &request, KILL_FILES as u64, total);
+    let done = run_tree(&d, &request, KILL_FILES as u64, total);
     let ok = done["files_ok"].as_u64().unwrap();
     let skipped = done["files_skipped"].as_u64().unwrap();
     assert_eq!(done["files_failed"], 0, "{done}");
     // Everything written before the kill verified and was skipped; the rest was done now.
     assert_eq!(ok + skipped - 2, KILL_FILES as u64, "{done}");
     assert!(skipped >= partial as u64, "{done}: {partial} existed");
-    let dec = d2.root.join("dec");
+    let dec = d.root.join("dec");
     let done = run_tree(
-        &d2,
-        &tree_req("decrypt", &enc, &dec),
+        &d,
+        &tree_req("decrypt", &enc, &dec, "decrypt"),
         KILL_FILES as u64,
         total_of(&enc),
     );
     assert_eq!(done["files_ok"], KILL_FILES as u64, "{done}");
     let mut want = describe(&src);
     want.remove(Path::new("d1/link"));
-    want.remove(Path::new("d2/fifo"));
+    want.remove(Path::new("d/fifo"));
     assert_eq!(describe(&dec), want);
-    assert!(temp_files(d2.dir.path()).is_empty(), "temp files left");
+    assert!(temp_files(d.dir.path()).is_empty(), "temp files left");
 }
 
 fn count_files(root: &Path) -> usize {
@@ -267,17 +260,6 @@ fn count_files(root: &Path) -> usize {
         .values()
         .filter(|(_, mtime, _)| *mtime != 0)
         .count()
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(#[test] fn $name() { super::$name("uring") })*
-        }
-        mod sync {
-            $(#[test] fn $name() { super::$name("sync") })*
-        }
-    };
 }
 
 /// One flat directory of 3,000 files with names of many lengths: far more entries than a
@@ -297,7 +279,12 @@ fn a_flat_directory_is_walked_exactly_once(backend: &'static str) {
         total += size as u64;
     }
     let out = d.root.join("flat.rcrypt");
-    let done = run_tree(&d, &tree_req("encrypt", &src, &out), count as u64, total);
+    let done = run_tree(
+        &d,
+        &tree_req("encrypt", &src, &out, "encrypt"),
+        count as u64,
+        total,
+    );
     assert_eq!(done["files_ok"], count as u64, "{done}");
     assert_eq!(done["files_failed"], 0, "{done}");
     assert_eq!(done["bytes_in"], total, "{done}");
@@ -323,25 +310,21 @@ both_backends!(
     a_flat_directory_is_walked_exactly_once,
 );
 
-fn running_as_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        .unwrap_or(false)
-}
-
 /// One unreadable file fails alone, with `permission_denied`; the rest of the tree is done.
 /// The daemon must not be able to read it: as root the daemon runs as `nobody`.
 #[test]
 fn an_unreadable_file_fails_alone() {
-    let work = tempfile::Builder::new()
+    let as_root = running_as_root();
+    let mut d = Builder::new()
+        .for_nobody()
         .prefix("ringcrypt-tree-perm")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let root = work.path();
-    fs::set_permissions(root, fs::Permissions::from_mode(0o777)).unwrap();
+        .root_is_dir()
+        .ring(keygen("k"))
+        .metrics("off")
+        .wrap(move |daemon| through_shell(daemon, "", as_root))
+        .prepare();
+    let root = d.root.clone();
+    chmod(&root, 0o777);
     let src = root.join("src");
     fs::create_dir_all(src.join("sub")).unwrap();
     for i in 0..20 {
@@ -349,21 +332,9 @@ fn an_unreadable_file_fails_alone() {
     }
     let secret = src.join("sub/secret");
     fs::write(&secret, b"not for the daemon").unwrap();
-    let keys = root.join("keys.toml");
-    fs::write(&keys, keygen("k")).unwrap();
-    fs::set_permissions(&keys, fs::Permissions::from_mode(0o600)).unwrap();
-    let socket = root.join("s.sock");
-    let as_root = running_as_root();
     if as_root {
         // Everything belongs to nobody except the secret, which stays root's and 0600.
-        assert!(
-            Command::new("chown")
-                .args(["-R", "nobody"])
-                .arg(root)
-                .status()
-                .unwrap()
-                .success()
-        );
+        chown_r_nobody(&root);
         assert!(
             Command::new("chown")
                 .arg("root")
@@ -373,47 +344,10 @@ fn an_unreadable_file_fails_alone() {
                 .success()
         );
     }
-    fs::set_permissions(
-        &secret,
-        fs::Permissions::from_mode(if as_root { 0o600 } else { 0o000 }),
-    )
-    .unwrap();
-    let daemon_cmd = format!(
-        "exec {} --socket {} --keys {} --allow-root {} --shards 2 --fsync never --metrics off",
-        env!("CARGO_BIN_EXE_ringcryptd"),
-        socket.display(),
-        keys.display(),
-        root.display()
-    );
-    let mut cmd = if as_root {
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--",
-            "sh",
-            "-c",
-            &daemon_cmd,
-        ]);
-        cmd
-    } else {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", &daemon_cmd]);
-        cmd
-    };
-    let mut child = cmd.stderr(std::process::Stdio::null()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "the daemon exited");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut c = Client::connect(&socket);
-    let replies = c.job(&tree_req("encrypt", &src, &root.join("enc")));
+    chmod(&secret, if as_root { 0o600 } else { 0o000 });
+    d.launch();
+    let mut c = d.client();
+    let replies = c.job(&tree_req("encrypt", &src, &root.join("enc"), "encrypt"));
     let done = replies.last().unwrap();
     assert_eq!(done["type"], "done", "{done}");
     assert_eq!(done["files_ok"], 20, "{done}");
@@ -425,24 +359,9 @@ fn an_unreadable_file_fails_alone() {
         !root.join("enc/sub/secret.rcrypt").exists(),
         "nothing under the failed file's name"
     );
-    assert!(temp_files(root).is_empty());
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
+    assert!(temp_files(&root).is_empty());
+    let (status, _) = d.stop(STOP_TIMEOUT);
     assert!(status.success(), "{status:?}");
-}
-
-const CLIENT: &str = env!("CARGO_BIN_EXE_ringcrypt");
-
-fn client(d: &Daemon, args: &[&str]) -> std::process::Output {
-    Command::new(CLIENT)
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(args)
-        .env_remove("RINGCRYPT_KEYS")
-        .output()
-        .unwrap()
 }
 
 /// The client, killed in the middle of a tree, and run again with `--skip-existing`: the
@@ -452,7 +371,7 @@ fn client_killed_mid_tree_resumes(backend: &'static str) {
     let src = d.root.join("src");
     make_tree_of(&src, KILL_FILES);
     let enc = d.root.join("enc");
-    let mut child = Command::new(CLIENT)
+    let mut child = Command::new(CLI)
         .arg("--socket")
         .arg(&d.socket)
         .args(["encrypt", "-r", "--quiet"])
@@ -471,24 +390,21 @@ fn client_killed_mid_tree_resumes(backend: &'static str) {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let run = client(
-        &d,
-        &[
-            "encrypt",
-            "-r",
-            "--skip-existing",
-            "--quiet",
-            p(&src),
-            "-o",
-            p(&enc),
-        ],
-    );
-    assert!(run.status.success(), "{run:?}");
-    let summary = String::from_utf8_lossy(&run.stdout);
+    let run = d.cli(&[
+        "encrypt",
+        "-r",
+        "--skip-existing",
+        "--quiet",
+        p(&src),
+        "-o",
+        p(&enc),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let summary = &run.stdout;
     assert!(summary.contains("0 failed"), "{summary}");
     let dec = d.root.join("dec");
-    let run = client(&d, &["decrypt", "-r", "--quiet", p(&enc), "-o", p(&dec)]);
-    assert!(run.status.success(), "{run:?}");
+    let run = d.cli(&["decrypt", "-r", "--quiet", p(&enc), "-o", p(&dec)]);
+    assert_eq!(run.code, 0, "{run:?}");
     let mut want = describe(&src);
     want.remove(Path::new("d1/link"));
     want.remove(Path::new("d2/fifo"));
@@ -504,19 +420,16 @@ fn json_output_snapshot(backend: &'static str) {
     fs::write(src.join("a.txt"), b"alpha").unwrap();
     fs::write(src.join("sub/b.bin"), bytes(70_000, 2)).unwrap();
     std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
-    let run = client(
-        &d,
-        &[
-            "--json",
-            "encrypt",
-            "-r",
-            p(&src),
-            "-o",
-            p(&d.root.join("out")),
-        ],
-    );
-    assert!(run.status.success(), "{run:?}");
-    let text = String::from_utf8(run.stdout).unwrap();
+    let run = d.cli(&[
+        "--json",
+        "encrypt",
+        "-r",
+        p(&src),
+        "-o",
+        p(&d.root.join("out")),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let text = run.stdout;
     let root = p(&d.root).to_string();
     let lines: Vec<String> = text
         .lines()
@@ -541,12 +454,11 @@ fn json_output_snapshot(backend: &'static str) {
 fn offline_round_trip_of_the_big_tree() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.toml");
-    fs::write(&keys, keygen("k")).unwrap();
-    fs::set_permissions(&keys, fs::Permissions::from_mode(0o600)).unwrap();
+    write_private(&keys, &keygen("k"));
     let src = dir.path().join("src");
     make_tree(&src);
     let run = |args: &[&str]| {
-        Command::new(CLIENT)
+        Command::new(CLI)
             .arg("--keys")
             .arg(&keys)
             .args(args)

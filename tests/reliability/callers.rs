@@ -27,7 +27,7 @@ fn refused_uid_cannot_lock_out_root(backend: &'static str) {
         eprintln!("skipped: needs root to run a client as nobody (setpriv)");
         return;
     }
-    let rd = Rd::start(backend, &["--allow-uid", "12345"]);
+    let rd = rd(backend).allow_uid(12345).start();
     let (holder, summary) = nobody_hold(&rd.socket, 1100, false);
     eprintln!("{backend}: nobody's connections: {summary}");
     let pong = rd.ping();
@@ -56,7 +56,7 @@ fn refused_caller_gets_one_reply_then_eof(backend: &'static str) {
         eprintln!("skipped: needs root to run a client as nobody (setpriv)");
         return;
     }
-    let rd = Rd::start(backend, &["--allow-uid", "12345"]);
+    let rd = rd(backend).allow_uid(12345).start();
     let input = rd.root.join("x.txt");
     fs::write(&input, b"x").unwrap();
     chmod(&input, 0o644);
@@ -97,7 +97,7 @@ fn allowed_uid_connection_limit(backend: &'static str) {
         eprintln!("skipped: needs root to run a client as nobody (setpriv)");
         return;
     }
-    let rd = Rd::start(backend, &["--allow-uid", NOBODY_ARG]);
+    let rd = rd(backend).allow_uid(NOBODY).start();
     let (holder, summary) = nobody_hold(&rd.socket, 1100, true);
     eprintln!("{backend}: nobody's connections: {summary}");
     assert!(
@@ -127,7 +127,7 @@ fn allowed_uid_connection_limit(backend: &'static str) {
 /// shared/     root 0755, with victim (root 0600)
 /// ```
 struct Deputy {
-    rd: Rd,
+    rd: Daemon,
     public: PathBuf,
     input: PathBuf,
     plain: Vec<u8>,
@@ -138,7 +138,7 @@ fn deputy(backend: &'static str) -> Option<Deputy> {
         eprintln!("skipped: needs root to run a client as nobody (setpriv)");
         return None;
     }
-    let rd = Rd::start(backend, &["--allow-uid", NOBODY_ARG]);
+    let rd = rd(backend).allow_uid(NOBODY).start();
     let plain = bytes(5000, 77);
     let (public, input) = nobody_pub(&rd, &plain);
     let secret = rd.root.join("secret");

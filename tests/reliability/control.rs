@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 fn tree_beside_a_full_queue(backend: &'static str, shards: &str) {
     const SINGLES: u64 = 3000;
     const TREE_FILES: usize = 300;
-    let rd = Rd::start(backend, &["--shards", shards]);
+    let rd = rd(backend).shards(shards).start();
     let ring = rd.ring();
     let tree = rd.root.join("tree");
     make_tree(&tree, TREE_FILES, 10, |i| 100 + (i * 37) % 3000);
@@ -63,10 +63,10 @@ fn tree_beside_a_full_queue(backend: &'static str, shards: &str) {
     fs::create_dir(&empty).unwrap();
     let mut a = None;
     for attempt in 0..8 {
-        let mut c = rd.conn();
+        let mut c = rd.client();
         let out = rd.root.join(format!("empty.out{attempt}"));
         c.send(&tree_req("encrypt", &empty, &out, "probe"));
-        let replies = c.until_end(&rd, "an empty tree");
+        let replies = c.until_end_noting(&rd, "an empty tree");
         assert_eq!(
             replies.last().unwrap()["type"],
             "done",
@@ -84,7 +84,7 @@ fn tree_beside_a_full_queue(backend: &'static str, shards: &str) {
     let (tree_replies, finals) = std::thread::scope(|s| {
         let pipeline = s.spawn(|| {
             let busy_tx = busy_tx;
-            let mut b = rd.conn();
+            let mut b = rd.client();
             if let Err(e) = b.try_send_all(&requests) {
                 panic!(
                     "connection B: writing 3,000 requests failed: {e}; {}",
@@ -94,7 +94,8 @@ fn tree_beside_a_full_queue(backend: &'static str, shards: &str) {
             let mut finals: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
             let mut ended = 0;
             while ended < SINGLES {
-                let reply = b.recv(&rd, &format!("connection B after {ended} final replies"));
+                let reply =
+                    b.recv_noting(&rd, &format!("connection B after {ended} final replies"));
                 let id = reply["id"]
                     .as_u64()
                     .unwrap_or_else(|| panic!("reply without a numeric id: {reply}"));
@@ -120,7 +121,7 @@ fn tree_beside_a_full_queue(backend: &'static str, shards: &str) {
             }
         }
         a.send(&tree_req("encrypt", &tree, &tree_out, "tree"));
-        let tree_replies = a.until_end(&rd, "the tree on connection A");
+        let tree_replies = a.until_end_noting(&rd, "the tree on connection A");
         let finals = match pipeline.join() {
             Ok(finals) => finals,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -222,17 +223,17 @@ fn tree_beside_a_full_queue_1_shard(backend: &'static str) {
 /// a `done` counts exactly the outputs there are.
 fn sigterm_during_tree(backend: &'static str, shards: &str) {
     const FILES: usize = 2000;
-    let rd = Rd::start(backend, &["--shards", shards]);
+    let rd = rd(backend).shards(shards).start();
     let ring = rd.ring();
     let input = rd.root.join("t");
     make_tree(&input, FILES, 20, |_| 16 << 10);
     let output = rd.root.join("t.rcrypt");
-    let mut a = rd.conn();
+    let mut a = rd.client();
     a.send(&tree_req("encrypt", &input, &output, "tree"));
-    let accepted = a.recv(&rd, "the tree");
+    let accepted = a.recv_noting(&rd, "the tree");
     assert_eq!(accepted["type"], "accepted", "{accepted}");
     loop {
-        let reply = a.recv(&rd, "the tree before SIGTERM");
+        let reply = a.recv_noting(&rd, "the tree before SIGTERM");
         match reply["type"].as_str() {
             Some("progress") if reply["files_done"].as_u64() > Some(0) => break,
             Some("progress") => {}
@@ -279,7 +280,7 @@ fn sigterm_during_tree_1_shard(backend: &'static str) {
 /// exits 0 within 40 s; an output whose client got `done` decrypts to the input, one whose
 /// client got `error` does not exist; no temp file remains.
 fn sigterm_answers_every_waiting_client(backend: &'static str) {
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let ring = rd.ring();
     let input = rd.root.join("big");
     write_big(&input, 64);
@@ -287,15 +288,15 @@ fn sigterm_answers_every_waiting_client(backend: &'static str) {
     let mut conns = Vec::new();
     let mut jobs = Vec::new();
     for (i, out) in outputs.iter().enumerate() {
-        let mut c = rd.conn();
+        let mut c = rd.client();
         c.send(&with(file_req("encrypt", &input, out), json!({"id": i})));
-        let accepted = c.recv(&rd, "encrypt");
+        let accepted = c.recv_noting(&rd, "encrypt");
         assert_eq!(accepted["type"], "accepted", "{accepted}");
         jobs.push(accepted["job"].as_str().unwrap().to_string());
         conns.push(c);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let mut probe = rd.conn();
+    let mut probe = rd.client();
     for job in &jobs {
         let status = probe.send_and_recv(&rd, &json!({"op": "status", "job": job}));
         assert!(

@@ -27,28 +27,21 @@ fn empty_ring_refuses_start(backend: &'static str) {
         ("empty file", "", true),
         ("only a default", "default = \"x\"\n", false),
     ] {
-        let dir = scratch_dir();
-        let root = dir.path().join("root");
-        fs::create_dir(&root).unwrap();
-        let keys = dir.path().join("keys.toml");
-        write_private(&keys, text);
-        let socket = dir.path().join("d.sock");
-        let log = dir.path().join("d.log");
-        let mut child = daemon_command(backend, &socket, &keys, &root, &log, &[])
-            .spawn()
-            .expect("ringcryptd starts");
+        let d = rd(backend).ring(text).prepare();
+        let (keys, log) = (&d.keys, &d.log);
+        let mut child = d.command(log).spawn().expect("ringcryptd starts");
         let status = wait_within(&mut child, Duration::from_secs(10));
         if status.is_none() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let stderr = fs::read_to_string(&log).unwrap_or_default();
+        let stderr = fs::read_to_string(log).unwrap_or_default();
         let status = status.unwrap_or_else(|| {
             panic!("{what}: the daemon started with a key ring without keys (still running after 10 s); stderr:\n{stderr}")
         });
         assert!(!status.success(), "{what}: {status}; {stderr}");
         assert!(
-            stderr.contains(p(&keys)),
+            stderr.contains(p(keys)),
             "{what}: stderr does not name the ring: {stderr}"
         );
         if says_no_key {
@@ -75,7 +68,7 @@ fn empty_ring_refuses_start(backend: &'static str) {
 /// k1's id; the `reload` request is answered `error`; an encrypt with the default key after
 /// it ends `done` under k2's id; both outputs decrypt.
 fn empty_ring_reload_keeps_old_keys(backend: &'static str) {
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let ring = rd.ring();
     let input = rd.root.join("in.txt");
     let plain = bytes(4000, 88);
@@ -97,7 +90,7 @@ fn empty_ring_reload_keeps_old_keys(backend: &'static str) {
     );
     assert_eq!(key_id_of(&first), ring_id(&ring, "k1"));
     let reload = rd
-        .conn()
+        .client()
         .send_and_recv(&rd, &json!({"op": "reload", "id": "r"}));
     assert_eq!(
         reload["type"], "error",
@@ -124,7 +117,7 @@ fn refused_reload_is_not_audited_as_accepted(backend: &'static str) {
         eprintln!("skipped: needs root to run a client as nobody (setpriv)");
         return;
     }
-    let rd = Rd::start(backend, &["--allow-uid", NOBODY_ARG]);
+    let rd = rd(backend).allow_uid(NOBODY).start();
     let end = as_nobody(&rd, json!({"op": "reload"}));
     assert_eq!(code(&end), "permission_denied", "{end}");
     assert_eq!(rd.ping()["type"], "pong");
@@ -157,11 +150,7 @@ fn offline_full_disk_blames_the_output(backend: &'static str) {
     let dir = scratch_dir();
     let small = dir.path().join("small");
     fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&small)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
+    if !mount_tmpfs(&small, "1m") {
         eprintln!("skipped: cannot mount a tmpfs here");
         return;
     }

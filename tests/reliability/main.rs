@@ -5,14 +5,15 @@
 //! acting for a caller with the caller's rights (confused deputy), empty key rings and an
 //! offline full disk.
 //!
-//! Every daemon here runs on its own temp directory under /tmp (mode 0755 so `nobody` can
-//! reach it) with `--fsync never --metrics off` and `--shards 2` unless the test says
-//! otherwise; its socket is made 0666 so the daemon, not the file mode, decides who may call.
+//! Every daemon here (`harness::rd`) runs on its own temp directory under /tmp (mode 0755 so
+//! `nobody` can reach it) with `--fsync never --metrics off` and `--shards 2` unless the test
+//! says otherwise; its socket is made 0666 so the daemon, not the file mode, decides who may
+//! call.
 //! Every test runs under both backends (`both_backends!` at the bottom), is bounded in time
 //! (read timeouts, `wait_within`, deadlines) and says in a comment what must stay intact.
 //! Tests that act as another uid (`setpriv` to `nobody`, uid 65534) or mount file systems need
 //! root and say so when skipped. Raw requests as `nobody` go through a small Python client
-//! (`NOBODY_CLIENT`), never the `ringcrypt` client, which would pass descriptors.
+//! (`support::NOBODY_CLIENT`), never the `ringcrypt` client, which would pass descriptors.
 //!
 //! Each test is a defect found in an adversarial pass. Status on the code before the fixes
 //! (commit 89f3836), the same on both backends; a failing test stops at its first failed
@@ -46,17 +47,7 @@
 //! | `refused_reload_is_not_audited_as_accepted` (root) | FAIL: the log says `audit: accepted uid=65534 ... op=reload` |
 //! | `offline_full_disk_blames_the_output` (root) | FAIL: stderr says `cannot read <input>: No space left on device` |
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(#[test] fn $name() { super::$name("uring") })*
-        }
-        mod sync {
-            $(#[test] fn $name() { super::$name("sync") })*
-        }
-    };
-}
-
+#[macro_use]
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -64,11 +64,11 @@ impl Pair {
     }
 }
 
-fn run_pair(rd: &Rd, first: Value, second: Value) -> Pair {
-    let mut a = rd.conn();
-    let mut b = rd.conn();
+fn run_pair(rd: &Daemon, first: Value, second: Value) -> Pair {
+    let mut a = rd.client();
+    let mut b = rd.client();
     a.send(&with(first, json!({"id": "a"})));
-    let a_first = a.recv(rd, "request a");
+    let a_first = a.recv_noting(rd, "request a");
     let second = with(second, json!({"id": "b"}));
     let mut status = None;
     match (a_first["type"].as_str(), a_first["job"].as_str()) {
@@ -80,7 +80,7 @@ fn run_pair(rd: &Rd, first: Value, second: Value) -> Pair {
     let expect_status = a_first["type"] == "accepted";
     let mut b_replies = Vec::new();
     while !(b_replies.last().is_some_and(is_final) && (status.is_some() || !expect_status)) {
-        let reply = b.recv(rd, "request b");
+        let reply = b.recv_noting(rd, "request b");
         if reply["id"] == "st" {
             status = Some(reply);
         } else {
@@ -90,7 +90,7 @@ fn run_pair(rd: &Rd, first: Value, second: Value) -> Pair {
     }
     let mut a_replies = vec![a_first];
     if !is_final(&a_replies[0]) {
-        a_replies.extend(a.until_end(rd, "request a"));
+        a_replies.extend(a.until_end_noting(rd, "request a"));
     }
     Pair {
         a: a_replies,
@@ -105,7 +105,7 @@ fn run_pair(rd: &Rd, first: Value, second: Value) -> Pair {
 /// Intact: B gets its own job id, not A's; B ends `done`; A ends `done` or `exists`; the
 /// output on disk names k2 (bytes 16..32) and decrypts to the input.
 fn merge_only_same_key(backend: &'static str) {
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let ring = rd.ring();
     let input = rd.root.join("in.bin");
     write_big(&input, MERGE_MIB);
@@ -156,7 +156,7 @@ fn merge_only_same_key(backend: &'static str) {
 /// Intact: B (no overwrite) ends `exists` and, if it was accepted, under its own job id; A
 /// ends `done`; the output now decrypts to the input.
 fn merge_only_same_overwrite(backend: &'static str) {
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let ring = rd.ring();
     let input = rd.root.join("in.bin");
     write_big(&input, MERGE_MIB);
@@ -186,7 +186,7 @@ fn merge_only_same_overwrite(backend: &'static str) {
 /// Intact: the `nope` request ends `unknown_key`; the k1 request ends `done` and its output
 /// names k1 and decrypts to the input.
 fn merge_only_known_key(backend: &'static str) {
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let ring = rd.ring();
     let input = rd.root.join("in.bin");
     write_big(&input, MERGE_MIB);
@@ -231,15 +231,15 @@ fn merge_only_same_caller(backend: &'static str) {
         eprintln!("skipped: needs root to run a client as nobody (setpriv)");
         return;
     }
-    let rd = Rd::start(backend, &["--allow-uid", NOBODY_ARG]);
+    let rd = rd(backend).allow_uid(NOBODY).start();
     let ring = rd.ring();
     let (public, input) = nobody_pub(&rd, &[]);
     write_big(&input, MERGE_NOBODY_MIB);
     let output = public.join("out.rc");
     let req = file_req("encrypt", &input, &output);
-    let mut a = rd.conn();
+    let mut a = rd.client();
     a.send(&with(req.clone(), json!({"id": "root"})));
-    let accepted = a.recv(&rd, "root's request");
+    let accepted = a.recv_noting(&rd, "root's request");
     assert_eq!(accepted["type"], "accepted", "{accepted}");
     let root_job = accepted["job"].as_str().unwrap().to_string();
     let session = nobody_session(
@@ -267,7 +267,7 @@ fn merge_only_same_caller(backend: &'static str) {
         Some(json!(root_job)),
         "nobody's request was merged into root's job: {session:?}"
     );
-    let root_end = a.until_end(&rd, "root's request").pop().unwrap();
+    let root_end = a.until_end_noting(&rd, "root's request").pop().unwrap();
     let nobody_end = session.final_of("nobody").clone();
     let (winner, loser) = match (root_end["type"].as_str(), nobody_end["type"].as_str()) {
         (Some("done"), _) => (0, &nobody_end),

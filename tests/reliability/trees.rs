@@ -25,6 +25,16 @@ fn small_tree(dir: &Path) {
     }
 }
 
+/// Sends `encrypt -r INPUT -o OUTPUT` (request id `id`) and returns its replies, once a
+/// wrongly started walk has had a moment to show itself on disk.
+fn try_tree(rd: &Daemon, input: &Path, output: &Path, id: &str, what: &str) -> Vec<Value> {
+    let mut c = rd.client();
+    c.send(&tree_req("encrypt", input, output, id));
+    let replies = c.until_end_noting(rd, what);
+    std::thread::sleep(Duration::from_millis(200));
+    replies
+}
+
 #[track_caller]
 fn assert_inside_refusal(replies: &[Value], also_same: bool) {
     let end = replies.last().unwrap();
@@ -41,15 +51,11 @@ fn assert_inside_refusal(replies: &[Value], also_same: bool) {
 /// Intact: refused `bad_request` ("inside the input directory"); `t/enc` never appears and
 /// `t` is byte for byte what it was.
 fn tree_output_inside_input(backend: &'static str) {
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let t = rd.root.join("t");
     small_tree(&t);
     let before = snapshot(&t);
-    let mut c = rd.conn();
-    c.send(&tree_req("encrypt", &t, &t.join("enc"), "inside"));
-    let replies = c.until_end(&rd, "tree into itself");
-    // Give a wrongly started walk a moment to show itself on disk.
-    std::thread::sleep(Duration::from_millis(200));
+    let replies = try_tree(&rd, &t, &t.join("enc"), "inside", "tree into itself");
     assert!(
         !t.join("enc").exists(),
         "t/enc was created: {}",
@@ -64,14 +70,11 @@ fn tree_output_inside_input(backend: &'static str) {
 /// Intact: refused `bad_request` (the message may say "inside the input directory" or "the
 /// input directory itself"); `u` unchanged, no `*.rcrypt` in it.
 fn tree_output_is_input(backend: &'static str) {
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let u = rd.root.join("u");
     small_tree(&u);
     let before = snapshot(&u);
-    let mut c = rd.conn();
-    c.send(&tree_req("encrypt", &u, &u, "same"));
-    let replies = c.until_end(&rd, "tree onto itself");
-    std::thread::sleep(Duration::from_millis(200));
+    let replies = try_tree(&rd, &u, &u, "same", "tree onto itself");
     let sealed: Vec<_> = files_under(&u)
         .into_iter()
         .filter(|f| f.to_string_lossy().ends_with(".rcrypt"))
@@ -91,7 +94,7 @@ fn tree_output_inside_input_through_bind_mount(backend: &'static str) {
         eprintln!("skipped: needs root to bind-mount");
         return;
     }
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let t = rd.root.join("t");
     small_tree(&t);
     let m = rd.root.join("m");
@@ -103,10 +106,8 @@ fn tree_output_inside_input_through_bind_mount(backend: &'static str) {
     }
     let _unmount = Unmount(m.clone());
     let before = snapshot(&t);
-    let mut c = rd.conn();
-    c.send(&tree_req("encrypt", &t, &m.join("enc"), "bind"));
-    let replies = c.until_end(&rd, "tree into itself through a bind mount");
-    std::thread::sleep(Duration::from_millis(200));
+    let what = "tree into itself through a bind mount";
+    let replies = try_tree(&rd, &t, &m.join("enc"), "bind", what);
     assert!(
         !t.join("enc").exists(),
         "t/enc was created (through m): {}",
@@ -123,19 +124,19 @@ fn tree_output_inside_input_through_bind_mount(backend: &'static str) {
 /// to its input; the rewrap in place ends `done` with 5 files ok, and each file then names
 /// the default key k2 and still decrypts to its input; `t` is unchanged.
 fn tree_sibling_output_and_rewrap_in_place(backend: &'static str) {
-    let rd = Rd::start(backend, &[]);
+    let rd = rd(backend).start();
     let ring = rd.ring();
     let t = rd.root.join("t");
     small_tree(&t);
     let before = snapshot(&t);
     let t2 = rd.root.join("t2");
-    let mut c = rd.conn();
+    let mut c = rd.client();
     let enc = with(
         tree_req("encrypt", &t, &t2, "sibling"),
         json!({"key": "k1"}),
     );
     c.send(&enc);
-    let end = c.until_end(&rd, "tree to a sibling").pop().unwrap();
+    let end = c.until_end_noting(&rd, "tree to a sibling").pop().unwrap();
     assert_eq!(end["type"], "done", "{end}");
     assert_eq!(end["files_ok"], 5, "{end}");
     assert_eq!(end["files_failed"], 0, "{end}");
@@ -148,7 +149,7 @@ fn tree_sibling_output_and_rewrap_in_place(backend: &'static str) {
         json!({"overwrite": true}),
     );
     c.send(&rewrap);
-    let end = c.until_end(&rd, "rewrap in place").pop().unwrap();
+    let end = c.until_end_noting(&rd, "rewrap in place").pop().unwrap();
     assert_eq!(
         end["type"], "done",
         "rewrap in place must stay allowed: {end}"
@@ -194,11 +195,7 @@ fn awkward_tree(dir: &Path) {
     ] {
         fs::write(named(rel), bytes(len, len as u64 + 5)).unwrap();
     }
-    let status = Command::new("mkfifo")
-        .arg(named(b"sub/pipe"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "mkfifo");
+    mkfifo(&named(b"sub/pipe"));
     drop(std::os::unix::net::UnixListener::bind(named(b"sub/deep/sock")).unwrap());
     std::os::unix::fs::symlink("a.txt", named(b"link")).unwrap();
     let status = Command::new("chown")
@@ -250,7 +247,7 @@ fn tree_rules_agree_between_engines(backend: &'static str) {
     }
     use ringcrypt::protocol::FileOp;
     use ringcrypt::tree::{self, TreeJob};
-    let rd = Rd::start(backend, &["--allow-uid", NOBODY_ARG]);
+    let rd = rd(backend).allow_uid(NOBODY).start();
     let base = rd.root.join("t");
     fs::create_dir(&base).unwrap();
     chown_nobody(&base);
