@@ -1,6 +1,6 @@
 //! Regression test: once warm, a single-file job makes no heap allocation.
 //!
-//! `benches/allocs.rs` shows that in the steady state (every shard's record of finished jobs
+//! `benches/allocs/` shows that in the steady state (every shard's record of finished jobs
 //! full, so a job that ends hands the path buffers of the oldest record to the next request)
 //! a single-file job costs 0 allocations. This test fails if that stops being true: for each
 //! scenario it runs a window of [`JOBS`] jobs against a warm daemon and asserts that the
@@ -341,7 +341,7 @@ fn child(scratch: &Path) {
     let mut conn = Conn::connect(&socket, REPLY_TIMEOUT).expect("connect to the daemon");
     let mut ids = 0u64;
 
-    // The daemon-wide warm-up, as `benches/allocs.rs` computes it: every shard's record of
+    // The daemon-wide warm-up, as `benches/allocs/` computes it: every shard's record of
     // finished jobs must be full (FINISHED_JOBS_KEPT each) before a job's paths come from
     // recycled buffers; the jobs spread over the shards by a hash of their input paths, hence
     // a quarter to spare; and 500 more for the spare pools to gain some slack. The spread

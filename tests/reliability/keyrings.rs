@@ -190,9 +190,42 @@ fn offline_full_disk_blames_the_output(backend: &'static str) {
     );
 }
 
+/// A raw request for the unauthenticated openssl format, with no key, a secret key, and on a
+/// second file to make sure nothing is left half-done.
+///
+/// Intact: `bad_request` whose message points to the offline client, for each; no output
+/// appears (the daemon used to seal RCRYPT under the asked-for openssl name); the input is
+/// unchanged; the daemon still serves a normal encrypt.
+fn openssl_format_is_refused_not_ignored(backend: &'static str) {
+    let rd = rd(backend).start();
+    let input = rd.root.join("legacy.txt");
+    let plain = bytes(5000, 41);
+    fs::write(&input, &plain).unwrap();
+    for (i, fields) in [
+        json!({"format": "openssl"}),
+        json!({"format": "openssl", "key": "k1"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let output = rd.root.join(format!("legacy.{i}.enc"));
+        let end = rd.encrypt(&input, &output, fields.clone());
+        assert_eq!(code(&end), "bad_request", "{fields}: {end}");
+        let message = end["message"].as_str().unwrap_or_default();
+        assert!(message.contains("offline"), "{fields}: {message}");
+        assert!(!output.exists(), "{fields}: an output appeared");
+    }
+    assert_eq!(fs::read(&input).unwrap(), plain, "the input changed");
+    let sealed = rd.root.join("legacy.txt.rcrypt");
+    let done = rd.encrypt(&input, &sealed, json!({}));
+    assert_eq!(done["type"], "done", "{done}");
+    assert_decrypts_to(&rd.ring(), &sealed, &plain, &rd.scratch().join("s"));
+}
+
 both_backends!(
     empty_ring_refuses_start,
     empty_ring_reload_keeps_old_keys,
     refused_reload_is_not_audited_as_accepted,
     offline_full_disk_blames_the_output,
+    openssl_format_is_refused_not_ignored,
 );

@@ -14,7 +14,7 @@
 //!
 //! Each test crate declares it with `#[macro_use] mod support;` (from a `tests/NAME/`
 //! directory, with `#[path = "../support/mod.rs"]`). `quiet_client.rs` beside it is not a
-//! module of it: `tests/allocs.rs` and `benches/allocs.rs` include that file on its own.
+//! module of it: `tests/allocs.rs` and `benches/allocs/` include that file on its own.
 
 #![allow(dead_code, unused_macros)]
 

@@ -1,5 +1,5 @@
 //! An allocation-free client for `ringcryptd`'s socket, shared by `tests/allocs.rs` and
-//! `benches/allocs.rs`: request lines are encoded before a measured window, replies land in
+//! `benches/allocs/`: request lines are encoded before a measured window, replies land in
 //! one buffer allocated at connect and are split in place, and descriptors are passed from
 //! stack buffers, so whatever a window allocates is the daemon's.
 
