@@ -6,7 +6,7 @@
 //! ("this list may grow"), so a newer daemon does not break an older client.
 //!
 //! It does **not** own the connection or decide which reply line ends a request (that is
-//! `crate::client`), nor print anything (`crate::cli`); the daemon's sides of these lines
+//! `crate::client`), nor print anything (`crate::client::cli`); the daemon's sides of these lines
 //! are `request` and `reply`.
 
 use std::path::PathBuf;

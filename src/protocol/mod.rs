@@ -321,7 +321,7 @@ pub struct FileJobSpec {
     /// Who asked, as the kernel reported it for the connection (never on the wire): set by
     /// the daemon, which runs the job's path ops with these credentials unless the caller
     /// is root or the daemon's own uid, and merges only requests of the same caller.
-    pub caller: Option<std::sync::Arc<crate::creds::Caller>>,
+    pub caller: Option<std::sync::Arc<crate::daemon::creds::Caller>>,
 }
 
 impl FileJobSpec {

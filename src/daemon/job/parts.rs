@@ -1,0 +1,143 @@
+//! The pieces a file job is made of: its lanes (one pool buffer each, reading, sealed,
+//! writing), its codec (sealer, opener, or both for a rewrap), temp file names, and the spans
+//! of one batch's reads or writes.
+//!
+//! What this room does not do: decide the next step (the job's state machine does).
+
+use crate::crypto::format::{Opener, Sealer};
+use crate::daemon::reactor::BufId;
+use crate::durable::TEMP_PREFIX;
+use crate::error::Error;
+use crate::limits::{LANES, TAG_BYTES};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LaneState {
+    Idle,
+    Reading,
+    Ready,
+    Writing,
+}
+
+pub(super) struct Lane {
+    pub(super) buf: BufId,
+    pub(super) batch: u64,
+    pub(super) ops_left: u32,
+    /// Bytes the lane's current reads or writes must move, and have moved.
+    pub(super) expected: usize,
+    pub(super) done: usize,
+    pub(super) state: LaneState,
+}
+
+/// The crypto of a job, chosen once the header is known. The keys live inline, in the job's
+/// slot, so starting a job allocates nothing for them; the variants differ in size by a key
+/// schedule, which the job slot holds either way.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Codec {
+    /// encrypt: plaintext chunks into records.
+    Seal {
+        sealer: Sealer,
+        n_full: u64,
+        final_len: usize,
+    },
+    /// decrypt: records into plaintext chunks.
+    Open {
+        opener: Opener,
+        full_records: u64,
+        final_record: usize,
+    },
+    /// rewrap: records opened and resealed in place (same chunk size, same layout).
+    Reseal {
+        opener: Opener,
+        sealer: Sealer,
+        full_records: u64,
+        final_record: usize,
+    },
+}
+
+impl Codec {
+    pub(super) fn chunk_bytes(&self) -> usize {
+        match self {
+            Codec::Seal { sealer, .. } => sealer.header().chunk_bytes(),
+            Codec::Open { opener, .. } | Codec::Reseal { opener, .. } => {
+                opener.header().chunk_bytes()
+            }
+        }
+    }
+
+    pub(super) fn stride(&self) -> usize {
+        self.chunk_bytes() + TAG_BYTES
+    }
+
+    /// Units (chunks or records) in the file, counting the final one.
+    pub(super) fn units(&self) -> u64 {
+        match self {
+            Codec::Seal { n_full, .. } => n_full + 1,
+            Codec::Open { full_records, .. } | Codec::Reseal { full_records, .. } => {
+                full_records + 1
+            }
+        }
+    }
+
+    pub(super) fn batches(&self) -> u64 {
+        self.units().div_ceil(LANES as u64)
+    }
+
+    /// (first unit, units) of batch `b`.
+    pub(super) fn span(&self, batch: u64) -> (u64, usize) {
+        let first = batch * LANES as u64;
+        (first, (self.units() - first).min(LANES as u64) as usize)
+    }
+}
+
+/// Bytes of a temp file's name: the prefix and 16 hex digits (8 random bytes).
+pub(super) const TEMP_NAME_BYTES: usize = TEMP_PREFIX.len() + 16;
+
+/// A temp file's name, `.ringcrypt-tmp-<16 hex digits>`, held inline.
+#[derive(Clone, Copy)]
+pub(super) struct TempName(pub(super) [u8; TEMP_NAME_BYTES]);
+
+impl TempName {
+    /// A fresh random name.
+    pub(super) fn random() -> Result<TempName, Error> {
+        let random: [u8; 8] = crate::crypto::format::random_bytes()?;
+        let mut name = [0u8; TEMP_NAME_BYTES];
+        let (prefix, hex) = name.split_at_mut(TEMP_PREFIX.len());
+        prefix.copy_from_slice(TEMP_PREFIX.as_bytes());
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(random) {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        Ok(TempName(name))
+    }
+}
+
+/// Longest `/proc/self/fd/<fd>` path: the prefix and the 10 digits of the largest `int`.
+pub(super) const PROC_FD_PATH_BYTES: usize = "/proc/self/fd/".len() + 10;
+
+/// Up to [`LANES`] spans of a pool buffer with their file offsets, `(at, len, offset)`: the
+/// reads or writes of one batch, kept inline.
+pub(super) struct Spans {
+    pub(super) items: [(usize, usize, u64); LANES],
+    pub(super) len: usize,
+}
+
+impl Spans {
+    pub(super) fn new() -> Spans {
+        Spans {
+            items: [(0, 0, 0); LANES],
+            len: 0,
+        }
+    }
+
+    pub(super) fn push(&mut self, span: (usize, usize, u64)) {
+        // A batch is at most LANES units, and each unit is at most one span.
+        assert!(self.len < LANES, "more than LANES spans in a batch");
+        self.items[self.len] = span;
+        self.len += 1;
+    }
+
+    pub(super) fn as_slice(&self) -> &[(usize, usize, u64)] {
+        &self.items[..self.len]
+    }
+}

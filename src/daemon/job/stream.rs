@@ -1,0 +1,400 @@
+//! A file job's byte stream: the header, then batches of chunks read into the pool
+//! buffers, sealed or opened in place eight lanes at a time, and written out, with the next
+//! batch's reads in flight while one is being sealed.
+//!
+//! What this room does not do: open, create, link or fsync anything (the job's steps in
+//! `mod.rs` do).
+
+use super::*;
+
+impl FileJob {
+    pub(super) fn start_sealing(
+        &mut self,
+        ctx: &mut JobCtx,
+        sealer: Sealer,
+        plain_len: u64,
+    ) -> Result<(), Error> {
+        let chunk_log2 = sealer.header().chunk_log2;
+        self.check_fits(ctx, chunk_log2)?;
+        let header = sealer.header().to_bytes();
+        self.codec = Some(Codec::Seal {
+            sealer,
+            n_full: plain_len >> chunk_log2,
+            final_len: (plain_len & ((1 << chunk_log2) - 1)) as usize,
+        });
+        self.write_header(ctx, &header);
+        Ok(())
+    }
+
+    /// Writes the header from the first pool buffer: no batch starts before it is written.
+    pub(super) fn write_header(&mut self, ctx: &mut JobCtx, header: &[u8; HEADER_BYTES]) {
+        self.phase = Phase::Streaming;
+        let fd = self.temp.as_ref().expect("temp is open").as_raw_fd();
+        let buf = self.lanes[0].buf;
+        ctx.reactor.buf_mut(buf)[..HEADER_BYTES].copy_from_slice(header);
+        self.bytes_out += HEADER_BYTES as u64;
+        self.push(
+            ctx,
+            Step::HeaderWrite,
+            Op::WriteFixed {
+                fd,
+                buf,
+                at: 0,
+                len: HEADER_BYTES,
+                offset: 0,
+            },
+        );
+    }
+
+    pub(super) fn check_fits(&self, ctx: &JobCtx, chunk_log2: u8) -> Result<(), Error> {
+        if pool_buf_bytes(chunk_log2) > ctx.reactor.buf_bytes() {
+            return Err(Error::new(
+                Code::BadFormat,
+                format!(
+                    "{}: chunks of 2^{chunk_log2} bytes are larger than this daemon's buffers; \
+                     decrypt it offline with `ringcrypt --keys FILE decrypt`",
+                    self.spec.input.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn got_header(&mut self, ctx: &mut JobCtx, head: &[u8]) -> Result<(), Error> {
+        let in_file = |e: Error| e.context(self.spec.input.display());
+        if head.starts_with(crate::crypto::openssl::MAGIC) {
+            return Err(in_file(Error::new(
+                Code::BadFormat,
+                "openssl-format files are decrypted by the client's offline mode (`ringcrypt --keys FILE`), not by the daemon",
+            )));
+        }
+        let header = Header::parse(head).map_err(in_file)?;
+        let master = ctx.ring.opening_key(&header.key_id).map_err(in_file)?;
+        let opener = Opener::new(&header, master.bytes()).map_err(|e| in_file(e.into()))?;
+        let layout =
+            Layout::for_file(self.in_len, header.chunk_log2).map_err(|e| in_file(e.into()))?;
+        self.check_fits(ctx, header.chunk_log2)?;
+        self.bytes_in += HEADER_BYTES as u64;
+        match self.spec.op {
+            FileOp::Decrypt => {
+                self.codec = Some(Codec::Open {
+                    opener,
+                    full_records: layout.full_records,
+                    final_record: layout.final_record_bytes,
+                });
+                self.phase = Phase::Streaming;
+                self.pump(ctx);
+            }
+            FileOp::Rewrap => {
+                let entry = ctx.ring.sealing_entry(None)?;
+                let KeyMaterial::Secret(new_master) = &entry.material else {
+                    return Err(Error::new(
+                        Code::Internal,
+                        "the default key is not a ringcrypt key",
+                    ));
+                };
+                let sealer = Sealer::new(
+                    new_master.bytes(),
+                    header.chunk_log2,
+                    format::random_salt()?,
+                );
+                let new_header = sealer.header().to_bytes();
+                self.codec = Some(Codec::Reseal {
+                    opener,
+                    sealer,
+                    full_records: layout.full_records,
+                    final_record: layout.final_record_bytes,
+                });
+                self.write_header(ctx, &new_header);
+            }
+            FileOp::Encrypt => unreachable!("encrypt does not read a header"),
+        }
+        Ok(())
+    }
+
+    /// Issues reads for idle lanes and processes ready batches in order.
+    pub(super) fn pump(&mut self, ctx: &mut JobCtx) {
+        let Some(codec) = &self.codec else { return };
+        let batches = codec.batches();
+        for lane in 0..self.lanes.len() {
+            if self.lanes[lane].state == LaneState::Idle && self.next_read < batches {
+                let batch = self.next_read;
+                self.next_read += 1;
+                self.issue_reads(ctx, lane, batch);
+            }
+        }
+        if let Err(err) = self.process_ready(ctx) {
+            self.fail(ctx, err);
+            return;
+        }
+        let all_idle = self.lanes.iter().all(|lane| lane.state == LaneState::Idle);
+        if self.next_process == batches && all_idle && self.phase == Phase::Streaming {
+            self.end_of_stream(ctx);
+        }
+    }
+
+    pub(super) fn issue_reads(&mut self, ctx: &mut JobCtx, lane: usize, batch: u64) {
+        let codec = self.codec.as_ref().expect("codec set");
+        let (first, units) = codec.span(batch);
+        let stride = codec.stride();
+        let chunk = codec.chunk_bytes() as u64;
+        let fd = self.input.as_ref().expect("input is open").as_raw_fd();
+        let buf = self.lanes[lane].buf;
+        let mut reads = Spans::new();
+        match codec {
+            Codec::Seal {
+                n_full, final_len, ..
+            } => {
+                for slot in 0..units {
+                    let index = first + slot as u64;
+                    let len = if index < *n_full {
+                        chunk as usize
+                    } else {
+                        *final_len
+                    };
+                    if len > 0 {
+                        reads.push((slot * stride, len, index * chunk));
+                    }
+                }
+            }
+            Codec::Open {
+                full_records,
+                final_record,
+                ..
+            }
+            | Codec::Reseal {
+                full_records,
+                final_record,
+                ..
+            } => {
+                let last = first + units as u64 - 1;
+                let len = (units - 1) * stride
+                    + if last == *full_records {
+                        *final_record
+                    } else {
+                        stride
+                    };
+                reads.push((0, len, HEADER_BYTES as u64 + first * stride as u64));
+            }
+        }
+        let tag = Step::LaneRead(lane as u8);
+        self.lanes[lane] = Lane {
+            buf,
+            batch,
+            ops_left: reads.len as u32,
+            expected: 0,
+            done: 0,
+            state: LaneState::Reading,
+        };
+        if reads.len == 0 {
+            self.lanes[lane].state = LaneState::Ready;
+        }
+        self.lanes[lane].expected = reads.as_slice().iter().map(|r| r.1).sum();
+        // The reads of one batch fill disjoint spans of the lane's buffer.
+        for &(at, len, offset) in reads.as_slice() {
+            self.push(
+                ctx,
+                tag,
+                Op::ReadFixed {
+                    fd,
+                    buf,
+                    at,
+                    len,
+                    offset,
+                },
+            );
+        }
+    }
+
+    pub(super) fn lane_read(
+        &mut self,
+        ctx: &mut JobCtx,
+        lane: usize,
+        result: io::Result<u32>,
+    ) -> Result<(), Error> {
+        let n = result.map_err(|e| self.io_err("read", true, e))?;
+        self.bytes_in += u64::from(n);
+        ctx.metrics.read(u64::from(n));
+        let state = &mut self.lanes[lane];
+        state.ops_left -= 1;
+        state.done += n as usize;
+        if state.ops_left == 0 {
+            if state.done != state.expected {
+                return Err(self.changed_size());
+            }
+            state.state = LaneState::Ready;
+        }
+        self.pump(ctx);
+        Ok(())
+    }
+
+    /// Runs the crypto of every ready lane whose batch is next, then submits its writes.
+    pub(super) fn process_ready(&mut self, ctx: &mut JobCtx) -> Result<(), Error> {
+        loop {
+            let Some(lane) = self
+                .lanes
+                .iter()
+                .position(|l| l.state == LaneState::Ready && l.batch == self.next_process)
+            else {
+                return Ok(());
+            };
+            let batch = self.next_process;
+            self.next_process += 1;
+            let started = Instant::now();
+            let writes = self.crypto(ctx, lane, batch)?;
+            ctx.metrics.crypto(started.elapsed());
+            let fd = self.temp.as_ref().expect("temp is open").as_raw_fd();
+            let buf = self.lanes[lane].buf;
+            self.lanes[lane].state = LaneState::Writing;
+            self.lanes[lane].ops_left = writes.len as u32;
+            if writes.len == 0 {
+                self.lanes[lane].state = LaneState::Idle;
+            }
+            self.lanes[lane].expected = writes.as_slice().iter().map(|w| w.1).sum();
+            self.lanes[lane].done = 0;
+            for &(at, len, offset) in writes.as_slice() {
+                self.bytes_out += len as u64;
+                self.push(
+                    ctx,
+                    Step::LaneWrite(lane as u8),
+                    Op::WriteFixed {
+                        fd,
+                        buf,
+                        at,
+                        len,
+                        offset,
+                    },
+                );
+            }
+            // Hand the writes (and any reads queued before) to the kernel now, so IO runs
+            // while the next batch's crypto does.
+            ctx.reactor.submit();
+        }
+    }
+
+    /// The crypto of one batch, in place; returns the writes (buffer span, file offset).
+    pub(super) fn crypto(
+        &mut self,
+        ctx: &mut JobCtx,
+        lane: usize,
+        batch: u64,
+    ) -> Result<Spans, Error> {
+        let buf_id = self.lanes[lane].buf;
+        let codec = self.codec.as_mut().expect("codec set");
+        let (first, units) = codec.span(batch);
+        let stride = codec.stride();
+        let chunk = codec.chunk_bytes();
+        let auth = |_| Error::from(format::AuthFailed).context(self.spec.input.display());
+        let buf = ctx.reactor.buf_mut(buf_id);
+        let mut writes = Spans::new();
+        match codec {
+            Codec::Seal {
+                sealer,
+                n_full,
+                final_len,
+            } => {
+                let full = ((*n_full).saturating_sub(first)).min(units as u64) as usize;
+                sealer.seal_full(&mut buf[..full * stride])?;
+                let mut len = full * stride;
+                if full < units {
+                    len += sealer.seal_final(&mut buf[full * stride..], *final_len)?;
+                }
+                writes.push((0, len, HEADER_BYTES as u64 + first * stride as u64));
+            }
+            Codec::Open {
+                opener,
+                full_records,
+                final_record,
+            } => {
+                let full = ((*full_records).saturating_sub(first)).min(units as u64) as usize;
+                opener.open_full(&mut buf[..full * stride]).map_err(auth)?;
+                for slot in 0..full {
+                    writes.push((slot * stride, chunk, (first + slot as u64) * chunk as u64));
+                }
+                if full < units {
+                    let at = full * stride;
+                    let plain = opener
+                        .open_final(&mut buf[at..at + *final_record])
+                        .map_err(auth)?;
+                    if plain > 0 {
+                        writes.push((at, plain, (first + full as u64) * chunk as u64));
+                    }
+                }
+            }
+            Codec::Reseal {
+                opener,
+                sealer,
+                full_records,
+                final_record,
+            } => {
+                let full = ((*full_records).saturating_sub(first)).min(units as u64) as usize;
+                opener.open_full(&mut buf[..full * stride]).map_err(auth)?;
+                sealer.seal_full(&mut buf[..full * stride])?;
+                let mut len = full * stride;
+                if full < units {
+                    let at = full * stride;
+                    let plain = opener
+                        .open_final(&mut buf[at..at + *final_record])
+                        .map_err(auth)?;
+                    len += sealer.seal_final(&mut buf[at..], plain)?;
+                }
+                writes.push((0, len, HEADER_BYTES as u64 + first * stride as u64));
+            }
+        }
+        Ok(writes)
+    }
+
+    pub(super) fn lane_written(
+        &mut self,
+        ctx: &mut JobCtx,
+        lane: usize,
+        result: io::Result<u32>,
+    ) -> Result<(), Error> {
+        let n = result.map_err(|e| self.io_err("write", false, e))?;
+        ctx.metrics.written(u64::from(n));
+        let state = &mut self.lanes[lane];
+        state.ops_left -= 1;
+        state.done += n as usize;
+        if state.ops_left == 0 {
+            if state.done != state.expected {
+                // A short write to a regular file means the disk filled up.
+                return Err(Error::io(
+                    "write",
+                    &self.spec.output,
+                    io::Error::from_raw_os_error(libc::ENOSPC),
+                ));
+            }
+            state.state = LaneState::Idle;
+        }
+        self.pump(ctx);
+        Ok(())
+    }
+
+    pub(super) fn end_of_stream(&mut self, ctx: &mut JobCtx) {
+        self.phase = Phase::Committing;
+        match self.spec.op {
+            // The file must end exactly after the final record: probe one byte past it.
+            // Into the first pool buffer: every batch is written by now.
+            FileOp::Decrypt | FileOp::Rewrap => {
+                let fd = self.input.as_ref().expect("input is open").as_raw_fd();
+                let buf = self.lanes[0].buf;
+                self.push(
+                    ctx,
+                    Step::EofProbe,
+                    Op::ReadFixed {
+                        fd,
+                        buf,
+                        at: 0,
+                        len: 1,
+                        offset: self.in_len,
+                    },
+                );
+            }
+            FileOp::Encrypt => {
+                if let Err(err) = self.commit(ctx) {
+                    self.fail(ctx, err);
+                }
+            }
+        }
+    }
+}

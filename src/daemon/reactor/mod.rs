@@ -1,0 +1,636 @@
+//! The reactor: one per shard. It owns the shard's io_uring (or the synchronous fallback),
+//! the op slab keyed by `user_data`, and the shard's fixed buffer pool. This is the only room
+//! with io_uring `unsafe`; each item that needs it allows it alone and says why it is sound.
+//!
+//! Ownership: an op owns its memory (its `Vec` or the pool buffer it names) from
+//! [`Reactor::push`] until its [`Completion`] hands it back. Paths are borrowed only for the
+//! call to `push`, which copies them into path buffers of the op's slot (allocated once per
+//! slot and reused), where they stay with the `open_how` until the op completes. The kernel may
+//! write into that memory until the completion arrives, so nothing else can reach it: a pool
+//! buffer is marked lent and [`Reactor::buf_mut`] refuses it; a `Vec` lives inside the slab.
+//! File descriptors are passed raw: the kernel holds its own reference to an open file for
+//! the duration of an op, so closing an fd early cannot corrupt memory (it only fails ops).
+//!
+//! The synchronous backend runs the same ops as plain syscalls: file ops complete at once;
+//! socket and eventfd ops are tried non-blocking and, if they would block, parked until
+//! `poll(2)` says they are ready. It is chosen when io_uring cannot be set up, or forced with
+//! `RINGCRYPT_BACKEND=sync`.
+//!
+//! The rooms: this file has the ops and their completions, the [`Reactor`] with what does not
+//! depend on the backend (the op slab, caller identities, turning a finished op into its
+//! [`Completion`]); `uring` the io_uring backend; `sync` the synchronous one; `pool` the fixed
+//! buffer pool; `recvmsg` a connection's receive buffer and its control messages.
+//!
+//! What this room does not do: decide what to do with a completion (jobs and connections do),
+//! or know about files, keys or the protocol.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use io_uring::types;
+
+use crate::daemon::creds::{ActAs, Caller};
+
+mod pool;
+mod recvmsg;
+mod sync;
+#[cfg(test)]
+mod tests;
+mod uring;
+
+pub use pool::BufId;
+pub use recvmsg::{RECV_FDS_MAX, RecvBuf};
+
+use pool::Pool;
+use sync::SyncBackend;
+use uring::UringBackend;
+
+/// Which implementation runs the ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Uring,
+    Sync,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Uring => "uring",
+            BackendKind::Sync => "sync",
+        }
+    }
+}
+
+/// One operation. Memory named here is owned by the op until its completion, except paths:
+/// they are bytes without the NUL terminator (which no request path can hold), copied by
+/// [`Reactor::push`].
+pub enum Op<'a> {
+    /// pread into `buf[at .. at + len]` of a pool buffer.
+    ReadFixed {
+        fd: RawFd,
+        buf: BufId,
+        at: usize,
+        len: usize,
+        offset: u64,
+    },
+    /// pwrite from `buf[at .. at + len]` of a pool buffer.
+    WriteFixed {
+        fd: RawFd,
+        buf: BufId,
+        at: usize,
+        len: usize,
+        offset: u64,
+    },
+    /// pread into an owned vector (its capacity). Jobs read into pool buffers; the reactor's
+    /// tests use this to read back what they wrote.
+    #[cfg_attr(not(test), allow(dead_code))]
+    ReadVec {
+        fd: RawFd,
+        data: Vec<u8>,
+        len: usize,
+        offset: u64,
+    },
+    Fsync {
+        fd: RawFd,
+    },
+    /// openat2 relative to `dir`; the result is the new fd.
+    OpenAt2 {
+        dir: RawFd,
+        path: &'a [u8],
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    },
+    /// linkat(from_dir, from, to_dir, to, flags)
+    LinkAt {
+        from_dir: RawFd,
+        from: &'a [u8],
+        to_dir: RawFd,
+        to: &'a [u8],
+        flags: i32,
+    },
+    /// renameat2(dir, from, dir, to, flags)
+    RenameAt {
+        dir: RawFd,
+        from: &'a [u8],
+        to: &'a [u8],
+        flags: u32,
+    },
+    UnlinkAt {
+        dir: RawFd,
+        path: &'a [u8],
+    },
+    /// accept4 on a listening socket; the result is the new fd (close-on-exec).
+    Accept {
+        fd: RawFd,
+    },
+    /// recvmsg into `buf.data[buf.filled..]` (up to its length), taking any descriptors
+    /// passed with the bytes (`SCM_RIGHTS`) into `buf.fds`.
+    Recv {
+        fd: RawFd,
+        buf: Box<RecvBuf>,
+    },
+    /// send `data[sent..]`.
+    Send {
+        fd: RawFd,
+        data: Vec<u8>,
+        sent: usize,
+    },
+    /// read 8 bytes from an eventfd (the shard's wake-up), into a buffer the reactor owns.
+    ReadEventfd {
+        fd: RawFd,
+    },
+}
+
+impl Op<'_> {
+    /// The op resolves a path, so whose credentials it runs with matters.
+    fn names_a_path(&self) -> bool {
+        matches!(
+            self,
+            Op::OpenAt2 { .. } | Op::LinkAt { .. } | Op::RenameAt { .. } | Op::UnlinkAt { .. }
+        )
+    }
+}
+
+/// What an op held, handed back with its completion.
+pub enum Held {
+    Nothing,
+    Vec(Vec<u8>),
+    Recv(Box<RecvBuf>),
+    Buf(BufId),
+    /// The descriptor an open or accept produced, owned from the moment it completed.
+    Fd(OwnedFd),
+}
+
+/// A finished op: the owner's token, the result (bytes or fd, or the OS error), and the
+/// memory the op owned.
+pub struct Completion {
+    pub token: u64,
+    pub result: io::Result<u32>,
+    pub held: Held,
+}
+
+impl Completion {
+    /// The owned vector back (for `ReadVec`, `Recv`, `Send`).
+    pub fn take_vec(&mut self) -> Vec<u8> {
+        match std::mem::replace(&mut self.held, Held::Nothing) {
+            Held::Vec(data) => data,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The receive buffer of a `Recv` back.
+    pub fn take_recv(&mut self) -> Option<Box<RecvBuf>> {
+        match std::mem::replace(&mut self.held, Held::Nothing) {
+            Held::Recv(buf) => Some(buf),
+            _ => None,
+        }
+    }
+
+    /// The descriptor an `OpenAt2` or `Accept` produced (None if it failed).
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        match std::mem::replace(&mut self.held, Held::Nothing) {
+            Held::Fd(fd) => Some(fd),
+            _ => None,
+        }
+    }
+}
+
+/// Ops per ring submission queue: enough for every running job's batch reads (8 per
+/// buffer) plus connection traffic; the completion queue is twice this by default.
+pub const RING_ENTRIES: u32 = 1024;
+
+/// Caller identities one reactor keeps at once. A running job holds one (at most
+/// `limits::RUNNING_JOBS_PER_SHARD` per shard), and identities no job holds stay cached for
+/// the caller's next job, evicted when room is needed. With io_uring each one is a
+/// registered personality, a kernel object: this bounds them.
+pub const IDENTITIES_PER_REACTOR: usize = 64;
+
+/// A caller's identity registered with a reactor, for [`Reactor::push_as`]: ops pushed with
+/// it run with the caller's credentials. Valid until [`Reactor::release_identity`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Who(u16);
+
+struct Identity {
+    caller: Arc<Caller>,
+    /// Jobs holding this identity; an entry with none may be evicted.
+    users: usize,
+    /// io_uring: the personality id the kernel gave these credentials.
+    personality: Option<u16>,
+}
+
+// ---- the op slab ------------------------------------------------------------------------
+
+/// What an in-flight op keeps alive until completion.
+struct Slot {
+    token: u64,
+    held: Held,
+    /// For socket ops parked by the sync backend: the op to retry. Socket ops borrow
+    /// nothing.
+    parked: Option<Op<'static>>,
+    /// The op's result is a new descriptor (open, accept) that the completion must own.
+    yields_fd: bool,
+}
+
+/// Bytes reserved for each path buffer of a slot when it is first used: most request paths
+/// fit, so a buffer rarely grows; a longer path grows it once, up to `PATH_MAX`.
+const OP_PATH_INITIAL_BYTES: usize = 256;
+
+/// The path arguments of a slot's ops (NUL-terminated copies) and their `open_how`. Boxed
+/// per slot index, allocated the first time an op in that slot needs one and reused by every
+/// later op there, so the addresses the kernel reads stay put while an op is in flight.
+struct OpPaths {
+    from: Vec<u8>,
+    to: Vec<u8>,
+    how: types::OpenHow,
+}
+
+impl OpPaths {
+    /// The path buffers kept in `cell` (a slot index's), made the first time they are needed.
+    fn of(cell: &mut Option<Box<OpPaths>>) -> &mut OpPaths {
+        cell.get_or_insert_with(|| {
+            Box::new(OpPaths {
+                from: Vec::with_capacity(OP_PATH_INITIAL_BYTES),
+                to: Vec::with_capacity(OP_PATH_INITIAL_BYTES),
+                how: types::OpenHow::new(),
+            })
+        })
+    }
+}
+
+/// Copies `path` and a NUL terminator into `buf` and returns it as a C string.
+fn fill_path<'b>(buf: &'b mut Vec<u8>, path: &[u8]) -> &'b CStr {
+    // Request paths are refused with a NUL in them (protocol), and names the daemon makes
+    // are hex: a NUL here is a bug, and passing it on would name another file.
+    assert!(!path.contains(&0), "an op path holds a NUL byte");
+    buf.clear();
+    buf.extend_from_slice(path);
+    buf.push(0);
+    CStr::from_bytes_with_nul(buf).expect("one NUL, at the end")
+}
+
+/// The ops in flight, by index: the index is an op's io_uring `user_data`. Slots are reused
+/// (their path buffers with them), so the slab stops growing once it has seen the most ops
+/// a shard ever has in flight at once.
+struct Slab {
+    slots: Vec<Option<Slot>>,
+    /// Path buffers, by slot index (see [`OpPaths`]).
+    paths: Vec<Option<Box<OpPaths>>>,
+    free: Vec<usize>,
+    in_flight: usize,
+}
+
+impl Slab {
+    /// Keeps `slot` for a new op and returns its index.
+    fn insert(&mut self, slot: Slot) -> usize {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(None);
+                self.paths.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.in_flight += 1;
+        self.slots[index] = Some(slot);
+        index
+    }
+
+    /// The live slot at `index` and its index's path buffers (made when first needed).
+    fn entry(&mut self, index: usize) -> (&mut Slot, &mut Option<Box<OpPaths>>) {
+        let slot = self.slots[index].as_mut().expect("a live slot");
+        (slot, &mut self.paths[index])
+    }
+
+    fn slot(&mut self, index: usize) -> &mut Slot {
+        self.slots[index].as_mut().expect("a live slot")
+    }
+
+    /// The indices of the ops in flight.
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.slots.len()).filter(|&i| self.slots[i].is_some())
+    }
+
+    /// Turns the finished op at `index` into its completion, freeing the slot. A descriptor
+    /// it produced becomes owned; with io_uring, so do descriptors a recvmsg received.
+    #[allow(unsafe_code)]
+    fn complete(
+        &mut self,
+        pool: &mut Pool,
+        kind: BackendKind,
+        index: usize,
+        result: io::Result<u32>,
+    ) -> Completion {
+        let slot = self.slots[index]
+            .take()
+            .expect("completion for a live slot");
+        self.free.push(index);
+        self.in_flight -= 1;
+        let mut held = slot.held;
+        if let Held::Buf(buf) = held {
+            pool.unlend(buf);
+        }
+        if let Held::Recv(buf) = &mut held
+            && kind == BackendKind::Uring
+            && result.is_ok()
+        {
+            buf.collect_fds();
+        }
+        if slot.yields_fd
+            && let Ok(fd) = &result
+        {
+            // SAFETY: the kernel just returned this descriptor from open/accept for this
+            // op; nothing else knows it, so this is its single owner.
+            held = Held::Fd(unsafe { OwnedFd::from_raw_fd(*fd as RawFd) });
+        }
+        Completion {
+            token: slot.token,
+            result,
+            held,
+        }
+    }
+}
+
+// ---- the reactor ------------------------------------------------------------------------
+
+/// The shard's reactor. See the module docs.
+pub struct Reactor {
+    /// First field, so it is dropped first: a ring is torn down before the pool buffers and
+    /// slab memory it may have been given (after [`Drop`] has drained its ops).
+    backend: Backend,
+    /// Caller identities, by [`Who`] index (see [`IDENTITIES_PER_REACTOR`]).
+    identities: Vec<Option<Identity>>,
+    /// The personality the op being pushed runs with (set only inside `push_as`).
+    personality: Option<u16>,
+    slab: Slab,
+    pool: Pool,
+}
+
+enum Backend {
+    Uring(UringBackend),
+    Sync(SyncBackend),
+}
+
+impl Reactor {
+    /// A reactor with `buffers` pool buffers of `buf_bytes` each, allocated now and, with
+    /// io_uring, registered as fixed buffers. `kind` None picks io_uring and falls back to
+    /// sync when it cannot be set up; the second value says why it fell back, if it did.
+    pub fn new(
+        kind: Option<BackendKind>,
+        buffers: u16,
+        buf_bytes: usize,
+    ) -> io::Result<(Reactor, Option<String>)> {
+        let mut pool = Pool::new(buffers, buf_bytes);
+        let mut fallback = None;
+        let backend = match kind {
+            Some(BackendKind::Sync) => Backend::Sync(SyncBackend::new()),
+            _ => match UringBackend::new(&mut pool) {
+                Ok((ring, warning)) => {
+                    fallback = warning;
+                    Backend::Uring(ring)
+                }
+                Err(err) if kind.is_none() => {
+                    fallback = Some(format!(
+                        "io_uring is not available ({err}); using the synchronous backend"
+                    ));
+                    Backend::Sync(SyncBackend::new())
+                }
+                Err(err) => return Err(err),
+            },
+        };
+        let reactor = Reactor {
+            backend,
+            identities: Vec::new(),
+            personality: None,
+            slab: Slab {
+                slots: Vec::new(),
+                paths: Vec::new(),
+                free: Vec::new(),
+                in_flight: 0,
+            },
+            pool,
+        };
+        Ok((reactor, fallback))
+    }
+
+    /// Checks that this process may use io_uring with fixed buffers (seccomp, the
+    /// `kernel.io_uring_disabled` sysctl and the memlock limit all can forbid it).
+    pub fn probe_uring() -> io::Result<()> {
+        UringBackend::probe()
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Uring(_) => BackendKind::Uring,
+            Backend::Sync(_) => BackendKind::Sync,
+        }
+    }
+
+    /// Ops pushed and not yet completed.
+    #[cfg(test)]
+    pub fn in_flight(&self) -> usize {
+        self.slab.in_flight
+    }
+
+    pub fn buf_bytes(&self) -> usize {
+        self.pool.buf_bytes()
+    }
+
+    /// A free pool buffer, or None when all are in use (the caller waits: no allocation on
+    /// the data path).
+    pub fn acquire(&mut self) -> Option<BufId> {
+        self.pool.acquire()
+    }
+
+    /// Pool buffers free now, so a caller can see whether [`Reactor::acquire`] will give it
+    /// all it needs before taking any.
+    pub fn free_buffers(&self) -> usize {
+        self.pool.free_buffers()
+    }
+
+    /// Returns a buffer to the pool.
+    pub fn release(&mut self, id: BufId) {
+        self.pool.release(id)
+    }
+
+    /// The buffer's bytes. Panics if an op on it is in flight: that is a bug in the caller,
+    /// and touching the memory would race the kernel.
+    pub fn buf_mut(&mut self, id: BufId) -> &mut [u8] {
+        self.pool.buf_mut(id)
+    }
+
+    /// Registers `caller` for [`Reactor::push_as`], or finds it registered, and counts one
+    /// more holder. With io_uring this registers the caller's credentials as a personality:
+    /// the thread takes them on for the call ([`ActAs`]) and the kernel copies them.
+    pub fn identity(&mut self, caller: &Arc<Caller>) -> io::Result<Who> {
+        if let Some(index) = self
+            .identities
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|e| *e.caller == **caller))
+        {
+            self.identities[index].as_mut().expect("found").users += 1;
+            return Ok(Who(index as u16));
+        }
+        let index = match self.identities.iter().position(Option::is_none) {
+            Some(index) => index,
+            None if self.identities.len() < IDENTITIES_PER_REACTOR => {
+                self.identities.push(None);
+                self.identities.len() - 1
+            }
+            None => {
+                let Some(index) = self
+                    .identities
+                    .iter()
+                    .position(|e| e.as_ref().is_some_and(|e| e.users == 0))
+                else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "every caller identity slot of this shard is in use",
+                    ));
+                };
+                self.evict_identity(index);
+                index
+            }
+        };
+        let personality = match &self.backend {
+            Backend::Uring(ring) => Some(ring.register_personality(caller)?),
+            Backend::Sync(_) => None,
+        };
+        self.identities[index] = Some(Identity {
+            caller: Arc::clone(caller),
+            users: 1,
+            personality,
+        });
+        Ok(Who(index as u16))
+    }
+
+    /// One holder of `who` is done with it. The identity stays cached for the caller's
+    /// next job until its slot is needed.
+    pub fn release_identity(&mut self, who: Who) {
+        if let Some(entry) = self.identities[usize::from(who.0)].as_mut() {
+            entry.users = entry.users.saturating_sub(1);
+        }
+    }
+
+    fn evict_identity(&mut self, index: usize) {
+        if let Some(entry) = self.identities[index].take()
+            && let (Some(id), Backend::Uring(ring)) = (entry.personality, &self.backend)
+        {
+            ring.unregister_personality(id);
+        }
+    }
+
+    /// The caller behind `who`, for calls made directly on this thread.
+    pub fn caller(&self, who: Who) -> Option<&Caller> {
+        self.identities[usize::from(who.0)]
+            .as_ref()
+            .map(|e| &*e.caller)
+    }
+
+    /// Starts `op` with the credentials of `who` (None: the daemon's own); its completion
+    /// carries `token`.
+    pub fn push_as(&mut self, token: u64, op: Op, who: Option<Who>) {
+        let Some(who) = who else {
+            return self.push(token, op);
+        };
+        let Some(entry) = self.identities[usize::from(who.0)].as_ref() else {
+            return self.push(token, op);
+        };
+        match entry.personality {
+            Some(personality) => {
+                self.personality = Some(personality);
+                self.push(token, op);
+                self.personality = None;
+            }
+            None if !op.names_a_path() => self.push(token, op),
+            None => {
+                // The sync backend runs path ops at once: on this thread, as the caller.
+                // (Reads and writes go through descriptors already opened as the caller.)
+                let caller = Arc::clone(&entry.caller);
+                match ActAs::enter(&caller) {
+                    Ok(acting) => {
+                        self.push(token, op);
+                        drop(acting);
+                    }
+                    Err(err) => self.push_failed(token, err),
+                }
+            }
+        }
+    }
+
+    /// Completes `token` at once with `err` (the op never ran).
+    fn push_failed(&mut self, token: u64, err: io::Error) {
+        let index = self.slab.insert(Slot {
+            yields_fd: false,
+            token,
+            held: Held::Nothing,
+            parked: None,
+        });
+        match &mut self.backend {
+            Backend::Sync(sync) => sync.fail(index, err),
+            // Identities of a ring are personalities, which never fail at push.
+            Backend::Uring(_) => unreachable!("only the sync backend acts on this thread"),
+        }
+    }
+
+    /// Starts `op`; its completion carries `token`.
+    pub fn push(&mut self, token: u64, op: Op) {
+        let index = self.slab.insert(Slot {
+            yields_fd: matches!(op, Op::OpenAt2 { .. } | Op::Accept { .. }),
+            token,
+            held: Held::Nothing,
+            parked: None,
+        });
+        let (slot, paths) = self.slab.entry(index);
+        match &mut self.backend {
+            Backend::Uring(ring) => {
+                ring.push(slot, paths, &mut self.pool, op, index, self.personality)
+            }
+            Backend::Sync(sync) => sync.push(slot, paths, &mut self.pool, op, index),
+        }
+    }
+
+    /// Hands queued ops to the kernel without waiting (after each crypto batch, so reads
+    /// overlap the AES loop).
+    pub fn submit(&mut self) {
+        if let Backend::Uring(ring) = &mut self.backend {
+            ring.submit();
+        }
+    }
+
+    /// Submits, then waits until at least one op completes or `timeout` passes (None: wait
+    /// without limit; zero: do not wait). Returns the completions, in no particular order.
+    pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) {
+        let kind = self.kind();
+        let finished = match &mut self.backend {
+            Backend::Uring(ring) => ring.wait(timeout),
+            Backend::Sync(sync) => sync.wait(&mut self.slab, timeout),
+        };
+        for (index, result) in finished {
+            out.push(self.slab.complete(&mut self.pool, kind, index, result));
+        }
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        // The kernel may still write into slot memory for ops in flight (a shard always has
+        // its wake-up read and, on shard 0, an accept armed): cancel them all, then wait for
+        // their completions so freeing the buffers cannot race the kernel.
+        if let Backend::Uring(ring) = &mut self.backend {
+            for index in self.slab.live() {
+                ring.cancel(index);
+            }
+            let mut sink = Vec::new();
+            let mut rounds = 0;
+            while self.slab.in_flight > 0 && rounds < 1000 {
+                self.wait(Some(Duration::from_millis(10)), &mut sink);
+                sink.clear();
+                rounds += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Who may do what: the verdict on each request from the caller's identity (and on what
+//! the daemon never does for anyone), and the audit line every request leaves in the log
+//! with that verdict.
+//!
+//! What this room does not do: learn who the caller is (`creds`, at accept) or act on the
+//! verdict (the shard's `on_line` does).
+
+use crate::daemon::creds::Caller;
+use crate::error::{Code, Error};
+use crate::protocol::{Format, Request};
+
+use super::Shared;
+
+/// Whether `caller` may have `request` done: `Err` with the refusal to send otherwise.
+/// A caller off the allow lists gets only `ping`; `reload` is for root and the daemon's
+/// uid; a path job of another caller needs a daemon that can act as that caller (or the
+/// operator's choice of the daemon's rights for everyone).
+pub(super) fn verdict(
+    shared: &Shared,
+    caller: &Caller,
+    refused_caller: bool,
+    request: &Request,
+) -> Result<(), Error> {
+    let (uid, gid) = (caller.uid, caller.gid);
+    if let Request::File(spec) = request
+        && spec.format == Format::Openssl
+    {
+        // Never silently write something else than what was asked: the daemon writes the
+        // authenticated format only.
+        return Err(Error::new(
+            Code::BadRequest,
+            "the daemon does not write the unauthenticated openssl format; use the offline \
+             client (`ringcrypt --keys FILE encrypt --format openssl ...`), or leave out \
+             \"format\" to seal in the ringcrypt format",
+        ));
+    }
+    if refused_caller && !matches!(request, Request::Ping) {
+        Err(Error::new(
+            Code::PermissionDenied,
+            format!(
+                "uid {uid} (gid {gid}) may not use this daemon; ask its administrator to add it to allow_uids or allow_gids"
+            ),
+        ))
+    } else if matches!(request, Request::Reload) && !caller.is_admin(shared.daemon_uid) {
+        Err(Error::new(
+            Code::PermissionDenied,
+            "reload is an admin operation: it needs uid 0 or the daemon's uid",
+        ))
+    } else if let Request::File(spec) = &request
+        && !spec.fds
+        && !caller.is_admin(shared.daemon_uid)
+        && shared.act_as_callers
+        && !shared.can_act_as
+    {
+        Err(Error::new(
+            Code::PermissionDenied,
+            format!(
+                "this daemon cannot act with the credentials of uid {uid} (it runs without \
+                     CAP_SETUID and CAP_SETGID), so it opens no paths for it; pass the files as \
+                     descriptors (the ringcrypt client does for single files), or ask the \
+                     administrator about path_credentials"
+            ),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// One audit line per request, accepted or refused: who (from SO_PEERCRED), what, and on
+/// which paths. Never key material (requests carry key names at most).
+pub(super) fn audit(uid: u32, gid: u32, request: &Request, refused: Option<&Error>) {
+    let (verdict, code) = match refused {
+        None => ("accepted", ""),
+        Some(err) => ("refused", err.code.as_str()),
+    };
+    let code = if code.is_empty() {
+        String::new()
+    } else {
+        format!(" code={code}")
+    };
+    match request {
+        Request::File(spec) => eprintln!(
+            "audit: {verdict} uid={uid} gid={gid} op={}{}{} input={:?} output={:?}{code}",
+            spec.op.as_str(),
+            if spec.recursive { " recursive" } else { "" },
+            // Passed descriptors: the paths are the caller's names for them.
+            if spec.fds { " fds" } else { "" },
+            spec.input,
+            spec.output
+        ),
+        // Health checks are not audited: a monitoring loop would drown the log.
+        Request::Ping if refused.is_none() => {}
+        other => eprintln!(
+            "audit: {verdict} uid={uid} gid={gid} op={}{code}",
+            other.op()
+        ),
+    }
+}
