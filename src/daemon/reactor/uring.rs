@@ -121,17 +121,16 @@ impl UringBackend {
             } => {
                 let ptr = pool.lend(buf, at, len).as_mut_ptr();
                 slot.held = Held::Buf(buf);
-                if self.fixed {
+                let entry = if self.fixed {
                     opcode::ReadFixed::new(types::Fd(fd), ptr, len as u32, buf.index())
                         .offset(offset)
                         .build()
-                        .user_data(ud)
                 } else {
                     opcode::Read::new(types::Fd(fd), ptr, len as u32)
                         .offset(offset)
                         .build()
-                        .user_data(ud)
-                }
+                };
+                entry.user_data(ud)
             }
             Op::WriteFixed {
                 fd,
@@ -142,17 +141,16 @@ impl UringBackend {
             } => {
                 let ptr = pool.lend(buf, at, len).as_mut_ptr();
                 slot.held = Held::Buf(buf);
-                if self.fixed {
+                let entry = if self.fixed {
                     opcode::WriteFixed::new(types::Fd(fd), ptr, len as u32, buf.index())
                         .offset(offset)
                         .build()
-                        .user_data(ud)
                 } else {
                     opcode::Write::new(types::Fd(fd), ptr, len as u32)
                         .offset(offset)
                         .build()
-                        .user_data(ud)
-                }
+                };
+                entry.user_data(ud)
             }
             Op::ReadVec {
                 fd,
