@@ -39,8 +39,9 @@ pub const PEER_GROUPS_MAX: usize = 65_536;
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups, sorted, without duplicates.
-    pub groups: Box<[u32]>,
+    /// Supplementary groups, sorted, without duplicates (in the form `setgroups` takes, so
+    /// taking them on allocates nothing).
+    pub groups: Box<[Gid]>,
 }
 
 impl Caller {
@@ -53,7 +54,7 @@ impl Caller {
         Ok(Caller {
             uid: creds.uid.as_raw(),
             gid: creds.gid.as_raw(),
-            groups: groups.into_boxed_slice(),
+            groups: groups.into_iter().map(Gid::from_raw).collect(),
         })
     }
 
@@ -164,8 +165,7 @@ impl ActAs {
                 groups: rustix::process::getgroups().unwrap_or_default(),
             });
         });
-        let groups: Vec<Gid> = caller.groups.iter().map(|&g| Gid::from_raw(g)).collect();
-        rustix::thread::set_thread_groups(&groups)?;
+        rustix::thread::set_thread_groups(&caller.groups)?;
         set_fsgid(caller.gid);
         set_fsuid(caller.uid);
         // Each call returns the value in force: check that both switches took.
