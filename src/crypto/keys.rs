@@ -167,6 +167,25 @@ impl Drop for RawKey {
     }
 }
 
+/// A sealed file's header checked against the ring ([`KeyRing::tail_check`]), waiting for
+/// its final record.
+pub struct TailCheck {
+    opener: format::Opener,
+    key_id: KeyId,
+    /// Where the final record starts, and its length.
+    pub final_offset: u64,
+    pub final_len: usize,
+}
+
+impl TailCheck {
+    /// Verifies the final record's tag (`last`: the file's last `final_len` bytes, opened
+    /// in place) and returns the key the file is under.
+    pub fn verify(mut self, last: &mut [u8]) -> Result<KeyId, Error> {
+        self.opener.open_final(last)?;
+        Ok(self.key_id)
+    }
+}
+
 impl KeyRing {
     /// Reads and checks the key ring at `path` (see the module docs for what is refused).
     pub fn load(path: &Path) -> Result<KeyRing, Error> {
@@ -386,15 +405,27 @@ impl KeyRing {
         let auth = || Error::from(format::AuthFailed);
         let mut head = [0u8; HEADER_BYTES];
         read_at(&mut head, 0).map_err(|_| auth())?;
-        let header = format::Header::parse(&head)?;
+        let check = self.tail_check(&head, file_len)?;
+        let mut last = vec![0u8; check.final_len];
+        read_at(&mut last, check.final_offset).map_err(|_| auth())?;
+        check.verify(&mut last)
+    }
+
+    /// The first half of [`KeyRing::verify_tail`], for a caller that does its own reads:
+    /// checks the header (`head`, the file's first bytes) against the ring and says where
+    /// the final record is.
+    pub fn tail_check(&self, head: &[u8], file_len: u64) -> Result<TailCheck, Error> {
+        let header = format::Header::parse(head)?;
         let master = self.opening_key(&header.key_id)?;
         let mut opener = format::Opener::new(&header, master.bytes())?;
         let layout = format::Layout::for_file(file_len, header.chunk_log2)?;
-        let mut last = vec![0u8; layout.final_record_bytes];
-        read_at(&mut last, file_len - layout.final_record_bytes as u64).map_err(|_| auth())?;
         opener.skip_to(layout.full_records);
-        opener.open_final(&mut last)?;
-        Ok(header.key_id)
+        Ok(TailCheck {
+            opener,
+            key_id: header.key_id,
+            final_offset: file_len - layout.final_record_bytes as u64,
+            final_len: layout.final_record_bytes,
+        })
     }
 
     pub fn entries(&self) -> &[KeyEntry] {

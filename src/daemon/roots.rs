@@ -55,6 +55,12 @@ impl Roots {
     /// otherwise) for an absolute, lexically normal path; `forbidden_path` when no root
     /// contains it.
     pub fn locate<'p>(&self, path: &'p Path) -> Result<(BorrowedFd<'_>, &'p Path), Error> {
+        let (index, rel) = self.position(path)?;
+        Ok((self.roots[index].1.as_fd(), rel))
+    }
+
+    /// [`Roots::locate`], naming the root by its place in [`Roots::dup_all`]'s order.
+    pub fn position<'p>(&self, path: &'p Path) -> Result<(usize, &'p Path), Error> {
         let forbidden = || {
             Error::new(
                 Code::ForbiddenPath,
@@ -71,7 +77,7 @@ impl Roots {
         {
             return Err(forbidden());
         }
-        for (root, fd) in &self.roots {
+        for (index, (root, _)) in self.roots.iter().enumerate() {
             if let Ok(rest) = path.strip_prefix(root) {
                 let rel = if rest.as_os_str().is_empty() {
                     Path::new(".")
@@ -84,10 +90,16 @@ impl Roots {
                         format!("{} contains a NUL byte", path.display()),
                     ));
                 }
-                return Ok((fd.as_fd(), rel));
+                return Ok((index, rel));
             }
         }
         Err(forbidden())
+    }
+
+    /// A copy of every root's descriptor, in [`Roots::position`]'s order: a shard's reactor
+    /// owns its own, so ops name them like any other.
+    pub fn dup_all(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.roots.iter().map(|(_, fd)| fd.try_clone()).collect()
     }
 }
 

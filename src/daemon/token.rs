@@ -38,6 +38,10 @@ pub enum Step {
     Rename,
     FsyncDir,
     Unlink,
+    /// `skip_existing`: open the existing output, read its header, read its final record.
+    CheckOpen,
+    CheckHead,
+    CheckTail,
     /// A read into lane `n`'s buffer.
     LaneRead(u8),
     /// A write from lane `n`'s buffer.
@@ -73,6 +77,9 @@ impl Step {
             Step::Rename => 10,
             Step::FsyncDir => 11,
             Step::Unlink => 12,
+            Step::CheckOpen => 13,
+            Step::CheckHead => 14,
+            Step::CheckTail => 15,
             Step::LaneRead(lane) => LANE_READ_BASE + u64::from(lane),
             Step::LaneWrite(lane) => LANE_WRITE_BASE + u64::from(lane),
         }
@@ -92,6 +99,9 @@ impl Step {
             10 => Step::Rename,
             11 => Step::FsyncDir,
             12 => Step::Unlink,
+            13 => Step::CheckOpen,
+            14 => Step::CheckHead,
+            15 => Step::CheckTail,
             c if (LANE_READ_BASE..LANE_READ_BASE + u64::from(LANES_MAX)).contains(&c) => {
                 Step::LaneRead((c - LANE_READ_BASE) as u8)
             }

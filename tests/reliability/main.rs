@@ -55,6 +55,7 @@ mod harness;
 
 mod callers;
 mod control;
+mod existing;
 mod keyrings;
 mod merges;
 mod trees;

@@ -18,16 +18,17 @@
 //! reports. An `O_TMPFILE` output simply vanishes when its fd closes. Nothing ever appears
 //! under the output name before the link, which happens only after the last chunk verified.
 //!
-//! The job's steps that open, create, link and sync are here; the byte stream (header,
-//! batches, crypto) is in `stream.rs`; its pieces (lanes, codec, temp names, spans) in
-//! `parts.rs`; the checks on passed descriptors in `passed.rs`.
+//! The job's stages ([`Stage`], each carrying the descriptors it holds as reactor
+//! handles) and the steps that open and create are here; the check of an existing output
+//! for `skip_existing` is in `existing.rs`; the byte stream (header, batches, crypto) in
+//! `stream.rs`; the last steps (permissions, fsync, link, fsync of the directory) in
+//! `commit.rs`; the pieces (lanes, codec, temp names, spans) in `parts.rs`; the checks on
+//! passed descriptors in `passed.rs`.
 //!
 //! What this room does not do: route, admit, or reply (the shard does), or touch sockets.
 
 use std::ffi::OsStr;
 use std::io;
-use std::io::Write as _;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Instant;
@@ -35,10 +36,10 @@ use std::time::Instant;
 use rustix::fs::{AtFlags, FileType, Mode};
 
 use crate::crypto::format::{self, Header, Layout, Opener, Sealer};
-use crate::crypto::keys::{KeyMaterial, KeyRing};
+use crate::crypto::keys::{KeyMaterial, KeyRing, TailCheck};
 use crate::daemon::creds::ActAs;
 use crate::daemon::metrics::ShardMetrics;
-use crate::daemon::reactor::{BufId, Completion, Op, Reactor, Who};
+use crate::daemon::reactor::{BufId, Completion, File, Op, Reactor, Who};
 use crate::daemon::roots::{RESOLVE_CONFINED, Roots};
 use crate::daemon::token::{Step, Token};
 use crate::durable::Durability;
@@ -47,11 +48,13 @@ use crate::failpoint::failpoint;
 use crate::limits::{HEADER_BYTES, LANES, TAG_BYTES};
 use crate::protocol::{FileJobSpec, FileOp, JobId};
 
+mod commit;
+mod existing;
 mod parts;
 mod passed;
 mod stream;
 
-use parts::{Codec, Lane, LaneState, PROC_FD_PATH_BYTES, Spans, TempName};
+use parts::{Codec, Lane, LaneState, Spans, TempName};
 pub use passed::Passed;
 
 /// Pool buffers each running job holds: one being sealed, one being written, and two being
@@ -70,6 +73,8 @@ pub struct JobCtx<'a> {
     pub reactor: &'a mut Reactor,
     pub ring: &'a KeyRing,
     pub roots: &'a Roots,
+    /// The roots' directories as this shard's reactor holds them, in `roots` order.
+    pub root_files: &'a [File],
     pub durability: Durability,
     /// Chunk size for newly sealed files.
     pub chunk_log2: u8,
@@ -86,12 +91,73 @@ pub struct JobOutcome {
     pub skipped: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+/// The descriptors of a job that has its output open: handles of the shard's reactor, so
+/// none can close under an op in flight (see `reactor::File`).
+#[derive(Clone, Copy, Debug)]
+struct OpenFiles {
+    input: File,
+    temp: File,
+    /// The output's directory; None on passed descriptors (the caller links the output).
+    dir: Option<File>,
+}
+
+/// Where a job is, with the descriptors that stage holds. Each step's completion is taken
+/// in the stage that issued it; a completion in any other stage is a bug, reported as an
+/// `internal` error of that job rather than a crash of the shard.
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    /// Opening the input (or refused before it started).
     Opening,
-    Streaming,
-    Committing,
+    /// The input is open; opening the output's directory.
+    OpeningDir {
+        input: File,
+    },
+    /// Creating the output: an unnamed temp file in `dir`, or a named one (`temp_name`).
+    Creating {
+        input: File,
+        dir: File,
+    },
+    /// `skip_existing`: reading the existing output's header and final record (`existing`,
+    /// once it is open) to see whether it already is what this job would make.
+    Checking {
+        input: File,
+        dir: File,
+        existing: Option<File>,
+    },
+    /// The header and the batches.
+    Streaming(OpenFiles),
+    /// Past the last batch: end-of-file probe, permissions, fsync, link, fsync of the
+    /// directory. A cancel no longer stops it.
+    Committing(OpenFiles),
     Finished,
+}
+
+impl Stage {
+    /// Every descriptor the stage holds.
+    fn files(&self) -> [Option<File>; 3] {
+        match *self {
+            Stage::Opening | Stage::Finished => [None; 3],
+            Stage::OpeningDir { input } => [Some(input), None, None],
+            Stage::Creating { input, dir } => [Some(input), Some(dir), None],
+            Stage::Checking {
+                input,
+                dir,
+                existing,
+            } => [Some(input), Some(dir), existing],
+            Stage::Streaming(files) | Stage::Committing(files) => {
+                [Some(files.input), Some(files.temp), files.dir]
+            }
+        }
+    }
+
+    /// The output's directory, where a stage has it.
+    fn dir(&self) -> Option<File> {
+        match *self {
+            Stage::Creating { dir, .. } | Stage::Checking { dir, .. } => Some(dir),
+            Stage::Streaming(files) | Stage::Committing(files) => files.dir,
+            _ => None,
+        }
+    }
 }
 
 /// A file job. See the module docs.
@@ -100,25 +166,26 @@ pub struct FileJob {
     pub spec: FileJobSpec,
     /// The job's slot in its shard's job table, named by its ops' tokens.
     slot: u32,
-    phase: Phase,
+    stage: Stage,
     pending: u32,
     failure: Option<Error>,
-    input: Option<OwnedFd>,
     in_len: u64,
     in_mode: u32,
     /// The input's modification time (seconds, nanoseconds), given to the output.
     in_mtime: (i64, i64),
     /// Finished without work: the output existed and verified.
     skipped: bool,
-    out_dir: Option<OwnedFd>,
     /// The descriptors the caller passed, until the job starts on them.
     passed: Option<Passed>,
     /// The job runs on passed descriptors: no paths are opened, and the caller, not the
     /// job, sets the output's mode and time and links it into place.
     on_passed: bool,
-    temp: Option<OwnedFd>,
     temp_name: Option<TempName>,
     codec: Option<Codec>,
+    /// `skip_existing`: the existing output's header, checked, waiting for its final record.
+    check: Option<TailCheck>,
+    /// `skip_existing`: the existing output's size.
+    check_len: u64,
     lanes: [Lane; BUFFERS_PER_JOB],
     next_read: u64,
     next_process: u64,
@@ -144,20 +211,19 @@ impl FileJob {
             id,
             spec,
             slot,
-            phase: Phase::Opening,
+            stage: Stage::Opening,
             pending: 0,
             failure: None,
-            input: None,
             in_len: 0,
             in_mode: 0o600,
             in_mtime: (0, 0),
             skipped: false,
-            out_dir: None,
             on_passed: passed.is_some(),
             passed,
-            temp: None,
             temp_name: None,
             codec: None,
+            check: None,
+            check_len: 0,
             lanes: bufs.map(|buf| Lane {
                 buf,
                 batch: 0,
@@ -173,6 +239,25 @@ impl FileJob {
             started: Instant::now(),
             who: None,
         }
+    }
+
+    /// The descriptors of the streaming and committing stages.
+    fn open_files(&self) -> Result<OpenFiles, Error> {
+        match self.stage {
+            Stage::Streaming(files) | Stage::Committing(files) => Ok(files),
+            _ => Err(self.out_of_order()),
+        }
+    }
+
+    fn out_of_order(&self) -> Error {
+        Error::new(
+            Code::Internal,
+            format!(
+                "{}: a step of the job completed out of order ({:?})",
+                self.spec.input.display(),
+                self.stage
+            ),
+        )
     }
 
     /// Runs the job's path ops, and the calls it makes directly on paths, as `who`.
@@ -201,7 +286,7 @@ impl FileJob {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.phase == Phase::Finished
+        matches!(self.stage, Stage::Finished)
     }
 
     /// Time since the job was created.
@@ -253,40 +338,47 @@ impl FileJob {
             return;
         }
         if let Some(passed) = self.passed.take() {
-            self.temp = Some(passed.output);
-            if let Err(err) = self.opened_input(ctx, passed.input) {
+            let input = ctx.reactor.adopt(passed.input);
+            let temp = ctx.reactor.adopt(passed.output);
+            if let Err(err) = self.opened_input(ctx, input, Some(temp)) {
                 self.fail(ctx, err);
             }
             return;
         }
-        let roots = ctx.roots;
-        match roots.locate(&self.spec.input) {
-            Ok((root, rel)) => {
-                let root = root.as_raw_fd();
-                let flags =
-                    (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
-                Self::push_op(
-                    &mut self.pending,
-                    self.slot,
-                    self.who,
-                    ctx,
-                    Step::OpenInput,
-                    Op::OpenAt2 {
-                        dir: root,
-                        path: rel.as_os_str().as_bytes(),
-                        flags,
-                        mode: 0,
-                        resolve: RESOLVE_CONFINED,
-                    },
-                );
-            }
-            Err(err) => self.fail(ctx, err),
+        let flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+        let input = &self.spec.input;
+        let (pending, slot, who) = (&mut self.pending, self.slot, self.who);
+        if let Err(err) = Self::open_in_root(pending, slot, who, ctx, input, flags, Step::OpenInput)
+        {
+            self.fail(ctx, err);
         }
+    }
+
+    /// Opens `path` beneath the allowed root that holds it (`openat2` confined to it).
+    fn open_in_root(
+        pending: &mut u32,
+        slot: u32,
+        who: Option<Who>,
+        ctx: &mut JobCtx,
+        path: &Path,
+        flags: u64,
+        step: Step,
+    ) -> Result<(), Error> {
+        let (root, rel) = ctx.roots.position(path)?;
+        let op = Op::OpenAt2 {
+            dir: ctx.root_files[root],
+            path: rel.as_os_str().as_bytes(),
+            flags,
+            mode: 0,
+            resolve: RESOLVE_CONFINED,
+        };
+        Self::push_op(pending, slot, who, ctx, step, op);
+        Ok(())
     }
 
     /// Cancels the job unless it is already linking its output into place.
     pub fn cancel(&mut self, ctx: &mut JobCtx) {
-        if self.phase != Phase::Committing && self.phase != Phase::Finished {
+        if !matches!(self.stage, Stage::Committing(_) | Stage::Finished) {
             self.fail(
                 ctx,
                 Error::new(
@@ -309,15 +401,20 @@ impl FileJob {
         if self.pending > 0 {
             return;
         }
-        if let (Some(dir), Some(name)) = (&self.out_dir, self.temp_name.take()) {
-            let dir = dir.as_raw_fd();
+        if let (Some(dir), Some(name)) = (self.stage.dir(), self.temp_name.take()) {
             self.push(ctx, Step::Unlink, Op::UnlinkAt { dir, path: &name.0 });
             return;
         }
-        self.input = None;
-        self.temp = None;
-        self.out_dir = None;
-        self.phase = Phase::Finished;
+        self.close_all(ctx);
+    }
+
+    /// Closes every descriptor the job holds and finishes it.
+    fn close_all(&mut self, ctx: &mut JobCtx) {
+        for file in self.stage.files().into_iter().flatten() {
+            ctx.reactor.close(file);
+        }
+        self.check = None;
+        self.stage = Stage::Finished;
     }
 
     /// Feeds one completion of this job's ops.
@@ -327,22 +424,40 @@ impl FileJob {
             self.drain_or_finish(ctx);
             return;
         }
-        let result = std::mem::replace(&mut done.result, Ok(0));
         let outcome = match step {
-            Step::OpenInput => result
+            Step::OpenInput => done
+                .opened()
                 .map_err(|e| self.io_err("open", true, e))
-                .and_then(|_| self.opened_input(ctx, done.take_fd().expect("open yields an fd"))),
-            Step::OpenDir => result
+                .and_then(|fd| {
+                    let input = ctx.reactor.adopt(fd);
+                    self.opened_input(ctx, input, None)
+                }),
+            Step::OpenDir => done
+                .opened()
                 .map_err(|e| self.io_err("open the directory of", false, e))
-                .and_then(|_| self.opened_dir(ctx, done.take_fd().expect("open yields an fd"))),
+                .and_then(|fd| {
+                    let dir = ctx.reactor.adopt(fd);
+                    self.opened_dir(ctx, dir)
+                }),
             Step::CreateTemp => {
-                let fd = done.take_fd();
-                self.created_temp(ctx, result.map(|_| fd.expect("open yields an fd")))
+                let temp = done.opened().map(|fd| ctx.reactor.adopt(fd));
+                self.created_temp(ctx, temp)
             }
-            Step::CreateNamed => result
+            Step::CreateNamed => done
+                .opened()
                 .map_err(|e| self.io_err("create a temp file for", false, e))
-                .and_then(|_| self.have_temp(ctx, done.take_fd().expect("open yields an fd"))),
-            Step::HeaderRead => result
+                .and_then(|fd| {
+                    let temp = ctx.reactor.adopt(fd);
+                    self.have_temp(ctx, temp)
+                }),
+            Step::CheckOpen => {
+                let existing = done.opened().ok().map(|fd| ctx.reactor.adopt(fd));
+                self.check_opened(ctx, existing)
+            }
+            Step::CheckHead => self.check_head(ctx, done.result),
+            Step::CheckTail => self.check_tail(ctx, done.result),
+            Step::HeaderRead => done
+                .result
                 .map_err(|e| self.io_err("read", true, e))
                 .and_then(|n| {
                     ctx.metrics.read(u64::from(n));
@@ -352,34 +467,36 @@ impl FileJob {
                     head[..n].copy_from_slice(&ctx.reactor.buf_mut(self.lanes[0].buf)[..n]);
                     self.got_header(ctx, &head[..n])
                 }),
-            Step::HeaderWrite => self.wrote(result, HEADER_BYTES as u32).map(|()| {
+            Step::HeaderWrite => self.wrote(done.result, HEADER_BYTES as u32).map(|()| {
                 ctx.metrics.written(HEADER_BYTES as u64);
                 self.pump(ctx)
             }),
-            Step::EofProbe => match result {
+            Step::EofProbe => match done.result {
                 Ok(0) => self.commit(ctx),
                 Ok(_) => Err(format::AuthFailed.into()),
                 Err(e) => Err(self.io_err("read", true, e)),
             },
-            Step::Fsync => result
+            Step::Fsync => done
+                .result
                 .map_err(|e| self.io_err("fsync", false, e))
                 .and_then(|_| self.link(ctx)),
-            Step::Link | Step::Rename => result
+            Step::Link | Step::Rename => done
+                .result
                 .map_err(|e| self.link_err(e))
                 .and_then(|_| self.linked(ctx, step)),
             Step::FsyncDir => {
                 // The output is in place; a failed directory fsync is reported, but the
                 // file is complete and valid.
-                result
+                done.result
                     .map_err(|e| self.io_err("fsync the directory of", false, e))
-                    .map(|_| self.finish())
+                    .map(|_| self.finish(ctx))
             }
             Step::Unlink => {
                 self.drain_or_finish(ctx);
                 Ok(())
             }
-            Step::LaneRead(lane) => self.lane_read(ctx, usize::from(lane), result),
-            Step::LaneWrite(lane) => self.lane_written(ctx, usize::from(lane), result),
+            Step::LaneRead(lane) => self.lane_read(ctx, usize::from(lane), done.result),
+            Step::LaneWrite(lane) => self.lane_written(ctx, usize::from(lane), done.result),
         };
         if let Err(err) = outcome {
             self.fail(ctx, err);
@@ -435,10 +552,29 @@ impl FileJob {
         }
     }
 
-    fn opened_input(&mut self, ctx: &mut JobCtx, fd: OwnedFd) -> Result<(), Error> {
+    /// The input is open (`temp`: the passed output, on passed descriptors).
+    fn opened_input(
+        &mut self,
+        ctx: &mut JobCtx,
+        input: File,
+        temp: Option<File>,
+    ) -> Result<(), Error> {
+        // The stage holds what is open from here on, so a failure closes it.
+        self.stage = match temp {
+            Some(temp) => Stage::Streaming(OpenFiles {
+                input,
+                temp,
+                dir: None,
+            }),
+            None => Stage::OpeningDir { input },
+        };
         failpoint("opened");
-        let stat = rustix::fs::fstat(&fd).map_err(|e| self.io_err("stat", true, e.into()))?;
-        self.input = Some(fd);
+        let stat = rustix::fs::fstat(
+            ctx.reactor
+                .fd(input)
+                .map_err(|e| self.io_err("stat", true, e))?,
+        )
+        .map_err(|e| self.io_err("stat", true, e.into()))?;
         match FileType::from_raw_mode(stat.st_mode) {
             FileType::RegularFile => {}
             FileType::Directory => {
@@ -460,53 +596,43 @@ impl FileJob {
         self.in_len = stat.st_size as u64;
         self.in_mode = stat.st_mode & 0o777;
         self.in_mtime = (stat.st_mtime, stat.st_mtime_nsec as i64);
-        if self.on_passed {
-            let temp = self
-                .temp
-                .take()
-                .expect("the passed output is kept until now");
+        if let Some(temp) = temp {
             return self.have_temp(ctx, temp);
         }
         let parent = self.spec.output.parent().unwrap_or(Path::new("/"));
-        let roots = ctx.roots;
-        let (root, rel) = roots.locate(parent)?;
-        let root = root.as_raw_fd();
         let flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-        Self::push_op(
-            &mut self.pending,
-            self.slot,
-            self.who,
-            ctx,
-            Step::OpenDir,
-            Op::OpenAt2 {
-                dir: root,
-                path: rel.as_os_str().as_bytes(),
-                flags,
-                mode: 0,
-                resolve: RESOLVE_CONFINED,
-            },
-        );
-        Ok(())
+        let (pending, slot, who) = (&mut self.pending, self.slot, self.who);
+        Self::open_in_root(pending, slot, who, ctx, parent, flags, Step::OpenDir)
     }
 
-    fn opened_dir(&mut self, ctx: &mut JobCtx, dir: OwnedFd) -> Result<(), Error> {
+    fn opened_dir(&mut self, ctx: &mut JobCtx, dir: File) -> Result<(), Error> {
+        let Stage::OpeningDir { input } = self.stage else {
+            ctx.reactor.close(dir);
+            return Err(self.out_of_order());
+        };
+        self.stage = Stage::Creating { input, dir };
         if self.out_name().is_empty() {
             return Err(Error::new(
                 Code::BadRequest,
                 format!("{} has no file name", self.spec.output.display()),
             ));
         }
-        // Looked up, and read for `skip_existing`, with the caller's rights like every op.
+        // Looked up with the caller's rights, like every op.
         let caller = self.who.and_then(|who| ctx.reactor.caller(who));
         let existing = {
+            let dir_fd = ctx
+                .reactor
+                .fd(dir)
+                .map_err(|e| self.io_err("check", false, e))?;
             let _acting = ActAs::maybe(caller).map_err(|e| self.io_err("check", false, e))?;
-            rustix::fs::statat(&dir, self.out_name(), AtFlags::SYMLINK_NOFOLLOW)
+            rustix::fs::statat(dir_fd, self.out_name(), AtFlags::SYMLINK_NOFOLLOW)
         };
         match existing {
             Ok(stat) => {
-                let input = self
-                    .input
-                    .as_ref()
+                let input = ctx
+                    .reactor
+                    .fd(input)
+                    .ok()
                     .and_then(|fd| rustix::fs::fstat(fd).ok());
                 let same =
                     input.is_some_and(|i| i.st_dev == stat.st_dev && i.st_ino == stat.st_ino);
@@ -521,18 +647,7 @@ impl FileJob {
                     ));
                 }
                 if self.spec.skip_existing && !same {
-                    let verified = {
-                        let _acting =
-                            ActAs::maybe(caller).map_err(|e| self.io_err("check", false, e))?;
-                        verify_existing(&dir, self.out_name(), self.spec.op, ctx.ring)
-                    };
-                    if verified {
-                        self.skipped = true;
-                        self.finish();
-                        return Ok(());
-                    }
-                    // It exists but does not verify (damaged, or another key): replace it.
-                    self.spec.overwrite = true;
+                    return self.check_existing(ctx);
                 } else if !self.spec.overwrite {
                     return Err(self.link_err(io::Error::from_raw_os_error(libc::EEXIST)));
                 }
@@ -540,29 +655,38 @@ impl FileJob {
             Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(self.io_err("check", false, e.into())),
         }
-        let dir_raw = dir.as_raw_fd();
-        self.out_dir = Some(dir);
+        self.create_temp(ctx)
+    }
+
+    /// Creates the output as an unnamed temp file in the stage's directory.
+    fn create_temp(&mut self, ctx: &mut JobCtx) -> Result<(), Error> {
+        let Stage::Creating { dir, .. } = self.stage else {
+            return Err(self.out_of_order());
+        };
         if crate::failpoint::tmpfile_refused() {
             return self.created_temp(ctx, Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)));
         }
         let flags = (libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC) as u64;
-        self.push(
-            ctx,
-            Step::CreateTemp,
-            Op::OpenAt2 {
-                dir: dir_raw,
-                path: b".",
-                flags,
-                mode: 0o600,
-                resolve: 0,
-            },
-        );
+        let op = Op::OpenAt2 {
+            dir,
+            path: b".",
+            flags,
+            mode: 0o600,
+            resolve: 0,
+        };
+        self.push(ctx, Step::CreateTemp, op);
         Ok(())
     }
 
-    fn created_temp(&mut self, ctx: &mut JobCtx, result: io::Result<OwnedFd>) -> Result<(), Error> {
+    fn created_temp(&mut self, ctx: &mut JobCtx, result: io::Result<File>) -> Result<(), Error> {
+        let Stage::Creating { dir, .. } = self.stage else {
+            if let Ok(temp) = result {
+                ctx.reactor.close(temp);
+            }
+            return Err(self.out_of_order());
+        };
         match result {
-            Ok(fd) => self.have_temp(ctx, fd),
+            Ok(temp) => self.have_temp(ctx, temp),
             // Filesystems without O_TMPFILE: a named temp file the next start cleans up.
             Err(e)
                 if matches!(
@@ -572,32 +696,38 @@ impl FileJob {
             {
                 let name = TempName::random()?;
                 self.temp_name = Some(name);
-                let dir = self.out_dir.as_ref().expect("dir is open").as_raw_fd();
                 let flags = (libc::O_CREAT
                     | libc::O_EXCL
                     | libc::O_RDWR
                     | libc::O_CLOEXEC
                     | libc::O_NOFOLLOW) as u64;
-                self.push(
-                    ctx,
-                    Step::CreateNamed,
-                    Op::OpenAt2 {
-                        dir,
-                        path: &name.0,
-                        flags,
-                        mode: 0o600,
-                        resolve: 0,
-                    },
-                );
+                let op = Op::OpenAt2 {
+                    dir,
+                    path: &name.0,
+                    flags,
+                    mode: 0o600,
+                    resolve: 0,
+                };
+                self.push(ctx, Step::CreateNamed, op);
                 Ok(())
             }
             Err(e) => Err(self.io_err("create a temp file for", false, e)),
         }
     }
 
-    fn have_temp(&mut self, ctx: &mut JobCtx, fd: OwnedFd) -> Result<(), Error> {
+    /// The output is open: start the stream. On passed descriptors the stage already holds
+    /// both; otherwise it moves from creating to streaming with the directory.
+    fn have_temp(&mut self, ctx: &mut JobCtx, temp: File) -> Result<(), Error> {
+        let (input, dir) = match self.stage {
+            Stage::Creating { input, dir } => (input, Some(dir)),
+            Stage::Streaming(files) if files.temp == temp => (files.input, files.dir),
+            _ => {
+                ctx.reactor.close(temp);
+                return Err(self.out_of_order());
+            }
+        };
+        self.stage = Stage::Streaming(OpenFiles { input, temp, dir });
         failpoint("temp_created");
-        self.temp = Some(fd);
         match self.spec.op {
             FileOp::Encrypt => {
                 let entry = ctx.ring.sealing_entry(self.spec.key.as_deref())?;
@@ -615,139 +745,18 @@ impl FileJob {
             }
             FileOp::Decrypt | FileOp::Rewrap => {
                 // Into the first pool buffer: no batch has started yet.
-                let fd = self.input.as_ref().expect("input is open").as_raw_fd();
                 let buf = self.lanes[0].buf;
-                self.push(
-                    ctx,
-                    Step::HeaderRead,
-                    Op::ReadFixed {
-                        fd,
-                        buf,
-                        at: 0,
-                        len: HEADER_BYTES,
-                        offset: 0,
-                    },
-                );
+                let op = Op::ReadFixed {
+                    fd: input,
+                    buf,
+                    at: 0,
+                    len: HEADER_BYTES,
+                    offset: 0,
+                };
+                self.push(ctx, Step::HeaderRead, op);
                 Ok(())
             }
         }
-    }
-
-    fn commit(&mut self, ctx: &mut JobCtx) -> Result<(), Error> {
-        failpoint("written");
-        self.phase = Phase::Committing;
-        let temp = self.temp.as_ref().expect("temp is open");
-        // On passed descriptors the caller owns the file: it sets the mode and time as it
-        // links it.
-        if !self.on_passed {
-            rustix::fs::fchmod(temp, Mode::from_raw_mode(self.in_mode))
-                .map_err(|e| self.io_err("set permissions on", false, e.into()))?;
-            let times = rustix::fs::Timestamps {
-                last_access: rustix::fs::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: rustix::fs::UTIME_OMIT,
-                },
-                last_modification: rustix::fs::Timespec {
-                    tv_sec: self.in_mtime.0,
-                    tv_nsec: self.in_mtime.1,
-                },
-            };
-            rustix::fs::futimens(temp, &times)
-                .map_err(|e| self.io_err("set the modification time of", false, e.into()))?;
-        }
-        if ctx.durability == Durability::Fsync {
-            let fd = temp.as_raw_fd();
-            self.push(ctx, Step::Fsync, Op::Fsync { fd });
-            Ok(())
-        } else {
-            self.link(ctx)
-        }
-    }
-
-    fn link(&mut self, ctx: &mut JobCtx) -> Result<(), Error> {
-        failpoint("fsynced");
-        if self.on_passed {
-            self.finish();
-            return Ok(());
-        }
-        let dir = self.out_dir.as_ref().expect("dir is open").as_raw_fd();
-        let out_name = self.spec.output.file_name().unwrap_or_default().as_bytes();
-        if let Some(temp_name) = self.temp_name {
-            let flags = if self.spec.overwrite {
-                0
-            } else {
-                libc::RENAME_NOREPLACE
-            };
-            Self::push_op(
-                &mut self.pending,
-                self.slot,
-                self.who,
-                ctx,
-                Step::Rename,
-                Op::RenameAt {
-                    dir,
-                    from: &temp_name.0,
-                    to: out_name,
-                    flags,
-                },
-            );
-            return Ok(());
-        }
-        let temp = self.temp.as_ref().expect("temp is open").as_raw_fd();
-        let mut proc_path = [0u8; PROC_FD_PATH_BYTES];
-        let proc_len = {
-            let mut rest = &mut proc_path[..];
-            write!(rest, "/proc/self/fd/{temp}").expect("a descriptor's path fits");
-            PROC_FD_PATH_BYTES - rest.len()
-        };
-        let temp_name;
-        let to = if self.spec.overwrite {
-            // Link under a temp name, then rename over the target: replacing is atomic.
-            temp_name = TempName::random()?;
-            self.temp_name = Some(temp_name);
-            &temp_name.0[..]
-        } else {
-            out_name
-        };
-        Self::push_op(
-            &mut self.pending,
-            self.slot,
-            self.who,
-            ctx,
-            Step::Link,
-            Op::LinkAt {
-                from_dir: libc::AT_FDCWD,
-                from: &proc_path[..proc_len],
-                to_dir: dir,
-                to,
-                flags: libc::AT_SYMLINK_FOLLOW,
-            },
-        );
-        Ok(())
-    }
-
-    fn linked(&mut self, ctx: &mut JobCtx, step: Step) -> Result<(), Error> {
-        failpoint("linked");
-        if step == Step::Link && self.temp_name.is_some() {
-            // Overwrite: the temp name now exists; rename it over the target.
-            return self.link(ctx);
-        }
-        self.temp_name = None;
-        if ctx.durability == Durability::Fsync {
-            let dir = self.out_dir.as_ref().expect("dir is open").as_raw_fd();
-            self.push(ctx, Step::FsyncDir, Op::Fsync { fd: dir });
-        } else {
-            self.finish();
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) {
-        failpoint("done");
-        self.input = None;
-        self.temp = None;
-        self.out_dir = None;
-        self.phase = Phase::Finished;
     }
 
     fn changed_size(&self) -> Error {
@@ -759,37 +768,4 @@ impl FileJob {
             ),
         )
     }
-}
-
-/// True when an existing output is already what this job would make, for `skip_existing`:
-/// a ringcrypt output's header parses, names a key of the ring (for rewrap: the default key),
-/// and its header tag and final chunk's tag verify; a decrypt output is a regular file.
-/// Earlier chunks are not read: an interrupted job never leaves a partial output (outputs are
-/// linked only when complete), so this catches foreign or damaged files, not torn ones.
-fn verify_existing(dir: &OwnedFd, name: &OsStr, op: FileOp, ring: &KeyRing) -> bool {
-    use rustix::fs::OFlags;
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-    let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) else {
-        return false;
-    };
-    let file = std::fs::File::from(fd);
-    if !file.metadata().is_ok_and(|meta| meta.is_file()) {
-        return false;
-    }
-    match op {
-        FileOp::Decrypt => true,
-        FileOp::Encrypt => verify_tail(&file, ring).is_ok(),
-        // A rewrap is done only when the output is under the current default key.
-        FileOp::Rewrap => verify_tail(&file, ring).is_ok_and(|id| ring.is_default_key(&id)),
-    }
-}
-
-/// [`KeyRing::verify_tail`] of an open file.
-fn verify_tail(file: &std::fs::File, ring: &KeyRing) -> Result<format::KeyId, Error> {
-    use std::os::unix::fs::FileExt;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::new(Code::from_io(&e), e.to_string()))?
-        .len();
-    ring.verify_tail(len, |buf, offset| file.read_exact_at(buf, offset))
 }

@@ -112,9 +112,6 @@ impl TempName {
     }
 }
 
-/// Longest `/proc/self/fd/<fd>` path: the prefix and the 10 digits of the largest `int`.
-pub(super) const PROC_FD_PATH_BYTES: usize = "/proc/self/fd/".len() + 10;
-
 /// Up to [`LANES`] spans of a pool buffer with their file offsets, `(at, len, offset)`: the
 /// reads or writes of one batch, kept inline.
 pub(super) struct Spans {

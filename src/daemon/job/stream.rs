@@ -22,14 +22,16 @@ impl FileJob {
             n_full: plain_len >> chunk_log2,
             final_len: (plain_len & ((1 << chunk_log2) - 1)) as usize,
         });
-        self.write_header(ctx, &header);
-        Ok(())
+        self.write_header(ctx, &header)
     }
 
     /// Writes the header from the first pool buffer: no batch starts before it is written.
-    pub(super) fn write_header(&mut self, ctx: &mut JobCtx, header: &[u8; HEADER_BYTES]) {
-        self.phase = Phase::Streaming;
-        let fd = self.temp.as_ref().expect("temp is open").as_raw_fd();
+    pub(super) fn write_header(
+        &mut self,
+        ctx: &mut JobCtx,
+        header: &[u8; HEADER_BYTES],
+    ) -> Result<(), Error> {
+        let fd = self.open_files()?.temp;
         let buf = self.lanes[0].buf;
         ctx.reactor.buf_mut(buf)[..HEADER_BYTES].copy_from_slice(header);
         self.bytes_out += HEADER_BYTES as u64;
@@ -44,6 +46,7 @@ impl FileJob {
                 offset: 0,
             },
         );
+        Ok(())
     }
 
     pub(super) fn check_fits(&self, ctx: &JobCtx, chunk_log2: u8) -> Result<(), Error> {
@@ -82,7 +85,6 @@ impl FileJob {
                     full_records: layout.full_records,
                     final_record: layout.final_record_bytes,
                 });
-                self.phase = Phase::Streaming;
                 self.pump(ctx);
             }
             FileOp::Rewrap => {
@@ -105,7 +107,7 @@ impl FileJob {
                     full_records: layout.full_records,
                     final_record: layout.final_record_bytes,
                 });
-                self.write_header(ctx, &new_header);
+                self.write_header(ctx, &new_header)?;
             }
             FileOp::Encrypt => unreachable!("encrypt does not read a header"),
         }
@@ -120,7 +122,10 @@ impl FileJob {
             if self.lanes[lane].state == LaneState::Idle && self.next_read < batches {
                 let batch = self.next_read;
                 self.next_read += 1;
-                self.issue_reads(ctx, lane, batch);
+                if let Err(err) = self.issue_reads(ctx, lane, batch) {
+                    self.fail(ctx, err);
+                    return;
+                }
             }
         }
         if let Err(err) = self.process_ready(ctx) {
@@ -128,17 +133,24 @@ impl FileJob {
             return;
         }
         let all_idle = self.lanes.iter().all(|lane| lane.state == LaneState::Idle);
-        if self.next_process == batches && all_idle && self.phase == Phase::Streaming {
+        if self.next_process == batches && all_idle && matches!(self.stage, Stage::Streaming(_)) {
             self.end_of_stream(ctx);
         }
     }
 
-    pub(super) fn issue_reads(&mut self, ctx: &mut JobCtx, lane: usize, batch: u64) {
-        let codec = self.codec.as_ref().expect("codec set");
+    pub(super) fn issue_reads(
+        &mut self,
+        ctx: &mut JobCtx,
+        lane: usize,
+        batch: u64,
+    ) -> Result<(), Error> {
+        let fd = self.open_files()?.input;
+        let Some(codec) = &self.codec else {
+            return Err(self.out_of_order());
+        };
         let (first, units) = codec.span(batch);
         let stride = codec.stride();
         let chunk = codec.chunk_bytes() as u64;
-        let fd = self.input.as_ref().expect("input is open").as_raw_fd();
         let buf = self.lanes[lane].buf;
         let mut reads = Spans::new();
         match codec {
@@ -204,6 +216,7 @@ impl FileJob {
                 },
             );
         }
+        Ok(())
     }
 
     pub(super) fn lane_read(
@@ -243,7 +256,7 @@ impl FileJob {
             let started = Instant::now();
             let writes = self.crypto(ctx, lane, batch)?;
             ctx.metrics.crypto(started.elapsed());
-            let fd = self.temp.as_ref().expect("temp is open").as_raw_fd();
+            let fd = self.open_files()?.temp;
             let buf = self.lanes[lane].buf;
             self.lanes[lane].state = LaneState::Writing;
             self.lanes[lane].ops_left = writes.len as u32;
@@ -280,7 +293,9 @@ impl FileJob {
         batch: u64,
     ) -> Result<Spans, Error> {
         let buf_id = self.lanes[lane].buf;
-        let codec = self.codec.as_mut().expect("codec set");
+        let Some(codec) = self.codec.as_mut() else {
+            return Err(self.out_of_order());
+        };
         let (first, units) = codec.span(batch);
         let stride = codec.stride();
         let chunk = codec.chunk_bytes();
@@ -371,12 +386,16 @@ impl FileJob {
     }
 
     pub(super) fn end_of_stream(&mut self, ctx: &mut JobCtx) {
-        self.phase = Phase::Committing;
+        let files = match self.open_files() {
+            Ok(files) => files,
+            Err(err) => return self.fail(ctx, err),
+        };
+        self.stage = Stage::Committing(files);
         match self.spec.op {
             // The file must end exactly after the final record: probe one byte past it.
             // Into the first pool buffer: every batch is written by now.
             FileOp::Decrypt | FileOp::Rewrap => {
-                let fd = self.input.as_ref().expect("input is open").as_raw_fd();
+                let fd = files.input;
                 let buf = self.lanes[0].buf;
                 self.push(
                     ctx,

@@ -8,8 +8,9 @@
 //! slot and reused), where they stay with the `open_how` until the op completes. The kernel may
 //! write into that memory until the completion arrives, so nothing else can reach it: a pool
 //! buffer is marked lent and [`Reactor::buf_mut`] refuses it; a `Vec` lives inside the slab.
-//! File descriptors are passed raw: the kernel holds its own reference to an open file for
-//! the duration of an op, so closing an fd early cannot corrupt memory (it only fails ops).
+//! Descriptors are owned by the reactor's table (`files`), and ops name them by [`File`]
+//! handles: a descriptor closes only once no op in flight names it, so a queued op can never
+//! reach a file that reused its number.
 //!
 //! The synchronous backend runs the same ops as plain syscalls: file ops complete at once;
 //! socket and eventfd ops are tried non-blocking and, if they would block, parked until
@@ -18,7 +19,7 @@
 //!
 //! The rooms: this file has the ops and their completions, the [`Reactor`] with what does not
 //! depend on the backend (the op slab, caller identities, turning a finished op into its
-//! [`Completion`]); `uring` the io_uring backend; `sync` the synchronous one; `pool` the fixed
+//! [`Completion`]); `files` the descriptor table; `uring` the io_uring backend; `sync` the synchronous one; `pool` the fixed
 //! buffer pool; `recvmsg` a connection's receive buffer and its control messages.
 //!
 //! What this room does not do: decide what to do with a completion (jobs and connections do),
@@ -26,7 +27,7 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use io_uring::types;
 
 use crate::daemon::creds::{ActAs, Caller};
 
+mod files;
 mod pool;
 mod recvmsg;
 mod sync;
@@ -41,9 +43,11 @@ mod sync;
 mod tests;
 mod uring;
 
+pub use files::File;
 pub use pool::BufId;
 pub use recvmsg::{RECV_FDS_MAX, RecvBuf};
 
+use files::Files;
 use pool::Pool;
 use sync::SyncBackend;
 use uring::UringBackend;
@@ -66,11 +70,12 @@ impl BackendKind {
 
 /// One operation. Memory named here is owned by the op until its completion, except paths:
 /// they are bytes without the NUL terminator (which no request path can hold), copied by
-/// [`Reactor::push`].
-pub enum Op<'a> {
+/// [`Reactor::push`]. Descriptors are [`File`] handles of the reactor's table (`F`); the
+/// reactor pins them for the op's life and hands the backends their numbers (`F = RawFd`).
+pub enum Op<'a, F = File> {
     /// pread into `buf[at .. at + len]` of a pool buffer.
     ReadFixed {
-        fd: RawFd,
+        fd: F,
         buf: BufId,
         at: usize,
         len: usize,
@@ -78,7 +83,7 @@ pub enum Op<'a> {
     },
     /// pwrite from `buf[at .. at + len]` of a pool buffer.
     WriteFixed {
-        fd: RawFd,
+        fd: F,
         buf: BufId,
         at: usize,
         len: usize,
@@ -88,70 +93,186 @@ pub enum Op<'a> {
     /// tests use this to read back what they wrote.
     #[cfg_attr(not(test), allow(dead_code))]
     ReadVec {
-        fd: RawFd,
+        fd: F,
         data: Vec<u8>,
         len: usize,
         offset: u64,
     },
     Fsync {
-        fd: RawFd,
+        fd: F,
     },
     /// openat2 relative to `dir`; the result is the new fd.
     OpenAt2 {
-        dir: RawFd,
+        dir: F,
         path: &'a [u8],
         flags: u64,
         mode: u64,
         resolve: u64,
     },
-    /// linkat(from_dir, from, to_dir, to, flags)
-    LinkAt {
-        from_dir: RawFd,
-        from: &'a [u8],
-        to_dir: RawFd,
+    /// Gives the open (unnamed, `O_TMPFILE`) `file` the name `to` in `to_dir`:
+    /// `linkat(AT_FDCWD, "/proc/self/fd/N", to_dir, to, AT_SYMLINK_FOLLOW)`, which needs no
+    /// `CAP_DAC_READ_SEARCH` (unlike `AT_EMPTY_PATH`).
+    LinkFile {
+        file: F,
+        to_dir: F,
         to: &'a [u8],
-        flags: i32,
     },
     /// renameat2(dir, from, dir, to, flags)
     RenameAt {
-        dir: RawFd,
+        dir: F,
         from: &'a [u8],
         to: &'a [u8],
         flags: u32,
     },
     UnlinkAt {
-        dir: RawFd,
+        dir: F,
         path: &'a [u8],
     },
     /// accept4 on a listening socket; the result is the new fd (close-on-exec).
     Accept {
-        fd: RawFd,
+        fd: F,
     },
     /// recvmsg into `buf.data[buf.filled..]` (up to its length), taking any descriptors
     /// passed with the bytes (`SCM_RIGHTS`) into `buf.fds`.
     Recv {
-        fd: RawFd,
+        fd: F,
         buf: Box<RecvBuf>,
     },
     /// send `data[sent..]`.
     Send {
-        fd: RawFd,
+        fd: F,
         data: Vec<u8>,
         sent: usize,
     },
     /// read 8 bytes from an eventfd (the shard's wake-up), into a buffer the reactor owns.
     ReadEventfd {
-        fd: RawFd,
+        fd: F,
     },
 }
 
-impl Op<'_> {
+/// An op as the backends see it: descriptors by number, pinned open by the reactor.
+pub(super) type RawOp<'a> = Op<'a, RawFd>;
+
+impl<'a, F> Op<'a, F> {
     /// The op resolves a path, so whose credentials it runs with matters.
     fn names_a_path(&self) -> bool {
         matches!(
             self,
-            Op::OpenAt2 { .. } | Op::LinkAt { .. } | Op::RenameAt { .. } | Op::UnlinkAt { .. }
+            Op::OpenAt2 { .. } | Op::LinkFile { .. } | Op::RenameAt { .. } | Op::UnlinkAt { .. }
         )
+    }
+
+    /// The same op with each descriptor mapped by `f` (at most two per op), or the first
+    /// error `f` gives.
+    fn map_fds<G, E>(self, mut f: impl FnMut(F) -> Result<G, E>) -> Result<Op<'a, G>, E> {
+        Ok(match self {
+            Op::ReadFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset,
+            } => Op::ReadFixed {
+                fd: f(fd)?,
+                buf,
+                at,
+                len,
+                offset,
+            },
+            Op::WriteFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset,
+            } => Op::WriteFixed {
+                fd: f(fd)?,
+                buf,
+                at,
+                len,
+                offset,
+            },
+            Op::ReadVec {
+                fd,
+                data,
+                len,
+                offset,
+            } => Op::ReadVec {
+                fd: f(fd)?,
+                data,
+                len,
+                offset,
+            },
+            Op::Fsync { fd } => Op::Fsync { fd: f(fd)? },
+            Op::OpenAt2 {
+                dir,
+                path,
+                flags,
+                mode,
+                resolve,
+            } => Op::OpenAt2 {
+                dir: f(dir)?,
+                path,
+                flags,
+                mode,
+                resolve,
+            },
+            Op::LinkFile { file, to_dir, to } => Op::LinkFile {
+                file: f(file)?,
+                to_dir: f(to_dir)?,
+                to,
+            },
+            Op::RenameAt {
+                dir,
+                from,
+                to,
+                flags,
+            } => Op::RenameAt {
+                dir: f(dir)?,
+                from,
+                to,
+                flags,
+            },
+            Op::UnlinkAt { dir, path } => Op::UnlinkAt { dir: f(dir)?, path },
+            Op::Accept { fd } => Op::Accept { fd: f(fd)? },
+            Op::Recv { fd, buf } => Op::Recv { fd: f(fd)?, buf },
+            Op::Send { fd, data, sent } => Op::Send {
+                fd: f(fd)?,
+                data,
+                sent,
+            },
+            Op::ReadEventfd { fd } => Op::ReadEventfd { fd: f(fd)? },
+        })
+    }
+
+    /// The descriptors the op names.
+    fn fds(&self) -> [Option<F>; 2]
+    where
+        F: Copy,
+    {
+        match self {
+            Op::LinkFile { file, to_dir, .. } => [Some(*file), Some(*to_dir)],
+            Op::ReadFixed { fd, .. }
+            | Op::WriteFixed { fd, .. }
+            | Op::ReadVec { fd, .. }
+            | Op::Fsync { fd }
+            | Op::Accept { fd }
+            | Op::Recv { fd, .. }
+            | Op::Send { fd, .. }
+            | Op::ReadEventfd { fd } => [Some(*fd), None],
+            Op::OpenAt2 { dir, .. } | Op::RenameAt { dir, .. } | Op::UnlinkAt { dir, .. } => {
+                [Some(*dir), None]
+            }
+        }
+    }
+
+    /// The memory the op owns, for an op that never runs (its descriptor was closed).
+    fn into_held(self) -> Held {
+        match self {
+            Op::ReadVec { data, .. } | Op::Send { data, .. } => Held::Vec(data),
+            Op::Recv { buf, .. } => Held::Recv(buf),
+            _ => Held::Nothing,
+        }
     }
 }
 
@@ -188,6 +309,15 @@ impl Completion {
             Held::Recv(buf) => Some(buf),
             _ => None,
         }
+    }
+
+    /// The descriptor an `OpenAt2` or `Accept` produced, or the error it failed with.
+    pub fn opened(&mut self) -> io::Result<OwnedFd> {
+        let result = std::mem::replace(&mut self.result, Ok(0));
+        result.and_then(|_| {
+            self.take_fd()
+                .ok_or_else(|| io::Error::other("the op produced no descriptor"))
+        })
     }
 
     /// The descriptor an `OpenAt2` or `Accept` produced (None if it failed).
@@ -230,7 +360,9 @@ struct Slot {
     held: Held,
     /// For socket ops parked by the sync backend: the op to retry. Socket ops borrow
     /// nothing.
-    parked: Option<Op<'static>>,
+    parked: Option<RawOp<'static>>,
+    /// The table entries of the descriptors the op names, pinned open until it completes.
+    files: [Option<u32>; 2],
     /// The op's result is a new descriptor (open, accept) that the completion must own.
     yields_fd: bool,
 }
@@ -269,6 +401,15 @@ fn fill_path<'b>(buf: &'b mut Vec<u8>, path: &[u8]) -> &'b CStr {
     buf.clear();
     buf.extend_from_slice(path);
     buf.push(0);
+    CStr::from_bytes_with_nul(buf).expect("one NUL, at the end")
+}
+
+/// Writes `/proc/self/fd/N` for `fd` and a NUL terminator into `buf` and returns it as a C
+/// string: the name through which `linkat` gives an unnamed file a name.
+fn fill_proc_path(buf: &mut Vec<u8>, fd: RawFd) -> &CStr {
+    use std::io::Write as _;
+    buf.clear();
+    write!(buf, "/proc/self/fd/{fd}\0").expect("writing to a Vec cannot fail");
     CStr::from_bytes_with_nul(buf).expect("one NUL, at the end")
 }
 
@@ -320,6 +461,7 @@ impl Slab {
     fn complete(
         &mut self,
         pool: &mut Pool,
+        files: &mut Files,
         kind: BackendKind,
         index: usize,
         result: io::Result<u32>,
@@ -329,6 +471,9 @@ impl Slab {
             .expect("completion for a live slot");
         self.free.push(index);
         self.in_flight -= 1;
+        for index in slot.files.into_iter().flatten() {
+            files.unpin(index);
+        }
         let mut held = slot.held;
         if let Held::Buf(buf) = held {
             pool.unlend(buf);
@@ -367,6 +512,12 @@ pub struct Reactor {
     personality: Option<u16>,
     slab: Slab,
     pool: Pool,
+    /// Every descriptor ops name (see [`File`]). After `backend`: a ring is torn down (its
+    /// ops drained) before the descriptors close.
+    files: Files,
+    /// Ops that failed before they ran (a closed handle, credentials the thread could not
+    /// take), by slot index, handed back by the next `wait`.
+    failed: Vec<(usize, io::Error)>,
 }
 
 enum Backend {
@@ -412,6 +563,8 @@ impl Reactor {
                 in_flight: 0,
             },
             pool,
+            files: Files::default(),
+            failed: Vec::new(),
         };
         Ok((reactor, fallback))
     }
@@ -555,34 +708,52 @@ impl Reactor {
                         self.push(token, op);
                         drop(acting);
                     }
-                    Err(err) => self.push_failed(token, err),
+                    Err(err) => self.push_failed(token, op, err),
                 }
             }
         }
     }
 
-    /// Completes `token` at once with `err` (the op never ran).
-    fn push_failed(&mut self, token: u64, err: io::Error) {
+    /// Completes `token` at once with `err`: the op never ran, and its memory comes back
+    /// with the completion.
+    fn push_failed(&mut self, token: u64, op: Op, err: io::Error) {
         let index = self.slab.insert(Slot {
             yields_fd: false,
             token,
-            held: Held::Nothing,
+            held: op.into_held(),
             parked: None,
+            files: [None, None],
         });
-        match &mut self.backend {
-            Backend::Sync(sync) => sync.fail(index, err),
-            // Identities of a ring are personalities, which never fail at push.
-            Backend::Uring(_) => unreachable!("only the sync backend acts on this thread"),
-        }
+        self.failed.push((index, err));
     }
 
-    /// Starts `op`; its completion carries `token`.
+    /// Starts `op`; its completion carries `token`. An op naming a closed [`File`] fails
+    /// with `EBADF` without running.
     pub fn push(&mut self, token: u64, op: Op) {
+        if let Some(err) = op
+            .fds()
+            .into_iter()
+            .flatten()
+            .find_map(|file| self.files.borrow(file).err())
+        {
+            return self.push_failed(token, op, err);
+        }
+        let mut pinned = [None, None];
+        let mut next = 0;
+        let op = op
+            .map_fds(|file| {
+                let (raw, index) = self.files.pin(file)?;
+                pinned[next] = Some(index);
+                next += 1;
+                Ok::<_, io::Error>(raw)
+            })
+            .expect("every descriptor was checked open just now");
         let index = self.slab.insert(Slot {
             yields_fd: matches!(op, Op::OpenAt2 { .. } | Op::Accept { .. }),
             token,
             held: Held::Nothing,
             parked: None,
+            files: pinned,
         });
         let (slot, paths) = self.slab.entry(index);
         match &mut self.backend {
@@ -591,6 +762,23 @@ impl Reactor {
             }
             Backend::Sync(sync) => sync.push(slot, paths, &mut self.pool, op, index),
         }
+    }
+
+    /// Takes ownership of `fd`: ops name it by the handle from now on, and it closes with
+    /// [`Reactor::close`] (or the reactor).
+    pub fn adopt(&mut self, fd: OwnedFd) -> File {
+        self.files.adopt(fd)
+    }
+
+    /// Closes `file` once no op in flight names it.
+    pub fn close(&mut self, file: File) {
+        self.files.close(file)
+    }
+
+    /// The descriptor behind `file`, for a call made directly on this thread; `EBADF` once
+    /// it was closed.
+    pub fn fd(&self, file: File) -> io::Result<BorrowedFd<'_>> {
+        self.files.borrow(file)
     }
 
     /// Hands queued ops to the kernel without waiting (after each crypto batch, so reads
@@ -605,12 +793,26 @@ impl Reactor {
     /// without limit; zero: do not wait). Returns the completions, in no particular order.
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) {
         let kind = self.kind();
+        let timeout = if self.failed.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         let finished = match &mut self.backend {
             Backend::Uring(ring) => ring.wait(timeout),
             Backend::Sync(sync) => sync.wait(&mut self.slab, timeout),
         };
         for (index, result) in finished {
-            out.push(self.slab.complete(&mut self.pool, kind, index, result));
+            out.push(
+                self.slab
+                    .complete(&mut self.pool, &mut self.files, kind, index, result),
+            );
+        }
+        for (index, err) in self.failed.drain(..) {
+            out.push(
+                self.slab
+                    .complete(&mut self.pool, &mut self.files, kind, index, Err(err)),
+            );
         }
     }
 }

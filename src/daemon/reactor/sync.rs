@@ -13,7 +13,7 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use super::pool::Pool;
-use super::{Held, Op, OpPaths, Slab, Slot, fill_path};
+use super::{Held, Op, OpPaths, RawOp, Slab, Slot, fill_path, fill_proc_path};
 
 pub(super) struct SyncBackend {
     /// Finished ops by slot index, oldest first, handed back by the next `wait`.
@@ -22,10 +22,10 @@ pub(super) struct SyncBackend {
     parked: Vec<usize>,
 }
 
-impl Op<'_> {
+impl RawOp<'_> {
     /// A socket op (which borrows nothing) as one the sync backend can park; other ops
     /// come back unchanged.
-    fn into_socket_op(self) -> Result<Op<'static>, Self> {
+    fn into_socket_op(self) -> Result<RawOp<'static>, Self> {
         match self {
             Op::Accept { fd } => Ok(Op::Accept { fd }),
             Op::ReadEventfd { fd } => Ok(Op::ReadEventfd { fd }),
@@ -51,7 +51,7 @@ impl Op<'_> {
             Op::ReadVec { .. } => "read",
             Op::Fsync { .. } => "fsync",
             Op::OpenAt2 { .. } => "open",
-            Op::LinkAt { .. } => "link",
+            Op::LinkFile { .. } => "link",
             Op::RenameAt { .. } => "rename",
             Op::UnlinkAt { .. } => "unlink",
             Op::Accept { .. } => "accept",
@@ -77,7 +77,7 @@ impl SyncBackend {
         slot: &mut Slot,
         paths: &mut Option<Box<OpPaths>>,
         pool: &mut Pool,
-        op: Op,
+        op: RawOp,
         index: usize,
     ) {
         match op.into_socket_op() {
@@ -90,11 +90,6 @@ impl SyncBackend {
                 self.ready.push((index, result));
             }
         }
-    }
-
-    /// The op at `index` failed before it ran.
-    pub(super) fn fail(&mut self, index: usize, err: io::Error) {
-        self.ready.push((index, Err(err)));
     }
 
     /// Polls the parked ops (without blocking when some ops already finished) and returns
@@ -237,7 +232,7 @@ fn run(
     slot: &mut Slot,
     paths: &mut Option<Box<OpPaths>>,
     pool: &mut Pool,
-    op: Op,
+    op: RawOp,
 ) -> io::Result<u32> {
     use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
     let fd = |raw: RawFd| {
@@ -302,20 +297,14 @@ fn run(
         )
         .map(|owned| owned.into_raw_fd() as u32)
         .map_err(io::Error::from),
-        Op::LinkAt {
-            from_dir,
-            from,
-            to_dir,
-            to,
-            flags,
-        } => {
+        Op::LinkFile { file, to_dir, to } => {
             let paths = OpPaths::of(paths);
             rustix::fs::linkat(
-                fd(from_dir),
-                fill_path(&mut paths.from, from),
+                rustix::fs::CWD,
+                fill_proc_path(&mut paths.from, file),
                 fd(to_dir),
                 fill_path(&mut paths.to, to),
-                AtFlags::from_bits_retain(flags as u32),
+                AtFlags::SYMLINK_FOLLOW,
             )
             .map(|()| 0)
             .map_err(io::Error::from)

@@ -4,6 +4,11 @@ use super::*;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 
+/// `fd`'s copy, owned by `reactor`'s table.
+fn adopt(reactor: &mut Reactor, fd: impl AsFd) -> File {
+    reactor.adopt(fd.as_fd().try_clone_to_owned().unwrap())
+}
+
 fn backends() -> Vec<BackendKind> {
     vec![BackendKind::Uring, BackendKind::Sync]
 }
@@ -35,11 +40,12 @@ fn fixed_reads_and_writes_round_trip_on_both_backends() {
             .unwrap();
         file.write_all(&[7u8; 100]).unwrap();
         let buf = reactor.acquire().unwrap();
+        let handle = adopt(&mut reactor, &file);
         let done = run_one(
             &mut reactor,
             1,
             Op::ReadFixed {
-                fd: file.as_raw_fd(),
+                fd: handle,
                 buf,
                 at: 10,
                 len: 100,
@@ -54,7 +60,7 @@ fn fixed_reads_and_writes_round_trip_on_both_backends() {
             &mut reactor,
             2,
             Op::WriteFixed {
-                fd: file.as_raw_fd(),
+                fd: handle,
                 buf,
                 at: 0,
                 len: 5,
@@ -67,7 +73,7 @@ fn fixed_reads_and_writes_round_trip_on_both_backends() {
             &mut reactor,
             3,
             Op::ReadVec {
-                fd: file.as_raw_fd(),
+                fd: handle,
                 data: Vec::new(),
                 len: 5,
                 offset: 200,
@@ -78,7 +84,7 @@ fn fixed_reads_and_writes_round_trip_on_both_backends() {
             &mut reactor,
             4,
             Op::ReadVec {
-                fd: file.as_raw_fd(),
+                fd: handle,
                 data: Vec::new(),
                 len: 5,
                 offset: 1000,
@@ -100,12 +106,12 @@ fn errors_come_back_as_os_errors() {
             continue;
         };
         let dir = tempfile::tempdir().unwrap();
-        let dirfd = std::fs::File::open(dir.path()).unwrap();
+        let dirfd = adopt(&mut reactor, std::fs::File::open(dir.path()).unwrap());
         let done = run_one(
             &mut reactor,
             9,
             Op::OpenAt2 {
-                dir: dirfd.as_raw_fd(),
+                dir: dirfd,
                 path: b"missing",
                 flags: libc::O_RDONLY as u64,
                 mode: 0,
@@ -130,10 +136,11 @@ fn socket_ops_wait_for_readiness_on_both_backends() {
         if kind == BackendKind::Sync {
             a.set_nonblocking(true).unwrap();
         }
+        let a = adopt(&mut reactor, &a);
         reactor.push(
             5,
             Op::Recv {
-                fd: a.as_raw_fd(),
+                fd: a,
                 buf: RecvBuf::new(16),
             },
         );
@@ -178,13 +185,8 @@ fn recv_takes_passed_descriptors_on_both_backends() {
         .unwrap();
         let mut buf = RecvBuf::new(64);
         buf.filled = 3;
-        reactor.push(
-            6,
-            Op::Recv {
-                fd: a.as_raw_fd(),
-                buf,
-            },
-        );
+        let a = adopt(&mut reactor, &a);
+        reactor.push(6, Op::Recv { fd: a, buf });
         let mut out = Vec::new();
         while out.is_empty() {
             reactor.wait(Some(Duration::from_secs(5)), &mut out);
@@ -206,5 +208,150 @@ fn recv_takes_passed_descriptors_on_both_backends() {
             let flags = rustix::io::fcntl_getfd(&fd).unwrap();
             assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "{kind:?}");
         }
+    }
+}
+
+#[test]
+fn a_closed_descriptor_stays_open_until_its_ops_complete() {
+    for kind in backends() {
+        let Ok((mut reactor, _)) = Reactor::new(Some(kind), 0, 0) else {
+            continue;
+        };
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(kind == BackendKind::Sync).unwrap();
+        let handle = adopt(&mut reactor, &a);
+        let raw = reactor.fd(handle).unwrap().as_raw_fd();
+        reactor.push(
+            7,
+            Op::Recv {
+                fd: handle,
+                buf: RecvBuf::new(16),
+            },
+        );
+        let mut out = Vec::new();
+        reactor.wait(Some(Duration::from_millis(20)), &mut out);
+        assert!(out.is_empty(), "{kind:?}");
+        reactor.close(handle);
+        // Closed by its owner, but a receive still names it: the number must stay taken,
+        // so nothing opened now can be reached by the queued op.
+        assert_eq!(reactor.files.held(), 1, "{kind:?}");
+        assert!(
+            rustix::io::fcntl_getfd(unsafe_borrow(raw)).is_ok(),
+            "{kind:?}"
+        );
+        assert!(
+            reactor.fd(handle).is_err(),
+            "{kind:?}: a closed handle lends nothing"
+        );
+        (&b).write_all(b"late").unwrap();
+        while out.is_empty() {
+            reactor.wait(Some(Duration::from_secs(5)), &mut out);
+        }
+        assert_eq!(out[0].result.as_ref().unwrap(), &4, "{kind:?}");
+        assert_eq!(reactor.files.held(), 0, "{kind:?}: closed with its last op");
+    }
+}
+
+/// Borrows a raw descriptor number for one `fcntl` probe (the number may be closed: that is
+/// what the caller checks, and `F_GETFD` on a closed number only fails with `EBADF`).
+#[allow(unsafe_code)]
+fn unsafe_borrow(raw: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: used only for F_GETFD, which reads the descriptor table and nothing behind it.
+    unsafe { BorrowedFd::borrow_raw(raw) }
+}
+
+#[test]
+fn a_stale_handle_fails_with_ebadf_and_never_names_a_new_file() {
+    for kind in backends() {
+        let Ok((mut reactor, _)) = Reactor::new(Some(kind), 0, 0) else {
+            continue;
+        };
+        let first = adopt(&mut reactor, tempfile::tempfile().unwrap());
+        reactor.close(first);
+        // The entry is reused for the next descriptor, under a new generation.
+        let mut second_file = tempfile::tempfile().unwrap();
+        second_file.write_all(b"second").unwrap();
+        let second = adopt(&mut reactor, &second_file);
+        assert_ne!(first, second);
+        let mut done = run_one(
+            &mut reactor,
+            8,
+            Op::ReadVec {
+                fd: first,
+                data: Vec::with_capacity(6),
+                len: 6,
+                offset: 0,
+            },
+        );
+        assert_eq!(
+            done.result.as_ref().unwrap_err().raw_os_error(),
+            Some(libc::EBADF),
+            "{kind:?}"
+        );
+        assert_eq!(
+            done.take_vec().capacity(),
+            6,
+            "{kind:?}: the op's memory comes back"
+        );
+        let mut done = run_one(
+            &mut reactor,
+            9,
+            Op::ReadVec {
+                fd: second,
+                data: Vec::new(),
+                len: 6,
+                offset: 0,
+            },
+        );
+        assert_eq!(done.take_vec(), b"second", "{kind:?}");
+        assert_eq!(reactor.in_flight(), 0);
+    }
+}
+
+#[test]
+fn link_file_names_an_unnamed_file_on_both_backends() {
+    for kind in backends() {
+        let Ok((mut reactor, _)) = Reactor::new(Some(kind), 0, 0) else {
+            continue;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let dir_file = std::fs::File::open(dir.path()).unwrap();
+        let Ok(temp) = rustix::fs::openat(
+            &dir_file,
+            ".",
+            rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        ) else {
+            eprintln!("skipping: no O_TMPFILE here");
+            return;
+        };
+        rustix::io::write(&temp, b"linked").unwrap();
+        let temp = reactor.adopt(temp);
+        let to_dir = adopt(&mut reactor, &dir_file);
+        let done = run_one(
+            &mut reactor,
+            10,
+            Op::LinkFile {
+                file: temp,
+                to_dir,
+                to: b"named",
+            },
+        );
+        assert_eq!(done.result.unwrap(), 0, "{kind:?}");
+        assert_eq!(std::fs::read(dir.path().join("named")).unwrap(), b"linked");
+        let again = run_one(
+            &mut reactor,
+            11,
+            Op::LinkFile {
+                file: temp,
+                to_dir,
+                to: b"named",
+            },
+        );
+        assert_eq!(
+            again.result.unwrap_err().raw_os_error(),
+            Some(libc::EEXIST),
+            "{kind:?}: a link never replaces"
+        );
     }
 }

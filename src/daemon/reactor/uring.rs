@@ -15,7 +15,7 @@ use std::time::Duration;
 use io_uring::{IoUring, opcode, squeue, types};
 
 use super::pool::Pool;
-use super::{Held, Op, OpPaths, RING_ENTRIES, Slot, fill_path};
+use super::{Held, Op, OpPaths, RING_ENTRIES, RawOp, Slot, fill_path, fill_proc_path};
 use crate::daemon::creds::{ActAs, Caller};
 
 /// `user_data` of cancel requests; their own completions carry no slot and are skipped.
@@ -91,7 +91,7 @@ impl UringBackend {
         slot: &mut Slot,
         paths: &mut Option<Box<OpPaths>>,
         pool: &mut Pool,
-        op: Op,
+        op: RawOp,
         index: usize,
         personality: Option<u16>,
     ) {
@@ -108,7 +108,7 @@ impl UringBackend {
         slot: &mut Slot,
         paths: &mut Option<Box<OpPaths>>,
         pool: &mut Pool,
-        op: Op,
+        op: RawOp,
         ud: u64,
     ) -> squeue::Entry {
         match op {
@@ -182,18 +182,12 @@ impl UringBackend {
                     .build()
                     .user_data(ud)
             }
-            Op::LinkAt {
-                from_dir,
-                from,
-                to_dir,
-                to,
-                flags,
-            } => {
+            Op::LinkFile { file, to_dir, to } => {
                 let paths = OpPaths::of(paths);
-                let from = fill_path(&mut paths.from, from).as_ptr();
+                let from = fill_proc_path(&mut paths.from, file).as_ptr();
                 let to = fill_path(&mut paths.to, to).as_ptr();
-                opcode::LinkAt::new(types::Fd(from_dir), from, types::Fd(to_dir), to)
-                    .flags(flags)
+                opcode::LinkAt::new(types::Fd(libc::AT_FDCWD), from, types::Fd(to_dir), to)
+                    .flags(libc::AT_SYMLINK_FOLLOW)
                     .build()
                     .user_data(ud)
             }

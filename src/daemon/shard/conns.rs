@@ -8,13 +8,13 @@
 //! the uid each close hands back).
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::daemon::creds::Caller;
 use crate::daemon::job::Passed;
-use crate::daemon::reactor::{BackendKind, Completion, Op, RECV_FDS_MAX, Reactor, RecvBuf};
+use crate::daemon::reactor::{BackendKind, Completion, File, Op, RECV_FDS_MAX, Reactor, RecvBuf};
 use crate::error::{Code, Error};
 use crate::limits::{
     ADMIN_RESERVED_CONNECTIONS, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_UID,
@@ -30,7 +30,8 @@ use crate::daemon::token::Token;
 const REPLY_BUFFER_KEPT_BYTES: usize = 64 * 1024;
 
 pub(super) struct Conn {
-    fd: OwnedFd,
+    /// The socket, owned by the reactor (closed through it, once no op names it).
+    fd: File,
     pub caller: Arc<Caller>,
     /// The caller is not on the allow lists: it gets one answer, then the connection
     /// closes, so refused callers cannot hold connection slots.
@@ -103,7 +104,7 @@ impl Conns {
             let _ = rustix::io::ioctl_fionbio(&fd, true);
         }
         let conn = Conn {
-            fd,
+            fd: reactor.adopt(fd),
             caller,
             refused,
             rbuf: Some(RecvBuf::new(RECV_INITIAL_BYTES)),
@@ -143,12 +144,12 @@ impl Conns {
             return;
         }
         let Some(buf) = conn.rbuf.take() else { return };
-        let fd = conn.fd.as_raw_fd();
+        let fd = conn.fd;
         reactor.push(Token::ConnRecv(key).encode(), Op::Recv { fd, buf });
     }
 
     /// Takes a finished receive: where its complete lines are, or that it ended.
-    pub fn received(&mut self, key: u64, mut done: Completion) -> Received {
+    pub fn received(&mut self, key: u64, mut done: Completion, reactor: &mut Reactor) -> Received {
         let Some(mut buf) = done.take_recv() else {
             return Received::Ended(None);
         };
@@ -160,7 +161,7 @@ impl Conns {
                 buf.fds.clear();
                 conn.rbuf = Some(buf);
                 conn.eof = true;
-                return Received::Ended(self.maybe_close(key));
+                return Received::Ended(self.maybe_close(key, reactor));
             }
             Ok(n) => n as usize,
         };
@@ -238,7 +239,7 @@ impl Conns {
             conn.rbuf = Some(buf);
         }
         self.arm_recv(key, reactor);
-        self.maybe_close(key)
+        self.maybe_close(key, reactor)
     }
 
     /// Appends what `encode` writes to a connection's output and sends it; `final_reply`
@@ -258,7 +259,7 @@ impl Conns {
         encode(&mut conn.out);
         self.flush(key, reactor);
         if closing {
-            return self.maybe_close(key);
+            return self.maybe_close(key, reactor);
         }
         None
     }
@@ -272,7 +273,7 @@ impl Conns {
         }
         conn.sending = true;
         let data = std::mem::replace(&mut conn.out, std::mem::take(&mut conn.spare));
-        let fd = conn.fd.as_raw_fd();
+        let fd = conn.fd;
         reactor.push(
             Token::ConnSend(key).encode(),
             Op::Send { fd, data, sent: 0 },
@@ -303,7 +304,7 @@ impl Conns {
                 }
                 conn.sending = false;
                 self.flush(key, reactor);
-                let closed = self.maybe_close(key);
+                let closed = self.maybe_close(key, reactor);
                 // Reading may have paused for back-pressure; resume (no-op if a recv is out).
                 self.arm_recv(key, reactor);
                 closed
@@ -313,15 +314,15 @@ impl Conns {
                 conn.out.clear();
                 conn.sending = false;
                 conn.eof = true;
-                let _ = rustix::net::shutdown(&conn.fd, rustix::net::Shutdown::Both);
-                self.maybe_close(key)
+                shut(reactor, conn.fd, rustix::net::Shutdown::Both);
+                self.maybe_close(key, reactor)
             }
         }
     }
 
     /// Closes a connection once its peer is gone (or it must go) and nothing is in flight;
     /// returns its uid if it closed. Jobs it submitted go on: their replies are dropped.
-    pub fn maybe_close(&mut self, key: u64) -> Option<u32> {
+    pub fn maybe_close(&mut self, key: u64, reactor: &mut Reactor) -> Option<u32> {
         let conn = self.map.get(&key)?;
         if conn.eof
             && conn.open_requests == 0
@@ -329,30 +330,32 @@ impl Conns {
             && conn.rbuf.is_some()
             && conn.out.is_empty()
         {
-            return self.map.remove(&key).map(|conn| conn.caller.uid);
+            let conn = self.map.remove(&key)?;
+            reactor.close(conn.fd);
+            return Some(conn.caller.uid);
         }
         None
     }
 
     /// Shuts a connection's socket so its pending receive completes, then it closes.
-    pub fn close(&mut self, key: u64) -> Option<u32> {
+    pub fn close(&mut self, key: u64, reactor: &mut Reactor) -> Option<u32> {
         if let Some(conn) = self.map.get_mut(&key) {
             conn.eof = true;
-            let _ = rustix::net::shutdown(&conn.fd, rustix::net::Shutdown::Both);
+            shut(reactor, conn.fd, rustix::net::Shutdown::Both);
         }
-        self.maybe_close(key)
+        self.maybe_close(key, reactor)
     }
 
     /// Shuts a connection for reading, once: the peer can write no more (its writes fail),
     /// but every line it already wrote is still read and answered before the end of the
     /// stream closes the connection. A shutdown does this to each connection owed nothing,
     /// so no request a client sent goes unanswered.
-    pub fn drain(&mut self, key: u64) {
+    pub fn drain(&mut self, key: u64, reactor: &Reactor) {
         if let Some(conn) = self.map.get_mut(&key)
             && !conn.draining
         {
             conn.draining = true;
-            let _ = rustix::net::shutdown(&conn.fd, rustix::net::Shutdown::Read);
+            shut(reactor, conn.fd, rustix::net::Shutdown::Read);
         }
     }
 
@@ -455,5 +458,13 @@ impl<'a> PassedFds<'a> {
             }
         };
         Passed::check(input, output, spec)
+    }
+}
+
+/// Shuts a connection's socket (its pending receive then completes); a socket already
+/// closed needs nothing.
+fn shut(reactor: &Reactor, fd: File, how: rustix::net::Shutdown) {
+    if let Ok(fd) = reactor.fd(fd) {
+        let _ = rustix::net::shutdown(fd, how);
     }
 }

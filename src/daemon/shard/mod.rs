@@ -28,7 +28,7 @@
 //! (`protocol`), or process setup (`daemon`).
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use crate::crypto::keys::KeyRing;
 use crate::daemon::creds::Caller;
 use crate::daemon::metrics::{self, ShardMetrics};
-use crate::daemon::reactor::{BackendKind, Completion, Op, Reactor, RecvBuf};
+use crate::daemon::reactor::{BackendKind, Completion, File, Op, Reactor, RecvBuf};
 use crate::daemon::token::Token;
 use crate::error::{Code, Error};
 use crate::limits::{SHUTDOWN_GRACE, SPARE_PATHS_PER_SHARD, TICK};
@@ -74,7 +74,11 @@ pub struct Shard {
     shared: Arc<Shared>,
     reactor: Reactor,
     ring: Arc<KeyRing>,
-    listener: Option<OwnedFd>,
+    listener: Option<File>,
+    /// This shard's wake-up eventfd (a copy its reactor owns).
+    wake: File,
+    /// The allowed roots' directories (copies its reactor owns), in `Roots` order.
+    root_files: Vec<File>,
     accepting: bool,
     accept_paused_until: Option<Instant>,
     next_conn_shard: usize,
@@ -116,7 +120,15 @@ impl Shard {
         buffers: u16,
         buf_bytes: usize,
     ) -> std::io::Result<(Shard, Option<String>)> {
-        let (reactor, warning) = Reactor::new(backend, buffers, buf_bytes)?;
+        let (mut reactor, warning) = Reactor::new(backend, buffers, buf_bytes)?;
+        let wake = reactor.adopt(shared.inboxes[index].wake.try_clone()?);
+        let root_files = shared
+            .roots
+            .dup_all()?
+            .into_iter()
+            .map(|fd| reactor.adopt(fd))
+            .collect();
+        let listener = listener.map(|fd| reactor.adopt(fd));
         let stats = ShardStats {
             shard: index as u32,
             queued: 0,
@@ -132,6 +144,8 @@ impl Shard {
             ring,
             accepting: listener.is_some(),
             listener,
+            wake,
+            root_files,
             accept_paused_until: None,
             next_conn_shard: 0,
             conns: Conns::default(),
@@ -225,14 +239,13 @@ impl Shard {
     }
 
     fn arm_wake(&mut self) {
-        let fd = self.shared.inboxes[self.index].wake.as_raw_fd();
+        let fd = self.wake;
         self.reactor
             .push(Token::Wake.encode(), Op::ReadEventfd { fd });
     }
 
     fn arm_accept(&mut self) {
-        if let Some(listener) = &self.listener {
-            let fd = listener.as_raw_fd();
+        if let Some(fd) = self.listener {
             self.reactor.push(Token::Accept.encode(), Op::Accept { fd });
         }
     }
@@ -356,7 +369,7 @@ impl Shard {
     /// Hands each complete request line that arrived on connection `key` to `on_line`.
     fn on_recv(&mut self, key: u64, done: Completion) {
         let (mut buf, consumed, skip_first, too_long, complaints) =
-            match self.conns.received(key, done) {
+            match self.conns.received(key, done, &mut self.reactor) {
                 Received::Ended(closed) => return self.closed(closed),
                 Received::Lines {
                     buf,
@@ -646,10 +659,7 @@ impl Shard {
             }
             Some(Token::ConnRecv(key)) => self.on_recv(key, done),
             Some(Token::ConnSend(key)) => self.on_send(key, done),
-            Some(Token::Accept) => {
-                let fd = done.take_fd();
-                self.on_accept(done.result.map(|_| fd.expect("accept yields an fd")));
-            }
+            Some(Token::Accept) => self.on_accept(done.opened()),
             Some(Token::Wake) => self.arm_wake(),
             // Every op this shard pushes carries an encoded token.
             None => debug_assert!(
@@ -740,7 +750,7 @@ impl Shard {
 
     /// Shuts a connection's socket so its pending recv completes, then it closes.
     fn close_conn(&mut self, key: u64) {
-        let closed = self.conns.close(key);
+        let closed = self.conns.close(key, &mut self.reactor);
         self.closed(closed);
     }
 
@@ -758,9 +768,11 @@ impl Shard {
         for seq in idle {
             self.tree_result_finish(seq);
         }
-        if let Some(listener) = &self.listener {
+        if let Some(listener) = self.listener
+            && let Ok(fd) = self.reactor.fd(listener)
+        {
             self.accepting = false;
-            let _ = rustix::net::shutdown(listener, rustix::net::Shutdown::Both);
+            let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
         }
         // Queued jobs never started: cancel them now; running ones get until the deadline.
         let queued = self.jobs.queued_ids();
@@ -791,7 +803,7 @@ impl Shard {
             || !self.gathers.is_empty();
         if !jobs_left {
             for key in self.conns.owed_nothing() {
-                self.conns.drain(key);
+                self.conns.drain(key, &self.reactor);
             }
         }
         let quiet = !jobs_left && self.conns.is_empty();

@@ -141,6 +141,7 @@ impl Shard {
             reactor: &mut self.reactor,
             ring: &self.ring,
             roots: &self.shared.roots,
+            root_files: &self.root_files,
             durability: self.shared.durability,
             chunk_log2: self.shared.chunk_log2,
             metrics: &self.metrics,

@@ -1,0 +1,111 @@
+//! A file job's last steps, once every batch is written: the output's permissions and
+//! modification time, its fsync, the link (or rename) that gives it its name, and the fsync
+//! of its directory. `done` means all of them happened.
+//!
+//! What this room does not do: stream bytes (`stream.rs`) or open anything (`mod.rs`).
+
+use super::*;
+
+impl FileJob {
+    pub(super) fn commit(&mut self, ctx: &mut JobCtx) -> Result<(), Error> {
+        failpoint("written");
+        let files = self.open_files()?;
+        self.stage = Stage::Committing(files);
+        let temp = ctx
+            .reactor
+            .fd(files.temp)
+            .map_err(|e| self.io_err("set permissions on", false, e))?;
+        // On passed descriptors the caller owns the file: it sets the mode and time as it
+        // links it.
+        if !self.on_passed {
+            rustix::fs::fchmod(temp, Mode::from_raw_mode(self.in_mode))
+                .map_err(|e| self.io_err("set permissions on", false, e.into()))?;
+            let times = rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_OMIT,
+                },
+                last_modification: rustix::fs::Timespec {
+                    tv_sec: self.in_mtime.0,
+                    tv_nsec: self.in_mtime.1,
+                },
+            };
+            rustix::fs::futimens(temp, &times)
+                .map_err(|e| self.io_err("set the modification time of", false, e.into()))?;
+        }
+        if ctx.durability == Durability::Fsync {
+            self.push(ctx, Step::Fsync, Op::Fsync { fd: files.temp });
+            Ok(())
+        } else {
+            self.link(ctx)
+        }
+    }
+
+    pub(super) fn link(&mut self, ctx: &mut JobCtx) -> Result<(), Error> {
+        failpoint("fsynced");
+        let files = self.open_files()?;
+        let Some(dir) = files.dir else {
+            // Passed descriptors: the caller links the output.
+            self.finish(ctx);
+            return Ok(());
+        };
+        let out_name = self.spec.output.file_name().unwrap_or_default().as_bytes();
+        if let Some(temp_name) = self.temp_name {
+            let flags = if self.spec.overwrite {
+                0
+            } else {
+                libc::RENAME_NOREPLACE
+            };
+            let op = Op::RenameAt {
+                dir,
+                from: &temp_name.0,
+                to: out_name,
+                flags,
+            };
+            Self::push_op(
+                &mut self.pending,
+                self.slot,
+                self.who,
+                ctx,
+                Step::Rename,
+                op,
+            );
+            return Ok(());
+        }
+        let temp_name;
+        let to = if self.spec.overwrite {
+            // Link under a temp name, then rename over the target: replacing is atomic.
+            temp_name = TempName::random()?;
+            self.temp_name = Some(temp_name);
+            &temp_name.0[..]
+        } else {
+            out_name
+        };
+        let op = Op::LinkFile {
+            file: files.temp,
+            to_dir: dir,
+            to,
+        };
+        Self::push_op(&mut self.pending, self.slot, self.who, ctx, Step::Link, op);
+        Ok(())
+    }
+
+    pub(super) fn linked(&mut self, ctx: &mut JobCtx, step: Step) -> Result<(), Error> {
+        failpoint("linked");
+        if step == Step::Link && self.temp_name.is_some() {
+            // Overwrite: the temp name now exists; rename it over the target.
+            return self.link(ctx);
+        }
+        self.temp_name = None;
+        match (ctx.durability, self.open_files()?.dir) {
+            (Durability::Fsync, Some(dir)) => self.push(ctx, Step::FsyncDir, Op::Fsync { fd: dir }),
+            _ => self.finish(ctx),
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish(&mut self, ctx: &mut JobCtx) {
+        failpoint("done");
+        self.close_all(ctx);
+    }
+}
