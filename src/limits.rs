@@ -107,6 +107,18 @@ pub const SPARE_PATHS_PER_SHARD: usize = 2 * TREE_WINDOW;
 /// Concurrent jobs per shard: each holds `job::BUFFERS_PER_JOB` pool buffers.
 pub const RUNNING_JOBS_PER_SHARD: u16 = 16;
 
+/// Files at least this large are split into ranges run on every shard at once (one file
+/// on every core), unless `--split-min-mib` says otherwise. Below it a file is done by its
+/// owner alone: splitting costs a message, two descriptor copies and a job start per
+/// range, which a small file does not repay. Each range holds at least half of it.
+pub const SPLIT_MIN_BYTES: u64 = 16 << 20;
+
+/// Range jobs each shard keeps pool buffers for beyond [`RUNNING_JOBS_PER_SHARD`]. A file
+/// whose ranges are out waits for them while holding its own buffers, so ranges must never
+/// wait for buffers that only such files could free: ordinary jobs leave this many jobs'
+/// buffers free, and ranges start before ordinary jobs.
+pub const RANGE_JOBS_RESERVED_PER_SHARD: u16 = 1;
+
 /// How long SIGTERM lets running jobs finish before cancelling them.
 pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -23,7 +23,13 @@ use support::*;
 /// system without `O_TMPFILE` (`RINGCRYPT_TEST_NO_TMPFILE`), so every job writes a named
 /// temp file and renames it.
 fn setup(backend: &'static str, named_temps: bool) -> Daemon {
+    setup_with(backend, named_temps, &[])
+}
+
+/// [`setup`] with more daemon arguments.
+fn setup_with(backend: &'static str, named_temps: bool, args: &[&str]) -> Daemon {
     let mut builder = Daemon::builder(backend)
+        .args(args)
         .fsync("always")
         .metrics("off")
         .ring(keygen("k"))
@@ -70,18 +76,30 @@ fn wait_killed(d: &mut Daemon) {
 }
 
 fn at_each_failpoint(backend: &'static str) {
-    failpoints(backend, false);
+    failpoints(backend, false, false);
+}
+
+/// The same for a file split into ranges on both shards (`--split-min-mib 1`, a 3 MiB
+/// input), and killed too when a range on the other shard has written its part
+/// (`range_written`): nothing is linked before every range is done.
+fn at_each_failpoint_in_a_split_file(backend: &'static str) {
+    failpoints(backend, false, true);
 }
 
 /// The same, where the file system has no `O_TMPFILE`: a kill between creating the named
 /// temp file and renaming it leaves the temp file (and only it) behind, and the restart's
 /// sweep removes it.
 fn at_each_failpoint_with_named_temps(backend: &'static str) {
-    failpoints(backend, true);
+    failpoints(backend, true, false);
 }
 
-fn failpoints(backend: &'static str, named_temps: bool) {
-    let mut d = setup(backend, named_temps);
+fn failpoints(backend: &'static str, named_temps: bool, split: bool) {
+    let args: &[&str] = if split {
+        &["--split-min-mib", "1"]
+    } else {
+        &[]
+    };
+    let mut d = setup_with(backend, named_temps, args);
     let ring = d.ring();
     let input = d.root.join("in.bin");
     let plain = bytes(3 << 20, 9);
@@ -92,8 +110,12 @@ fn failpoints(backend: &'static str, named_temps: bool) {
         ("written", false),
         ("fsynced", false),
         ("linked", true),
+        ("range_written", false),
         ("done", true),
     ] {
+        if point == "range_written" && !split {
+            continue;
+        }
         let output = d.root.join(format!("out-{point}.rcrypt"));
         d.relaunch_with(|b| b.env("RINGCRYPT_FAILPOINT", point));
         submit(&d, &input, &output);
@@ -260,6 +282,7 @@ fn a_client_without_tmpfile_sends_paths(backend: &'static str) {
 
 both_backends!(
     at_each_failpoint,
+    at_each_failpoint_in_a_split_file,
     a_client_without_tmpfile_sends_paths,
     at_each_failpoint_with_named_temps,
     named_temps_are_removed_on_failure,

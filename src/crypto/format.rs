@@ -144,6 +144,7 @@ const CHUNK_PREFIX_BYTES: usize = 32 + 8 + 1;
 
 /// The per-file keys: K_enc as an AES key schedule, K_mac as precomputed HMAC states (so a
 /// tag skips re-hashing the padded key) that tag a batch's chunks as interleaved chains.
+#[derive(Clone)]
 struct FileKeys {
     aes: Aes256,
     mac: HmacKey,
@@ -362,6 +363,18 @@ impl Sealer {
     pub fn is_finished(&self) -> bool {
         self.finished
     }
+
+    /// A sealer for the same file that starts at record `index`: the file's records are
+    /// independent under its keys (each chunk's IV and tag derive from its index), so a
+    /// range of them can be sealed apart from the rest and written at its offset.
+    pub fn fork_at(&self, index: u64) -> Sealer {
+        Sealer {
+            keys: self.keys.clone(),
+            header: self.header,
+            next_index: index,
+            finished: false,
+        }
+    }
 }
 
 /// The record plan of a sealed file, from its length: how many full records, and the size of
@@ -510,6 +523,19 @@ impl Opener {
     /// True once the final record is opened: the stream is complete and authentic.
     pub fn is_finished(&self) -> bool {
         self.finished
+    }
+
+    /// An opener for the same file that starts at record `index`, for a range of records
+    /// opened apart from the rest ([`Sealer::fork_at`]). Every record is still verified by
+    /// whoever opens it; the file is authentic once every range opened and one of them
+    /// opened the final record.
+    pub fn fork_at(&self, index: u64) -> Opener {
+        Opener {
+            keys: self.keys.clone(),
+            header: self.header,
+            next_index: index,
+            finished: false,
+        }
     }
 }
 

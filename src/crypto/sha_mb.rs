@@ -58,11 +58,14 @@ pub struct Message<'a> {
 }
 
 /// An HMAC-SHA256 key, ready for tagging: the SHA-256 states after the ipad block and after
-/// the opad block, so a tag costs no key processing.
+/// the opad block, so a tag costs no key processing. A clone is another owner of the same
+/// key, zeroized on its own drop.
+#[derive(Clone)]
 pub struct HmacKey {
     backend: Backend,
 }
 
+#[derive(Clone)]
 enum Backend {
     /// SHA-NI, with the inner and outer states in our own representation; zeroized on drop.
     #[cfg(target_arch = "x86_64")]

@@ -31,8 +31,8 @@ use crate::daemon::job::{BUFFERS_PER_JOB, pool_buf_bytes};
 use crate::durable::Durability;
 use crate::error::{Code, Error};
 use crate::limits::{
-    CHUNK_LOG2_DEFAULT, CHUNK_LOG2_MIN, DRAIN_TIMEOUT, RUNNING_JOBS_PER_SHARD, SHUTDOWN_GRACE,
-    SHUTDOWN_JOIN_SLACK,
+    CHUNK_LOG2_DEFAULT, CHUNK_LOG2_MIN, DRAIN_TIMEOUT, RANGE_JOBS_RESERVED_PER_SHARD,
+    RUNNING_JOBS_PER_SHARD, SHUTDOWN_GRACE, SHUTDOWN_JOIN_SLACK, SPLIT_MIN_BYTES,
 };
 
 use crate::daemon::reactor::{BackendKind, Reactor};
@@ -96,6 +96,10 @@ pub struct Args {
     /// Chunk size for new files as a power of two, 12 (4 KiB) to 16 (64 KiB) [default: 16].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(CHUNK_LOG2_MIN as i64..=DAEMON_CHUNK_LOG2_MAX as i64))]
     chunk_log2: Option<u8>,
+    /// Files at least this many MiB are split into ranges that every shard works on at once
+    /// (one large file on every core); 0 never splits [default: 16].
+    #[arg(long, value_name = "MIB")]
+    split_min_mib: Option<u64>,
     /// Prometheus metrics at http://ADDR/metrics, or `off` [default: 127.0.0.1:9477; if that
     /// default is taken the daemon warns and runs without metrics, an explicit ADDR must bind].
     #[arg(long, value_name = "ADDR|off")]
@@ -144,6 +148,7 @@ struct FileConfig {
     shards: Option<u16>,
     fsync: Option<FsyncArg>,
     chunk_log2: Option<u8>,
+    split_min_mib: Option<u64>,
     metrics: Option<String>,
     path_credentials: Option<PathCredentials>,
 }
@@ -158,6 +163,8 @@ pub struct Config {
     pub shards: usize,
     pub durability: Durability,
     pub chunk_log2: u8,
+    /// Files at least this many bytes are split into ranges (0: never).
+    pub split_min: u64,
     pub metrics: MetricsSetting,
     pub path_credentials: PathCredentials,
     pub dev: bool,
@@ -244,6 +251,10 @@ impl Config {
                 ),
             ));
         }
+        let split_min = args
+            .split_min_mib
+            .or(file.split_min_mib)
+            .map_or(SPLIT_MIN_BYTES, |mib| mib << 20);
         let durability = match args.fsync.or(file.fsync).unwrap_or(FsyncArg::Always) {
             FsyncArg::Always => Durability::Fsync,
             FsyncArg::Never => Durability::None,
@@ -280,6 +291,7 @@ impl Config {
             shards,
             durability,
             chunk_log2,
+            split_min,
             dev: false,
         })
     }
@@ -326,6 +338,7 @@ fn dev_config(args: &Args) -> Result<Config, Error> {
         shards: args.shards.map(usize::from).unwrap_or_else(cores),
         durability: Durability::Fsync,
         chunk_log2: CHUNK_LOG2_DEFAULT,
+        split_min: args.split_min_mib.map_or(SPLIT_MIN_BYTES, |mib| mib << 20),
         metrics: metrics_setting(args.metrics.as_deref())?,
         path_credentials: args.path_credentials.unwrap_or_default(),
         dev: true,
@@ -616,6 +629,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         roots,
         durability: config.durability,
         chunk_log2: config.chunk_log2,
+        split_min: config.split_min,
         keys_path: config.keys.clone(),
         daemon_uid: rustix::process::geteuid().as_raw(),
         act_as_callers: config.path_credentials == PathCredentials::Caller,
@@ -675,7 +689,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         metrics::preregister(config.shards);
     }
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    let buffers = RUNNING_JOBS_PER_SHARD * BUFFERS_PER_JOB as u16;
+    let buffers = (RUNNING_JOBS_PER_SHARD + RANGE_JOBS_RESERVED_PER_SHARD) * BUFFERS_PER_JOB as u16;
     let buf_bytes = pool_buf_bytes(DAEMON_CHUNK_LOG2_MAX);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     // No shard serves until every shard is built: otherwise shard 0 could accept and answer

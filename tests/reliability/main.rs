@@ -58,4 +58,5 @@ mod control;
 mod existing;
 mod keyrings;
 mod merges;
+mod ranges;
 mod trees;

@@ -52,10 +52,13 @@ mod commit;
 mod existing;
 mod parts;
 mod passed;
+mod range;
 mod stream;
 
 use parts::{Codec, Lane, LaneState, Spans, TempName};
 pub use passed::Passed;
+use range::{PartOf, Split};
+pub use range::{RangeWork, SplitRequest};
 
 /// Pool buffers each running job holds: one being sealed, one being written, and two being
 /// read ahead, so the crypto never waits for a read. Measured here (1 GiB on tmpfs,
@@ -79,6 +82,11 @@ pub struct JobCtx<'a> {
     /// Chunk size for newly sealed files.
     pub chunk_log2: u8,
     pub metrics: &'a ShardMetrics,
+    /// This shard's index and the shard count, for range splitting.
+    pub shard: usize,
+    pub shards: usize,
+    /// Files at least this many bytes are split into ranges (0: never).
+    pub split_min: u64,
 }
 
 /// How a job ended.
@@ -189,6 +197,12 @@ pub struct FileJob {
     lanes: [Lane; BUFFERS_PER_JOB],
     next_read: u64,
     next_process: u64,
+    /// The batch after the last this job runs: the file's last, or its range's end.
+    end_batch: u64,
+    /// A file split into ranges: the ranges on other shards (see `range.rs`).
+    split: Option<Box<Split>>,
+    /// A job that runs one range of another shard's file.
+    part_of: Option<PartOf>,
     /// Bytes read from the input and written to the output so far (progress and stats).
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -234,6 +248,9 @@ impl FileJob {
             }),
             next_read: 0,
             next_process: 0,
+            end_batch: 0,
+            split: None,
+            part_of: None,
             bytes_in: 0,
             bytes_out: 0,
             started: Instant::now(),
@@ -304,8 +321,8 @@ impl FileJob {
         match &self.failure {
             Some(err) => Err(err.clone()),
             None => Ok(JobOutcome {
-                bytes_in: self.bytes_in,
-                bytes_out: self.bytes_out,
+                bytes_in: self.totals().0,
+                bytes_out: self.totals().1,
                 micros: self.started.elapsed().as_micros() as u64,
                 skipped: self.skipped,
             }),
@@ -336,6 +353,10 @@ impl FileJob {
             // Refused before it started (see [`FileJob::refuse`]).
             self.drain_or_finish(ctx);
             return;
+        }
+        if self.part_of.is_some() {
+            // A range of another shard's file: its descriptors and codec came with it.
+            return self.pump(ctx);
         }
         if let Some(passed) = self.passed.take() {
             let input = ctx.reactor.adopt(passed.input);
@@ -398,7 +419,7 @@ impl FileJob {
 
     /// After a failure: once no op is in flight, remove a named temp file and finish.
     fn drain_or_finish(&mut self, ctx: &mut JobCtx) {
-        if self.pending > 0 {
+        if self.pending > 0 || self.ranges_out() {
             return;
         }
         if let (Some(dir), Some(name)) = (self.stage.dir(), self.temp_name.take()) {

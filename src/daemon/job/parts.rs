@@ -82,6 +82,43 @@ impl Codec {
         self.units().div_ceil(LANES as u64)
     }
 
+    /// The same codec for the batches from `batch` on, for a range of the file run apart
+    /// from the rest (`Sealer::fork_at`, `Opener::fork_at`).
+    pub(super) fn fork_at(&self, batch: u64) -> Codec {
+        let index = batch * LANES as u64;
+        match self {
+            Codec::Seal {
+                sealer,
+                n_full,
+                final_len,
+            } => Codec::Seal {
+                sealer: sealer.fork_at(index),
+                n_full: *n_full,
+                final_len: *final_len,
+            },
+            Codec::Open {
+                opener,
+                full_records,
+                final_record,
+            } => Codec::Open {
+                opener: opener.fork_at(index),
+                full_records: *full_records,
+                final_record: *final_record,
+            },
+            Codec::Reseal {
+                opener,
+                sealer,
+                full_records,
+                final_record,
+            } => Codec::Reseal {
+                opener: opener.fork_at(index),
+                sealer: sealer.fork_at(index),
+                full_records: *full_records,
+                final_record: *final_record,
+            },
+        }
+    }
+
     /// (first unit, units) of batch `b`.
     pub(super) fn span(&self, batch: u64) -> (u64, usize) {
         let first = batch * LANES as u64;

@@ -22,6 +22,7 @@ impl FileJob {
             n_full: plain_len >> chunk_log2,
             final_len: (plain_len & ((1 << chunk_log2) - 1)) as usize,
         });
+        self.maybe_split(ctx)?;
         self.write_header(ctx, &header)
     }
 
@@ -85,6 +86,7 @@ impl FileJob {
                     full_records: layout.full_records,
                     final_record: layout.final_record_bytes,
                 });
+                self.maybe_split(ctx)?;
                 self.pump(ctx);
             }
             FileOp::Rewrap => {
@@ -107,6 +109,7 @@ impl FileJob {
                     full_records: layout.full_records,
                     final_record: layout.final_record_bytes,
                 });
+                self.maybe_split(ctx)?;
                 self.write_header(ctx, &new_header)?;
             }
             FileOp::Encrypt => unreachable!("encrypt does not read a header"),
@@ -116,8 +119,10 @@ impl FileJob {
 
     /// Issues reads for idle lanes and processes ready batches in order.
     pub(super) fn pump(&mut self, ctx: &mut JobCtx) {
-        let Some(codec) = &self.codec else { return };
-        let batches = codec.batches();
+        if self.codec.is_none() {
+            return;
+        }
+        let batches = self.end_batch;
         for lane in 0..self.lanes.len() {
             if self.lanes[lane].state == LaneState::Idle && self.next_read < batches {
                 let batch = self.next_read;
@@ -228,6 +233,9 @@ impl FileJob {
         let n = result.map_err(|e| self.io_err("read", true, e))?;
         self.bytes_in += u64::from(n);
         ctx.metrics.read(u64::from(n));
+        if let Some(part) = &self.part_of {
+            part.progress.add(u64::from(n), 0);
+        }
         let state = &mut self.lanes[lane];
         state.ops_left -= 1;
         state.done += n as usize;
@@ -267,6 +275,9 @@ impl FileJob {
             self.lanes[lane].done = 0;
             for &(at, len, offset) in writes.as_slice() {
                 self.bytes_out += len as u64;
+                if let Some(part) = &self.part_of {
+                    part.progress.add(0, len as u64);
+                }
                 self.push(
                     ctx,
                     Step::LaneWrite(lane as u8),
@@ -386,6 +397,14 @@ impl FileJob {
     }
 
     pub(super) fn end_of_stream(&mut self, ctx: &mut JobCtx) {
+        if self.part_of.is_some() {
+            // A range of another shard's file: its writes are done; the owner commits.
+            failpoint("range_written");
+            return self.close_all(ctx);
+        }
+        if self.waits_for_ranges() {
+            return;
+        }
         let files = match self.open_files() {
             Ok(files) => files,
             Err(err) => return self.fail(ctx, err),

@@ -16,6 +16,7 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::crypto::keys::KeyRing;
 use crate::daemon::creds::Caller;
+use crate::daemon::job::RangeWork;
 use crate::daemon::roots::Roots;
 use crate::daemon::tree_job::FileResult;
 use crate::durable::Durability;
@@ -95,6 +96,17 @@ pub enum Msg {
     },
     /// A new key ring for every later job.
     Reload(Arc<KeyRing>),
+    /// A range of another shard's split file, to run here.
+    Range(Box<RangeWork>),
+    /// A range of this shard's split file `owner` ended.
+    RangeDone {
+        owner: JobId,
+        result: Result<(), Error>,
+    },
+    /// Split file `owner` failed or was cancelled: stop its ranges here.
+    RangeCancel {
+        owner: JobId,
+    },
     /// Stop accepting; finish jobs until `deadline`, then cancel the rest; then exit.
     Shutdown {
         deadline: Instant,
@@ -170,6 +182,8 @@ pub struct Shared {
     pub roots: Roots,
     pub durability: Durability,
     pub chunk_log2: u8,
+    /// Files at least this many bytes are split into ranges (0: never).
+    pub split_min: u64,
     pub keys_path: PathBuf,
     pub daemon_uid: u32,
     /// Path jobs of callers other than root and the daemon's uid run with the caller's

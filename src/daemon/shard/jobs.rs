@@ -282,13 +282,17 @@ impl JobTable {
     pub fn info(&self, id: JobId) -> Option<JobInfo> {
         if let Some(&slot) = self.seq_to_slot.get(&id.seq) {
             let job = &self.slots[slot].as_ref()?.job;
+            if job.range_of().is_some() {
+                // A range of another shard's split file: that file's job reports it.
+                return None;
+            }
             return Some(JobInfo {
                 job: id,
                 op: job.spec.op,
                 input: job.spec.input.clone(),
                 output: job.spec.output.clone(),
                 state: JobState::Running,
-                bytes_done: job.bytes_in,
+                bytes_done: job.progress_in(),
                 bytes_total: job.input_len(),
             });
         }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use crate::crypto::keys::KeyRing;
 use crate::daemon::creds::Caller;
+use crate::daemon::job::RangeWork;
 use crate::daemon::metrics::{self, ShardMetrics};
 use crate::daemon::reactor::{BackendKind, Completion, File, Op, Reactor, RecvBuf};
 use crate::daemon::token::Token;
@@ -49,6 +50,7 @@ mod conns;
 mod inbox;
 mod jobs;
 mod owner;
+mod ranges;
 mod trees;
 
 use trees::Tree;
@@ -95,6 +97,8 @@ pub struct Shard {
     completions: Vec<Completion>,
     metrics: ShardMetrics,
     trees: HashMap<u64, Tree>,
+    /// Ranges of other shards' split files waiting for buffers here.
+    ranges: VecDeque<Box<RangeWork>>,
     /// Trees ready to walk and the file jobs one walk step found, kept for the next pump.
     tree_ready: Vec<u64>,
     tree_specs: Vec<FileJobSpec>,
@@ -158,6 +162,7 @@ impl Shard {
             completions: Vec::new(),
             metrics: ShardMetrics::new(index),
             trees: HashMap::new(),
+            ranges: VecDeque::new(),
             tree_ready: Vec::new(),
             tree_specs: Vec::new(),
             local: VecDeque::new(),
@@ -316,6 +321,9 @@ impl Shard {
                 self.spares.give(output);
             }
             Msg::Reload(ring) => self.ring = ring,
+            Msg::Range(work) => self.range_arrived(work),
+            Msg::RangeDone { owner, result } => self.range_done(owner, result),
+            Msg::RangeCancel { owner } => self.range_cancel(owner),
             Msg::TreeResult {
                 tree,
                 input,
@@ -798,6 +806,7 @@ impl Shard {
             return false;
         };
         let jobs_left = !self.jobs.is_idle()
+            || !self.ranges.is_empty()
             || !self.trees.is_empty()
             || !self.local.is_empty()
             || !self.gathers.is_empty();

@@ -16,6 +16,7 @@ use crate::daemon::metrics::JobResult;
 use crate::daemon::reactor::BufId;
 use crate::daemon::tree_job::FileResult;
 use crate::error::{Code, Error};
+use crate::limits::RANGE_JOBS_RESERVED_PER_SHARD;
 use crate::protocol::{self, FileJobSpec, JobId, JobInfo, JobState, ShardStats};
 
 use super::jobs::{self, Decision, Waiter, Waiters};
@@ -95,7 +96,13 @@ impl Shard {
     }
 
     pub(super) fn start_queued(&mut self) {
-        while self.reactor.free_buffers() >= BUFFERS_PER_JOB {
+        // Ranges first, on any free buffers; ordinary jobs leave the ranges' reserve free
+        // (see `limits::RANGE_JOBS_RESERVED_PER_SHARD`).
+        if !self.start_ranges() {
+            return;
+        }
+        let reserve = usize::from(RANGE_JOBS_RESERVED_PER_SHARD) * BUFFERS_PER_JOB;
+        while self.reactor.free_buffers() >= BUFFERS_PER_JOB + reserve {
             let Some(queued) = self.jobs.pop_queued() else {
                 return;
             };
@@ -145,9 +152,14 @@ impl Shard {
             durability: self.shared.durability,
             chunk_log2: self.shared.chunk_log2,
             metrics: &self.metrics,
+            shard: self.index,
+            shards: self.shared.inboxes.len(),
+            split_min: self.shared.split_min,
         };
         f(&mut entry.job, &mut ctx);
-        if entry.job.is_finished() {
+        let finished = entry.job.is_finished();
+        self.split_requests(slot);
+        if finished {
             self.finish(slot);
         }
     }
@@ -161,6 +173,14 @@ impl Shard {
         }
         if let Some(who) = job.who() {
             self.reactor.release_identity(who);
+        }
+        if let Some(owner) = job.range_of() {
+            // A range of another shard's file: its bytes count here, its result there.
+            self.stats.bytes_in += job.bytes_in;
+            self.stats.bytes_out += job.bytes_out;
+            self.range_ended(owner, job.outcome().map(|_| ()));
+            self.admit();
+            return;
         }
         let outcome = job.outcome();
         let state = match &outcome {
