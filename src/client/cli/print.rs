@@ -161,10 +161,11 @@ pub(super) fn jobs(kept: KeptJobs) {
         .write_all(jobs_table(&kept.jobs).as_bytes())
         .and_then(|()| stdout.flush());
     if kept.left_out > 0 {
+        let jobs = if kept.left_out == 1 { "job" } else { "jobs" };
         eprintln!(
-            "... and {} more not shown (the first {} are; --limit N shows more, --limit 0 all)",
-            count(kept.left_out as u64, "job", "jobs"),
-            kept.limit
+            "... and {} more {jobs} not shown (the first {} are; --limit N shows more, \
+             --limit 0 all)",
+            kept.left_out, kept.limit
         );
     }
 }
