@@ -320,6 +320,40 @@ mod tests {
                 len as u64
             );
             assert_eq!(out, plain);
+
+            // The same file as a stream of unknown length, read in small pieces.
+            let mut streamed = Vec::new();
+            let mut pieces = Trickle(&a[..]);
+            assert_eq!(
+                open_stream(&mut pieces, &ring, &mut streamed).unwrap().0,
+                len as u64
+            );
+            assert_eq!(streamed, plain, "len {len} as a stream");
+            // Cut at a record boundary or one byte short, or one byte more: never accepted,
+            // and what was written is a whole-chunk prefix of the plaintext.
+            for cut in [a.len() - 1, a.len() - 48, a.len() + 1] {
+                let mut bytes = a.clone();
+                bytes.resize(cut, 0);
+                let mut got = Vec::new();
+                let err = open_stream(&mut &bytes[..], &ring, &mut got).unwrap_err();
+                assert_eq!(err.code, Code::AuthFailed, "len {len}, cut {cut}");
+                assert!(
+                    plain.starts_with(&got) && got.len() % c == 0,
+                    "len {len}, cut {cut}"
+                );
+            }
+        }
+    }
+
+    /// A reader that hands out at most 1000 bytes a call, as a pipe may.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(1000);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
         }
     }
 }

@@ -189,7 +189,7 @@ fn a_failure_mid_stream_exits_1_after_verified_chunks_only() {
     );
     assert!(enc.status.success(), "{enc:?}");
     let mut tampered = enc.stdout.clone();
-    let record = (c + 32) as usize;
+    let record = c + 32;
     tampered[96 + 10 * record + 100] ^= 0x01;
     let mut truncated = enc.stdout.clone();
     truncated.truncate(96 + 12 * record);

@@ -17,7 +17,7 @@
 //! stream is never a tree), or several inputs (`many` refuses `-` among them).
 
 use std::fs::File;
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use super::{EXIT_FAILED, Failure, FileCmd, print, refuse_directory, usage};
 use crate::error::{Code, Error};
 use crate::limits::CHUNK_LOG2_DEFAULT;
 use crate::offline::output::{AtomicFile, Durability};
-use crate::offline::{self, Format, Job};
+use crate::offline::{self, Format, Job, Outcome};
 use crate::protocol::FileOp;
 
 /// The exit code of a run whose consumer stopped reading: success, and nothing printed.
@@ -178,11 +178,30 @@ pub(super) enum Output {
     File(AtomicFile),
 }
 
-/// Counts what went out and remembers whether the reader went away (`EPIPE`).
-struct Counted<W: Write> {
-    inner: W,
+/// Counts what went through, and remembers whether the reader of an output went away
+/// (`EPIPE`).
+struct Counted<T> {
+    inner: T,
     written: u64,
     closed: bool,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T) -> Counted<T> {
+        Counted {
+            inner,
+            written: 0,
+            closed: false,
+        }
+    }
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
 }
 
 impl<W: Write> Write for Counted<W> {
@@ -236,19 +255,19 @@ pub(super) fn run_offline(cli: &Cli, cmd: &FileCmd, ends: Ends) -> Result<(), Fa
         Output::Stream(file) => file,
         Output::File(atomic) => atomic.file(),
     };
-    let mut out = Counted {
-        inner: sink,
-        written: 0,
-        closed: false,
-    };
+    let mut out = Counted::new(sink);
+    let mut read = Counted::new(&mut input);
     let result = match cmd.op {
-        FileOp::Encrypt => offline::encrypt_stream(&ring, &job, &mut input, &mut out),
-        FileOp::Decrypt => offline::decrypt_stream(&ring, &job, &mut input, &mut out),
-        FileOp::Rewrap => offline::rewrap_stream(&ring, &job, &mut input, &mut out),
+        FileOp::Encrypt => offline::encrypt_stream(&ring, &job, &mut read, &mut out),
+        FileOp::Decrypt => offline::decrypt_stream(&ring, &job, &mut read, &mut out),
+        FileOp::Rewrap => offline::rewrap_stream(&ring, &job, &mut read, &mut out),
     };
     let (written, closed) = (out.written, out.closed);
     let outcome = match result {
-        Ok(outcome) => outcome,
+        Ok(outcome) => Outcome {
+            bytes_in: read.written,
+            ..outcome
+        },
         // The consumer stopped reading: what it wanted, it has. Nothing else to do.
         Err(_) if closed => return Err(quiet()),
         Err(err) => return Err(mid_stream(cmd.op, err, &ends.output, written)),
