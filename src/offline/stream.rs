@@ -142,11 +142,7 @@ pub fn open(
     ring: &KeyRing,
     out: &mut impl Write,
 ) -> Result<(u64, format::KeyId), Error> {
-    let mut header_bytes = [0u8; HEADER_BYTES];
-    let got = read_full(input, &mut header_bytes).map_err(read_error)?;
-    let header = Header::parse(&header_bytes[..got])?;
-    let master = ring.opening_key(&header.key_id)?;
-    let mut opener = Opener::new(&header, master.bytes())?;
+    let (header, mut opener) = read_header(input, ring)?;
     let auth = || Error::from(format::AuthFailed);
     let layout = Layout::for_file(file_len, header.chunk_log2).map_err(|_| auth())?;
     let chunk = header.chunk_bytes();
@@ -189,11 +185,7 @@ pub fn open_stream(
     ring: &KeyRing,
     out: &mut impl Write,
 ) -> Result<(u64, format::KeyId), Error> {
-    let mut header_bytes = [0u8; HEADER_BYTES];
-    let got = read_full(input, &mut header_bytes).map_err(read_error)?;
-    let header = Header::parse(&header_bytes[..got])?;
-    let master = ring.opening_key(&header.key_id)?;
-    let mut opener = Opener::new(&header, master.bytes())?;
+    let (header, mut opener) = read_header(input, ring)?;
     let auth = || Error::from(format::AuthFailed);
     let chunk = header.chunk_bytes();
     let stride = opener.record_bytes();
@@ -229,6 +221,16 @@ pub fn open_stream(
         out.flush().map_err(write_error)?;
         return Ok((written + plain as u64, header.key_id));
     }
+}
+
+/// Reads and parses the header, finds its key in `ring` and checks the header tag.
+fn read_header(input: &mut impl Read, ring: &KeyRing) -> Result<(Header, Opener), Error> {
+    let mut header_bytes = [0u8; HEADER_BYTES];
+    let got = read_full(input, &mut header_bytes).map_err(read_error)?;
+    let header = Header::parse(&header_bytes[..got])?;
+    let master = ring.opening_key(&header.key_id)?;
+    let opener = Opener::new(&header, master.bytes())?;
+    Ok((header, opener))
 }
 
 /// Writes the plaintext of the first `records` opened records of `batch` as one piece.
