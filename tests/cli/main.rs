@@ -17,6 +17,7 @@ mod support;
 
 mod files;
 mod keys;
+mod many;
 mod openssl;
 mod pipes;
 mod scrub;

@@ -21,16 +21,16 @@ Examples:
   ringcrypt encrypt -r photos                              # a directory tree -> photos.rcrypt/
   ringcrypt --socket ./ringcrypt-dev/ringcrypt.sock ping
   ringcrypt --json decrypt report.pdf.rcrypt -o copy.pdf   # the daemon's reply lines, as JSON
-  ringcrypt keygen --name prod-2026 >> keys.toml && chmod 600 keys.toml
+  ringcrypt keygen --name prod-2026 -o keys.toml           # a new key ring, mode 0600
   ringcrypt --keys keys.toml encrypt report.pdf            # offline: no daemon
   ringcrypt --keys keys.toml decrypt report.pdf.rcrypt -o copy.pdf
   ringcrypt --keys keys.toml rewrap old.rcrypt --in-place  # re-encrypt under the default key
   ringcrypt --keys keys.toml decrypt -r photos.rcrypt      # offline, all cores -> photos/
   tar c docs | ringcrypt --keys keys.toml encrypt - -o docs.tar.rcrypt   # a pipe (offline)
   ringcrypt --keys keys.toml decrypt docs.tar.rcrypt -o - | tar x
-  ringcrypt encrypt a.pdf b.pdf c.pdf -o /backup/           # several inputs into one directory
-  ringcrypt --keys keys.toml verify -r /backup              # check every chunk, write nothing
-  ringcrypt inspect report.pdf.rcrypt                       # header fields, no key needed
+  ringcrypt encrypt a.pdf b.pdf c.pdf -o /backup/          # several inputs into one directory
+  ringcrypt --keys keys.toml verify -r /backup             # check every chunk, write nothing
+  ringcrypt inspect report.pdf.rcrypt                      # header fields, no key needed
   ringcrypt completions bash > ~/.local/share/bash-completion/completions/ringcrypt
 
 `-` (or /dev/stdin, /dev/stdout) is standard input or output; pipes need --keys for now.
@@ -56,8 +56,9 @@ pub struct Cli {
           default_value = DEFAULT_SOCKET)]
     pub(super) socket: PathBuf,
 
-    /// Print the daemon's reply lines (JSON, one per line) to stdout as they arrive, and
-    /// nothing else.
+    /// Print JSON lines to stdout and nothing else: the daemon's reply lines as they arrive
+    /// (verify and inspect: a line per file), or one `error` line when the client itself
+    /// refuses.
     #[arg(long, global = true)]
     pub(super) json: bool,
 
@@ -148,7 +149,7 @@ Examples:
   ringcrypt --keys keys.toml decrypt legacy.enc -o legacy.tar --key legacy
   ringcrypt decrypt -r photos.rcrypt                            # tree -> photos/
   ringcrypt --keys keys.toml decrypt -r /backup/photos -o photos --skip-existing
-  ringcrypt decrypt a.csv.rcrypt b.csv.rcrypt -o restored/       # several inputs
+  ringcrypt decrypt a.csv.rcrypt b.csv.rcrypt -o restored/      # several inputs
   ringcrypt --keys keys.toml decrypt photos.tar.rcrypt -o - | tar x
   curl -s https://host/x.rcrypt | ringcrypt --keys keys.toml decrypt - -o x
 

@@ -352,3 +352,41 @@ pub(super) fn current_dir() -> Result<PathBuf, Failure> {
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, state: &str) -> JobEntry {
+        serde_json::from_value(serde_json::json!({"job": id, "state": state})).unwrap()
+    }
+
+    #[test]
+    fn jobs_keep_the_asked_states_live_first_then_newest() {
+        let jobs = vec![
+            job("0-1", "done"),
+            job("1-9", "failed"),
+            job("0-7", "running"),
+            job("1-2", "done"),
+            job("0-3", "queued"),
+            job("0-12", "done"),
+        ];
+        let all = JobsFilter {
+            states: vec![],
+            limit: 4,
+        }
+        .apply(jobs.clone());
+        let order: Vec<String> = all.jobs.iter().map(|j| j.job.to_string()).collect();
+        assert_eq!(order, ["0-7", "0-3", "0-12", "1-9"]);
+        assert_eq!(all.left_out, 2);
+
+        let done = JobsFilter {
+            states: vec!["done"],
+            limit: 0,
+        }
+        .apply(jobs);
+        let order: Vec<String> = done.jobs.iter().map(|j| j.job.to_string()).collect();
+        assert_eq!(order, ["0-12", "1-2", "0-1"]);
+        assert_eq!(done.left_out, 0);
+    }
+}

@@ -1,8 +1,8 @@
 //! Several inputs in one invocation: `ringcrypt encrypt a b c [-r photos] [-o DIR]`. Each
 //! input is the job it would be alone (a file, or with `-r` a tree), with `-o DIR` meaning
 //! "into this existing directory, under the input's own name" (the tree rules name it:
-//! `.rcrypt` appended or stripped). Offline the inputs run one after another (a tree on
-//! every core); through the daemon they go as requests on one connection, up to
+//! `.rcrypt` appended or stripped). Offline the files run one per core, then each tree in
+//! turn (on every core); through the daemon they go as requests on one connection, up to
 //! [`IN_FLIGHT`] at a time, so the shards work on several at once. Either way there is one
 //! progress display and one summary, and exit 1 when anything failed.
 //!
@@ -318,36 +318,72 @@ fn run_offline(
         openssl_warning(cmd.output.as_deref().unwrap_or(Path::new("the outputs")));
     }
     let mut summary = Summary::default();
+    run_files_offline(&ring, items, &mut summary, progress);
     for (slot, item) in items.iter().enumerate() {
-        match item {
-            Item::File { cmd, size } => {
-                match run_one(&ring, cmd, |_| {}) {
-                    Ok((outcome, _)) => {
-                        summary.files_ok += 1;
-                        summary.bytes_in += outcome.bytes_in;
-                        summary.bytes_out += outcome.bytes_out;
-                    }
-                    Err(failure) => input_failed(&mut summary, cmd.input(), as_error(failure)),
-                }
-                progress.file_done(*size);
+        let Item::Tree(plan) = item else { continue };
+        let slot = slot as u64;
+        match tree::run(&ring, &plan.job(), |s| progress.tree(slot, *s)) {
+            Ok(done) => {
+                progress.tree_done(slot, &done);
+                merge(&mut summary, done);
             }
-            Item::Tree(plan) => {
-                let slot = slot as u64;
-                let result = tree::run(&ring, &plan.job(), |s| progress.tree(slot, *s));
-                match result {
-                    Ok(done) => {
-                        progress.tree_done(slot, &done);
-                        merge(&mut summary, done);
-                    }
-                    Err(err) => {
-                        progress.tree_done(slot, &Summary::default());
-                        input_failed(&mut summary, &plan.input, err);
-                    }
-                }
+            Err(err) => {
+                progress.tree_done(slot, &Summary::default());
+                input_failed(&mut summary, &plan.input, err);
             }
         }
     }
     Ok(summary)
+}
+
+/// The file inputs, offline, one worker per core (each file is one stream, on one core);
+/// results are counted and shown here as they come.
+fn run_files_offline(
+    ring: &crate::crypto::keys::KeyRing,
+    items: &[Item],
+    summary: &mut Summary,
+    progress: &mut Combined,
+) {
+    let files: Vec<(&FileCmd, u64)> = items
+        .iter()
+        .filter_map(|item| match item {
+            Item::File { cmd, size } => Some((cmd, *size)),
+            Item::Tree(_) => None,
+        })
+        .collect();
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (results, received) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(files.len()) {
+            let results = results.clone();
+            let (files, next) = (&files, &next);
+            scope.spawn(move || {
+                loop {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((cmd, size)) = files.get(index) else {
+                        return;
+                    };
+                    let outcome = run_one(ring, cmd, |_| {}).map(|(outcome, _)| outcome);
+                    if results.send((*cmd, *size, outcome)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(results);
+        for (cmd, size, outcome) in received {
+            match outcome {
+                Ok(outcome) => {
+                    summary.files_ok += 1;
+                    summary.bytes_in += outcome.bytes_in;
+                    summary.bytes_out += outcome.bytes_out;
+                }
+                Err(failure) => input_failed(summary, cmd.input(), as_error(failure)),
+            }
+            progress.file_done(size);
+        }
+    });
 }
 
 /// A request in flight: which item, and a single file's descriptors to commit after `done`.

@@ -297,8 +297,9 @@ fn mid_stream(op: FileOp, err: Error, output: &End, written: u64) -> Failure {
     if output.is_stream() && written > 0 {
         let got = match op {
             FileOp::Decrypt => format!(
-                "{} received {written} bytes of plaintext before the failure, every chunk \
-                 verified before it was written; the rest is missing: treat it as incomplete",
+                "{} received {written} bytes of plaintext before the failure (of a ringcrypt \
+                 file, only chunks whose tags verified); the rest is missing: treat what it \
+                 got as incomplete",
                 output.name().display()
             ),
             FileOp::Encrypt | FileOp::Rewrap => format!(
