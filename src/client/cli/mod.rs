@@ -4,8 +4,10 @@
 //! Without `--keys`, file jobs and the daemon's own commands go to `ringcryptd` over its socket
 //! (the connection lives in [`crate::client`]); with `--keys`, file jobs run in this process
 //! ([`crate::offline`]). Errors print as `error: ...`, followed by `hint: ...` where a next step
-//! is clear. With `--json`, every reply line from the daemon goes to stdout as received, and
-//! nothing else does.
+//! is clear. With `--json`, stdout carries JSON lines only: every reply line from the daemon
+//! as received (`verify` and `inspect`: their own lines), and when the client itself refuses
+//! (a usage error, an output that exists, an unreachable daemon) one `error` line, so a
+//! script always gets a final line. A failure a daemon line already said is not repeated.
 //!
 //! With `-r`, a file job is a directory tree: offline it runs in [`crate::offline::tree`], through the
 //! daemon it is one recursive request whose `progress` lines drive the same display. Either
