@@ -254,3 +254,57 @@ fn named_outputs_from_pipes_keep_the_rules() {
     assert_eq!(out.stdout.len() as u64, sealed_size(9, 16));
     assert_eq!(listing(dir.path()), names(&["keys.toml", "kept.rcrypt"]));
 }
+
+/// Intact: a FIFO named as the input is read as a stream into an atomic output, a device
+/// named as the output (`/dev/null`) is written as a stream, and the openssl format goes
+/// through pipes both ways; the directory holds only what the test made.
+#[test]
+fn fifos_devices_and_the_openssl_format_stream_too() {
+    let (dir, ring, k) = one_key_setup();
+    write_private(
+        &ring,
+        &(key("k", &k, "active") + &passphrase("legacy", "pw", 1000, "active")),
+    );
+    let data = random_bytes(200_000, 8);
+    let fifo = dir.path().join("fifo");
+    support::mkfifo(&fifo);
+    let writer = {
+        let (fifo, data) = (fifo.clone(), data.clone());
+        std::thread::spawn(move || fs::write(fifo, data).unwrap())
+    };
+    let out = dir.path().join("from-fifo.rcrypt");
+    with_ring(&ring, &["--json", "encrypt", p(&fifo), "-o", p(&out)]).usage();
+    let run = with_ring(&ring, &["encrypt", p(&fifo), "-o", p(&out)]).ok();
+    writer.join().unwrap();
+    assert!(run.stdout.contains("encrypted"), "{run:#?}");
+    with_ring(&ring, &["decrypt", p(&out), "-o", "/dev/null"]).ok();
+    let back = piped(
+        &ring,
+        dir.path(),
+        &["decrypt", "-"],
+        &fs::read(&out).unwrap(),
+    );
+    assert_eq!(back.stdout, data);
+
+    let sealed = piped(
+        &ring,
+        dir.path(),
+        &["encrypt", "-", "--format", "openssl", "--key", "legacy"],
+        &data,
+    );
+    assert!(sealed.status.success(), "{sealed:?}");
+    assert_eq!(&sealed.stdout[..8], b"Salted__");
+    assert_eq!(sealed.stdout.len() as u64, openssl_size(data.len() as u64));
+    let opened = piped(
+        &ring,
+        dir.path(),
+        &["decrypt", "-", "--key", "legacy"],
+        &sealed.stdout,
+    );
+    assert!(opened.status.success(), "{opened:?}");
+    assert_eq!(opened.stdout, data);
+    assert_eq!(
+        listing(dir.path()),
+        names(&["keys.toml", "fifo", "from-fifo.rcrypt"])
+    );
+}
