@@ -27,7 +27,7 @@
 //! - `print`: what the user reads of a reply or an outcome, and the `error:` / `hint:` lines.
 //!
 //! This file holds the dispatch, the `Failure` every room returns with its exit code, the
-//! file job as the command line gives it ([`FileCmd`]), and the one naming rule the rooms
+//! file job as the command line gives it (`FileCmd`), and the one naming rule the rooms
 //! share (decrypt's default output). It does no job itself.
 
 mod args;
