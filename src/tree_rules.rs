@@ -38,6 +38,22 @@ pub enum Special {
 }
 
 impl Special {
+    /// The kind of an entry that is not a regular file or a directory.
+    pub fn of(kind: std::fs::FileType) -> Special {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_symlink() {
+            Special::Symlink
+        } else if kind.is_fifo() {
+            Special::Fifo
+        } else if kind.is_socket() {
+            Special::Socket
+        } else if kind.is_block_device() || kind.is_char_device() {
+            Special::Device
+        } else {
+            Special::Unknown
+        }
+    }
+
     /// The reason listed for the skipped entry.
     pub fn reason(self) -> &'static str {
         match self {

@@ -251,7 +251,7 @@ fn a_tree_round_trips_with_modes_and_mtimes() {
                 && enc.stderr.contains("[permission_denied]"),
             "{enc:?}"
         );
-        assert!(enc.stderr.contains("error: 1 file(s) failed"), "{enc:?}");
+        assert!(enc.stderr.contains("error: 1 file failed"), "{enc:?}");
     }
     // Every encrypted file is named FILE.rcrypt and carries the source's mode and mtime.
     let source = listing(&src);

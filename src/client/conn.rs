@@ -41,7 +41,11 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ClientError {
     /// The daemon could not be reached: no socket file, nobody listening, no permission, or
     /// no answer within [`SHORT_REPLY_TIMEOUT`]. The CLI's exit code 3.
-    Unreachable { socket: PathBuf, cause: String },
+    Unreachable {
+        socket: PathBuf,
+        cause: String,
+        reason: Unreachable,
+    },
     /// The daemon answered with an `error` reply (its code and message), or the conversation
     /// broke after it began (the connection closed early, a line that is not a reply).
     Failed(Error),
@@ -50,7 +54,7 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Unreachable { socket, cause } => write!(
+            ClientError::Unreachable { socket, cause, .. } => write!(
                 f,
                 "cannot reach ringcryptd at {}: {cause}",
                 socket.display()
@@ -61,6 +65,19 @@ impl fmt::Display for ClientError {
 }
 
 impl std::error::Error for ClientError {}
+
+/// Why the daemon could not be reached, so the next step suggested can fit it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreachable {
+    /// No socket file, or nobody listening on it: the daemon is not running there.
+    NotRunning,
+    /// The socket exists but this user may not connect to it.
+    PermissionDenied,
+    /// Connected, but no answer in time.
+    NoAnswer,
+    /// Anything else that stopped the connection.
+    Other,
+}
 
 /// One connection to the daemon. Requests on it are sent one at a time, each with a fresh id.
 pub struct Client {
@@ -75,22 +92,26 @@ impl Client {
     /// a missing socket file (`ENOENT`), a stale one (`ECONNREFUSED`), one we may not open
     /// (`EACCES`), or anything else that stops the connection.
     pub fn connect(socket: &Path) -> Result<Client, ClientError> {
-        let unreachable = |cause: String| ClientError::Unreachable {
+        let failed = |cause: String, reason| ClientError::Unreachable {
             socket: socket.to_path_buf(),
             cause,
+            reason,
         };
-        let stream = UnixStream::connect(socket).map_err(|err| {
-            unreachable(match err.kind() {
-                io::ErrorKind::NotFound => "no such socket (is the daemon running?)".to_string(),
-                io::ErrorKind::ConnectionRefused => {
-                    "connection refused (the daemon is not running, or the socket is stale)"
-                        .to_string()
-                }
-                io::ErrorKind::PermissionDenied => {
-                    "permission denied (ask to be added to the daemon's group)".to_string()
-                }
-                _ => err.to_string(),
-            })
+        let unreachable = |cause: String| failed(cause, Unreachable::Other);
+        let stream = UnixStream::connect(socket).map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound => failed(
+                "no such socket (is the daemon running?)".into(),
+                Unreachable::NotRunning,
+            ),
+            io::ErrorKind::ConnectionRefused => failed(
+                "connection refused (the daemon is not running, or the socket is stale)".into(),
+                Unreachable::NotRunning,
+            ),
+            io::ErrorKind::PermissionDenied => failed(
+                "permission denied: this user may not use the daemon's socket".into(),
+                Unreachable::PermissionDenied,
+            ),
+            _ => unreachable(err.to_string()),
         })?;
         stream
             .set_write_timeout(Some(WRITE_TIMEOUT))
@@ -142,35 +163,15 @@ impl Client {
 
         let line = protocol::encode_request(Some(&id), request);
         self.send_line(line.as_bytes(), fds)
-            .map_err(|err| self.broken(request, "sending the request", err))?;
+            .map_err(|err| self.broken(request.op(), "sending the request", err))?;
 
-        let mut raw = Vec::new();
         loop {
-            raw.clear();
-            let read = self
-                .reader
-                .read_until(b'\n', &mut raw)
-                .map_err(|err| self.broken(request, "reading the reply", err))?;
-            if read == 0 || raw.last() != Some(&b'\n') {
-                return Err(self.failed(format!(
-                    "the daemon closed the connection before answering the {} request \
-                     (did it stop?)",
-                    request.op()
-                )));
-            }
-            let text = std::str::from_utf8(&raw).map_err(|_| {
-                self.failed(
-                    "the reply from the socket is not UTF-8; is ringcryptd listening there?"
-                        .to_string(),
-                )
-            })?;
-            let reply = protocol::parse_reply(text).map_err(ClientError::Failed)?;
-            let (answers, anonymous) = (reply.answers(Some(&id)), reply.id.is_none());
-            let line = reply.into_line().map_err(ClientError::Failed)?;
-            on_line(text, &line);
+            let (text, reply_id, line) = self.read_reply(request.op())?;
+            on_line(&text, &line);
             // An error without an id is the daemon refusing a line it could not read far
             // enough to find the id; on this connection it can only be about our request.
-            let ours = answers || (anonymous && matches!(line, ReplyLine::Error(_)));
+            let answers = reply_id.as_ref() == Some(id.value());
+            let ours = answers || (reply_id.is_none() && matches!(line, ReplyLine::Error(_)));
             if !ours {
                 continue;
             }
@@ -181,6 +182,61 @@ impl Client {
                 _ => {}
             }
         }
+    }
+
+    /// Sends a file job that waits for its outcome, without reading any reply, so several
+    /// can be in flight on this connection; returns the id its replies carry. Read them with
+    /// [`Client::next_reply`]. `fds` as in [`Client::request_passing`].
+    pub fn send(
+        &mut self,
+        request: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<RequestId, ClientError> {
+        let id = RequestId::from(self.next_id);
+        self.next_id += 1;
+        self.reader
+            .get_ref()
+            .set_read_timeout(None)
+            .map_err(|err| self.failed(format!("cannot set a read timeout: {err}")))?;
+        let line = protocol::encode_request(Some(&id), request);
+        self.send_line(line.as_bytes(), fds)
+            .map_err(|err| self.broken(request.op(), "sending the request", err))?;
+        Ok(id)
+    }
+
+    /// The next reply line on this connection: as received (with its newline), the id it
+    /// answers (none for a line the daemon could not read an id from), and what it says.
+    pub fn next_reply(
+        &mut self,
+    ) -> Result<(String, Option<serde_json::Value>, ReplyLine), ClientError> {
+        self.read_reply("file job")
+    }
+
+    fn read_reply(
+        &mut self,
+        op: &str,
+    ) -> Result<(String, Option<serde_json::Value>, ReplyLine), ClientError> {
+        let mut raw = Vec::new();
+        let read = self
+            .reader
+            .read_until(b'\n', &mut raw)
+            .map_err(|err| self.broken(op, "reading the reply", err))?;
+        if read == 0 || raw.last() != Some(&b'\n') {
+            return Err(self.failed(format!(
+                "the daemon closed the connection before answering the {op} request \
+                 (did it stop?)"
+            )));
+        }
+        let text = String::from_utf8(raw).map_err(|_| {
+            self.failed(
+                "the reply from the socket is not UTF-8; is ringcryptd listening there?"
+                    .to_string(),
+            )
+        })?;
+        let reply = protocol::parse_reply(&text).map_err(ClientError::Failed)?;
+        let id = reply.id.clone();
+        let line = reply.into_line().map_err(ClientError::Failed)?;
+        Ok((text, id, line))
     }
 
     /// Writes one request line; descriptors go with the first `sendmsg`, so they arrive
@@ -219,15 +275,15 @@ impl Client {
 
     /// An IO error after connecting. A timeout on a short request means the daemon is not
     /// answering: unreachable, as far as the caller can tell. Anything else broke mid-way.
-    fn broken(&self, request: &Request, during: &str, err: io::Error) -> ClientError {
+    fn broken(&self, op: &str, during: &str, err: io::Error) -> ClientError {
         match err.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Unreachable {
                 socket: self.socket.clone(),
                 cause: format!(
-                    "no answer to the {} request within {} s",
-                    request.op(),
+                    "no answer to the {op} request within {} s",
                     SHORT_REPLY_TIMEOUT.as_secs()
                 ),
+                reason: Unreachable::NoAnswer,
             },
             _ => ClientError::Failed(Error::new(
                 Code::IoError,

@@ -12,9 +12,11 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::SystemTime;
 
+pub mod inspect;
 pub mod output;
 pub mod stream;
 pub mod tree;
+pub mod verify;
 
 use crate::crypto::format::{self, Sealer};
 use crate::crypto::keys::{KeyMaterial, KeyRing};
@@ -164,52 +166,16 @@ pub fn verify_sealed(ring: &KeyRing, path: &Path) -> Result<format::KeyId, Error
 }
 
 fn encrypt_with(ring: &KeyRing, job: &Job, rules: Rules) -> Result<Outcome, Error> {
-    let entry = match job.format {
-        Format::Ringcrypt => ring.sealing_entry(job.key)?,
-        Format::Openssl => ring.sealing_passphrase(job.key)?.0,
-    };
+    let entry = sealing_entry(ring, job.key, job.format)?;
     let mut input = open_input(job.input, rules)?;
     refuse_same_file(&input, job)?;
     let mut out = AtomicFile::create(job.output, job.overwrite)?;
-    let bytes_out = match (&entry.material, job.format) {
-        (KeyMaterial::Secret(master), Format::Ringcrypt) => {
-            let sealer = Sealer::new(master.bytes(), job.chunk_log2, format::random_salt()?);
-            let mut writer =
-                SealWriter::new(sealer, out.file()).map_err(write_error(job.output))?;
-            let read = writer.fill_from(&mut input.file).map_err(|e| {
-                if writer.write_failed() {
-                    Error::io("write", job.output, e)
-                } else {
-                    Error::io("read", job.input, e)
-                }
-            })?;
-            if read != input.len {
-                return Err(changed_while_reading(job.input));
-            }
-            writer.finish().map_err(write_error(job.output))?.1
-        }
-        (KeyMaterial::Passphrase { passphrase, iter }, Format::Openssl) => {
-            let salt = openssl::random_salt()?;
-            let mut writer = OpensslWriter::new(out.file(), passphrase, *iter, salt)
-                .map_err(write_error(job.output))?;
-            let read = std::io::copy(&mut input.file, &mut writer)
-                .map_err(|e| Error::io("read", job.input, e))?;
-            if read != input.len {
-                return Err(changed_while_reading(job.input));
-            }
-            writer.finish().map_err(write_error(job.output))?.1
-        }
-        (_, format) => {
-            return Err(Error::new(
-                Code::BadRequest,
-                format!(
-                    "key {:?} cannot write the {} format",
-                    entry.name,
-                    format.as_str()
-                ),
-            ));
-        }
+    let names = Names {
+        input: job.input,
+        output: job.output,
     };
+    let read_len = Some(input.len);
+    let (_, bytes_out) = seal(entry, job, &names, &mut input.file, read_len, out.file())?;
     commit(out, &input, job, rules)?;
     Ok(Outcome {
         bytes_in: input.len,
@@ -217,6 +183,89 @@ fn encrypt_with(ring: &KeyRing, job: &Job, rules: Rules) -> Result<Outcome, Erro
         format: job.format,
         key: entry.name.clone(),
     })
+}
+
+/// The entry that seals in `format`: a ringcrypt key, or an openssl passphrase.
+fn sealing_entry<'r>(
+    ring: &'r KeyRing,
+    key: Option<&str>,
+    format: Format,
+) -> Result<&'r crate::crypto::keys::KeyEntry, Error> {
+    match format {
+        Format::Ringcrypt => ring.sealing_entry(key),
+        Format::Openssl => Ok(ring.sealing_passphrase(key)?.0),
+    }
+}
+
+/// What the input and output are called in messages: their paths, or "standard input".
+#[derive(Clone, Copy, Debug)]
+pub struct Names<'a> {
+    pub input: &'a Path,
+    pub output: &'a Path,
+}
+
+/// Seals all of `input` into `out` under `entry` in `job.format`; returns the bytes read
+/// and written. With `expected`, the input must be exactly that long (it did not change while
+/// being read).
+fn seal(
+    entry: &crate::crypto::keys::KeyEntry,
+    job: &Job,
+    names: &Names,
+    input: &mut impl Read,
+    expected: Option<u64>,
+    out: &mut impl Write,
+) -> Result<(u64, u64), Error> {
+    let check_len = |read: u64| match expected {
+        Some(len) if len != read => Err(changed_while_reading(names.input)),
+        _ => Ok(()),
+    };
+    match (&entry.material, job.format) {
+        (KeyMaterial::Secret(master), Format::Ringcrypt) => {
+            let sealer = Sealer::new(master.bytes(), job.chunk_log2, format::random_salt()?);
+            let mut writer = SealWriter::new(sealer, out).map_err(write_error(names.output))?;
+            let read = writer.fill_from(input).map_err(|e| {
+                if writer.write_failed() {
+                    Error::io("write", names.output, e)
+                } else {
+                    Error::io("read", names.input, e)
+                }
+            })?;
+            check_len(read)?;
+            Ok((read, writer.finish().map_err(write_error(names.output))?.1))
+        }
+        (KeyMaterial::Passphrase { passphrase, iter }, Format::Openssl) => {
+            let salt = openssl::random_salt()?;
+            let mut writer = OpensslWriter::new(out, passphrase, *iter, salt)
+                .map_err(write_error(names.output))?;
+            let read = copy(input, &mut writer, names)?;
+            check_len(read)?;
+            Ok((read, writer.finish().map_err(write_error(names.output))?.1))
+        }
+        (_, format) => Err(Error::new(
+            Code::BadRequest,
+            format!(
+                "key {:?} cannot write the {} format",
+                entry.name,
+                format.as_str()
+            ),
+        )),
+    }
+}
+
+/// `std::io::copy`, with a failure named after the side it came from.
+fn copy(input: &mut impl Read, out: &mut impl Write, names: &Names) -> Result<u64, Error> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let got =
+            openssl::read_full(input, &mut buf).map_err(|e| Error::io("read", names.input, e))?;
+        if got == 0 {
+            return Ok(total);
+        }
+        out.write_all(&buf[..got])
+            .map_err(|e| Error::io("write", names.output, e))?;
+        total += got as u64;
+    }
 }
 
 fn changed_while_reading(path: &Path) -> Error {
@@ -249,27 +298,34 @@ fn detect(path: &Path, magic: &[u8]) -> Result<Format, Error> {
     }
 }
 
-/// Decrypts the input (either format) into `sink`; returns (plaintext bytes, format, key).
+/// Decrypts `input` (either format) into `sink`; returns (plaintext bytes, format, key).
+/// `len` is the input's length when it is a file; a stream's end is found as it comes.
 fn decrypt_into(
     ring: &KeyRing,
-    job: &Job,
-    input: &mut Input,
+    key: Option<&str>,
+    names: &Names,
+    input: &mut impl Read,
+    len: Option<u64>,
     sink: &mut impl Write,
 ) -> Result<(u64, Format, String), Error> {
     let mut magic = [0u8; 8];
-    let got = openssl::read_full(&mut input.file, &mut magic)
-        .map_err(|e| Error::io("read", job.input, e))?;
-    let format = detect(job.input, &magic[..got])?;
-    let mut whole = (&magic[..got]).chain(&mut input.file);
-    let in_file = |e: Error| e.context(job.input.display());
+    let got =
+        openssl::read_full(input, &mut magic).map_err(|e| Error::io("read", names.input, e))?;
+    let format = detect(names.input, &magic[..got])?;
+    let mut whole = (&magic[..got]).chain(input);
+    let in_file = |e: Error| e.context(names.input.display());
     match format {
         Format::Ringcrypt => {
-            let (plain, id) = stream::open(&mut whole, input.len, ring, sink).map_err(in_file)?;
+            let (plain, id) = match len {
+                Some(len) => stream::open(&mut whole, len, ring, sink),
+                None => stream::open_stream(&mut whole, ring, sink),
+            }
+            .map_err(in_file)?;
             let name = ring.name_for_id(&id).unwrap_or_default().to_string();
             Ok((plain, format, name))
         }
         Format::Openssl => {
-            let (entry, passphrase, iter) = ring.passphrase_entry(job.key)?;
+            let (entry, passphrase, iter) = ring.passphrase_entry(key)?;
             let plain = openssl::decrypt(&mut whole, sink, passphrase, iter).map_err(in_file)?;
             Ok((plain, format, entry.name.clone()))
         }
@@ -285,10 +341,16 @@ fn decrypt_with(ring: &KeyRing, job: &Job, rules: Rules) -> Result<Outcome, Erro
     let mut input = open_input(job.input, rules)?;
     refuse_same_file(&input, job)?;
     let mut out = AtomicFile::create(job.output, job.overwrite)?;
+    let names = Names {
+        input: job.input,
+        output: job.output,
+    };
     let (plain, format, key) = decrypt_into(
         ring,
-        job,
-        &mut input,
+        job.key,
+        &names,
+        &mut input.file,
+        Some(input.len),
         &mut std::io::BufWriter::with_capacity(1 << 20, out.file()),
     )?;
     commit(out, &input, job, rules)?;
@@ -319,11 +381,94 @@ fn rewrap_with(ring: &KeyRing, job: &Job, rules: Rules) -> Result<Outcome, Error
     let mut out = AtomicFile::create(job.output, job.overwrite)?;
     let sealer = Sealer::new(master.bytes(), job.chunk_log2, format::random_salt()?);
     let mut writer = SealWriter::new(sealer, out.file()).map_err(write_error(job.output))?;
-    decrypt_into(ring, job, &mut input, &mut writer)?;
+    let names = Names {
+        input: job.input,
+        output: job.output,
+    };
+    let len = Some(input.len);
+    decrypt_into(ring, job.key, &names, &mut input.file, len, &mut writer)?;
     let bytes_out = writer.finish().map_err(write_error(job.output))?.1;
     commit(out, &input, job, rules)?;
     Ok(Outcome {
         bytes_in: input.len,
+        bytes_out,
+        format: Format::Ringcrypt,
+        key: entry.name.clone(),
+    })
+}
+
+/// Encrypts a stream (standard input, a pipe) into a stream or an output file the caller
+/// commits. `job.input` and `job.output` only name the two ends in messages.
+pub fn encrypt_stream(
+    ring: &KeyRing,
+    job: &Job,
+    input: &mut impl Read,
+    out: &mut impl Write,
+) -> Result<Outcome, Error> {
+    let entry = sealing_entry(ring, job.key, job.format)?;
+    let names = Names {
+        input: job.input,
+        output: job.output,
+    };
+    let (bytes_in, bytes_out) = seal(entry, job, &names, input, None, out)?;
+    out.flush().map_err(write_error(job.output))?;
+    Ok(Outcome {
+        bytes_in,
+        bytes_out,
+        format: job.format,
+        key: entry.name.clone(),
+    })
+}
+
+/// Decrypts a stream (either format, detected) into `out`, each ringcrypt chunk verified
+/// before it is written ([`stream::open_stream`]). On failure `out` may hold the verified
+/// chunks before the bad one. `bytes_in` is not counted (0): the plaintext is.
+pub fn decrypt_stream(
+    ring: &KeyRing,
+    job: &Job,
+    input: &mut impl Read,
+    out: &mut impl Write,
+) -> Result<Outcome, Error> {
+    let names = Names {
+        input: job.input,
+        output: job.output,
+    };
+    let (plain, format, key) = decrypt_into(ring, job.key, &names, input, None, out)?;
+    out.flush().map_err(write_error(job.output))?;
+    Ok(Outcome {
+        bytes_in: 0,
+        bytes_out: plain,
+        format,
+        key,
+    })
+}
+
+/// Re-encrypts a stream under the ring's default key into `out`, with no plaintext
+/// anywhere but memory.
+pub fn rewrap_stream(
+    ring: &KeyRing,
+    job: &Job,
+    input: &mut impl Read,
+    out: &mut impl Write,
+) -> Result<Outcome, Error> {
+    let entry = ring.sealing_entry(None)?;
+    let KeyMaterial::Secret(master) = &entry.material else {
+        return Err(Error::new(
+            Code::Internal,
+            "the default key is not a ringcrypt key",
+        ));
+    };
+    let names = Names {
+        input: job.input,
+        output: job.output,
+    };
+    let sealer = Sealer::new(master.bytes(), job.chunk_log2, format::random_salt()?);
+    let mut writer = SealWriter::new(sealer, &mut *out).map_err(write_error(job.output))?;
+    decrypt_into(ring, job.key, &names, input, None, &mut writer)?;
+    let bytes_out = writer.finish().map_err(write_error(job.output))?.1;
+    out.flush().map_err(write_error(job.output))?;
+    Ok(Outcome {
+        bytes_in: 0,
         bytes_out,
         format: Format::Ringcrypt,
         key: entry.name.clone(),

@@ -106,6 +106,11 @@ impl AtomicFile {
         &mut self.file
     }
 
+    /// The temp file, to hand its descriptor on.
+    pub fn file_ref(&self) -> &File {
+        &self.file
+    }
+
     /// Makes the output visible under its name with permission bits `mode`: fsync, link (or
     /// rename), fsync the directory. With `overwrite` an existing file is replaced atomically.
     pub fn commit(

@@ -142,11 +142,7 @@ pub fn open(
     ring: &KeyRing,
     out: &mut impl Write,
 ) -> Result<(u64, format::KeyId), Error> {
-    let mut header_bytes = [0u8; HEADER_BYTES];
-    let got = read_full(input, &mut header_bytes).map_err(read_error)?;
-    let header = Header::parse(&header_bytes[..got])?;
-    let master = ring.opening_key(&header.key_id)?;
-    let mut opener = Opener::new(&header, master.bytes())?;
+    let (header, mut opener) = read_header(input, ring)?;
     let auth = || Error::from(format::AuthFailed);
     let layout = Layout::for_file(file_len, header.chunk_log2).map_err(|_| auth())?;
     let chunk = header.chunk_bytes();
@@ -161,12 +157,7 @@ pub fn open(
             return Err(auth());
         }
         opener.open_full(want).map_err(|_| auth())?;
-        // Pack the plaintext of each record together for one write.
-        for record in 1..records {
-            batch.copy_within(record * stride..record * stride + chunk, record * chunk);
-        }
-        out.write_all(&batch[..records * chunk])
-            .map_err(write_error)?;
+        write_plain(&mut batch, records, stride, chunk, out)?;
         written += (records * chunk) as u64;
         remaining -= records as u64;
     }
@@ -182,6 +173,79 @@ pub fn open(
     }
     out.write_all(&batch[..plain]).map_err(write_error)?;
     Ok((written + plain as u64, header.key_id))
+}
+
+/// As [`open`], for an input whose length is not known in advance (a pipe): the final record
+/// is the one the input ends after, so each batch is read with one byte to spare, and only
+/// records followed by more input are opened as non-final. Every record's tag is checked
+/// before its plaintext is written to `out`, so a consumer of `out` only ever sees verified
+/// chunks; when a later record fails, what it already got stays valid but incomplete.
+pub fn open_stream(
+    input: &mut impl Read,
+    ring: &KeyRing,
+    out: &mut impl Write,
+) -> Result<(u64, format::KeyId), Error> {
+    let (header, mut opener) = read_header(input, ring)?;
+    let auth = || Error::from(format::AuthFailed);
+    let chunk = header.chunk_bytes();
+    let stride = opener.record_bytes();
+    // One batch and the byte that proves the batch is not the end.
+    let mut batch = vec![0u8; LANES * stride + 1];
+    let mut held = 0usize;
+    let mut written = 0u64;
+    loop {
+        held += read_full(input, &mut batch[held..]).map_err(read_error)?;
+        if held == batch.len() {
+            // More follows every record of this batch: all of them are non-final.
+            let records = &mut batch[..LANES * stride];
+            opener.open_full(records).map_err(|_| auth())?;
+            write_plain(&mut batch, LANES, stride, chunk, out)?;
+            written += (LANES * chunk) as u64;
+            batch[0] = batch[LANES * stride];
+            held = 1;
+            continue;
+        }
+        // The input ended: the plan of what is left, as `Layout` makes it for a file.
+        let layout = Layout::for_file((HEADER_BYTES + held) as u64, header.chunk_log2)
+            .map_err(|_| auth())?;
+        let full = layout.full_records as usize;
+        opener
+            .open_full(&mut batch[..full * stride])
+            .map_err(|_| auth())?;
+        let last = &mut batch[full * stride..held];
+        let plain = opener.open_final(last).map_err(|_| auth())?;
+        write_plain(&mut batch, full, stride, chunk, out)?;
+        written += (full * chunk) as u64;
+        let at = full * stride;
+        out.write_all(&batch[at..at + plain]).map_err(write_error)?;
+        out.flush().map_err(write_error)?;
+        return Ok((written + plain as u64, header.key_id));
+    }
+}
+
+/// Reads and parses the header, finds its key in `ring` and checks the header tag.
+fn read_header(input: &mut impl Read, ring: &KeyRing) -> Result<(Header, Opener), Error> {
+    let mut header_bytes = [0u8; HEADER_BYTES];
+    let got = read_full(input, &mut header_bytes).map_err(read_error)?;
+    let header = Header::parse(&header_bytes[..got])?;
+    let master = ring.opening_key(&header.key_id)?;
+    let opener = Opener::new(&header, master.bytes())?;
+    Ok((header, opener))
+}
+
+/// Writes the plaintext of the first `records` opened records of `batch` as one piece.
+fn write_plain(
+    batch: &mut [u8],
+    records: usize,
+    stride: usize,
+    chunk: usize,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    for record in 1..records {
+        batch.copy_within(record * stride..record * stride + chunk, record * chunk);
+    }
+    out.write_all(&batch[..records * chunk])
+        .map_err(write_error)
 }
 
 /// Checks an existing sealed file cheaply, for resuming trees (see
@@ -258,6 +322,40 @@ mod tests {
                 len as u64
             );
             assert_eq!(out, plain);
+
+            // The same file as a stream of unknown length, read in small pieces.
+            let mut streamed = Vec::new();
+            let mut pieces = Trickle(&a[..]);
+            assert_eq!(
+                open_stream(&mut pieces, &ring, &mut streamed).unwrap().0,
+                len as u64
+            );
+            assert_eq!(streamed, plain, "len {len} as a stream");
+            // Cut at a record boundary or one byte short, or one byte more: never accepted,
+            // and what was written is a whole-chunk prefix of the plaintext.
+            for cut in [a.len() - 1, a.len() - 48, a.len() + 1] {
+                let mut bytes = a.clone();
+                bytes.resize(cut, 0);
+                let mut got = Vec::new();
+                let err = open_stream(&mut &bytes[..], &ring, &mut got).unwrap_err();
+                assert_eq!(err.code, Code::AuthFailed, "len {len}, cut {cut}");
+                assert!(
+                    plain.starts_with(&got) && got.len() % c == 0,
+                    "len {len}, cut {cut}"
+                );
+            }
+        }
+    }
+
+    /// A reader that hands out at most 1000 bytes a call, as a pipe may.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(1000);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
         }
     }
 }

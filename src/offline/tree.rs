@@ -29,7 +29,7 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -119,18 +119,7 @@ pub struct Summary {
 
 /// Why a directory entry that is not a regular file or a directory is skipped.
 fn special_reason(kind: fs::FileType) -> &'static str {
-    let special = if kind.is_symlink() {
-        Special::Symlink
-    } else if kind.is_fifo() {
-        Special::Fifo
-    } else if kind.is_socket() {
-        Special::Socket
-    } else if kind.is_block_device() || kind.is_char_device() {
-        Special::Device
-    } else {
-        Special::Unknown
-    };
-    special.reason()
+    Special::of(kind).reason()
 }
 
 /// One file for a worker: paths relative to the input and output roots.

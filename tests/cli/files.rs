@@ -453,12 +453,13 @@ fn missing_inputs_and_output_directories_are_reported() {
 
     let subdir = dir.path().join("adir");
     fs::create_dir(&subdir).unwrap();
-    let run = with_ring(&ring, &["encrypt", p(&subdir)]);
-    assert_eq!(run.code, 1, "{run:#?}");
-    assert!(run.stderr.contains("directory"), "{run:#?}");
+    // A directory without -r is a usage error whose hint is -r.
+    let run = with_ring(&ring, &["encrypt", p(&subdir)]).usage();
+    assert!(run.stderr.contains("is a directory"), "{run:#?}");
+    assert!(run.stderr.contains("hint: pass -r"), "{run:#?}");
     let sdir = dir.path().join("sdir.rcrypt");
     fs::create_dir(&sdir).unwrap();
-    assert_eq!(with_ring(&ring, &["decrypt", p(&sdir)]).code, 1);
+    with_ring(&ring, &["decrypt", p(&sdir)]).usage();
 
     let plain = dir.path().join("plain");
     write_input(&plain, b"data");

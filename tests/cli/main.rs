@@ -17,7 +17,10 @@ mod support;
 
 mod files;
 mod keys;
+mod many;
 mod openssl;
+mod pipes;
+mod scrub;
 mod usage;
 
 use std::collections::BTreeSet;
@@ -26,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use support::{CLI, Run, hex, p, ringcrypt, running_as_root, write_private};
+use support::{CLI, Run, hex, mode_of, p, ringcrypt, running_as_root, write_private};
 
 /// RCRYPT v1 header bytes (docs/format.md).
 const HEADER: u64 = 96;

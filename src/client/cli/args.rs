@@ -21,12 +21,19 @@ Examples:
   ringcrypt encrypt -r photos                              # a directory tree -> photos.rcrypt/
   ringcrypt --socket ./ringcrypt-dev/ringcrypt.sock ping
   ringcrypt --json decrypt report.pdf.rcrypt -o copy.pdf   # the daemon's reply lines, as JSON
-  ringcrypt keygen --name prod-2026 >> keys.toml && chmod 600 keys.toml
+  ringcrypt keygen --name prod-2026 -o keys.toml           # a new key ring, mode 0600
   ringcrypt --keys keys.toml encrypt report.pdf            # offline: no daemon
   ringcrypt --keys keys.toml decrypt report.pdf.rcrypt -o copy.pdf
   ringcrypt --keys keys.toml rewrap old.rcrypt --in-place  # re-encrypt under the default key
   ringcrypt --keys keys.toml decrypt -r photos.rcrypt      # offline, all cores -> photos/
+  tar c docs | ringcrypt --keys keys.toml encrypt - -o docs.tar.rcrypt   # a pipe (offline)
+  ringcrypt --keys keys.toml decrypt docs.tar.rcrypt -o - | tar x
+  ringcrypt encrypt a.pdf b.pdf c.pdf -o /backup/          # several inputs into one directory
+  ringcrypt --keys keys.toml verify -r /backup             # check every chunk, write nothing
+  ringcrypt inspect report.pdf.rcrypt                      # header fields, no key needed
   ringcrypt completions bash > ~/.local/share/bash-completion/completions/ringcrypt
+
+`-` (or /dev/stdin, /dev/stdout) is standard input or output; pipes need --keys for now.
 
 Through the daemon, a single file goes as open descriptors: this process opens the input and
 creates the output's temp file, so your own permissions apply, no allowed root is needed, and
@@ -49,8 +56,9 @@ pub struct Cli {
           default_value = DEFAULT_SOCKET)]
     pub(super) socket: PathBuf,
 
-    /// Print the daemon's reply lines (JSON, one per line) to stdout as they arrive, and
-    /// nothing else.
+    /// Print JSON lines to stdout and nothing else: the daemon's reply lines as they arrive
+    /// (verify and inspect: a line per file), or one `error` line when the client itself
+    /// refuses.
     #[arg(long, global = true)]
     pub(super) json: bool,
 
@@ -60,17 +68,27 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub(super) enum Command {
-    /// Print a new [[key]] entry with a fresh random secret, ready to append to a key ring.
+    /// Print a new [[key]] entry with a fresh random secret, ready to append to a key ring,
+    /// or write a new key ring file with -o.
     #[command(after_help = "\
 Examples:
-  ringcrypt keygen > keys.toml && chmod 600 keys.toml      # a ring with one key
+  ringcrypt keygen -o keys.toml                            # a new ring file, mode 0600
   ringcrypt keygen --name prod-2027 >> keys.toml           # add a key for rotation
+  ringcrypt keygen > keys.toml && chmod 600 keys.toml      # the same as -o, by hand
 
-A ring with one active key uses it by default; with several, set `default = \"NAME\"` at the top.")]
+-o creates FILE with mode 0600 (a key ring with wider permissions is refused) and never
+replaces an existing file unless --force is given (then atomically). A ring with one active
+key uses it by default; with several, set `default = \"NAME\"` at the top.")]
     Keygen {
         /// Name of the key (default: key-YYYYMMDD-<random>).
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
+        /// Write a new key ring file (mode 0600) instead of printing the entry.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// With -o: replace FILE if it exists (atomically; its old keys are lost).
+        #[arg(short, long, requires = "output")]
+        force: bool,
     },
 
     /// Encrypt a file or, with -r, a directory tree (default output: IN.rcrypt).
@@ -82,15 +100,25 @@ Examples:
   ringcrypt --keys keys.toml encrypt old.tar --format openssl --key legacy
   ringcrypt encrypt -r photos                                   # tree -> photos.rcrypt/
   ringcrypt --keys keys.toml encrypt -r photos -o /backup/photos --skip-existing
+  ringcrypt encrypt a.csv b.csv -r photos -o /backup/           # several inputs into /backup/
+  tar c photos | ringcrypt --keys keys.toml encrypt - -o photos.tar.rcrypt
+  ringcrypt --keys keys.toml encrypt - < notes.txt > notes.txt.rcrypt
 
 The output appears only when complete and on disk; an existing output is never replaced
 without --force. With -r, every file FILE becomes OUT/FILE.rcrypt (OUT defaults to the
 sibling directory IN.rcrypt); the summary lists failed and skipped entries, and the exit
-code is 1 if any file failed.")]
+code is 1 if any file failed. With several inputs, -o names an existing directory and each
+input keeps its own name there (IN.rcrypt); without -o each goes beside its input.
+
+IN `-` (or /dev/stdin) reads standard input, and then the output defaults to standard
+output; `-o -` (or /dev/stdout) writes standard output. Pipes need --keys for now. A named
+output still appears only when complete.")]
     Encrypt {
-        /// The file (or, with -r, the directory) to encrypt.
-        input: PathBuf,
-        /// Where to write (default: IN.rcrypt; with -r, a directory).
+        /// The files (or, with -r, directories) to encrypt; `-` for standard input.
+        #[arg(required = true, value_name = "IN")]
+        inputs: Vec<PathBuf>,
+        /// Where to write (default: IN.rcrypt; with -r, a directory; with several inputs, an
+        /// existing directory; `-` for standard output).
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
         /// Key to encrypt with (default: the key ring's default).
@@ -121,15 +149,26 @@ Examples:
   ringcrypt --keys keys.toml decrypt legacy.enc -o legacy.tar --key legacy
   ringcrypt decrypt -r photos.rcrypt                            # tree -> photos/
   ringcrypt --keys keys.toml decrypt -r /backup/photos -o photos --skip-existing
+  ringcrypt decrypt a.csv.rcrypt b.csv.rcrypt -o restored/      # several inputs
+  ringcrypt --keys keys.toml decrypt photos.tar.rcrypt -o - | tar x
+  curl -s https://host/x.rcrypt | ringcrypt --keys keys.toml decrypt - -o x
 
 A ringcrypt file names its key; every chunk is verified before any plaintext is written, and
 a file that fails verification leaves nothing behind. With -r, every FILE.rcrypt becomes
 OUT/FILE; other files are skipped (\"not a .rcrypt file\"). Without -o, IN must end in
-.rcrypt (the output is IN without it); no other name is guessed.")]
+.rcrypt (the output is IN without it); no other name is guessed. With several inputs, -o
+names an existing directory.
+
+To a pipe (`-o -`), each chunk is written only after its tag has verified. If a later chunk
+fails, ringcrypt stops, says so and exits 1, but the consumer may have received the earlier,
+verified chunks: treat what it got as incomplete. A consumer that stops reading early (head)
+ends the run quietly with exit 0.")]
     Decrypt {
-        /// The file (or, with -r, the directory) to decrypt.
-        input: PathBuf,
-        /// Where to write (default: IN without its .rcrypt suffix; with -r, a directory).
+        /// The files (or, with -r, directories) to decrypt; `-` for standard input.
+        #[arg(required = true, value_name = "IN")]
+        inputs: Vec<PathBuf>,
+        /// Where to write (default: IN without its .rcrypt suffix; with -r, a directory; with
+        /// several inputs, an existing directory; `-` for standard output).
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
         /// Passphrase entry for openssl-format files (ringcrypt files name their own key).
@@ -152,13 +191,17 @@ Examples:
   ringcrypt --keys keys.toml rewrap legacy.enc -o legacy.rcrypt --key legacy   # migrate
   ringcrypt rewrap -r /backup/photos --in-place                 # a whole tree, file by file
   ringcrypt --keys keys.toml rewrap -r old-archive -o new-archive --skip-existing
+  ringcrypt rewrap a.rcrypt b.rcrypt c.rcrypt --in-place        # several inputs
+  ringcrypt --keys keys.toml rewrap - -o - < old.rcrypt > new.rcrypt
 
 The source may be a ringcrypt or openssl-format file; the result is always ringcrypt. With
--r, file names are kept and either -o OUTDIR or --in-place is required (no default).")]
+-r, file names are kept and either -o OUTDIR or --in-place is required (no default). With
+several inputs, -o names an existing directory.")]
     Rewrap {
-        /// The encrypted file (or, with -r, the directory).
-        input: PathBuf,
-        /// Where to write the re-encrypted file.
+        /// The encrypted files (or, with -r, directories); `-` for standard input.
+        #[arg(required = true, value_name = "IN")]
+        inputs: Vec<PathBuf>,
+        /// Where to write the re-encrypted file (`-` for standard output).
         #[arg(short, long, value_name = "OUT", required_unless_present = "in_place")]
         output: Option<PathBuf>,
         /// Replace IN itself, atomically, once the new file is complete.
@@ -210,12 +253,24 @@ Exit code 1 if the daemon has no such job.")]
         job: JobId,
     },
 
-    /// List the daemon's jobs (queued, running and recently finished).
+    /// List the daemon's jobs (queued, running and recently finished), running and queued
+    /// first, then the newest.
     #[command(after_help = "\
 Examples:
-  ringcrypt jobs
-  ringcrypt --json jobs | jq -r '.jobs[] | select(.state == \"running\") | .job'")]
-    Jobs,
+  ringcrypt jobs                                   # the first 50, and how many more there are
+  ringcrypt jobs --state failed                    # what went wrong lately
+  ringcrypt jobs --state running --state queued --limit 0
+  ringcrypt --json jobs --state running | jq -r '.jobs[].job'
+
+--state and --limit apply to --json too: the `jobs` line printed holds only the jobs kept.")]
+    Jobs {
+        /// Only jobs in this state (repeatable).
+        #[arg(long, value_enum, value_name = "STATE")]
+        state: Vec<JobStateArg>,
+        /// Show at most N jobs; 0 shows all.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+    },
 
     /// Per-shard counters: queued and running jobs, jobs done, bytes in and out.
     #[command(after_help = "\
@@ -237,6 +292,49 @@ Examples:
   ringcrypt keygen --name prod-2027 >> /etc/ringcrypt/keys.toml && ringcrypt reload")]
     Reload,
 
+    /// Check every chunk's tag of sealed files or trees, writing no plaintext (offline,
+    /// --keys).
+    #[command(after_help = "\
+Examples:
+  ringcrypt --keys keys.toml verify report.pdf.rcrypt
+  ringcrypt --keys keys.toml verify -r /backup           # a weekly scrub of a whole tree
+  ringcrypt --keys keys.toml --json verify -r /backup | jq -c 'select(.ok == false)'
+
+Each file is reported ok, or failed with its code: auth_failed (damaged or not made with
+this key ring), unknown_key, key_retired or bad_format (not a ringcrypt file). With -r, every
+*.rcrypt file under each directory is checked; symlinks are not followed, other files are
+skipped. The summary ends the run; the exit code is 1 if any file failed. --json prints one
+line per file and a summary line. Through the daemon this needs --keys for now.")]
+    Verify {
+        /// Sealed files (or, with -r, directories).
+        #[arg(required = true, value_name = "FILE")]
+        inputs: Vec<PathBuf>,
+        /// The inputs are directories: check every .rcrypt file under them.
+        #[arg(short, long)]
+        recursive: bool,
+        /// No per-file `ok` lines (failures and the summary are still printed).
+        #[arg(short, long)]
+        quiet: bool,
+    },
+
+    /// Show a sealed file's header: format, version, chunk size, key id, sizes, records. No
+    /// key needed; with --keys, also the key's name and state.
+    #[command(after_help = "\
+Examples:
+  ringcrypt inspect report.pdf.rcrypt
+  ringcrypt --keys keys.toml inspect report.pdf.rcrypt     # + key name and state
+  ringcrypt --json inspect *.rcrypt | jq -r .key_id
+
+Reads only the header and the file's length; nothing is verified (that is `verify`). Without
+a key the plaintext size is a range of 16 bytes (the padding is encrypted); with --keys, when
+the header and the final chunk verify, it is exact. Exit code 1 if a file is not a ringcrypt
+or openssl file.")]
+    Inspect {
+        /// Sealed files.
+        #[arg(required = true, value_name = "FILE")]
+        inputs: Vec<PathBuf>,
+    },
+
     /// Print a shell completion script to stdout.
     #[command(after_help = "\
 Examples:
@@ -251,7 +349,7 @@ Examples:
 }
 
 /// The directory-tree options shared by encrypt, decrypt and rewrap.
-#[derive(Args, Debug, Clone, Copy)]
+#[derive(Args, Debug, Clone, Copy, Default)]
 pub(super) struct TreeArgs {
     /// IN is a directory: process every regular file under it into the same relative path
     /// under the output directory (created if missing). Directories keep their mode bits,
@@ -271,6 +369,29 @@ pub(super) struct TreeArgs {
 
 fn parse_job(text: &str) -> Result<JobId, String> {
     text.parse().map_err(|err: Error| err.message)
+}
+
+/// A job state, as `jobs --state` takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum JobStateArg {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobStateArg {
+    /// The state as the daemon spells it.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            JobStateArg::Queued => "queued",
+            JobStateArg::Running => "running",
+            JobStateArg::Done => "done",
+            JobStateArg::Failed => "failed",
+            JobStateArg::Cancelled => "cancelled",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

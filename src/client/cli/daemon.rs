@@ -10,25 +10,62 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use super::args::{Cli, Command};
+use super::pipe::{End, Ends};
 use super::print::{self, Shown};
-use super::{Failure, decrypt_output, files_failed, usage};
+use super::{Failure, FileCmd, decrypt_output, files_failed, unreachable, usage};
 use crate::client::conn::{self as client, Client};
 use crate::error::{Code, Error};
 use crate::offline::output::{AtomicFile, Durability};
 use crate::protocol::Format;
-use crate::protocol::{FileJobSpec, FileOp, ReplyLine, Request};
+use crate::protocol::{FileJobSpec, FileOp, JobEntry, ReplyLine, Request};
 use crate::tree_rules::with_suffix;
 
-/// Runs a command through the daemon: builds the request, sends it, prints the outcome.
-pub(super) fn run(cli: Cli) -> Result<(), Failure> {
-    let (mut request, shown) = request_for(&cli.command)?;
-    let mut client = Client::connect(&cli.socket)?;
-    let mut passing = match &mut request {
-        Request::File(spec) if !spec.recursive => PassedFiles::open(spec)?,
+/// Runs one of the daemon's own commands (`ping`, `status`, `jobs`, ...): builds the
+/// request, sends it, prints the outcome.
+pub(super) fn run(cli: &Cli) -> Result<(), Failure> {
+    let request = request_for(&cli.command);
+    let mut client =
+        Client::connect(&cli.socket).map_err(|err| unreachable(err, cli.keys.is_some(), false))?;
+    let filter = match &cli.command {
+        Command::Jobs { state, limit } => Some(JobsFilter {
+            states: state.iter().map(|s| s.as_str()).collect(),
+            limit: *limit,
+        }),
         _ => None,
     };
     let json = cli.json;
-    let print_json = |line: &str, _reply: &ReplyLine| {
+    let errored = std::cell::Cell::new(false);
+    let reply = client.request(&request, |line, reply| {
+        errored.set(matches!(reply, ReplyLine::Error(_)));
+        match (&filter, reply) {
+            (Some(filter), ReplyLine::Jobs(_)) if json => print::raw_line(&filter.json(line)),
+            _ if json => print::raw_line(line),
+            _ => {}
+        }
+    });
+    let reply = reply.map_err(|err| Failure::from(err).shown(json && errored.get()))?;
+    if !json {
+        match (&filter, reply) {
+            (Some(filter), ReplyLine::Jobs(jobs)) => print::jobs(filter.apply(jobs)),
+            (_, reply) => print::reply(&request, None, client.socket(), &reply)?,
+        }
+    }
+    Ok(())
+}
+
+/// Runs one file job (not a tree, not a stream) through the daemon: the input and output
+/// opened here and passed as descriptors where the file system allows.
+pub(super) fn run_file(cli: &Cli, cmd: &FileCmd) -> Result<(), Failure> {
+    let (mut request, shown) = file_request(cmd)?;
+    let mut client = Client::connect(&cli.socket)?;
+    let mut passing = match &mut request {
+        Request::File(spec) => PassedFiles::open(spec)?,
+        _ => None,
+    };
+    let json = cli.json;
+    let errored = std::cell::Cell::new(false);
+    let print_json = |line: &str, reply: &ReplyLine| {
+        errored.set(matches!(reply, ReplyLine::Error(_)));
         if json {
             print::raw_line(line);
         }
@@ -37,22 +74,124 @@ pub(super) fn run(cli: Cli) -> Result<(), Failure> {
         Some(files) => {
             let output = files.output.file();
             let fds = [files.input.as_fd(), output.as_fd()];
-            client.request_passing(&request, &fds, print_json)?
+            client.request_passing(&request, &fds, print_json)
         }
-        None => client.request(&request, print_json)?,
+        None => client.request(&request, print_json),
     };
+    let reply = reply.map_err(|err| Failure::from(err).shown(json && errored.get()))?;
     if let (Some(files), Request::File(spec)) = (passing, &request) {
         files.commit(spec)?;
     }
     if !json {
-        print::reply(&request, shown.as_ref(), client.socket(), &reply)?;
+        print::reply(&request, Some(&shown), client.socket(), &reply)?;
     }
     if let ReplyLine::Done(done) = &reply
         && done.files_failed > 0
     {
-        return Err(files_failed(done.files_failed, Some(&done.job.to_string())));
+        return Err(files_failed(done.files_failed, Some(&done.job.to_string())).shown(json));
     }
     Ok(())
+}
+
+/// A job with a stream end (`-`, a pipe) through the daemon: refused for now, before
+/// anything is opened or created, with the way to do it offline.
+///
+/// The daemon does not yet stream a pipe through its reactor. When it does, this becomes
+/// [`run_file`]'s shape: `ends.open(overwrite)` gives the two descriptors (a pipe, or a file
+/// and an unnamed temp output), the request goes with `fds: true` and them, and a named
+/// output is linked here after `done`, as [`PassedFiles::commit`] does.
+pub(super) fn run_stream(cmd: &FileCmd, ends: &Ends) -> Failure {
+    let which = match (&ends.input, &ends.output) {
+        (End::File(_), _) => "to a stream",
+        (_, End::File(_)) => "from a stream",
+        _ => "between streams",
+    };
+    usage(
+        format!(
+            "the daemon cannot {} {which} yet (`-`, /dev/stdin, /dev/stdout, a FIFO or a \
+             device); nothing was created",
+            cmd.op.as_str()
+        ),
+        format!(
+            "pass --keys FILE to {} the stream in this process (ringcrypt --keys keys.toml {} ...)",
+            cmd.op.as_str(),
+            cmd.op.as_str()
+        ),
+    )
+}
+
+/// What `jobs --state ... --limit N` keeps of the daemon's list. The daemon sends every job
+/// it knows, in no order; this keeps the asked states, puts the live ones (running, queued)
+/// first and then the newest, and cuts the list at the limit (0: no limit).
+pub(super) struct JobsFilter {
+    states: Vec<&'static str>,
+    limit: usize,
+}
+
+/// The jobs kept, and how many more matched but were cut by the limit.
+pub(super) struct KeptJobs {
+    pub(super) jobs: Vec<JobEntry>,
+    pub(super) left_out: usize,
+    pub(super) limit: usize,
+}
+
+impl JobsFilter {
+    pub(super) fn apply(&self, mut jobs: Vec<JobEntry>) -> KeptJobs {
+        if !self.states.is_empty() {
+            jobs.retain(|job| self.states.contains(&job.state.as_str()));
+        }
+        let live = |job: &JobEntry| matches!(job.state.as_str(), "running" | "queued");
+        jobs.sort_by(|a, b| {
+            live(b)
+                .cmp(&live(a))
+                .then_with(|| (b.job.seq, b.job.shard).cmp(&(a.job.seq, a.job.shard)))
+        });
+        let left_out = match self.limit {
+            0 => 0,
+            limit => jobs.len().saturating_sub(limit),
+        };
+        jobs.truncate(jobs.len() - left_out);
+        KeptJobs {
+            jobs,
+            left_out,
+            limit: self.limit,
+        }
+    }
+
+    /// The `jobs` line with only the kept jobs (in the same order as the table), and
+    /// `left_out` counting the rest; every other field as the daemon sent it.
+    fn json(&self, line: &str) -> String {
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(line) else {
+            return line.to_string();
+        };
+        let Some(list) = value.get("jobs").cloned() else {
+            return line.to_string();
+        };
+        let Ok(entries) = serde_json::from_value::<Vec<serde_json::Value>>(list) else {
+            return line.to_string();
+        };
+        // Filter the raw entries by the same rule, through their typed form.
+        let typed: Vec<(JobEntry, serde_json::Value)> = entries
+            .into_iter()
+            .filter_map(|raw| Some((serde_json::from_value(raw.clone()).ok()?, raw)))
+            .collect();
+        let kept = self.apply(typed.iter().map(|(job, _)| job.clone()).collect());
+        let raw: Vec<serde_json::Value> = kept
+            .jobs
+            .iter()
+            .filter_map(|job| {
+                typed
+                    .iter()
+                    .find(|(entry, _)| entry.job == job.job)
+                    .map(|(_, raw)| raw.clone())
+            })
+            .collect();
+        value["jobs"] = serde_json::Value::from(raw);
+        value["left_out"] = serde_json::Value::from(kept.left_out);
+        let mut text = value.to_string();
+        text.push('\n');
+        text
+    }
 }
 
 /// A single-file job's input and output opened by this process, to pass to the daemon as
@@ -60,9 +199,9 @@ pub(super) fn run(cli: Cli) -> Result<(), Failure> {
 /// the output's directory, and the output is ours. The daemon reads the one and fills the
 /// other (an unnamed `O_TMPFILE`); this process then links it into place. Trees, and outputs
 /// on file systems without `O_TMPFILE`, go by path instead.
-struct PassedFiles {
-    input: std::fs::File,
-    output: AtomicFile,
+pub(super) struct PassedFiles {
+    pub(super) input: std::fs::File,
+    pub(super) output: AtomicFile,
     mode: u32,
     mtime: Option<std::time::SystemTime>,
 }
@@ -70,7 +209,7 @@ struct PassedFiles {
 impl PassedFiles {
     /// Opens both files and marks `spec` as passing descriptors; None when the output's file
     /// system has no `O_TMPFILE`, so the request goes by path.
-    fn open(spec: &mut FileJobSpec) -> Result<Option<PassedFiles>, Failure> {
+    pub(super) fn open(spec: &mut FileJobSpec) -> Result<Option<PassedFiles>, Failure> {
         use std::os::unix::fs::MetadataExt;
         let input = std::fs::File::open(&spec.input)
             .map_err(|e| Failure::from(Error::io("open", &spec.input, e)))?;
@@ -107,7 +246,7 @@ impl PassedFiles {
     /// After `done`: gives the output the input's mode and time, as the daemon does for
     /// jobs by path, makes it durable (file and directory, whatever the daemon's fsync
     /// policy: this process cannot know it) and links it into place.
-    fn commit(mut self, spec: &FileJobSpec) -> Result<(), Failure> {
+    pub(super) fn commit(mut self, spec: &FileJobSpec) -> Result<(), Failure> {
         if let Some(mtime) = self.mtime {
             self.output.file().set_modified(mtime).map_err(|e| {
                 Failure::from(Error::io("set the modification time of", &spec.output, e))
@@ -119,85 +258,56 @@ impl PassedFiles {
     }
 }
 
-/// The request for a daemon command; for file jobs, also the paths to show.
-fn request_for(command: &Command) -> Result<(Request, Option<Shown>), Failure> {
-    let (op, input, output, key, overwrite) = match command {
-        Command::Keygen { .. } | Command::Completions { .. } => {
-            unreachable!("keygen and completions need no daemon and are run offline")
-        }
-        Command::Ping => return Ok((Request::Ping, None)),
-        Command::Status { job } => return Ok((Request::Status { job: *job }, None)),
-        Command::Cancel { job } => return Ok((Request::Cancel { job: *job }, None)),
-        Command::Jobs => return Ok((Request::Jobs, None)),
-        Command::Stats => return Ok((Request::Stats, None)),
-        Command::Keys => return Ok((Request::Keys, None)),
-        Command::Reload => return Ok((Request::Reload, None)),
-        Command::Encrypt {
-            input,
-            output,
-            key,
-            format,
-            chunk_log2,
-            force,
-            tree: _,
-        } => {
-            daemon_settings(format.format(), *chunk_log2)?;
-            let output = output.clone().unwrap_or_else(|| with_suffix(input));
-            (FileOp::Encrypt, input.clone(), output, key, *force)
-        }
-        Command::Decrypt {
-            input,
-            output,
-            key,
-            force,
-            tree: _,
-        } => {
-            let output = decrypt_output(input, output.as_deref())?;
-            (FileOp::Decrypt, input.clone(), output, key, *force)
-        }
-        Command::Rewrap {
-            input,
-            output,
-            in_place,
-            key,
-            chunk_log2,
-            force,
-            tree: _,
-        } => {
-            daemon_settings(Format::Ringcrypt, *chunk_log2)?;
-            match output {
-                Some(output) => (FileOp::Rewrap, input.clone(), output.clone(), key, *force),
-                None => {
-                    debug_assert!(*in_place, "clap requires -o or --in-place");
-                    (FileOp::Rewrap, input.clone(), input.clone(), key, true)
-                }
+/// The request for one of the daemon's own commands.
+fn request_for(command: &Command) -> Request {
+    match command {
+        Command::Ping => Request::Ping,
+        Command::Status { job } => Request::Status { job: *job },
+        Command::Cancel { job } => Request::Cancel { job: *job },
+        Command::Jobs { .. } => Request::Jobs,
+        Command::Stats => Request::Stats,
+        Command::Keys => Request::Keys,
+        Command::Reload => Request::Reload,
+        _ => unreachable!("file jobs, keygen, verify, inspect and completions are run elsewhere"),
+    }
+}
+
+/// The request for one file job (one input, not a tree), and the paths to show.
+pub(super) fn file_request(cmd: &FileCmd) -> Result<(Request, Shown), Failure> {
+    daemon_settings(cmd.format, cmd.chunk_log2)?;
+    let input = cmd.input().to_path_buf();
+    let (output, overwrite) = match cmd.op {
+        FileOp::Encrypt => (
+            cmd.output.clone().unwrap_or_else(|| with_suffix(&input)),
+            cmd.force,
+        ),
+        FileOp::Decrypt => (decrypt_output(&input, cmd.output.as_deref())?, cmd.force),
+        FileOp::Rewrap => match &cmd.output {
+            Some(output) => (output.clone(), cmd.force),
+            None => {
+                debug_assert!(cmd.in_place, "clap requires -o or --in-place");
+                (input.clone(), true)
             }
-        }
+        },
     };
     let cwd = current_dir()?;
     let abs_input = wire_path(&cwd, &input)?;
     let abs_output = wire_path(&cwd, &output)?;
-    if op == FileOp::Rewrap && !overwrite_in_place(command) && abs_input == abs_output {
+    if cmd.op == FileOp::Rewrap && !cmd.in_place && abs_input == abs_output {
         return Err(usage(
             format!("{} is the input itself", output.display()),
             "use --in-place to replace the input",
         ));
     }
-    let mut spec = FileJobSpec::new(op, abs_input, abs_output);
-    spec.key = key.clone();
+    let mut spec = FileJobSpec::new(cmd.op, abs_input, abs_output);
+    spec.key = cmd.key.clone();
     spec.overwrite = overwrite;
-    Ok((
-        Request::File(spec),
-        Some(Shown {
-            verb: print::verb(op),
-            input,
-            output,
-        }),
-    ))
-}
-
-fn overwrite_in_place(command: &Command) -> bool {
-    matches!(command, Command::Rewrap { in_place: true, .. })
+    let shown = Shown {
+        verb: print::verb(cmd.op),
+        input,
+        output,
+    };
+    Ok((Request::File(spec), shown))
 }
 
 /// A path as the daemon needs it: absolute (lexically, against our working directory) and
@@ -241,4 +351,42 @@ pub(super) fn current_dir() -> Result<PathBuf, Failure> {
             format!("cannot find the current directory: {e}"),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, state: &str) -> JobEntry {
+        serde_json::from_value(serde_json::json!({"job": id, "state": state})).unwrap()
+    }
+
+    #[test]
+    fn jobs_keep_the_asked_states_live_first_then_newest() {
+        let jobs = vec![
+            job("0-1", "done"),
+            job("1-9", "failed"),
+            job("0-7", "running"),
+            job("1-2", "done"),
+            job("0-3", "queued"),
+            job("0-12", "done"),
+        ];
+        let all = JobsFilter {
+            states: vec![],
+            limit: 4,
+        }
+        .apply(jobs.clone());
+        let order: Vec<String> = all.jobs.iter().map(|j| j.job.to_string()).collect();
+        assert_eq!(order, ["0-7", "0-3", "0-12", "1-9"]);
+        assert_eq!(all.left_out, 2);
+
+        let done = JobsFilter {
+            states: vec!["done"],
+            limit: 0,
+        }
+        .apply(jobs);
+        let order: Vec<String> = done.jobs.iter().map(|j| j.job.to_string()).collect();
+        assert_eq!(order, ["0-12", "1-2", "0-1"]);
+        assert_eq!(done.left_out, 0);
+    }
 }

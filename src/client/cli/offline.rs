@@ -5,122 +5,124 @@
 //! What this room does not do: trees (`tree`), anything through the daemon (`daemon`), or the
 //! crypto and the atomic output themselves ([`crate::offline`] and [`crate::offline::output`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::args::{Cli, Command};
-use super::{Failure, decrypt_output, print, usage};
+use super::args::Cli;
+use super::{Failure, FileCmd, decrypt_output, print, usage};
 use crate::crypto::keys::KeyRing;
 use crate::error::{Code, Error};
 use crate::limits::CHUNK_LOG2_DEFAULT;
 use crate::offline::output::Durability;
-use crate::offline::{self, Format, Job};
+use crate::offline::{self, Format, Job, Outcome};
+use crate::protocol::FileOp;
 use crate::tree_rules::with_suffix;
 
 /// Runs an encrypt, decrypt or rewrap of one file in this process.
-pub(super) fn run(cli: &Cli) -> Result<(), Failure> {
+pub(super) fn run(cli: &Cli, cmd: &FileCmd) -> Result<(), Failure> {
     no_json(cli)?;
-    match &cli.command {
-        Command::Encrypt {
-            input,
-            output,
-            key,
-            format,
-            chunk_log2,
-            force,
-            tree: _,
-        } => {
-            let ring = load_ring(cli.keys.as_deref())?;
-            let output = output.clone().unwrap_or_else(|| with_suffix(input));
-            let format = format.format();
-            if format == Format::Openssl {
-                eprintln!(
-                    "warning: the openssl format is NOT authenticated: anyone who can modify {} \
-                     can change what it decrypts to, undetected. Prefer the default ringcrypt format.",
-                    output.display()
-                );
-            }
-            let job = Job {
-                input,
-                output: &output,
-                key: key.as_deref(),
-                format,
-                chunk_log2: chunk_log2.unwrap_or(CHUNK_LOG2_DEFAULT),
-                overwrite: *force,
-                durability: Durability::Fsync,
-            };
-            let outcome = offline::encrypt(&ring, &job)?;
-            print::report("encrypted", &job, &outcome);
-            Ok(())
+    let ring = load_ring(cli.keys.as_deref())?;
+    let (outcome, job) = run_one(&ring, cmd, |job| {
+        if job.format == Format::Openssl {
+            openssl_warning(job.output);
         }
-        Command::Decrypt {
-            input,
-            output,
-            key,
-            force,
-            tree: _,
-        } => {
-            let output = decrypt_output(input, output.as_deref())?;
-            let ring = load_ring(cli.keys.as_deref())?;
-            let job = Job {
-                input,
-                output: &output,
-                key: key.as_deref(),
-                format: Format::Ringcrypt,
-                chunk_log2: CHUNK_LOG2_DEFAULT,
-                overwrite: *force,
-                durability: Durability::Fsync,
-            };
-            let outcome = offline::decrypt(&ring, &job)?;
-            print::report("decrypted", &job, &outcome);
-            Ok(())
+    })?;
+    print::report(print::verb(cmd.op), &job.as_job(), &outcome);
+    Ok(())
+}
+
+/// The paths and options of one offline file job, owned.
+pub(super) struct OwnedJob {
+    pub(super) input: PathBuf,
+    pub(super) output: PathBuf,
+    key: Option<String>,
+    format: Format,
+    chunk_log2: u8,
+    overwrite: bool,
+}
+
+impl OwnedJob {
+    pub(super) fn as_job(&self) -> Job<'_> {
+        Job {
+            input: &self.input,
+            output: &self.output,
+            key: self.key.as_deref(),
+            format: self.format,
+            chunk_log2: self.chunk_log2,
+            overwrite: self.overwrite,
+            durability: Durability::Fsync,
         }
-        Command::Rewrap {
-            input,
-            output,
-            in_place,
-            key,
-            chunk_log2,
-            force,
-            tree: _,
-        } => {
-            let ring = load_ring(cli.keys.as_deref())?;
-            let (input, output, overwrite) = match output {
-                Some(output) => {
-                    if same_path(input, output) {
-                        return Err(Error::new(
-                            Code::BadRequest,
-                            format!(
-                                "{} is the input itself; use --in-place to replace the input",
-                                output.display()
-                            ),
-                        )
-                        .into());
-                    }
-                    (input.clone(), output.clone(), *force)
-                }
-                None => {
-                    debug_assert!(*in_place, "clap requires -o or --in-place");
-                    // Replace the file a symlink points to, not the link itself.
-                    let target =
-                        std::fs::canonicalize(input).map_err(|e| Error::io("resolve", input, e))?;
-                    (target.clone(), target, true)
-                }
-            };
-            let job = Job {
-                input: &input,
-                output: &output,
-                key: key.as_deref(),
-                format: Format::Ringcrypt,
-                chunk_log2: chunk_log2.unwrap_or(CHUNK_LOG2_DEFAULT),
-                overwrite,
-                durability: Durability::Fsync,
-            };
-            let outcome = offline::rewrap(&ring, &job)?;
-            print::report("rewrapped", &job, &outcome);
-            Ok(())
-        }
-        _ => unreachable!("only encrypt, decrypt and rewrap run offline"),
     }
+}
+
+/// The job for `cmd`'s one input: its output (given or default) and options.
+pub(super) fn job_for(cmd: &FileCmd) -> Result<OwnedJob, Failure> {
+    let input = cmd.input().to_path_buf();
+    let (input, output, overwrite) = match cmd.op {
+        FileOp::Encrypt => {
+            let output = cmd.output.clone().unwrap_or_else(|| with_suffix(&input));
+            (input, output, cmd.force)
+        }
+        FileOp::Decrypt => {
+            let output = decrypt_output(&input, cmd.output.as_deref())?;
+            (input, output, cmd.force)
+        }
+        FileOp::Rewrap => match &cmd.output {
+            Some(output) => {
+                if same_path(&input, output) {
+                    return Err(Error::new(
+                        Code::BadRequest,
+                        format!(
+                            "{} is the input itself; use --in-place to replace the input",
+                            output.display()
+                        ),
+                    )
+                    .into());
+                }
+                (input, output.clone(), cmd.force)
+            }
+            None => {
+                debug_assert!(cmd.in_place, "clap requires -o or --in-place");
+                // Replace the file a symlink points to, not the link itself.
+                let target =
+                    std::fs::canonicalize(&input).map_err(|e| Error::io("resolve", &input, e))?;
+                (target.clone(), target, true)
+            }
+        },
+    };
+    Ok(OwnedJob {
+        input,
+        output,
+        key: cmd.key.clone(),
+        format: cmd.format,
+        chunk_log2: cmd.chunk_log2.unwrap_or(CHUNK_LOG2_DEFAULT),
+        overwrite,
+    })
+}
+
+/// Runs `cmd`'s one input in this process; `before` sees the job first (for a warning).
+pub(super) fn run_one(
+    ring: &KeyRing,
+    cmd: &FileCmd,
+    before: impl FnOnce(&Job),
+) -> Result<(Outcome, OwnedJob), Failure> {
+    let owned = job_for(cmd)?;
+    let job = owned.as_job();
+    before(&job);
+    let outcome = match cmd.op {
+        FileOp::Encrypt => offline::encrypt(ring, &job)?,
+        FileOp::Decrypt => offline::decrypt(ring, &job)?,
+        FileOp::Rewrap => offline::rewrap(ring, &job)?,
+    };
+    Ok((outcome, owned))
+}
+
+/// The openssl format's warning, on stderr before a job writes it.
+pub(super) fn openssl_warning(output: &Path) {
+    eprintln!(
+        "warning: the openssl format is NOT authenticated: anyone who can modify {} \
+         can change what it decrypts to, undetected. Prefer the default ringcrypt format.",
+        output.display()
+    );
 }
 
 /// `--json` prints the daemon's replies; offline jobs have none.

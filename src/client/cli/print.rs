@@ -11,9 +11,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::Failure;
+use super::daemon::KeptJobs;
 use crate::error::{Code, Error};
 use crate::offline::{Job, Outcome};
-use crate::protocol::{FileOp, KeyList, ReplyLine, Request};
+use crate::protocol::{FileOp, JobEntry, KeyList, ReplyLine, Request};
 
 /// A file job's paths as the user named them, for the summary line.
 pub(super) struct Shown {
@@ -86,29 +87,7 @@ pub(super) fn reply(
             job.output.display(),
         ),
         ReplyLine::Cancelled { job } => format!("cancelled job {job}\n"),
-        ReplyLine::Jobs(jobs) => {
-            let mut rows = vec![[
-                "JOB".to_string(),
-                "STATE".into(),
-                "OP".into(),
-                "PROGRESS".into(),
-                "INPUT -> OUTPUT".into(),
-            ]];
-            for job in jobs {
-                rows.push([
-                    job.job.to_string(),
-                    job.state.clone(),
-                    job.op.clone(),
-                    progress_text(job.progress.bytes_done, job.progress.bytes_total),
-                    format!("{} -> {}", job.input.display(), job.output.display()),
-                ]);
-            }
-            if rows.len() == 1 {
-                "no jobs\n".into()
-            } else {
-                table(&rows)
-            }
-        }
+        ReplyLine::Jobs(jobs) => jobs_table(jobs),
         ReplyLine::Stats(shards) => {
             let mut rows = vec![[
                 "SHARD".to_string(),
@@ -131,7 +110,7 @@ pub(super) fn reply(
             table(&rows)
         }
         ReplyLine::Keys(keys) => keys_table(keys),
-        ReplyLine::Reloaded { keys } => format!("reloaded: {keys} keys\n"),
+        ReplyLine::Reloaded { keys } => format!("reloaded: {}\n", count(*keys, "key", "keys")),
         ReplyLine::Accepted { .. }
         | ReplyLine::Progress(_)
         | ReplyLine::Error(_)
@@ -142,6 +121,100 @@ pub(super) fn reply(
         .write_all(out.as_bytes())
         .and_then(|()| stdout.flush());
     Ok(())
+}
+
+/// `1 key`, `2 keys`: a count with the noun that agrees with it.
+pub(super) fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The `jobs` table, or `no jobs`.
+fn jobs_table(jobs: &[JobEntry]) -> String {
+    let mut rows = vec![[
+        "JOB".to_string(),
+        "STATE".into(),
+        "OP".into(),
+        "PROGRESS".into(),
+        "INPUT -> OUTPUT".into(),
+    ]];
+    for job in jobs {
+        rows.push([
+            job.job.to_string(),
+            job.state.clone(),
+            job.op.clone(),
+            progress_text(job.progress.bytes_done, job.progress.bytes_total),
+            format!("{} -> {}", job.input.display(), job.output.display()),
+        ]);
+    }
+    if rows.len() == 1 {
+        "no jobs\n".into()
+    } else {
+        table(&rows)
+    }
+}
+
+/// Prints what `jobs` kept, then how many more there were (on stderr, so the table stays
+/// clean for `grep` and `awk`).
+pub(super) fn jobs(kept: KeptJobs) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(jobs_table(&kept.jobs).as_bytes())
+        .and_then(|()| stdout.flush());
+    if kept.left_out > 0 {
+        let jobs = if kept.left_out == 1 { "job" } else { "jobs" };
+        eprintln!(
+            "... and {} more {jobs} not shown (the first {} are; --limit N shows more, \
+             --limit 0 all)",
+            kept.left_out, kept.limit
+        );
+    }
+}
+
+/// With `--json`, a failure the client itself decided (no daemon line said it) as one line
+/// on stdout: `{"type":"error","code":...,"message":...,"hint":...,"exit":N}`. `code` is a
+/// wire code, or `usage`, `unreachable` or `failed` (files of a job failed).
+pub(super) fn json_failure(failure: &Failure) {
+    let mut line = serde_json::json!({
+        "type": "error",
+        "code": failure.code,
+        "message": failure.error,
+        "exit": failure.exit,
+    });
+    if let Some(hint) = &failure.hint {
+        line["hint"] = serde_json::Value::from(hint.as_str());
+    }
+    json_line(&line);
+}
+
+/// One JSON value as a line on stdout.
+pub(super) fn json_line(value: &serde_json::Value) {
+    let mut text = value.to_string();
+    text.push('\n');
+    raw_line(&text);
+}
+
+/// A command line clap refused (exit 2), or `--help` / `--version` (exit 0). With `--json`
+/// anywhere on the line, a refusal is also one JSON error line on stdout.
+pub(super) fn clap_error(err: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !informational && std::env::args_os().any(|arg| arg == "--json") {
+        let message = err.kind().as_str().unwrap_or("invalid command line");
+        let rendered = err.render().to_string();
+        let detail = rendered
+            .lines()
+            .next()
+            .unwrap_or(message)
+            .trim_start_matches("error: ");
+        json_failure(&super::usage(detail, "see ringcrypt --help"));
+    }
+    let _ = err.print();
+    std::process::ExitCode::from(err.exit_code() as u8)
 }
 
 /// The `keys` table: the default key marked, `-` for a passphrase's id.

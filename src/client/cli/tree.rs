@@ -10,10 +10,10 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::args::{Cli, Command};
+use super::args::Cli;
 use super::daemon::{current_dir, daemon_settings, wire_path};
 use super::offline::{load_ring, no_json};
-use super::{Failure, decrypt_output, files_failed, print, usage};
+use super::{Failure, FileCmd, decrypt_output, files_failed, print, usage};
 use crate::client::conn::Client;
 use crate::error::Code;
 use crate::limits::CHUNK_LOG2_DEFAULT;
@@ -30,13 +30,13 @@ const PLAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 /// A `-r` file job, from the command line: what to do to which trees.
 #[derive(Debug)]
 pub(super) struct TreePlan {
-    op: FileOp,
+    pub(super) op: FileOp,
     /// The input as the user named it, trailing `/` and `.` components dropped.
-    input: PathBuf,
-    output: PathBuf,
+    pub(super) input: PathBuf,
+    pub(super) output: PathBuf,
     key: Option<String>,
-    format: Format,
-    chunk_log2: Option<u8>,
+    pub(super) format: Format,
+    pub(super) chunk_log2: Option<u8>,
     overwrite: bool,
     skip_existing: bool,
     quiet: bool,
@@ -44,88 +44,22 @@ pub(super) struct TreePlan {
 
 impl TreePlan {
     /// The plan when the command is a file job with `-r`; `None` otherwise.
-    pub(super) fn from_command(command: &Command) -> Result<Option<TreePlan>, Failure> {
-        let tree = match command {
-            Command::Encrypt { tree, .. }
-            | Command::Decrypt { tree, .. }
-            | Command::Rewrap { tree, .. } => *tree,
-            _ => return Ok(None),
-        };
-        if !tree.recursive {
+    pub(super) fn from_cmd(cmd: &FileCmd) -> Result<Option<TreePlan>, Failure> {
+        if !cmd.tree.recursive {
             return Ok(None);
         }
-        let plan = |op, input, output, key: &Option<String>, format, chunk_log2, overwrite| {
-            Some(TreePlan {
-                op,
-                input,
-                output,
-                key: key.clone(),
-                format,
-                chunk_log2,
-                overwrite,
-                skip_existing: tree.skip_existing,
-                quiet: tree.quiet,
-            })
-        };
-        Ok(match command {
-            Command::Encrypt {
-                input,
-                output,
-                key,
-                format,
-                chunk_log2,
-                force,
-                ..
-            } => {
-                let format = format.format();
-                let input = tidy(input);
-                let output = match output {
-                    Some(output) => output.clone(),
-                    None => {
-                        named(&input)?;
-                        with_suffix(&input)
-                    }
-                };
-                plan(
-                    FileOp::Encrypt,
-                    input,
-                    output,
-                    key,
-                    format,
-                    *chunk_log2,
-                    *force,
-                )
-            }
-            Command::Decrypt {
-                input,
-                output,
-                key,
-                force,
-                ..
-            } => {
-                let input = tidy(input);
-                let output = decrypt_output(&input, output.as_deref())?;
-                plan(
-                    FileOp::Decrypt,
-                    input,
-                    output,
-                    key,
-                    Format::Ringcrypt,
-                    None,
-                    *force,
-                )
-            }
-            Command::Rewrap {
-                input,
-                output,
-                in_place,
-                key,
-                chunk_log2,
-                force,
-                ..
-            } => {
-                let input = tidy(input);
-                if *in_place && tree.skip_existing {
+        let input = tidy(cmd.input());
+        let (output, overwrite) = match cmd.op {
+            FileOp::Encrypt => match &cmd.output {
+                Some(output) => (output.clone(), cmd.force),
+                None => {
+                    named(&input)?;
+                    (with_suffix(&input), cmd.force)
+                }
+            },
+            FileOp::Decrypt => (decrypt_output(&input, cmd.output.as_deref())?, cmd.force),
+            FileOp::Rewrap => {
+                if cmd.in_place && cmd.tree.skip_existing {
                     return Err(usage(
                         "--skip-existing with --in-place would skip every file (each output \
                          is its own input, and it verifies)",
@@ -133,23 +67,61 @@ impl TreePlan {
                     ));
                 }
                 // In place, every file is replaced: that is the point.
-                let (output, overwrite) = match output {
-                    Some(output) => (output.clone(), *force),
+                match &cmd.output {
+                    Some(output) => (output.clone(), cmd.force),
                     None => (input.clone(), true),
-                };
-                let format = Format::Ringcrypt;
-                plan(
-                    FileOp::Rewrap,
-                    input,
-                    output,
-                    key,
-                    format,
-                    *chunk_log2,
-                    overwrite,
-                )
+                }
             }
-            _ => None,
-        })
+        };
+        Ok(Some(TreePlan {
+            op: cmd.op,
+            input,
+            output,
+            key: cmd.key.clone(),
+            format: cmd.format,
+            chunk_log2: cmd.chunk_log2,
+            overwrite,
+            skip_existing: cmd.tree.skip_existing,
+            quiet: cmd.tree.quiet,
+        }))
+    }
+
+    /// The offline engine's job for this plan.
+    pub(super) fn job(&self) -> TreeJob<'_> {
+        TreeJob {
+            op: self.op,
+            input: &self.input,
+            output: &self.output,
+            key: self.key.as_deref(),
+            format: self.format,
+            chunk_log2: self.chunk_log2.unwrap_or(CHUNK_LOG2_DEFAULT),
+            overwrite: self.overwrite,
+            skip_existing: self.skip_existing,
+            durability: Durability::Fsync,
+            workers: 0,
+        }
+    }
+
+    /// The daemon's recursive request for this plan.
+    pub(super) fn request(&self) -> Result<Request, Failure> {
+        daemon_settings(self.format, self.chunk_log2)?;
+        let cwd = current_dir()?;
+        let mut spec = FileJobSpec::new(
+            self.op,
+            wire_path(&cwd, &self.input)?,
+            wire_path(&cwd, &self.output)?,
+        );
+        if spec.input == spec.output && !self.in_place() {
+            return Err(usage(
+                format!("{} is the input directory itself", self.output.display()),
+                "choose another output directory",
+            ));
+        }
+        spec.key = self.key.clone();
+        spec.recursive = true;
+        spec.overwrite = self.overwrite;
+        spec.skip_existing = self.skip_existing;
+        Ok(Request::File(spec))
     }
 
     fn in_place(&self) -> bool {
@@ -194,18 +166,7 @@ pub(super) fn run_offline(cli: &Cli, plan: &TreePlan) -> Result<(), Failure> {
             plan.output.display()
         );
     }
-    let job = TreeJob {
-        op: plan.op,
-        input: &plan.input,
-        output: &plan.output,
-        key: plan.key.as_deref(),
-        format: plan.format,
-        chunk_log2: plan.chunk_log2.unwrap_or(CHUNK_LOG2_DEFAULT),
-        overwrite: plan.overwrite,
-        skip_existing: plan.skip_existing,
-        durability: Durability::Fsync,
-        workers: 0,
-    };
+    let job = plan.job();
     let mut display = ProgressDisplay::new(plan.quiet);
     let summary = tree::run(&ring, &job, |snapshot| display.update(snapshot));
     display.finish();
@@ -214,28 +175,13 @@ pub(super) fn run_offline(cli: &Cli, plan: &TreePlan) -> Result<(), Failure> {
 
 /// Runs a tree job through the daemon: one recursive request, its `progress` lines shown.
 pub(super) fn run_daemon(cli: &Cli, plan: &TreePlan) -> Result<(), Failure> {
-    daemon_settings(plan.format, plan.chunk_log2)?;
-    let cwd = current_dir()?;
-    let mut spec = FileJobSpec::new(
-        plan.op,
-        wire_path(&cwd, &plan.input)?,
-        wire_path(&cwd, &plan.output)?,
-    );
-    if spec.input == spec.output && !plan.in_place() {
-        return Err(usage(
-            format!("{} is the input directory itself", plan.output.display()),
-            "choose another output directory",
-        ));
-    }
-    spec.key = plan.key.clone();
-    spec.recursive = true;
-    spec.overwrite = plan.overwrite;
-    spec.skip_existing = plan.skip_existing;
-    let request = Request::File(spec);
+    let request = plan.request()?;
     let mut client = Client::connect(&cli.socket)?;
     let json = cli.json;
     let mut display = ProgressDisplay::new(plan.quiet || json);
+    let mut errored = false;
     let reply = client.request(&request, |line, reply| {
+        errored = matches!(reply, ReplyLine::Error(_));
         if json {
             print::raw_line(line);
         } else if let ReplyLine::Progress(progress) = reply {
@@ -243,7 +189,8 @@ pub(super) fn run_daemon(cli: &Cli, plan: &TreePlan) -> Result<(), Failure> {
         }
     });
     display.finish();
-    let done = match reply? {
+    let reply = reply.map_err(|err| Failure::from(err).shown(json && errored))?;
+    let done = match reply {
         ReplyLine::Done(done) => done,
         other => return Err(print::unexpected_reply(&request, &other)),
     };
@@ -252,14 +199,14 @@ pub(super) fn run_daemon(cli: &Cli, plan: &TreePlan) -> Result<(), Failure> {
     if json {
         return match summary.files_failed {
             0 => Ok(()),
-            failed => Err(files_failed(failed, Some(&job))),
+            failed => Err(files_failed(failed, Some(&job)).shown(true)),
         };
     }
     finish_tree(plan, &summary, Some(&job))
 }
 
 /// A `progress` reply as a snapshot for the display.
-fn snapshot_from(p: &Progress) -> tree::Snapshot {
+pub(super) fn snapshot_from(p: &Progress) -> tree::Snapshot {
     tree::Snapshot {
         files_done: p.files_done,
         files_total: p.files_total,
@@ -272,7 +219,7 @@ fn snapshot_from(p: &Progress) -> tree::Snapshot {
 
 /// A tree job's `done` reply as a summary. Unknown error codes become `internal` (the list
 /// may grow), keeping the daemon's code in the message.
-fn summary_from(done: Done) -> Summary {
+pub(super) fn summary_from(done: Done) -> Summary {
     let failures = done
         .failures
         .into_iter()
@@ -307,15 +254,28 @@ fn summary_from(done: Done) -> Summary {
 /// Prints a tree job's summary (stdout), then its failures and skipped entries (stderr);
 /// fails with exit 1 when any file failed.
 fn finish_tree(plan: &TreePlan, summary: &Summary, job: Option<&str>) -> Result<(), Failure> {
+    let headline = format!(
+        "{} tree {} -> {}",
+        print::verb(plan.op),
+        plan.input.display(),
+        plan.output.display()
+    );
+    report_summary(&headline, summary, job)
+}
+
+/// Prints `HEADLINE: N ok, N failed, N skipped (...)` on stdout, then the failures and
+/// skipped entries on stderr; fails with exit 1 when any file failed.
+pub(super) fn report_summary(
+    headline: &str,
+    summary: &Summary,
+    job: Option<&str>,
+) -> Result<(), Failure> {
     let job_text = job.map(|job| format!(", job {job}")).unwrap_or_default();
     {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(
             stdout,
-            "{} tree {} -> {}: {} ok, {} failed, {} skipped ({} bytes -> {} bytes{job_text})",
-            print::verb(plan.op),
-            plan.input.display(),
-            plan.output.display(),
+            "{headline}: {} ok, {} failed, {} skipped ({} bytes -> {} bytes{job_text})",
             summary.files_ok,
             summary.files_failed,
             summary.files_skipped,
@@ -369,14 +329,14 @@ fn finish_tree(plan: &TreePlan, summary: &Summary, job: Option<&str>) -> Result<
 
 /// How a tree job's progress is shown on stderr: a bar on a terminal, a plain line at most
 /// every [`PLAIN_PROGRESS_INTERVAL`] otherwise (logs, CI), nothing with `--quiet`.
-enum ProgressDisplay {
+pub(super) enum ProgressDisplay {
     Quiet,
     Bar { bar: ProgressBar, counting: bool },
     Plain { last: Instant },
 }
 
 impl ProgressDisplay {
-    fn new(quiet: bool) -> ProgressDisplay {
+    pub(super) fn new(quiet: bool) -> ProgressDisplay {
         if quiet {
             ProgressDisplay::Quiet
         } else if std::io::stderr().is_terminal() {
@@ -404,7 +364,7 @@ impl ProgressDisplay {
             .progress_chars("=> ")
     }
 
-    fn update(&mut self, s: &tree::Snapshot) {
+    pub(super) fn update(&mut self, s: &tree::Snapshot) {
         match self {
             ProgressDisplay::Quiet => {}
             ProgressDisplay::Bar { bar, counting } => {
@@ -433,7 +393,7 @@ impl ProgressDisplay {
         }
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let ProgressDisplay::Bar { bar, .. } = self {
             bar.finish_and_clear();
         }

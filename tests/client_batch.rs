@@ -1,0 +1,334 @@
+//! The client's second pass against the real `ringcryptd` on a real socket, under both
+//! backends: several inputs as one batch on one connection, streams refused through the
+//! daemon with nothing created, `jobs --state/--limit`; and snapshots of the messages the
+//! client prints where it used to contradict the situation.
+
+#[macro_use]
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+
+use serde_json::Value;
+use support::*;
+
+both_backends!(
+    several_inputs_go_as_one_batch,
+    streams_are_refused_through_the_daemon_with_nothing_created,
+    jobs_are_filtered_and_limited,
+);
+
+/// Every name under `dir`, relative, sorted.
+fn names_under(dir: &Path) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    walk(dir, |entry, _| {
+        names.insert(
+            entry
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    });
+    names
+}
+
+/// Intact: `encrypt a b nope -r photos -o out` through the daemon runs every input (files
+/// by descriptor, the tree by path), reports the missing one as the one failure with its
+/// code, prints one summary and exits 1; every output decrypts to its input and the inputs
+/// are unchanged; `decrypt` of several outputs into another directory gives the inputs back;
+/// with `--json` every reply line is printed and no summary; no temp file is left.
+fn several_inputs_go_as_one_batch(backend: &'static str) {
+    let daemon = Daemon::builder(backend).start();
+    let root = &daemon.root;
+    fs::write(root.join("a.txt"), bytes(70_000, 1)).unwrap();
+    fs::write(root.join("b.txt"), bytes(1 << 20, 2)).unwrap();
+    make_tree(&root.join("photos"), 6, 2, |i| 1000 * i + 1);
+    let inputs_before = snapshot(root);
+    fs::create_dir(root.join("out")).unwrap();
+
+    let run = daemon.cli(&[
+        "encrypt", "a.txt", "b.txt", "nope.txt", "-r", "photos", "-o", "out",
+    ]);
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert_eq!(run.stdout.lines().count(), 1, "one summary: {run:#?}");
+    assert!(
+        run.stdout
+            .starts_with("encrypted 4 inputs -> out: 8 ok, 1 failed, 0 skipped"),
+        "{run:#?}"
+    );
+    let failed: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("failed:"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{run:#?}");
+    assert!(
+        failed[0].contains("nope.txt") && failed[0].contains("[not_found]"),
+        "{run:#?}"
+    );
+
+    let ring = daemon.ring();
+    let scratch = daemon.scratch().join("check");
+    for name in ["a.txt", "b.txt"] {
+        let plain = fs::read(root.join(name)).unwrap();
+        assert_decrypts_to(
+            &ring,
+            &root.join("out").join(format!("{name}.rcrypt")),
+            &plain,
+            &scratch,
+        );
+    }
+    assert_eq!(
+        verify_tree_outputs(
+            &ring,
+            &root.join("photos"),
+            &root.join("out/photos.rcrypt"),
+            &daemon.scratch()
+        ),
+        6
+    );
+    let after: Vec<_> = snapshot(root)
+        .into_iter()
+        .filter(|(path, _)| !path.starts_with(root.join("out")))
+        .collect();
+    assert_eq!(after, inputs_before, "the inputs are unchanged");
+
+    fs::create_dir(root.join("back")).unwrap();
+    let run = daemon
+        .cli(&[
+            "decrypt",
+            "out/a.txt.rcrypt",
+            "out/b.txt.rcrypt",
+            "-o",
+            "back",
+        ])
+        .ok();
+    assert!(
+        run.stdout
+            .contains("decrypted 2 inputs -> back: 2 ok, 0 failed"),
+        "{run:#?}"
+    );
+    for name in ["a.txt", "b.txt"] {
+        assert_eq!(
+            fs::read(root.join("back").join(name)).unwrap(),
+            fs::read(root.join(name)).unwrap()
+        );
+    }
+
+    fs::create_dir(root.join("json")).unwrap();
+    let run = daemon
+        .cli(&["--json", "encrypt", "a.txt", "b.txt", "-o", "json"])
+        .ok();
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "done").count(),
+        2,
+        "{run:#?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "accepted").count(),
+        2,
+        "{run:#?}"
+    );
+    assert_eq!(
+        names_under(&root.join("json")),
+        BTreeSet::from(["a.txt.rcrypt".into(), "b.txt.rcrypt".into()])
+    );
+    assert!(temp_files(root).is_empty(), "{:?}", temp_files(root));
+}
+
+/// Intact: through the daemon, `-` (and /dev/stdout, /dev/stdin) as input or output is a
+/// usage error that names --keys, before anything is opened or created: the root holds
+/// exactly what it held. With --json the refusal is one JSON line on stdout.
+fn streams_are_refused_through_the_daemon_with_nothing_created(backend: &'static str) {
+    let daemon = Daemon::builder(backend).start();
+    let root = &daemon.root;
+    fs::write(root.join("a.txt"), b"some data").unwrap();
+    daemon.cli(&["encrypt", "a.txt"]).ok();
+    let before = names_under(root);
+    for args in [
+        &["encrypt", "-"][..],
+        &["encrypt", "-", "-o", "x.rcrypt"],
+        &["encrypt", "/dev/stdin", "-o", "y.rcrypt"],
+        &["decrypt", "a.txt.rcrypt", "-o", "-"],
+        &["decrypt", "a.txt.rcrypt", "-o", "/dev/stdout"],
+    ] {
+        let mut child = ringcrypt_command()
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(args)
+            .current_dir(root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(b"piped data");
+        let run = Run::of(child.wait_with_output().unwrap()).usage();
+        assert!(
+            run.stderr.contains("pass --keys FILE"),
+            "{args:?}: {run:#?}"
+        );
+        assert!(
+            run.stderr.contains("nothing was created"),
+            "{args:?}: {run:#?}"
+        );
+        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+        assert_eq!(names_under(root), before, "{args:?} created something");
+    }
+    let run = daemon
+        .cli(&["--json", "decrypt", "a.txt.rcrypt", "-o", "-"])
+        .usage();
+    let line: Value = serde_json::from_str(run.stdout.trim()).expect("one JSON line");
+    assert_eq!(
+        (line["type"].as_str(), line["code"].as_str()),
+        (Some("error"), Some("usage"))
+    );
+    assert_eq!(names_under(root), before);
+}
+
+/// Intact: after seven jobs (six done, one failed), `jobs --state done --limit 2` shows two
+/// of the done ones and says how many more there are; `--state failed` shows exactly the
+/// failed job; `--limit 0` shows every job; `--json` keeps the same two and counts the rest
+/// in `left_out`.
+fn jobs_are_filtered_and_limited(backend: &'static str) {
+    let daemon = Daemon::builder(backend).start();
+    let root = &daemon.root;
+    let mut names = Vec::new();
+    for i in 0..6 {
+        let name = format!("f{i}");
+        fs::write(root.join(&name), bytes(100 + i, i as u64)).unwrap();
+        names.push(name);
+    }
+    let mut args = vec!["encrypt"];
+    args.extend(names.iter().map(String::as_str));
+    daemon.cli(&args).ok();
+    fs::write(root.join("junk.rcrypt"), b"not sealed at all").unwrap();
+    daemon
+        .cli(&["decrypt", "junk.rcrypt"])
+        .failed_code("bad_format");
+
+    let rows = |run: &Run| {
+        run.stdout
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let run = daemon
+        .cli(&["jobs", "--state", "done", "--limit", "2"])
+        .ok();
+    assert_eq!(rows(&run).len(), 2, "{run:#?}");
+    assert!(
+        rows(&run).iter().all(|row| row.contains(" done ")),
+        "{run:#?}"
+    );
+    assert!(run.stderr.contains("and 4 more jobs not shown"), "{run:#?}");
+
+    let run = daemon.cli(&["jobs", "--state", "failed"]).ok();
+    assert_eq!(rows(&run).len(), 1, "{run:#?}");
+    assert!(
+        rows(&run)[0].contains("junk.rcrypt") && rows(&run)[0].contains("failed"),
+        "{run:#?}"
+    );
+    assert!(run.stderr.is_empty(), "{run:#?}");
+
+    let run = daemon.cli(&["jobs", "--limit", "0"]).ok();
+    assert_eq!(rows(&run).len(), 7, "{run:#?}");
+
+    let run = daemon
+        .cli(&["--json", "jobs", "--state", "done", "--limit", "2"])
+        .ok();
+    let line: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(line["jobs"].as_array().unwrap().len(), 2, "{line}");
+    assert_eq!(line["left_out"], 4, "{line}");
+}
+
+/// The run as a snapshot shows it: exit code, stdout, stderr, with the test's own paths
+/// replaced by placeholders.
+fn shown(run: &Run, replace: &[(&Path, &str)]) -> String {
+    let mut text = format!(
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
+        run.code, run.stdout, run.stderr
+    );
+    for (path, placeholder) in replace {
+        text = text.replace(p(path), placeholder);
+    }
+    text
+}
+
+/// Intact: each message the client prints where it used to contradict the situation, as a
+/// snapshot: as `nobody` no hint to start the daemon; `--keys` given is not suggested again;
+/// a directory without -r suggests -r; `1 key`, not `1 keys`; `--json` refusals are one
+/// JSON line on stdout; streams and verify through the daemon say to pass --keys; keygen -o
+/// refuses to replace a ring.
+#[test]
+fn messages_fit_the_situation() {
+    let daemon = Daemon::builder("sync").ring(keygen("only")).start();
+    let root = &daemon.root;
+    let socket = &daemon.socket;
+    let tmp = daemon.dir.path();
+    let paths = [(socket.as_path(), "[SOCKET]"), (tmp, "[TMP]")];
+
+    if running_as_root() {
+        let run = Run::of(ringcrypt_as_nobody(socket, &["ping"]));
+        assert_eq!(run.code, 3, "{run:#?}");
+        insta::assert_snapshot!("hint_as_nobody", shown(&run, &paths));
+    }
+
+    let absent = tmp.join("absent.sock");
+    let run = ringcrypt_in(root, &absent, &["--keys", "k.toml", "ping"]);
+    insta::assert_snapshot!(
+        "hint_keys_given_to_ping",
+        shown(&run, &[(&absent, "[ABSENT]")])
+    );
+    let run = ringcrypt_in(root, &absent, &["encrypt", "x"]);
+    insta::assert_snapshot!("hint_daemon_absent", shown(&run, &[(&absent, "[ABSENT]")]));
+
+    let run = daemon.cli(&["encrypt", "."]);
+    insta::assert_snapshot!("hint_directory_without_r", shown(&run, &paths));
+
+    let run = daemon.cli(&["reload"]);
+    insta::assert_snapshot!("reloaded_one_key", shown(&run, &paths));
+
+    fs::write(root.join("a.txt"), b"data").unwrap();
+    fs::write(root.join("a.txt.rcrypt"), b"already here").unwrap();
+    let run = daemon.cli(&["--json", "encrypt", "a.txt"]);
+    insta::assert_snapshot!("json_exists", shown(&run, &paths));
+    let line: Value = serde_json::from_str(run.stdout.trim()).expect("one JSON line");
+    assert_eq!(line["code"], "exists");
+    assert_eq!(
+        fs::read(root.join("a.txt.rcrypt")).unwrap(),
+        b"already here"
+    );
+
+    let run = daemon.cli(&["--json", "encrypt", "--bogus", "a.txt"]);
+    insta::assert_snapshot!("json_bad_command_line", shown(&run, &paths));
+
+    let run = daemon.cli(&["encrypt", "-"]);
+    insta::assert_snapshot!("stream_through_daemon", shown(&run, &paths));
+
+    let run = daemon.cli(&["verify", "a.txt.rcrypt"]);
+    insta::assert_snapshot!("verify_through_daemon", shown(&run, &paths));
+
+    let ring = root.join("new.toml");
+    ringcrypt_in(root, socket, &["keygen", "-o", "new.toml"]).ok();
+    assert_eq!(mode_of(&ring), 0o600);
+    let first = fs::read(&ring).unwrap();
+    let run = ringcrypt_in(root, socket, &["keygen", "-o", "new.toml"]);
+    insta::assert_snapshot!("keygen_refuses_to_replace", shown(&run, &paths));
+    assert_eq!(fs::read(&ring).unwrap(), first, "the ring is kept");
+    ringcrypt_in(root, socket, &["keygen", "-o", "new.toml", "--force"]).ok();
+    assert_ne!(fs::read(&ring).unwrap(), first, "--force replaces it");
+    assert_eq!(mode_of(&ring), 0o600);
+}
