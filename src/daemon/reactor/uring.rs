@@ -21,6 +21,49 @@ use crate::daemon::creds::{ActAs, Caller};
 /// `user_data` of cancel requests; their own completions carry no slot and are skipped.
 const CANCEL_USER_DATA: u64 = u64::MAX;
 
+/// `IORING_ENTER_GETEVENTS`: the enter also runs the task work that posts completions.
+const ENTER_GETEVENTS: u32 = 1;
+
+/// How the ring runs the task work that posts completions, chosen with
+/// `RINGCRYPT_RING_SETUP` (for measuring; see docs/performance.md):
+/// - `plain`: the kernel interrupts the shard to run it as soon as an op finishes;
+/// - `coop` (`COOP_TASKRUN | TASKRUN_FLAG`): it waits for the shard's next entry into the
+///   kernel, without an interrupt;
+/// - `defer` (`SINGLE_ISSUER | DEFER_TASKRUN`): only when the shard asks for completions,
+///   in one batch. Every enter that reaps then passes `IORING_ENTER_GETEVENTS`.
+///
+/// A setup the kernel refuses falls back to `plain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TaskRun {
+    Plain,
+    Coop,
+    Defer,
+}
+
+impl TaskRun {
+    fn from_env() -> TaskRun {
+        match std::env::var("RINGCRYPT_RING_SETUP").as_deref() {
+            Ok("coop") => TaskRun::Coop,
+            Ok("defer") => TaskRun::Defer,
+            _ => TaskRun::Plain,
+        }
+    }
+
+    fn build(self) -> io::Result<IoUring> {
+        let mut builder = IoUring::builder();
+        match self {
+            TaskRun::Plain => {}
+            TaskRun::Coop => {
+                builder.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            TaskRun::Defer => {
+                builder.setup_single_issuer().setup_defer_taskrun();
+            }
+        }
+        builder.build(RING_ENTRIES)
+    }
+}
+
 pub(super) struct UringBackend {
     /// First field, so it is dropped first: the ring goes before the wake-up buffer.
     ring: Box<IoUring>,
@@ -32,6 +75,8 @@ pub(super) struct UringBackend {
     wake: Box<[u8; 8]>,
     /// Completions taken off the ring in one `wait`, by slot index; kept for the next.
     reaped: Vec<(usize, io::Result<u32>)>,
+    /// The ring was set up with `DEFER_TASKRUN` (see [`TaskRun`]).
+    defer: bool,
 }
 
 impl UringBackend {
@@ -46,7 +91,12 @@ impl UringBackend {
     /// same buffers, and the caller is told why.
     #[allow(unsafe_code)]
     pub(super) fn new(pool: &mut Pool) -> io::Result<(UringBackend, Option<String>)> {
-        let ring = IoUring::builder().build(RING_ENTRIES)?;
+        let asked = TaskRun::from_env();
+        let (ring, task_run) = match asked.build() {
+            Ok(ring) => (ring, asked),
+            Err(_) if asked != TaskRun::Plain => (TaskRun::Plain.build()?, TaskRun::Plain),
+            Err(err) => return Err(err),
+        };
         let iovecs: Vec<libc::iovec> = pool
             .buffers_mut()
             .map(|buf| libc::iovec {
@@ -80,6 +130,7 @@ impl UringBackend {
             fixed,
             wake: Box::new([0; 8]),
             reaped: Vec::new(),
+            defer: task_run == TaskRun::Defer,
         };
         Ok((backend, warning))
     }
@@ -297,6 +348,8 @@ impl UringBackend {
         let ring = &mut self.ring;
         let want = usize::from(timeout != Some(Duration::ZERO) && ring.completion().is_empty());
         let result = match timeout {
+            // DEFER_TASKRUN posts completions only when an enter asks for events.
+            _ if want == 0 && self.defer => self.enter_for_events(),
             Some(limit) if want > 0 => {
                 let ts = types::Timespec::new()
                     .sec(limit.as_secs())
@@ -333,6 +386,19 @@ impl UringBackend {
                 }),
         );
         self.reaped.drain(..)
+    }
+
+    /// Submits what is queued and posts the completions ready, without waiting.
+    #[allow(unsafe_code)]
+    fn enter_for_events(&self) -> io::Result<usize> {
+        let to_submit = u32::try_from(self.unsubmitted).unwrap_or(u32::MAX);
+        // SAFETY: a plain io_uring_enter with no argument: every entry it submits was
+        // pushed by `push_entry`, whose safety note covers the memory they name.
+        unsafe {
+            self.ring
+                .submitter()
+                .enter::<libc::sigset_t>(to_submit, 0, ENTER_GETEVENTS, None)
+        }
     }
 
     /// Registers `caller`'s credentials as a personality: the thread takes them on for the
