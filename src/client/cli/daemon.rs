@@ -16,7 +16,7 @@ use crate::client::conn::{self as client, Client};
 use crate::error::{Code, Error};
 use crate::offline::output::{AtomicFile, Durability};
 use crate::protocol::Format;
-use crate::protocol::{FileJobSpec, FileOp, ReplyLine, Request};
+use crate::protocol::{FileJobSpec, FileOp, JobEntry, ReplyLine, Request};
 use crate::tree_rules::with_suffix;
 
 /// Runs a command through the daemon: builds the request, sends it, prints the outcome.
@@ -52,7 +52,30 @@ pub(super) fn run(cli: Cli) -> Result<(), Failure> {
     {
         return Err(files_failed(done.files_failed, Some(&done.job.to_string())));
     }
+    if let ReplyLine::Status(entry) = &reply
+        && entry.state == "failed"
+    {
+        return Err(job_failed(entry));
+    }
     Ok(())
+}
+
+/// `status` of a job that failed: exit 1, saying why (a daemon too old to say gets the
+/// state alone).
+fn job_failed(entry: &JobEntry) -> Failure {
+    let code = entry.code.as_deref().unwrap_or("internal");
+    let why = entry
+        .message
+        .as_deref()
+        .unwrap_or("the daemon did not say why");
+    match Code::parse(code) {
+        Some(code) => Error::new(code, format!("job {} failed: {why}", entry.job)).into(),
+        None => Error::new(
+            Code::Internal,
+            format!("job {} failed: {why} (code {code})", entry.job),
+        )
+        .into(),
+    }
 }
 
 /// A single-file job's input and output opened by this process, to pass to the daemon as
