@@ -286,7 +286,13 @@ pub fn format_record(out: &mut Vec<u8>, record: &Record, json: bool, journal: bo
             "\",\"level\":\"{}\",\"target\":",
             level_name(record.level())
         );
-        quoted(&mut w, &record.target());
+        // The audit records, or the daemon's own.
+        let target = if record.target() == AUDIT {
+            AUDIT
+        } else {
+            "ringcryptd"
+        };
+        quoted(&mut w, &target);
         let _ = w.write_str(",\"msg\":");
         quoted(&mut w, record.args());
         let _ = record.key_values().visit(&mut Fields { w: &mut w, json });
