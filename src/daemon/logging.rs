@@ -41,10 +41,11 @@ pub const AUDIT: &str = "audit";
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// `audit: accepted uid=0 gid=0 op=encrypt input="/srv/a" ...`, one record a line.
+    // `audit: accepted uid=0 gid=0 op=encrypt input="/srv/a" ...`, one record a line. (Plain
+    // comments here: doc comments would change the layout of the whole `--help`.)
     #[default]
     Text,
-    /// One JSON object a line: `{"ts":...,"level":"info","target":"audit","msg":"accepted",...}`.
+    // One JSON object a line: `{"ts":...,"level":"info","target":"audit","msg":"accepted",...}`.
     Json,
 }
 
@@ -52,11 +53,11 @@ pub enum LogFormat {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
-    /// Only failures of the daemon itself.
+    // Only failures of the daemon itself.
     Error,
-    /// Also refused requests, failed jobs and warnings.
+    // Also refused requests, failed jobs and warnings.
     Warn,
-    /// Also every accepted request and finished job (the audit log) and start-up lines.
+    // Also every accepted request and finished job (the audit log) and start-up lines.
     #[default]
     Info,
     Debug,
@@ -256,6 +257,8 @@ pub fn stderr_is_journal() -> bool {
         return false;
     };
     match rustix::fs::fstat(std::io::stderr()) {
+        // The types of st_dev and st_ino differ between platforms.
+        #[allow(clippy::unnecessary_cast)]
         Ok(stat) => stat.st_dev as u64 == dev && stat.st_ino as u64 == ino,
         Err(_) => false,
     }

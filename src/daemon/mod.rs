@@ -118,7 +118,7 @@ pub struct Args {
     #[arg(long, value_name = "MODE", value_parser = socket::parse_mode)]
     socket_mode: Option<u32>,
     /// Group (name or gid) the socket file is given, so its members may connect; the
-    /// daemon's user must belong to it [default: the daemon's group].
+    /// daemon's user must belong to it [default: "", the daemon's group].
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
     /// The least severe log records written: `error`, `warn` (also refused requests and
@@ -536,7 +536,12 @@ pub fn run(config: Config) -> Result<(), Error> {
     let access = SocketAccess::resolve(config.socket_mode, config.socket_group.as_deref())?;
     let listener = match inherited {
         Some(listener) => {
-            if config.socket_mode.is_some() || config.socket_group.is_some() {
+            if config.socket_mode.is_some()
+                || config
+                    .socket_group
+                    .as_deref()
+                    .is_some_and(|g| !g.is_empty())
+            {
                 log::warn!(
                     "socket_mode and socket_group do not apply to the socket systemd passed; \
                      its socket unit's SocketMode= and SocketGroup= do"

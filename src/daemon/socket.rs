@@ -28,7 +28,8 @@ impl SocketAccess {
     /// The mode and group as configured, the group looked up by name (or taken as a gid).
     pub fn resolve(mode: Option<u32>, group: Option<&str>) -> Result<SocketAccess, Error> {
         let group = match group {
-            None => None,
+            // Empty: the daemon's own group, as when the setting is absent.
+            None | Some("") => None,
             Some(name) => Some((name.to_string(), group_id(name)?)),
         };
         Ok(SocketAccess {
