@@ -144,10 +144,23 @@ pub fn flush() {
     LOGGER.flush();
 }
 
+/// Whether every record handed over has been written (none waits in the queue).
+fn drained() -> bool {
+    LOGGER
+        .queue
+        .get()
+        .is_none_or(|queue| queue.pending.load(Ordering::Acquire) == 0)
+}
+
 /// Writes `message` as an error record at once, on this thread, after what is queued:
-/// for the daemon's last words (it could not start, or stopped on an error).
+/// for the daemon's last words (it could not start, or stopped on an error). When stderr
+/// is stuck (the queue did not drain), nothing is written: the write would block the exit,
+/// and the exit code says it failed.
 pub fn fatal(message: &dyn fmt::Display) {
     flush();
+    if !drained() {
+        return;
+    }
     let args = format_args!("{message}");
     let record = Record::builder()
         .args(args)
