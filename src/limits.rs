@@ -136,3 +136,18 @@ pub const SHUTDOWN_JOIN_SLACK: std::time::Duration = std::time::Duration::from_s
 /// waits before handing it out again, so a full queue costs a retry every few
 /// milliseconds, not a spinning core.
 pub const TREE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Log records waiting for the logging thread. A shard hands each record over without ever
+/// waiting; when this many wait (stderr is slow or stuck), further records are dropped and
+/// counted (`ringcrypt_log_dropped_total`). 4096 is several seconds of a busy daemon's
+/// records, so a journald hiccup loses nothing while memory stays bounded.
+pub const LOG_QUEUE_RECORDS: usize = 4096;
+
+/// A record buffer larger than this (a record naming two paths near the 4,095-byte limit)
+/// is freed after use instead of kept for the next record, so the kept buffers stay under
+/// `LOG_QUEUE_RECORDS` x 4 KiB.
+pub const LOG_RECORD_KEEP_BYTES: usize = 4096;
+
+/// How long the daemon waits at exit for the logging thread to write what is queued; past
+/// it (stderr is stuck) the rest is lost rather than the exit delayed.
+pub const LOG_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

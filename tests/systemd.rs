@@ -475,7 +475,8 @@ fn daemon_settings() -> Vec<String> {
         };
         let flag = flag.split_whitespace().next().unwrap();
         match flag {
-            "config" | "dev" | "help" | "version" => {}
+            // Not settings: ways to run the daemon.
+            "config" | "dev" | "help" | "version" | "check-config" => {}
             // Repeatable flags are lists in the file, named in the plural.
             "allow-root" => names.push("allow_roots".to_string()),
             "allow-uid" => names.push("allow_uids".to_string()),

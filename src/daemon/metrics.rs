@@ -38,6 +38,7 @@ const CRYPTO_SECONDS: &str = "ringcrypt_crypto_seconds_total";
 const CONNECTIONS: &str = "ringcrypt_connections_active";
 const ERRORS: &str = "ringcrypt_errors_total";
 const BUILD_INFO: &str = "ringcrypt_build_info";
+const LOG_DROPPED: &str = "ringcrypt_log_dropped_total";
 
 /// Job duration buckets: 10 µs (a cached 4 KiB file) to 100 s (tens of GiB).
 const JOB_BUCKETS: [f64; 15] = [
@@ -147,6 +148,11 @@ pub fn error_reply(code: Code) {
     counter!(ERRORS, "code" => code.as_str()).increment(1);
 }
 
+/// A log record was dropped: the logging thread's queue was full.
+pub fn log_dropped() {
+    counter!(LOG_DROPPED).increment(1);
+}
+
 /// The number of open client connections.
 pub fn connections(open: usize) {
     gauge!(CONNECTIONS).set(open as f64);
@@ -162,6 +168,7 @@ pub fn preregister(shards: usize) {
     for shard in 0..shards {
         drop(ShardMetrics::new(shard));
     }
+    counter!(LOG_DROPPED).absolute(crate::daemon::logging::dropped());
     for code in Code::ALL {
         counter!(ERRORS, "code" => code.as_str()).absolute(0);
     }
@@ -225,6 +232,10 @@ fn describe() {
     describe_gauge!(INFLIGHT, "Jobs running on the shard.");
     describe_gauge!(CONNECTIONS, "Open client connections.");
     describe_counter!(ERRORS, "Error replies sent, by wire code.");
+    describe_counter!(
+        LOG_DROPPED,
+        "Log records dropped because the logging thread's queue was full (stderr slow or stuck)."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; labels carry the version and the IO backend."

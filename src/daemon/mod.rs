@@ -6,20 +6,22 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod check;
 pub mod creds;
 pub(crate) mod job;
+pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod reactor;
 pub(crate) mod roots;
 pub(crate) mod shard;
+pub mod socket;
 pub(crate) mod token;
 pub(crate) mod tree_job;
 
@@ -38,7 +40,9 @@ use crate::limits::{
 use crate::daemon::reactor::{BackendKind, Reactor};
 use crate::daemon::roots::Roots;
 use crate::daemon::shard::{Callers, Msg, Shard, Shared};
+use logging::{LogFormat, LogLevel};
 use notify::Notifier;
+use socket::SocketAccess;
 
 /// Where the socket lives unless told otherwise (README "Using it").
 pub const DEFAULT_SOCKET: &str = "/run/ringcrypt/ringcrypt.sock";
@@ -54,6 +58,8 @@ Examples:
   ringcryptd --socket /run/ringcrypt/ringcrypt.sock --keys /etc/ringcrypt/keys.toml \\
              --allow-root /srv/data --allow-root /backup
   ringcryptd --config /etc/ringcrypt/ringcryptd.toml
+  ringcryptd --config /etc/ringcrypt/ringcryptd.toml --check-config   # validate, start nothing
+  ringcryptd --dev --log-format json --log-level warn   # only refusals and failures, in JSON
 
 Then, from a shell:
   echo '{\"op\":\"ping\"}' | socat - UNIX-CONNECT:/run/ringcrypt/ringcrypt.sock
@@ -111,6 +117,27 @@ pub struct Args {
     /// allowed roots, for every allowed caller alike [default: caller].
     #[arg(long, value_enum, value_name = "WHOSE")]
     path_credentials: Option<PathCredentials>,
+    /// Mode of the socket file the daemon creates, in octal (a socket systemd passes keeps
+    /// the socket unit's SocketMode=) [default: 0660].
+    #[arg(long, value_name = "MODE", value_parser = socket::parse_mode)]
+    socket_mode: Option<u32>,
+    /// Group (name or gid) the socket file is given, so its members may connect; the
+    /// daemon's user must belong to it [default: "", the daemon's group].
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// The least severe log records written: `error`, `warn` (also refused requests and
+    /// failed jobs), `info` (also every accepted request and finished job), `debug`,
+    /// `trace` [default: info].
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    log_level: Option<LogLevel>,
+    /// `text` (`audit: accepted uid=0 ...`) or `json` (one object a line) [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Check the flags, the configuration file, the key ring, the allowed roots and the
+    /// socket's group, print what would run, and exit: 0 if all is well, 1 with the problem.
+    /// Starts nothing.
+    #[arg(long, conflicts_with = "dev")]
+    pub check_config: bool,
     /// Try it out: socket and a generated key ring under ./ringcrypt-dev, the current
     /// directory as the allowed root.
     #[arg(long)]
@@ -151,6 +178,11 @@ struct FileConfig {
     split_min_mib: Option<u64>,
     metrics: Option<String>,
     path_credentials: Option<PathCredentials>,
+    #[serde(default, deserialize_with = "socket::deserialize_mode")]
+    socket_mode: Option<u32>,
+    socket_group: Option<String>,
+    log_level: Option<LogLevel>,
+    log_format: Option<LogFormat>,
 }
 
 /// The settled configuration.
@@ -167,6 +199,12 @@ pub struct Config {
     pub split_min: u64,
     pub metrics: MetricsSetting,
     pub path_credentials: PathCredentials,
+    /// `socket_mode` as configured (None: [`socket::DEFAULT_SOCKET_MODE`]).
+    pub socket_mode: Option<u32>,
+    /// `socket_group` as configured, a name or a gid.
+    pub socket_group: Option<String>,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
     pub dev: bool,
 }
 
@@ -284,6 +322,10 @@ impl Config {
         Ok(Config {
             metrics,
             path_credentials,
+            socket_mode: args.socket_mode.or(file.socket_mode),
+            socket_group: args.socket_group.or(file.socket_group),
+            log_level: args.log_level.or(file.log_level).unwrap_or_default(),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             callers,
             socket,
             keys,
@@ -341,57 +383,12 @@ fn dev_config(args: &Args) -> Result<Config, Error> {
         split_min: args.split_min_mib.map_or(SPLIT_MIN_BYTES, |mib| mib << 20),
         metrics: metrics_setting(args.metrics.as_deref())?,
         path_credentials: args.path_credentials.unwrap_or_default(),
+        socket_mode: args.socket_mode,
+        socket_group: args.socket_group.clone(),
+        log_level: args.log_level.unwrap_or_default(),
+        log_format: args.log_format.unwrap_or_default(),
         dev: true,
     })
-}
-
-/// Binds the socket with mode 0660 from the start (the umask is set around bind, so there
-/// is no moment where it is wider). A socket file left by a dead daemon is replaced; one that
-/// answers is another daemon, and is refused.
-fn bind(path: &Path) -> Result<OwnedFd, Error> {
-    match socket_owner(path) {
-        SocketOwner::Nobody => {}
-        SocketOwner::Daemon => {
-            return Err(Error::new(
-                Code::Exists,
-                format!(
-                    "{} is in use by a running daemon; stop it first or pick another --socket",
-                    path.display()
-                ),
-            ));
-        }
-        SocketOwner::Silent => {
-            return Err(Error::new(
-                Code::Exists,
-                format!(
-                    "{} accepts connections but does not answer; something else owns it, or a daemon there \
-                     is stuck: stop it first or pick another --socket",
-                    path.display()
-                ),
-            ));
-        }
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
-            std::fs::remove_file(path)
-                .map_err(|e| Error::io("remove the stale socket", path, e))?;
-        }
-        Ok(_) => {
-            return Err(Error::new(
-                Code::Exists,
-                format!(
-                    "{} exists and is not a socket; refusing to replace it",
-                    path.display()
-                ),
-            ));
-        }
-        Err(_) => {}
-    }
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o117));
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    rustix::process::umask(old);
-    let listener = bound.map_err(|e| Error::io("listen on", path, e))?;
-    Ok(OwnedFd::from(listener))
 }
 
 /// How often the main thread looks at signals, the watchdog and the status line.
@@ -423,13 +420,10 @@ fn supervise(
                     for shard in 0..config.shards {
                         shared.send_must(shard, Msg::Reload(Arc::clone(&ring)));
                     }
-                    eprintln!(
-                        "ringcryptd: key ring reloaded ({} keys)",
-                        ring.entries().len()
-                    );
+                    log::info!("key ring reloaded ({} keys)", ring.entries().len());
                 }
                 Err(err) => {
-                    eprintln!("ringcryptd: reload failed, keeping the current key ring: {err}")
+                    log::error!("reload failed, keeping the current key ring: {err}")
                 }
             }
         }
@@ -530,52 +524,16 @@ pub fn sweep_temp_files(roots: &[PathBuf], owner: Option<u32>) -> usize {
     removed
 }
 
-/// Whether another daemon owns the socket at `path`.
-#[derive(Debug, PartialEq, Eq)]
-enum SocketOwner {
-    /// Nothing accepts there (or it never existed): the file, if any, is stale.
-    Nobody,
-    /// A daemon answered `ping`.
-    Daemon,
-    /// Something accepts but does not answer.
-    Silent,
-}
-
-/// Looks for a daemon at `path` for up to 5 s. After a crash the kernel may keep the dead
-/// daemon's listening socket for a moment (an io_uring accept holds it until the ring is torn
-/// down): it accepts but never answers, then refuses. A live daemon answers `ping`.
-fn socket_owner(path: &Path) -> SocketOwner {
-    use std::io::{BufRead, BufReader};
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(path) else {
-            return SocketOwner::Nobody;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
-        let mut line = String::new();
-        if stream.write_all(b"{\"op\":\"ping\"}\n").is_ok()
-            && BufReader::new(stream).read_line(&mut line).is_ok()
-            && line.contains("\"pong\"")
-        {
-            return SocketOwner::Daemon;
-        }
-        if Instant::now() >= deadline {
-            return SocketOwner::Silent;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
 pub fn run(config: Config) -> Result<(), Error> {
+    logging::init(config.log_level, config.log_format)?;
     // Key material must not end up in a core dump or be readable through ptrace by others.
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     raise_fd_limit();
     let ring = Arc::new(KeyRing::load_for_daemon(&config.keys)?);
     if !ring.memory_locked() {
-        eprintln!(
-            "ringcryptd: warning: key memory could not be locked in RAM (mlock; raise LimitMEMLOCK=); \
+        log::warn!(
+            "key memory could not be locked in RAM (mlock; raise LimitMEMLOCK=); \
              keys may reach swap"
         );
     }
@@ -588,9 +546,23 @@ pub fn run(config: Config) -> Result<(), Error> {
         )
     })?;
     let activated = inherited.is_some();
+    let access = SocketAccess::resolve(config.socket_mode, config.socket_group.as_deref())?;
     let listener = match inherited {
-        Some(listener) => listener,
-        None => bind(&config.socket)?,
+        Some(listener) => {
+            if config.socket_mode.is_some()
+                || config
+                    .socket_group
+                    .as_deref()
+                    .is_some_and(|g| !g.is_empty())
+            {
+                log::warn!(
+                    "socket_mode and socket_group do not apply to the socket systemd passed; \
+                     its socket unit's SocketMode= and SocketGroup= do"
+                );
+            }
+            listener
+        }
+        None => socket::bind(&config.socket, &access)?,
     };
     let backend = match std::env::var("RINGCRYPT_BACKEND").ok().as_deref() {
         Some("sync") => BackendKind::Sync,
@@ -606,9 +578,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         None => match Reactor::probe_uring() {
             Ok(()) => BackendKind::Uring,
             Err(err) => {
-                eprintln!(
-                    "ringcryptd: warning: io_uring is not available ({err}); using the synchronous backend"
-                );
+                log::warn!("io_uring is not available ({err}); using the synchronous backend");
                 BackendKind::Sync
             }
         },
@@ -646,9 +616,7 @@ pub fn run(config: Config) -> Result<(), Error> {
             .spawn(move || {
                 let removed = sweep_temp_files(&roots, owner);
                 if removed > 0 {
-                    eprintln!(
-                        "ringcryptd: removed {removed} temp file(s) left by interrupted jobs"
-                    );
+                    log::info!("removed {removed} temp file(s) left by interrupted jobs");
                 }
             })
             .map_err(|e| {
@@ -677,7 +645,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         MetricsSetting::Default(addr) => match metrics::install(addr, config.shards) {
             Ok(exporter) => Some(exporter.addr),
             Err(err) => {
-                eprintln!("ringcryptd: warning: running without metrics: {err}");
+                log::warn!("running without metrics: {err}");
                 None
             }
         },
@@ -743,7 +711,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 if let Some(warning) = warning
                     && !warned
                 {
-                    eprintln!("ringcryptd: warning: {warning}");
+                    log::warn!("{warning}");
                     warned = true;
                 }
             }
@@ -762,10 +730,10 @@ pub fn run(config: Config) -> Result<(), Error> {
         }
     }
     let backend = kind.map(BackendKind::as_str).unwrap_or("none");
-    eprintln!(
-        "ringcryptd {}: listening on {} ({} shards, {backend} backend, fsync {}, roots: {})",
-        env!("CARGO_PKG_VERSION"),
+    log::info!(
+        "listening on {} (version {}, {} shards, {backend} backend, fsync {}, roots: {})",
         config.socket.display(),
+        env!("CARGO_PKG_VERSION"),
         config.shards,
         if config.durability == Durability::Fsync {
             "always"
@@ -779,8 +747,8 @@ pub fn run(config: Config) -> Result<(), Error> {
             .collect::<Vec<_>>()
             .join(", "),
     );
-    eprintln!(
-        "ringcryptd: path jobs of callers other than root and uid {} {}",
+    log::info!(
+        "path jobs of callers other than root and uid {} {}",
         shared.daemon_uid,
         match (shared.act_as_callers, shared.can_act_as) {
             (true, true) => "run with the caller's uid, gid and groups",
@@ -792,23 +760,23 @@ pub fn run(config: Config) -> Result<(), Error> {
         }
     );
     if config.dev {
-        eprintln!(
-            "ringcryptd: dev mode: key ring {}; try\n  RINGCRYPT_SOCKET={} ringcrypt encrypt FILE",
+        log::info!(
+            "dev mode: key ring {}; try\n  RINGCRYPT_SOCKET={} ringcrypt encrypt FILE",
             config.keys.display(),
             config.socket.display()
         );
     }
 
     if let Some(addr) = metrics_addr {
-        eprintln!("ringcryptd: metrics at http://{addr}/metrics");
+        log::info!("metrics at http://{addr}/metrics");
     }
     // The socket listens, the key ring is loaded and every shard runs: ready.
     notifier.send("READY=1");
     notifier.send(&status_line(&shared));
     supervise(&config, &shared, &notifier, signals);
     notifier.send("STOPPING=1");
-    eprintln!(
-        "ringcryptd: stopping: finishing running jobs (up to {} s)",
+    log::info!(
+        "stopping: finishing running jobs (up to {} s)",
         DRAIN_TIMEOUT.as_secs()
     );
     let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -842,7 +810,8 @@ pub fn run(config: Config) -> Result<(), Error> {
             ),
         ));
     }
-    eprintln!("ringcryptd: stopped");
+    log::info!("stopped");
+    logging::flush();
     Ok(())
 }
 

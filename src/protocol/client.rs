@@ -248,6 +248,11 @@ pub struct JobEntry {
     pub output: PathBuf,
     #[serde(default)]
     pub progress: ByteCounts,
+    /// Why a `failed` or `cancelled` job ended (absent otherwise, and from older daemons).
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// The `progress` object of a job entry.

@@ -585,6 +585,9 @@ pub struct JobInfo {
     pub state: JobState,
     pub bytes_done: u64,
     pub bytes_total: u64,
+    /// Why a `failed` (or `cancelled`) job ended: the code and message its final `error`
+    /// line carried, kept with the record so `status` says it after the fact.
+    pub error: Option<Error>,
 }
 
 /// One shard's counters, for `stats`; also what the client reads back from one

@@ -264,8 +264,17 @@ pub fn write_status(out: &mut Vec<u8>, id: Option<&RequestId>, info: &JobInfo) {
     job_progress(obj.key("progress"), info);
     obj.str("op", info.op.as_str())
         .path("input", &info.input)
-        .path("output", &info.output)
-        .line();
+        .path("output", &info.output);
+    job_error(&mut obj, info);
+    obj.line();
+}
+
+/// The `code` and `message` of a job that failed or was cancelled.
+fn job_error(obj: &mut Obj, info: &JobInfo) {
+    if let Some(err) = &info.error {
+        obj.str("code", err.code.as_str())
+            .str("message", &err.message);
+    }
 }
 
 /// `cancelled`: the job was cancelled (its own `done`/`error` line, if anyone waits for it,
@@ -291,6 +300,7 @@ pub fn jobs(id: Option<&RequestId>, jobs: &[JobInfo]) -> String {
                     .path("output", &info.output)
                     .str("state", info.state.as_str());
                 job_progress(obj.key("progress"), info);
+                job_error(&mut obj, info);
                 obj.finish();
             })
             .line()

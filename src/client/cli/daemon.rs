@@ -90,6 +90,11 @@ pub(super) fn run_file(cli: &Cli, cmd: &FileCmd) -> Result<(), Failure> {
     {
         return Err(files_failed(done.files_failed, Some(&done.job.to_string())).shown(json));
     }
+    if let ReplyLine::Status(entry) = &reply
+        && entry.state == "failed"
+    {
+        return Err(job_failed(entry));
+    }
     Ok(())
 }
 
@@ -191,6 +196,24 @@ impl JobsFilter {
         let mut text = value.to_string();
         text.push('\n');
         text
+    }
+}
+
+/// `status` of a job that failed: exit 1, saying why (a daemon too old to say gets the
+/// state alone).
+fn job_failed(entry: &JobEntry) -> Failure {
+    let code = entry.code.as_deref().unwrap_or("internal");
+    let why = entry
+        .message
+        .as_deref()
+        .unwrap_or("the daemon did not say why");
+    match Code::parse(code) {
+        Some(code) => Error::new(code, format!("job {} failed: {why}", entry.job)).into(),
+        None => Error::new(
+            Code::Internal,
+            format!("job {} failed: {why} (code {code})", entry.job),
+        )
+        .into(),
     }
 }
 

@@ -78,13 +78,17 @@ pub(super) fn reply(
             pong.backend,
         ),
         ReplyLine::Status(job) => format!(
-            "job {}: {}, {}\n  {} {} -> {}\n",
+            "job {}: {}, {}\n  {} {} -> {}\n{}",
             job.job,
             job.state,
             progress_text(job.progress.bytes_done, job.progress.bytes_total),
             job.op,
             job.input.display(),
             job.output.display(),
+            match (&job.code, &job.message) {
+                (Some(code), Some(message)) => format!("  {message} [{code}]\n"),
+                _ => String::new(),
+            }
         ),
         ReplyLine::Cancelled { job } => format!("cancelled job {job}\n"),
         ReplyLine::Jobs(jobs) => jobs_table(jobs),

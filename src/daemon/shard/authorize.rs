@@ -1,9 +1,8 @@
 //! Who may do what: the verdict on each request from the caller's identity (and on what
-//! the daemon never does for anyone), and the audit line every request leaves in the log
-//! with that verdict.
+//! the daemon never does for anyone).
 //!
-//! What this room does not do: learn who the caller is (`creds`, at accept) or act on the
-//! verdict (the shard's `on_line` does).
+//! What this room does not do: learn who the caller is (`creds`, at accept), act on the
+//! verdict (the shard's `on_line` does) or log it (`audit` does).
 
 use crate::daemon::creds::Caller;
 use crate::error::{Code, Error};
@@ -63,36 +62,5 @@ pub(super) fn verdict(
         ))
     } else {
         Ok(())
-    }
-}
-
-/// One audit line per request, accepted or refused: who (from SO_PEERCRED), what, and on
-/// which paths. Never key material (requests carry key names at most).
-pub(super) fn audit(uid: u32, gid: u32, request: &Request, refused: Option<&Error>) {
-    let (verdict, code) = match refused {
-        None => ("accepted", ""),
-        Some(err) => ("refused", err.code.as_str()),
-    };
-    let code = if code.is_empty() {
-        String::new()
-    } else {
-        format!(" code={code}")
-    };
-    match request {
-        Request::File(spec) => eprintln!(
-            "audit: {verdict} uid={uid} gid={gid} op={}{}{} input={:?} output={:?}{code}",
-            spec.op.as_str(),
-            if spec.recursive { " recursive" } else { "" },
-            // Passed descriptors: the paths are the caller's names for them.
-            if spec.fds { " fds" } else { "" },
-            spec.input,
-            spec.output
-        ),
-        // Health checks are not audited: a monitoring loop would drown the log.
-        Request::Ping if refused.is_none() => {}
-        other => eprintln!(
-            "audit: {verdict} uid={uid} gid={gid} op={}{code}",
-            other.op()
-        ),
     }
 }

@@ -294,6 +294,7 @@ impl JobTable {
                 state: JobState::Running,
                 bytes_done: job.progress_in(),
                 bytes_total: job.input_len(),
+                error: None,
             });
         }
         if let Some(queued) = self.queue.iter().find(|q| q.id == id) {
@@ -305,6 +306,7 @@ impl JobTable {
                 state: JobState::Queued,
                 bytes_done: 0,
                 bytes_total: 0,
+                error: None,
             });
         }
         self.ended(id).cloned()
@@ -434,6 +436,7 @@ mod tests {
             state: JobState::Done,
             bytes_done: 0,
             bytes_total: 0,
+            error: None,
         };
         let total = FINISHED_JOBS_KEPT as u64 + 10;
         let mut evicted = Vec::new();
@@ -449,5 +452,31 @@ mod tests {
         assert_eq!(kept.state, JobState::Done);
         assert_eq!(table.all().len(), FINISHED_JOBS_KEPT);
         assert!(table.is_idle());
+    }
+
+    #[test]
+    fn a_failed_job_keeps_its_code_and_message() {
+        use crate::error::{Code, Error};
+        let mut table = JobTable::new(2);
+        let id = table.next_id();
+        let why = Error::new(
+            Code::AuthFailed,
+            "/r/a.rcrypt: the input failed authentication",
+        );
+        let failed = JobInfo {
+            job: id,
+            op: FileOp::Decrypt,
+            input: PathBuf::from("/r/a.rcrypt"),
+            output: PathBuf::from("/r/a"),
+            state: JobState::Failed,
+            bytes_done: 4096,
+            bytes_total: 8192,
+            error: Some(why.clone()),
+        };
+        assert!(table.remember(failed, 2).is_none());
+        let kept = table.info(id).expect("remembered");
+        assert_eq!(kept.state, JobState::Failed);
+        assert_eq!(kept.error, Some(why.clone()), "status says why");
+        assert_eq!(table.all()[0].error, Some(why), "and so does jobs");
     }
 }

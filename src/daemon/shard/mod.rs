@@ -19,7 +19,8 @@
 //! finished). The state they work on lives in rooms of its own, each with a narrow API:
 //! - `inbox`: the messages, inboxes, wake-ups and the settings every shard reads;
 //! - `conns`: connections, their buffers, back-pressure, and per-uid counts;
-//! - `authorize`: the verdict on each request, and its audit line;
+//! - `authorize`: the verdict on each request; `audit`: the audit records of requests and
+//!   jobs;
 //! - `jobs`: the job table (admission, merges, `busy`, the record of ended jobs);
 //! - `owner`: file jobs on their owner shard, from submission to the answer to every waiter;
 //! - `trees`: tree jobs on the shard that received them.
@@ -45,6 +46,7 @@ use crate::protocol::{
     self, FileJobSpec, JobId, JobInfo, Request, RequestId, ShardStats, SparePaths,
 };
 
+mod audit;
 mod authorize;
 mod conns;
 mod inbox;
@@ -388,6 +390,10 @@ impl Shard {
                 } => (buf, consumed, skip_first, too_long, complaints),
             };
         for err in complaints.into_iter().flatten() {
+            if let Some(conn) = self.conns.get(key) {
+                // Not a request: a line over the limit, or descriptors no request took.
+                audit::unparsable(&conn.caller, &err, None);
+            }
             self.queue_line(key, &error_line(None, &err), false);
         }
         // The lines are handled where they lie in the receive buffer, which the connection
@@ -461,6 +467,9 @@ impl Shard {
         let request = match parsed.request {
             Ok(request) => request,
             Err(err) => {
+                if let Some(conn) = self.conns.get(key) {
+                    audit::unparsable(&conn.caller, &err, Some(line.len()));
+                }
                 self.queue_line(key, &error_line(id.as_ref(), &err), true);
                 return;
             }
@@ -487,15 +496,14 @@ impl Shard {
             return;
         };
         let caller = Arc::clone(&conn.caller);
-        let (uid, gid) = (caller.uid, caller.gid);
         let refused_caller = conn.refused;
         if refused_caller {
             // One answer, then the connection closes: read nothing more from it.
             conn.eof = true;
         }
         let verdict = authorize::verdict(&self.shared, &caller, refused_caller, &request);
-        authorize::audit(uid, gid, &request, verdict.as_ref().err());
         if let Err(err) = verdict {
+            audit::request(&caller, &request, audit::Verdict::Refused(&err));
             self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
             if let Request::File(spec) = request {
                 self.recycle(self.index, spec.input, spec.output);
@@ -512,8 +520,14 @@ impl Shard {
                 Code::ShuttingDown,
                 "the daemon is shutting down; it takes no new work",
             );
+            audit::request(&caller, &request, audit::Verdict::Refused(&err));
             self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
             return;
+        }
+        if !matches!(request, Request::File(_)) {
+            // A file request's verdict comes with its job: on its owner shard (the queue
+            // may be full), or where its tree starts.
+            audit::request(&caller, &request, audit::Verdict::Accepted(None));
         }
         match request {
             Request::Ping => {
@@ -530,7 +544,10 @@ impl Shard {
                 // by the kernel; no root applies. The job runs here, on the connection's
                 // shard: its paths are only names, so hashing them would route nothing.
                 Ok(passed) => self.submit(spec, reply, Some(passed)),
-                Err(err) => self.queue_line(key, &error_line(reply.id.as_ref(), &err), true),
+                Err(err) => {
+                    audit::request_of_spec(&caller, &spec, audit::Verdict::Refused(&err));
+                    self.queue_line(key, &error_line(reply.id.as_ref(), &err), true)
+                }
             },
             Request::File(spec) => {
                 // Paths outside every allowed root are refused here, before a job exists.
@@ -547,6 +564,7 @@ impl Shard {
                     .check(&spec.input)
                     .and_then(|()| self.shared.roots.check(out_check));
                 if let Err(err) = confined {
+                    audit::request_of_spec(&caller, &spec, audit::Verdict::Refused(&err));
                     self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
                     self.recycle(self.index, spec.input, spec.output);
                     return;
@@ -560,10 +578,9 @@ impl Shard {
                 if owner == self.index {
                     self.on_msg(msg);
                 } else if let Err(Msg::Submit { spec, reply }) = self.shared.send(owner, msg) {
-                    self.refuse(
-                        &reply,
-                        Error::new(Code::Busy, "the daemon's queues are full; retry shortly"),
-                    );
+                    let err = Error::new(Code::Busy, "the daemon's queues are full; retry shortly");
+                    audit::request_of_spec(&caller, &spec, audit::Verdict::Refused(&err));
+                    self.refuse(&reply, err);
                     self.recycle(self.index, spec.input, spec.output);
                 }
             }

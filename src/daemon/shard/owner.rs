@@ -19,8 +19,17 @@ use crate::error::{Code, Error};
 use crate::limits::RANGE_JOBS_RESERVED_PER_SHARD;
 use crate::protocol::{self, FileJobSpec, JobId, JobInfo, JobState, ShardStats};
 
+use super::audit;
 use super::jobs::{self, Decision, Waiter, Waiters};
 use super::{Msg, Reply, ReplyTo, Shard, unknown_job};
+
+/// The audit record of a single-file request, decided here on its owner shard (its caller
+/// was attached when the line was read).
+fn audit_request(spec: &FileJobSpec, verdict: audit::Verdict) {
+    if let Some(caller) = &spec.caller {
+        audit::request_of_spec(caller, spec, verdict);
+    }
+}
 
 impl Shard {
     pub(super) fn refuse(&mut self, reply: &ReplyTo, err: Error) {
@@ -45,6 +54,7 @@ impl Shard {
                     FileResult::Failed(err),
                 );
             } else {
+                audit_request(&spec, audit::Verdict::Refused(&err));
                 self.refuse(&waiter.reply, err);
             }
             return;
@@ -53,6 +63,7 @@ impl Shard {
             Decision::Attach(id) => {
                 // The same work is in flight: attach to it; it runs once.
                 if waiter.reply.tree.is_none() {
+                    audit_request(&spec, audit::Verdict::Accepted(Some(id)));
                     self.reply(&waiter.reply, Reply::Accepted(id), !waiter.wait);
                 }
                 let home = waiter.reply.shard;
@@ -66,14 +77,14 @@ impl Shard {
                 self.answer_tree(&waiter.reply, input, 0, FileResult::Busy(Box::new(spec)));
             }
             Decision::Busy => {
-                self.refuse(
-                    &waiter.reply,
-                    Error::new(Code::Busy, "this shard's job queue is full; retry shortly"),
-                );
+                let err = Error::new(Code::Busy, "this shard's job queue is full; retry shortly");
+                audit_request(&spec, audit::Verdict::Refused(&err));
+                self.refuse(&waiter.reply, err);
                 self.recycle(waiter.reply.shard, spec.input, spec.output);
             }
             Decision::Queue(id) => {
                 if waiter.reply.tree.is_none() {
+                    audit_request(&spec, audit::Verdict::Accepted(Some(id)));
                     self.reply(&waiter.reply, Reply::Accepted(id), !waiter.wait);
                 }
                 self.jobs.enqueue(id, spec, passed, waiter);
@@ -178,6 +189,8 @@ impl Shard {
             // A range of another shard's file: its bytes count here, its result there.
             self.stats.bytes_in += job.bytes_in;
             self.stats.bytes_out += job.bytes_out;
+            let inbox = &self.shared.inboxes[self.index];
+            inbox.bytes_out.fetch_add(job.bytes_out, Ordering::Relaxed);
             self.range_ended(owner, job.outcome().map(|_| ()));
             self.admit();
             return;
@@ -210,8 +223,22 @@ impl Shard {
             self.recycle(evicted.home, evicted.info.input, evicted.info.output);
         }
         let size = job.input_len();
+        let tree = waiters.first.reply.tree.map(|seq| JobId {
+            shard: home as u32,
+            seq,
+        });
+        audit::job_ended(&audit::Ended {
+            id: job.id,
+            spec: &job.spec,
+            tree,
+            outcome: &outcome,
+            bytes_in: job.bytes_in,
+            bytes_out: job.bytes_out,
+            micros: job.elapsed().as_micros() as u64,
+        });
         self.answer_waiters(waiters, job.id, &job.spec, size, &outcome);
-        // The job is over: its paths move into the record of finished jobs.
+        // The job is over: its paths move into the record of finished jobs, with the
+        // error that ended it.
         self.remember(
             JobInfo {
                 job: job.id,
@@ -219,8 +246,9 @@ impl Shard {
                 input: std::mem::take(&mut job.spec.input),
                 output: std::mem::take(&mut job.spec.output),
                 state,
-                bytes_done: job.bytes_in,
+                bytes_done: job.progress_in(),
                 bytes_total: job.input_len(),
+                error: outcome.err(),
             },
             home,
         );
@@ -313,6 +341,7 @@ impl Shard {
                 state: JobState::Running,
                 bytes_done: progress.bytes_done,
                 bytes_total: progress.bytes_total,
+                error: None,
             });
         }
         self.jobs.info(id)
@@ -362,7 +391,20 @@ impl Shard {
             );
             // As in `finish`: the first waiter's shard made the spec.
             let home = queued.waiters.first.reply.shard;
-            self.answer_waiters(queued.waiters, id, &queued.spec, 0, &Err(err));
+            let outcome = Err(err);
+            audit::job_ended(&audit::Ended {
+                id,
+                spec: &queued.spec,
+                tree: queued.waiters.first.reply.tree.map(|seq| JobId {
+                    shard: home as u32,
+                    seq,
+                }),
+                outcome: &outcome,
+                bytes_in: 0,
+                bytes_out: 0,
+                micros: 0,
+            });
+            self.answer_waiters(queued.waiters, id, &queued.spec, 0, &outcome);
             self.remember(
                 JobInfo {
                     job: id,
@@ -372,6 +414,7 @@ impl Shard {
                     state: JobState::Cancelled,
                     bytes_done: 0,
                     bytes_total: 0,
+                    error: outcome.err(),
                 },
                 home,
             );

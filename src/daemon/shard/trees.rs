@@ -12,7 +12,7 @@ use crate::error::{Code, Error};
 use crate::protocol::{self, FileJobSpec, JobInfo, JobState};
 use std::path::PathBuf;
 
-use super::{Msg, ReplyTo, Shard, error_line};
+use super::{Msg, ReplyTo, Shard, audit, error_line};
 
 /// A tree job and where its replies go.
 pub(super) struct Tree {
@@ -45,6 +45,8 @@ impl Shard {
     pub(super) fn start_tree(&mut self, key: u64, spec: FileJobSpec, reply: ReplyTo) {
         let id = self.jobs.next_id();
         let wait = spec.wait;
+        // For the audit record of a refusal: the walk takes the spec.
+        let asked = spec.clone();
         // The walk opens and makes directories with the caller's rights, as its files do.
         let started = match ActAs::maybe(self.run_as(&spec).map(|c| &**c)) {
             Ok(_acting) => TreeJob::start(id, spec, &self.shared.roots),
@@ -56,6 +58,9 @@ impl Shard {
         };
         match started {
             Ok(job) => {
+                if let Some(caller) = &job.spec.caller {
+                    audit::request_of_spec(caller, &job.spec, audit::Verdict::Accepted(Some(id)));
+                }
                 let reply_id = reply.id.as_ref();
                 self.queue_with(key, !wait, |out| {
                     protocol::write_accepted(out, reply_id, id);
@@ -63,7 +68,12 @@ impl Shard {
                 // The loop walks it on its next turn.
                 self.trees.insert(id.seq, Tree { job, reply, wait });
             }
-            Err(err) => self.queue_line(key, &error_line(reply.id.as_ref(), &err), true),
+            Err(err) => {
+                if let Some(caller) = &asked.caller {
+                    audit::request_of_spec(caller, &asked, audit::Verdict::Refused(&err));
+                }
+                self.queue_line(key, &error_line(reply.id.as_ref(), &err), true)
+            }
         }
     }
 
@@ -175,10 +185,9 @@ impl Shard {
             JobResult::Failed => JobState::Failed,
             JobResult::Cancelled => JobState::Cancelled,
         };
-        let line = if !wait {
-            None
-        } else if cancelled {
-            let err = Error::new(
+        // Why it did not succeed, for its record, its status and its `error` line.
+        let error = if cancelled {
+            Some(Error::new(
                 Code::Cancelled,
                 format!(
                     "{}: the tree job was cancelled after {} files ({} failed)",
@@ -186,10 +195,25 @@ impl Shard {
                     report.files_ok,
                     report.files_failed
                 ),
-            );
-            Some(error_line(reply.id.as_ref(), &err))
+            ))
         } else {
-            Some(protocol::done(reply.id.as_ref(), &report))
+            report.failures.first().map(|first| {
+                Error::new(
+                    first.code,
+                    format!(
+                        "{} of the tree's files failed; the first: {}: {}",
+                        report.files_failed,
+                        first.path.display(),
+                        first.message
+                    ),
+                )
+            })
+        };
+        audit::tree_ended(&job.spec, result, &report, error.as_ref());
+        let line = match (&error, wait) {
+            (_, false) => None,
+            (Some(err), true) if cancelled => Some(error_line(reply.id.as_ref(), err)),
+            _ => Some(protocol::done(reply.id.as_ref(), &report)),
         };
         // The tree's request was parsed here; its paths move into the record.
         self.remember(
@@ -201,6 +225,7 @@ impl Shard {
                 state,
                 bytes_done: progress.bytes_done,
                 bytes_total: progress.bytes_total,
+                error,
             },
             self.index,
         );

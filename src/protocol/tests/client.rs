@@ -20,6 +20,12 @@ fn entry(state: JobState) -> JobInfo {
         state,
         bytes_done: 5,
         bytes_total: 9,
+        error: (state == JobState::Failed).then(|| {
+            Error::new(
+                Code::AuthFailed,
+                "/d/in \"q\": the input failed authentication",
+            )
+        }),
     }
 }
 
@@ -56,9 +62,13 @@ fn every_reply_reads_back_as_its_variant() {
             bytes_done: info.bytes_done,
             bytes_total: info.bytes_total,
         },
+        code: info.error.as_ref().map(|e| e.code.as_str().to_string()),
+        message: info.error.as_ref().map(|e| e.message.clone()),
     };
     let all: Vec<JobInfo> = JobState::ALL.into_iter().map(entry).collect();
-    assert_eq!(line(&status(id, &all[1])), ReplyLine::Status(want(&all[1])));
+    for info in &all {
+        assert_eq!(line(&status(id, info)), ReplyLine::Status(want(info)));
+    }
     assert_eq!(
         line(&jobs(id, &all)),
         ReplyLine::Jobs(all.iter().map(want).collect())

@@ -34,6 +34,7 @@ fn info(state: JobState) -> JobInfo {
         state,
         bytes_done: 10,
         bytes_total: 20,
+        error: (state == JobState::Failed).then(|| Error::new(Code::AuthFailed, "/d/a: tampered")),
     }
 }
 
@@ -104,6 +105,9 @@ fn replies_are_one_json_line_with_type_first_and_the_id_echoed() {
         assert_eq!(list.len(), 5);
         for (entry, state) in list.iter().zip(JobState::ALL) {
             assert_eq!(entry["state"], state.as_str());
+            let failed = state == JobState::Failed;
+            assert_eq!(entry.get("code").is_some(), failed, "{entry}");
+            assert_eq!(entry.get("message").is_some(), failed, "{entry}");
             assert_eq!(entry["job"], "1-42");
             assert_eq!(entry["progress"]["bytes_total"], 20);
         }
@@ -169,6 +173,14 @@ fn error_reply_layout_is_exact() {
         "{\"type\":\"status\",\"job\":\"1-42\",\"state\":\"queued\",\
          \"progress\":{\"bytes_done\":10,\"bytes_total\":20},\"op\":\"decrypt\",\
          \"input\":\"/d/a \\\"quoted\\\"\\n.rcrypt\",\"output\":\"/d/a\"}\n"
+    );
+    // A failed job says why, after the fact.
+    assert_eq!(
+        status(None, &info(JobState::Failed)),
+        "{\"type\":\"status\",\"job\":\"1-42\",\"state\":\"failed\",\
+         \"progress\":{\"bytes_done\":10,\"bytes_total\":20},\"op\":\"decrypt\",\
+         \"input\":\"/d/a \\\"quoted\\\"\\n.rcrypt\",\"output\":\"/d/a\",\
+         \"code\":\"auth_failed\",\"message\":\"/d/a: tampered\"}\n"
     );
 }
 
