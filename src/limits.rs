@@ -148,6 +148,14 @@ pub const LOG_QUEUE_RECORDS: usize = 4096;
 /// `LOG_QUEUE_RECORDS` x 4 KiB.
 pub const LOG_RECORD_KEEP_BYTES: usize = 4096;
 
+/// A new record buffer's capacity: an audit record with two ordinary paths fits, so a
+/// buffer is allocated once, not grown while its record is formatted.
+pub const LOG_RECORD_INITIAL_BYTES: usize = 1024;
+
+/// Record buffers made at start (256 KiB): records written while the logging thread lags
+/// behind a burst take these rather than allocate on the shard that logs them.
+pub const LOG_SPARE_RECORDS: usize = 256;
+
 /// How long the daemon waits at exit for the logging thread to write what is queued; past
 /// it (stderr is stuck) the rest is lost rather than the exit delayed.
 pub const LOG_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

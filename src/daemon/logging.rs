@@ -32,7 +32,10 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use serde::Deserialize;
 
 use crate::error::{Code, Error};
-use crate::limits::{LOG_FLUSH_WAIT, LOG_QUEUE_RECORDS, LOG_RECORD_KEEP_BYTES};
+use crate::limits::{
+    LOG_FLUSH_WAIT, LOG_QUEUE_RECORDS, LOG_RECORD_INITIAL_BYTES, LOG_RECORD_KEEP_BYTES,
+    LOG_SPARE_RECORDS,
+};
 
 /// The target of audit records (one per request, one per finished job).
 pub const AUDIT: &str = "audit";
@@ -124,9 +127,15 @@ pub fn init(level: LogLevel, format: LogFormat) -> Result<(), Error> {
                 format!("cannot start the logging thread: {e}"),
             )
         })?;
+    let spare = ArrayQueue::new(LOG_QUEUE_RECORDS);
+    // Buffers ready before the first record, so records written while the logging thread
+    // lags (a busy machine) find one instead of allocating on a shard.
+    for _ in 0..LOG_SPARE_RECORDS {
+        let _ = spare.push(Vec::with_capacity(LOG_RECORD_INITIAL_BYTES));
+    }
     let _ = LOGGER.queue.set(Queue {
         lines: ArrayQueue::new(LOG_QUEUE_RECORDS),
-        spare: ArrayQueue::new(LOG_QUEUE_RECORDS),
+        spare,
         pending: AtomicU64::new(0),
         writer: writer.thread().clone(),
     });
@@ -195,7 +204,10 @@ impl Log for Logger {
             let _ = std::io::stderr().write_all(&line);
             return;
         };
-        let mut line = queue.spare.pop().unwrap_or_default();
+        let mut line = queue
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(LOG_RECORD_INITIAL_BYTES));
         line.clear();
         format_record(&mut line, record, json, journal);
         // Counted before it is visible, so `flush` never sees the queue empty too early.

@@ -339,6 +339,13 @@ impl Config {
     }
 }
 
+/// The process's umask, read (and put back) before any shard runs.
+fn current_umask() -> u32 {
+    let mask = rustix::process::umask(rustix::fs::Mode::empty());
+    rustix::process::umask(mask);
+    mask.bits()
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -600,6 +607,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         durability: config.durability,
         chunk_log2: config.chunk_log2,
         split_min: config.split_min,
+        umask: current_umask(),
         keys_path: config.keys.clone(),
         daemon_uid: rustix::process::geteuid().as_raw(),
         act_as_callers: config.path_credentials == PathCredentials::Caller,

@@ -117,4 +117,58 @@ fn skip_existing_keeps_only_what_verifies(backend: &'static str) {
     assert_eq!(fs::read(&decrypted).unwrap(), b"keep me");
 }
 
-both_backends!(skip_existing_keeps_only_what_verifies);
+/// Intact: an output gets its input's permission bits exactly, whether the daemon creates
+/// it with them (bits its umask leaves whole) or sets them afterwards (bits the umask would
+/// take away); an existing output is never replaced without `overwrite` (found by the link,
+/// with no look-up before the work), and an output named as its input is refused up front.
+fn outputs_keep_the_input_mode_and_never_replace(backend: &'static str) {
+    use std::os::unix::fs::PermissionsExt;
+    let d = rd(backend).start();
+    for (i, mode) in [0o600, 0o640, 0o604, 0o666, 0o777, 0o400]
+        .into_iter()
+        .enumerate()
+    {
+        let input = d.root.join(format!("m{i}.bin"));
+        fs::write(&input, b"mode").unwrap();
+        fs::set_permissions(&input, fs::Permissions::from_mode(mode)).unwrap();
+        let out = d.root.join(format!("m{i}.rc"));
+        let end = d
+            .client()
+            .job(&file_req("encrypt", &input, &out))
+            .pop()
+            .unwrap();
+        assert_eq!(end["type"], "done", "{mode:o}: {end}");
+        let got = fs::metadata(&out).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(got, mode, "{mode:o}: the output has mode {got:o}");
+    }
+    let input = d.root.join("m0.bin");
+    let taken = d.root.join("taken.rc");
+    fs::write(&taken, b"someone else's").unwrap();
+    let end = d
+        .client()
+        .job(&file_req("encrypt", &input, &taken))
+        .pop()
+        .unwrap();
+    assert_eq!(code(&end), "exists", "{end}");
+    assert_eq!(fs::read(&taken).unwrap(), b"someone else's");
+    let end = d
+        .client()
+        .job(&file_req("encrypt", &input, &input))
+        .pop()
+        .unwrap();
+    assert_eq!(code(&end), "bad_request", "{end}");
+    assert!(
+        end["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is the input itself"),
+        "{end}"
+    );
+    assert_eq!(fs::read(&input).unwrap(), b"mode", "the input changed");
+    assert!(temp_files(&d.root).is_empty(), "temp files left");
+}
+
+both_backends!(
+    skip_existing_keeps_only_what_verifies,
+    outputs_keep_the_input_mode_and_never_replace,
+);

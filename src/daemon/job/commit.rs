@@ -18,8 +18,10 @@ impl FileJob {
         // On passed descriptors the caller owns the file: it sets the mode and time as it
         // links it.
         if !self.on_passed {
-            rustix::fs::fchmod(temp, Mode::from_raw_mode(self.in_mode))
-                .map_err(|e| self.io_err("set permissions on", false, e.into()))?;
+            if !self.mode_set {
+                rustix::fs::fchmod(temp, Mode::from_raw_mode(self.in_mode))
+                    .map_err(|e| self.io_err("set permissions on", false, e.into()))?;
+            }
             let times = rustix::fs::Timestamps {
                 last_access: rustix::fs::Timespec {
                     tv_sec: 0,

@@ -87,6 +87,8 @@ pub struct JobCtx<'a> {
     pub shards: usize,
     /// Files at least this many bytes are split into ranges (0: never).
     pub split_min: u64,
+    /// The process's umask, which the kernel applies to the modes of created files.
+    pub umask: u32,
 }
 
 /// How a job ended.
@@ -183,6 +185,9 @@ pub struct FileJob {
     in_mtime: (i64, i64),
     /// Finished without work: the output existed and verified.
     skipped: bool,
+    /// The output was created with the input's mode (an unnamed temp file the umask left
+    /// whole): `commit` sets it no more.
+    mode_set: bool,
     /// The descriptors the caller passed, until the job starts on them.
     passed: Option<Passed>,
     /// The job runs on passed descriptors: no paths are opened, and the caller, not the
@@ -232,6 +237,7 @@ impl FileJob {
             in_mode: 0o600,
             in_mtime: (0, 0),
             skipped: false,
+            mode_set: false,
             on_passed: passed.is_some(),
             passed,
             temp_name: None,
@@ -638,6 +644,12 @@ impl FileJob {
                 format!("{} has no file name", self.spec.output.display()),
             ));
         }
+        // Without overwrite or skip_existing, an existing output needs no look-up: the link
+        // (or the rename without replace) refuses it with EEXIST, which says the same. The
+        // output named as the input is still refused up front, with its own message.
+        if !self.spec.overwrite && !self.spec.skip_existing && self.spec.output != self.spec.input {
+            return self.create_temp(ctx);
+        }
         // Looked up with the caller's rights, like every op.
         let caller = self.who.and_then(|who| ctx.reactor.caller(who));
         let existing = {
@@ -688,11 +700,14 @@ impl FileJob {
             return self.created_temp(ctx, Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)));
         }
         let flags = (libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC) as u64;
+        // An unnamed file is reachable by nobody until it is linked, so it is made with the
+        // input's mode at once; `commit` needs no fchmod unless the umask took bits away.
+        self.mode_set = self.in_mode & ctx.umask == 0;
         let op = Op::OpenAt2 {
             dir,
             path: b".",
             flags,
-            mode: 0o600,
+            mode: u64::from(self.in_mode),
             resolve: 0,
         };
         self.push(ctx, Step::CreateTemp, op);
@@ -717,6 +732,8 @@ impl FileJob {
             {
                 let name = TempName::random()?;
                 self.temp_name = Some(name);
+                // A named file is visible at once: owner-only until `commit` sets its mode.
+                self.mode_set = false;
                 let flags = (libc::O_CREAT
                     | libc::O_EXCL
                     | libc::O_RDWR

@@ -184,6 +184,9 @@ pub struct Shared {
     pub chunk_log2: u8,
     /// Files at least this many bytes are split into ranges (0: never).
     pub split_min: u64,
+    /// The process's umask, read once at start (file jobs create outputs with modes it
+    /// applies to).
+    pub umask: u32,
     pub keys_path: PathBuf,
     pub daemon_uid: u32,
     /// Path jobs of callers other than root and the daemon's uid run with the caller's

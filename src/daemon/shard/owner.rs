@@ -166,6 +166,7 @@ impl Shard {
             shard: self.index,
             shards: self.shared.inboxes.len(),
             split_min: self.shared.split_min,
+            umask: self.shared.umask,
         };
         f(&mut entry.job, &mut ctx);
         let finished = entry.job.is_finished();
