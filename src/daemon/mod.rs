@@ -575,9 +575,14 @@ pub fn run(config: Config) -> Result<(), Error> {
         )
     })?;
     let activated = inherited.is_some();
-    let listener = match inherited {
-        Some(listener) => listener,
-        None => bind(&config.socket)?,
+    // The log names the socket clients reach: under socket activation, the one systemd
+    // handed over, whatever --socket says.
+    let (listener, listening) = match inherited {
+        Some(listener) => {
+            let name = notify::listener_name(&listener);
+            (listener, format!("{name} (passed by systemd)"))
+        }
+        None => (bind(&config.socket)?, config.socket.display().to_string()),
     };
     let backend = match std::env::var("RINGCRYPT_BACKEND").ok().as_deref() {
         Some("sync") => BackendKind::Sync,
@@ -751,7 +756,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     eprintln!(
         "ringcryptd {}: listening on {} ({} shards, {backend} backend, fsync {}, roots: {})",
         env!("CARGO_PKG_VERSION"),
-        config.socket.display(),
+        listening,
         config.shards,
         if config.durability == Durability::Fsync {
             "always"

@@ -10,13 +10,17 @@
 //!   exactly the counts, byte totals, error codes and histogram those jobs imply, in text
 //!   that `promtool check metrics` accepts without a word; every metric name the dashboard
 //!   and the rules use is in that scrape;
-//! - `--metrics off` opens no TCP listener and the daemon still serves.
+//! - `--metrics off` opens no TCP listener and the daemon still serves;
+//! - the endpoint is a real HTTP server: 50 idle connections do not stall a scrape (under a
+//!   second), `HEAD` and query strings are answered, other paths and methods are refused
+//!   with their status, and the first scrape has every family, `process_*` included.
 //!
 //! promtool comes from Debian's `prometheus` package, which `.ci/run` installs; without it
 //! these tests fail (they do not skip).
 //!
 //! `contrib.rs` checks the alert rules and the dashboard with promtool, `exposition.rs`
-//! reads the text a scrape returns, and `live.rs` runs the daemon and checks its endpoint.
+//! reads the text a scrape returns, `live.rs` runs the daemon and checks its counters, and
+//! `http.rs` checks the endpoint as an HTTP server.
 
 #[macro_use]
 #[path = "../support/mod.rs"]
@@ -24,10 +28,15 @@ mod support;
 
 mod contrib;
 mod exposition;
+mod http;
 mod live;
 
 use std::time::Duration;
 
+use http::{
+    first_scrape_has_every_family, head_query_strings_and_wrong_requests,
+    idle_connections_do_not_stall_a_scrape,
+};
 use live::{
     dashboard_and_alerts_use_only_exported_metrics, metrics_off_listens_nowhere,
     scrape_counts_the_workload,
@@ -66,4 +75,7 @@ both_backends!(
     scrape_counts_the_workload,
     dashboard_and_alerts_use_only_exported_metrics,
     metrics_off_listens_nowhere,
+    idle_connections_do_not_stall_a_scrape,
+    head_query_strings_and_wrong_requests,
+    first_scrape_has_every_family,
 );
