@@ -2,10 +2,13 @@
 //! `contrib/prometheus/alerts.yml`, the Grafana dashboard in `contrib/grafana/ringcrypt.json`,
 //! and the `/metrics` endpoint of the real `ringcryptd` they are written against.
 //!
-//! - the rules pass `promtool check rules`, and `promtool test rules` shows each alert firing
-//!   on the data it is meant for and not on healthy data;
+//! - the rules pass `promtool check rules`, and `promtool test rules` on the shipped
+//!   `contrib/prometheus/alerts_test.yml` shows each alert firing on the data it is meant for,
+//!   for the host it is about, and not on healthy data;
 //! - the dashboard is importable JSON (a `DS_PROMETHEUS` input, `datasource` and `instance`
 //!   variables) and every panel query is valid PromQL (checked by promtool as recording rules);
+//!   evaluated by promtool over two hosts, every query keeps the hosts apart, and every
+//!   per-shard query keeps each host's shards apart;
 //! - a daemon started with `--metrics 127.0.0.1:PORT`, after a known set of jobs, exposes
 //!   exactly the counts, byte totals, error codes and histogram those jobs imply, in text
 //!   that `promtool check metrics` accepts without a word; every metric name the dashboard
@@ -43,6 +46,10 @@ use live::{
 };
 
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/prometheus/alerts.yml");
+const ALERT_TESTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/contrib/prometheus/alerts_test.yml"
+);
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/contrib/grafana/ringcrypt.json"
