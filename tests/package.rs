@@ -371,3 +371,40 @@ fn cargo_metadata_names_the_license_and_its_files_exist() {
         assert!(text.contains(says), "{file} is not the license it names");
     }
 }
+
+/// `ringcryptd --completions SHELL` prints a script that completes the daemon's options, for
+/// each shell the package ships; with any other option it is a usage error (exit 2) that
+/// starts nothing.
+#[test]
+fn ringcryptd_prints_completions() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef ringcryptd"),
+        ("fish", "complete -c ringcryptd"),
+    ] {
+        let out = output_within(
+            Command::new(DAEMON).args(["--completions", shell]),
+            TOOL_TIMEOUT,
+        );
+        let script = succeeded(&format!("ringcryptd --completions {shell}"), out);
+        assert!(script.contains(marker), "{shell} script lacks {marker:?}");
+        for option in ["socket", "keys", "allow-root", "metrics", "config"] {
+            assert!(
+                script.contains(&format!("--{option}")) || script.contains(&format!("-l {option}")),
+                "the {shell} script does not complete --{option}"
+            );
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = output_within(
+        Command::new(DAEMON)
+            .args(["--completions", "bash", "--dev"])
+            .current_dir(dir.path()),
+        TOOL_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "a usage error made files"
+    );
+}
