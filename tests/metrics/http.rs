@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::FAMILIES;
 use crate::exposition::{free_port, parse_scrape, scrape};
 use crate::live::metrics_daemon;
+use crate::support::open_fds;
 
 /// Idle connections the issue holds open while scraping.
 const IDLE_CONNECTIONS: usize = 50;
@@ -125,6 +126,53 @@ pub(crate) fn idle_connections_do_not_stall_a_scrape(backend: &'static str) {
     let pong = d.client().call(&serde_json::json!({"op": "ping"}));
     assert_eq!(pong["type"], "pong", "{pong}");
     drop(idle);
+}
+
+/// The endpoint's bound on open connections (`metrics::http::MAX_CONNECTIONS`).
+const MAX_CONNECTIONS: usize = 256;
+
+/// A flood of 300 idle connections: the daemon holds at most 256 of them (its descriptor count
+/// shows it) and closes the rest at once; once they are gone, scrapes work again at once.
+pub(crate) fn connections_past_the_bound_are_closed(backend: &'static str) {
+    let port = free_port();
+    let d = metrics_daemon(backend, &format!("127.0.0.1:{port}"));
+    scrape(port);
+    let before = open_fds(d.pid()).unwrap();
+    let flood: Vec<TcpStream> = (0..MAX_CONNECTIONS + 44)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = open_fds(d.pid()).unwrap().saturating_sub(before);
+    assert!(
+        (MAX_CONNECTIONS - 8..=MAX_CONNECTIONS).contains(&held),
+        "with {} connections open the daemon holds {held} more descriptors",
+        flood.len()
+    );
+    let mut closed = 0;
+    for mut stream in flood.iter() {
+        stream.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 16];
+        if matches!(stream.read(&mut buf), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= flood.len() - MAX_CONNECTIONS,
+        "only {closed} of {} connections were closed past the bound",
+        flood.len()
+    );
+    drop(flood);
+    // The daemon lets go of them as it reads their end, and scrapes again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_fds(d.pid()).unwrap() > before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon still holds {} descriptors more than before the flood",
+            open_fds(d.pid()).unwrap() - before
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(scrape(port).contains("ringcrypt_build_info"));
 }
 
 /// `HEAD /metrics` (what `curl -I` sends) gets the headers of a scrape and no body;

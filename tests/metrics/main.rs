@@ -37,8 +37,8 @@ mod live;
 use std::time::Duration;
 
 use http::{
-    first_scrape_has_every_family, head_query_strings_and_wrong_requests,
-    idle_connections_do_not_stall_a_scrape,
+    connections_past_the_bound_are_closed, first_scrape_has_every_family,
+    head_query_strings_and_wrong_requests, idle_connections_do_not_stall_a_scrape,
 };
 use live::{
     dashboard_and_alerts_use_only_exported_metrics, metrics_off_listens_nowhere,
@@ -83,6 +83,7 @@ both_backends!(
     dashboard_and_alerts_use_only_exported_metrics,
     metrics_off_listens_nowhere,
     idle_connections_do_not_stall_a_scrape,
+    connections_past_the_bound_are_closed,
     head_query_strings_and_wrong_requests,
     first_scrape_has_every_family,
 );
