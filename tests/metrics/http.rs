@@ -343,3 +343,37 @@ fn half_closed_request_is_answered() {
         assert!(raw.contains("process_start_time_seconds"), "{raw}");
     }
 }
+
+/// How long the endpoint waits for a request head (`metrics::http::HEAD_TIMEOUT`).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection that never sends a request head is closed once the head timeout passes, so
+/// idle clients cannot keep the endpoint's connection slots forever; a connection that
+/// sends one in time is answered.
+#[test]
+fn idle_connections_are_closed_after_the_head_timeout() {
+    let port = free_port();
+    let _d = metrics_daemon("sync", &format!("127.0.0.1:{port}"));
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let started = Instant::now();
+    idle.set_read_timeout(Some(HEAD_TIMEOUT * 3)).unwrap();
+    let mut buf = [0u8; 256];
+    let n = idle.read(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "the idle connection was still open after {:?}: {e}",
+            started.elapsed()
+        )
+    });
+    let waited = started.elapsed();
+    // The server may say 408 before it closes; either way it lets go.
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        n == 0 || said.starts_with("HTTP/1.1 408"),
+        "the idle connection got {said:?}"
+    );
+    assert!(
+        waited >= HEAD_TIMEOUT - Duration::from_millis(500),
+        "closed after {waited:?}, before the head timeout"
+    );
+    assert!(scrape(port).contains("ringcrypt_build_info"));
+}
