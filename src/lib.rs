@@ -28,6 +28,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod assets;
 pub mod client;
 pub mod crypto;
 pub mod daemon;

@@ -464,7 +464,7 @@ fn sysusers_and_tmpfiles_apply_to_a_scratch_root() {
 // ---- the example configuration --------------------------------------------------------------
 
 /// The daemon's settings, from its `--help`: every long flag but `--config`, `--dev`,
-/// `--help` and `--version`, under its configuration-file name.
+/// `--completions`, `--help` and `--version`, under its configuration-file name.
 fn daemon_settings() -> Vec<String> {
     let out = run(Command::new(DAEMON).arg("--help"));
     assert!(out.status.success(), "ringcryptd --help:\n{}", show(&out));
@@ -476,7 +476,7 @@ fn daemon_settings() -> Vec<String> {
         let flag = flag.split_whitespace().next().unwrap();
         match flag {
             // Not settings: ways to run the daemon.
-            "config" | "dev" | "help" | "version" | "check-config" => {}
+            "config" | "dev" | "completions" | "help" | "version" | "check-config" => {}
             // Repeatable flags are lists in the file, named in the plural.
             "allow-root" => names.push("allow_roots".to_string()),
             "allow-uid" => names.push("allow_uids".to_string()),

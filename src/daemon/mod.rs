@@ -554,7 +554,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     })?;
     let activated = inherited.is_some();
     let access = SocketAccess::resolve(config.socket_mode, config.socket_group.as_deref())?;
-    let listener = match inherited {
+    // The log names the socket clients reach: under socket activation, the one systemd
+    // handed over, whatever --socket says.
+    let (listener, listening) = match inherited {
         Some(listener) => {
             if config.socket_mode.is_some()
                 || config
@@ -567,9 +569,13 @@ pub fn run(config: Config) -> Result<(), Error> {
                      its socket unit's SocketMode= and SocketGroup= do"
                 );
             }
-            listener
+            let name = notify::listener_name(&listener);
+            (listener, format!("{name} (passed by systemd)"))
         }
-        None => socket::bind(&config.socket, &access)?,
+        None => (
+            socket::bind(&config.socket, &access)?,
+            config.socket.display().to_string(),
+        ),
     };
     let backend = match std::env::var("RINGCRYPT_BACKEND").ok().as_deref() {
         Some("sync") => BackendKind::Sync,
@@ -740,7 +746,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let backend = kind.map(BackendKind::as_str).unwrap_or("none");
     log::info!(
         "listening on {} (version {}, {} shards, {backend} backend, fsync {}, roots: {})",
-        config.socket.display(),
+        listening,
         env!("CARGO_PKG_VERSION"),
         config.shards,
         if config.durability == Durability::Fsync {

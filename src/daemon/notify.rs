@@ -62,3 +62,24 @@ pub fn inherited_listener() -> std::io::Result<Option<OwnedFd>> {
     }
     Ok(passed.take_unix_listener(0)?.map(OwnedFd::from))
 }
+
+/// What a listening socket is bound to, for the log: its path, `@name` for an abstract
+/// address, or a note that it has none.
+pub fn listener_name(listener: &OwnedFd) -> String {
+    let Ok(fd) = listener.try_clone() else {
+        return "a socket passed by systemd".to_string();
+    };
+    match std::os::unix::net::UnixListener::from(fd).local_addr() {
+        Ok(addr) => match addr.as_pathname() {
+            Some(path) => path.display().to_string(),
+            None => {
+                use std::os::linux::net::SocketAddrExt;
+                match addr.as_abstract_name() {
+                    Some(name) => format!("@{}", String::from_utf8_lossy(name)),
+                    None => "an unnamed socket".to_string(),
+                }
+            }
+        },
+        Err(err) => format!("a socket passed by systemd (its address is unknown: {err})"),
+    }
+}

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::exposition::parse_scrape;
 use crate::support::*;
-use crate::{ALERTS, DASHBOARD};
+use crate::{ALERT_TESTS, ALERTS, DASHBOARD};
 
 /// `promtool` with `args`, `stdin` piped in; returns (exit ok, stdout, stderr).
 pub(crate) fn promtool(args: &[&str], stdin: &[u8]) -> (bool, String, String) {
@@ -71,120 +71,33 @@ fn alert_rules_pass_promtool_check() {
     }
 }
 
-/// Unit tests for the rules, run by `promtool test rules`: each alert fires on the input
-/// it is meant for (after its `for`), and nothing fires on a healthy or idle daemon.
-const RULE_TESTS: &str = r#"
-rule_files: [ALERTS_PATH]
-evaluation_interval: 1m
-tests:
-  # Healthy: up, 1% failures, queues a tenth full, a few auth failures: nothing fires.
-  - interval: 1m
-    input_series:
-      - series: 'up{job="ringcrypt",instance="a:9477"}'
-        values: '1x60'
-      - series: 'ringcrypt_jobs_total{job="ringcrypt",instance="a:9477",op="encrypt",result="ok"}'
-        values: '0+99x60'
-      - series: 'ringcrypt_jobs_total{job="ringcrypt",instance="a:9477",op="decrypt",result="failed"}'
-        values: '0+1x60'
-      - series: 'ringcrypt_queue_depth{job="ringcrypt",instance="a:9477",shard="0"}'
-        values: '100x60'
-      - series: 'ringcrypt_queue_capacity{job="ringcrypt",instance="a:9477",shard="0"}'
-        values: '1024x60'
-      - series: 'ringcrypt_errors_total{job="ringcrypt",instance="a:9477",code="auth_failed"}'
-        values: '0+1x60'
-    promql_expr_test:
-      - expr: ALERTS
-        eval_time: 50m
-        exp_samples: []
-
-  # 10% of jobs fail, one shard's queue is 90% full, 3 auth failures a minute.
-  - interval: 1m
-    input_series:
-      - series: 'up{job="ringcrypt",instance="a:9477"}'
-        values: '1x60'
-      - series: 'ringcrypt_jobs_total{job="ringcrypt",instance="a:9477",op="encrypt",result="ok"}'
-        values: '0+90x60'
-      - series: 'ringcrypt_jobs_total{job="ringcrypt",instance="a:9477",op="decrypt",result="failed"}'
-        values: '0+10x60'
-      - series: 'ringcrypt_queue_depth{job="ringcrypt",instance="a:9477",shard="0"}'
-        values: '10x60'
-      - series: 'ringcrypt_queue_depth{job="ringcrypt",instance="a:9477",shard="1"}'
-        values: '922x60'
-      - series: 'ringcrypt_queue_capacity{job="ringcrypt",instance="a:9477",shard="0"}'
-        values: '1024x60'
-      - series: 'ringcrypt_queue_capacity{job="ringcrypt",instance="a:9477",shard="1"}'
-        values: '1024x60'
-      - series: 'ringcrypt_errors_total{job="ringcrypt",instance="a:9477",code="auth_failed"}'
-        values: '0+3x60'
-    promql_expr_test:
-      # Before any `for` has run out: pending only.
-      - expr: ALERTS{alertstate="firing"}
-        eval_time: 3m
-        exp_samples: []
-      - expr: ALERTS{alertstate="firing"}
-        eval_time: 30m
-        exp_samples:
-          - labels: 'ALERTS{alertname="RingcryptJobErrorRatioHigh",alertstate="firing",job="ringcrypt",instance="a:9477",severity="warning"}'
-            value: 1
-          - labels: 'ALERTS{alertname="RingcryptQueueSaturated",alertstate="firing",job="ringcrypt",instance="a:9477",shard="1",severity="warning"}'
-            value: 1
-          - labels: 'ALERTS{alertname="RingcryptAuthFailures",alertstate="firing",job="ringcrypt",instance="a:9477",severity="warning"}'
-            value: 1
-
-  # One failure out of two jobs on an idle daemon is not an incident.
-  - interval: 1m
-    input_series:
-      - series: 'up{job="ringcrypt",instance="a:9477"}'
-        values: '1x60'
-      - series: 'ringcrypt_jobs_total{job="ringcrypt",instance="a:9477",op="encrypt",result="ok"}'
-        values: '0 1x60'
-      - series: 'ringcrypt_jobs_total{job="ringcrypt",instance="a:9477",op="decrypt",result="failed"}'
-        values: '0 1x60'
-    promql_expr_test:
-      - expr: ALERTS
-        eval_time: 30m
-        exp_samples: []
-
-  # The daemon stops answering scrapes: RingcryptDown after 2 minutes.
-  - interval: 1m
-    input_series:
-      - series: 'up{job="ringcrypt",instance="a:9477"}'
-        values: '1 1 0x20'
-    alert_rule_test:
-      - alertname: RingcryptDown
-        eval_time: 3m
-        exp_alerts: []
-      - alertname: RingcryptDown
-        eval_time: 6m
-        exp_alerts:
-          - exp_labels:
-              severity: critical
-              job: ringcrypt
-              instance: "a:9477"
-            exp_annotations:
-              summary: "ringcryptd a:9477 is down or not scraped"
-              description: "Prometheus has not scraped ringcryptd a:9477 (job=\"ringcrypt\") successfully for 2 minutes, or no ringcrypt target exists at all. Clients cannot encrypt or decrypt through the daemon. Check `systemctl status ringcryptd`, the daemon's stderr, and that `--metrics` is not `off` on this host."
-
-  # No ringcrypt target at all (scrape config lost): RingcryptDown too.
-  - interval: 1m
-    input_series:
-      - series: 'up{job="other",instance="b:9100"}'
-        values: '1x20'
-    promql_expr_test:
-      - expr: ALERTS{alertstate="firing"}
-        eval_time: 5m
-        exp_samples:
-          - labels: 'ALERTS{alertname="RingcryptDown",alertstate="firing",job="ringcrypt",severity="critical"}'
-            value: 1
-"#;
-
+/// The shipped unit tests of the rules (`contrib/prometheus/alerts_test.yml`), run as an
+/// operator runs them: each alert fires on the data it is meant for, names the host (and
+/// shard) it is about, and nothing fires on a healthy or idle daemon. The file must test
+/// every alert the rules define.
 #[test]
 fn alert_rules_fire_when_meant_to() {
-    let dir = tempfile::tempdir().unwrap();
-    let tests = dir.path().join("alerts_test.yml");
-    fs::write(&tests, RULE_TESTS.replace("ALERTS_PATH", ALERTS)).unwrap();
-    let (ok, stdout, stderr) = promtool(&["test", "rules", p(&tests)], b"");
-    assert!(ok, "promtool test rules failed:\n{stdout}\n{stderr}");
+    let tests = fs::read_to_string(ALERT_TESTS).unwrap();
+    assert!(
+        tests.contains("rule_files: [alerts.yml]"),
+        "{ALERT_TESTS} must test the rules beside it"
+    );
+    let rules = fs::read_to_string(ALERTS).unwrap();
+    for alert in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {alert}"))
+                || tests.contains(&format!("alertname=\"{alert}\"")),
+            "{ALERT_TESTS} has no test for {alert}"
+        );
+    }
+    let (ok, stdout, stderr) = promtool(&["test", "rules", ALERT_TESTS], b"");
+    assert!(
+        ok && stdout.contains("SUCCESS"),
+        "promtool test rules {ALERT_TESTS} failed:\n{stdout}\n{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -264,8 +177,8 @@ fn dashboard_is_importable_and_its_queries_are_valid_promql() {
         "rate(ringcrypt_bytes_read_total",
         "rate(ringcrypt_bytes_written_total",
         "rate(ringcrypt_jobs_total",
-        "histogram_quantile(0.5, sum by (le, op) (rate(ringcrypt_job_duration_seconds_bucket",
-        "histogram_quantile(0.99, sum by (le, op) (rate(ringcrypt_job_duration_seconds_bucket",
+        "histogram_quantile(0.5, sum by (instance, le, op) (rate(ringcrypt_job_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (instance, le, op) (rate(ringcrypt_job_duration_seconds_bucket",
         "ringcrypt_queue_depth",
         "/ ringcrypt_queue_capacity",
         "ringcrypt_jobs_inflight",
@@ -344,4 +257,121 @@ fn metric_names_are_extracted_like_promql_reads_them() {
     );
     assert_eq!(s.one("a_total", &[("code", "a\"b")]), 3.0);
     assert_eq!(s.one("b", &[]), 1500.0);
+}
+
+/// Two hosts with two shards each, every series the dashboard reads moving: the input of
+/// [`dashboard_keeps_hosts_and_shards_apart`].
+const TWO_HOSTS: &str = r#"
+      - series: 'up{job="ringcrypt",instance="HOST"}'
+        values: '1x30'
+      - series: 'ringcrypt_build_info{job="ringcrypt",instance="HOST",version="0.1.0",backend="uring"}'
+        values: '1x30'
+      - series: 'ringcrypt_connections_active{job="ringcrypt",instance="HOST"}'
+        values: '2x30'
+      - series: 'ringcrypt_jobs_total{job="ringcrypt",instance="HOST",op="encrypt",result="ok"}'
+        values: '0+60x30'
+      - series: 'ringcrypt_jobs_total{job="ringcrypt",instance="HOST",op="decrypt",result="failed"}'
+        values: '0+6x30'
+      - series: 'ringcrypt_job_duration_seconds_bucket{job="ringcrypt",instance="HOST",op="encrypt",le="0.01"}'
+        values: '0+30x30'
+      - series: 'ringcrypt_job_duration_seconds_bucket{job="ringcrypt",instance="HOST",op="encrypt",le="0.1"}'
+        values: '0+60x30'
+      - series: 'ringcrypt_job_duration_seconds_bucket{job="ringcrypt",instance="HOST",op="encrypt",le="+Inf"}'
+        values: '0+60x30'
+      - series: 'ringcrypt_errors_total{job="ringcrypt",instance="HOST",code="auth_failed"}'
+        values: '0+6x30'
+"#;
+
+/// The per-shard series of [`TWO_HOSTS`], once per host and shard.
+const TWO_HOSTS_SHARDS: &str = r#"
+      - series: 'ringcrypt_bytes_read_total{job="ringcrypt",instance="HOST",shard="SHARD"}'
+        values: '0+6000x30'
+      - series: 'ringcrypt_bytes_written_total{job="ringcrypt",instance="HOST",shard="SHARD"}'
+        values: '0+6100x30'
+      - series: 'ringcrypt_queue_depth{job="ringcrypt",instance="HOST",shard="SHARD"}'
+        values: '10x30'
+      - series: 'ringcrypt_queue_capacity{job="ringcrypt",instance="HOST",shard="SHARD"}'
+        values: '1024x30'
+      - series: 'ringcrypt_jobs_inflight{job="ringcrypt",instance="HOST",shard="SHARD"}'
+        values: '1x30'
+      - series: 'ringcrypt_crypto_seconds_total{job="ringcrypt",instance="HOST",shard="SHARD"}'
+        values: '0+30x30'
+"#;
+
+/// With the instance variable at All, two hosts with two shards each: promtool evaluates
+/// every dashboard query and each must give one line per host (`group by (instance)` has
+/// both hosts, so no query merges them), and each query whose legend names the shard one
+/// line per host and shard (shard 0 of one host is never merged with shard 0 of another).
+/// Every legend of a query that keeps hosts apart names the host.
+#[test]
+fn dashboard_keeps_hosts_and_shards_apart() {
+    let dash: Value = serde_json::from_str(&fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    let hosts = ["a:9477", "b:9477"];
+    let mut input = String::new();
+    for host in hosts {
+        input.push_str(&TWO_HOSTS.replace("HOST", host));
+        for shard in ["0", "1"] {
+            input.push_str(
+                &TWO_HOSTS_SHARDS
+                    .replace("HOST", host)
+                    .replace("SHARD", shard),
+            );
+        }
+    }
+    let mut checks = String::new();
+    let mut per_shard = 0;
+    let panels = dash["panels"].as_array().unwrap();
+    for target in panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+    {
+        let expr = target["expr"].as_str().unwrap();
+        let legend = target["legendFormat"].as_str().unwrap_or("");
+        assert!(
+            legend.is_empty() || legend.contains("{{instance}}"),
+            "the legend {legend:?} of {expr} does not name the host"
+        );
+        let expr = expr
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        let mut groupings = vec![("instance", vec![])];
+        if legend.contains("{{shard}}") {
+            groupings.push(("instance, shard", vec!["0", "1"]));
+            per_shard += 1;
+        }
+        for (by, shards) in groupings {
+            checks.push_str(&format!(
+                "      - expr: {}\n        eval_time: 20m\n        exp_samples:\n",
+                serde_json::to_string(&format!("group by ({by}) ({expr})")).unwrap()
+            ));
+            for host in hosts {
+                let labels: Vec<String> = if shards.is_empty() {
+                    vec![format!("{{instance=\"{host}\"}}")]
+                } else {
+                    shards
+                        .iter()
+                        .map(|s| format!("{{instance=\"{host}\", shard=\"{s}\"}}"))
+                        .collect()
+                };
+                for labels in labels {
+                    checks.push_str(&format!(
+                        "          - labels: {}\n            value: 1\n",
+                        serde_json::to_string(&labels).unwrap()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(per_shard >= 5, "only {per_shard} per-shard queries found");
+    let tests = format!(
+        "evaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:{input}    promql_expr_test:\n{checks}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard_test.yml");
+    fs::write(&file, &tests).unwrap();
+    let (ok, stdout, stderr) = promtool(&["test", "rules", p(&file)], b"");
+    assert!(
+        ok,
+        "a dashboard query merges hosts or shards:\n{stdout}\n{stderr}\n{tests}"
+    );
 }

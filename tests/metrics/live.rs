@@ -14,7 +14,7 @@ use crate::support::*;
 use crate::{ALERTS, BUCKETS, DASHBOARD, FAMILIES, SETTLE};
 
 /// A daemon with every default but `--metrics SETTING`.
-fn metrics_daemon(backend: &'static str, setting: &str) -> Daemon {
+pub(crate) fn metrics_daemon(backend: &'static str, setting: &str) -> Daemon {
     Daemon::builder(backend).metrics(setting).start()
 }
 

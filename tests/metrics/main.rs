@@ -2,21 +2,28 @@
 //! `contrib/prometheus/alerts.yml`, the Grafana dashboard in `contrib/grafana/ringcrypt.json`,
 //! and the `/metrics` endpoint of the real `ringcryptd` they are written against.
 //!
-//! - the rules pass `promtool check rules`, and `promtool test rules` shows each alert firing
-//!   on the data it is meant for and not on healthy data;
+//! - the rules pass `promtool check rules`, and `promtool test rules` on the shipped
+//!   `contrib/prometheus/alerts_test.yml` shows each alert firing on the data it is meant for,
+//!   for the host it is about, and not on healthy data;
 //! - the dashboard is importable JSON (a `DS_PROMETHEUS` input, `datasource` and `instance`
 //!   variables) and every panel query is valid PromQL (checked by promtool as recording rules);
+//!   evaluated by promtool over two hosts, every query keeps the hosts apart, and every
+//!   per-shard query keeps each host's shards apart;
 //! - a daemon started with `--metrics 127.0.0.1:PORT`, after a known set of jobs, exposes
 //!   exactly the counts, byte totals, error codes and histogram those jobs imply, in text
 //!   that `promtool check metrics` accepts without a word; every metric name the dashboard
 //!   and the rules use is in that scrape;
-//! - `--metrics off` opens no TCP listener and the daemon still serves.
+//! - `--metrics off` opens no TCP listener and the daemon still serves;
+//! - the endpoint is a real HTTP server: 50 idle connections do not stall a scrape (under a
+//!   second), `HEAD` and query strings are answered, other paths and methods are refused
+//!   with their status, and the first scrape has every family, `process_*` included.
 //!
 //! promtool comes from Debian's `prometheus` package, which `.ci/run` installs; without it
 //! these tests fail (they do not skip).
 //!
 //! `contrib.rs` checks the alert rules and the dashboard with promtool, `exposition.rs`
-//! reads the text a scrape returns, and `live.rs` runs the daemon and checks its endpoint.
+//! reads the text a scrape returns, `live.rs` runs the daemon and checks its counters, and
+//! `http.rs` checks the endpoint as an HTTP server.
 
 #[macro_use]
 #[path = "../support/mod.rs"]
@@ -24,16 +31,25 @@ mod support;
 
 mod contrib;
 mod exposition;
+mod http;
 mod live;
 
 use std::time::Duration;
 
+use http::{
+    connections_past_the_bound_are_closed, first_scrape_has_every_family,
+    head_query_strings_and_wrong_requests, idle_connections_do_not_stall_a_scrape,
+};
 use live::{
     dashboard_and_alerts_use_only_exported_metrics, metrics_off_listens_nowhere,
     scrape_counts_the_workload,
 };
 
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/prometheus/alerts.yml");
+const ALERT_TESTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/contrib/prometheus/alerts_test.yml"
+);
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/contrib/grafana/ringcrypt.json"
@@ -66,4 +82,8 @@ both_backends!(
     scrape_counts_the_workload,
     dashboard_and_alerts_use_only_exported_metrics,
     metrics_off_listens_nowhere,
+    idle_connections_do_not_stall_a_scrape,
+    connections_past_the_bound_are_closed,
+    head_query_strings_and_wrong_requests,
+    first_scrape_has_every_family,
 );

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::state::{JobPool, Soak};
+use crate::support::schema::reply_errors;
 use crate::support::send_with_fds;
 use crate::{SIGTERM_EXIT_WITHIN, load_secs};
 
@@ -129,6 +130,11 @@ impl Ledger {
             st.strays.push(format!("no type: {text}"));
             return None;
         };
+        if let Some(errors) = reply_errors(&reply) {
+            st.strays.push(format!(
+                "breaks docs/protocol.schema.json: {text}\n{errors}"
+            ));
+        }
         let mut offer = None;
         match reply.get("id") {
             None => st.idless_replies.push(reply),

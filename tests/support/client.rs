@@ -196,7 +196,7 @@ pub fn try_ping(socket: &Path) -> Option<Value> {
     let mut c = Client::from_stream(stream, Duration::from_secs(5));
     c.try_send(&serde_json::json!({"op": "ping"})).ok()?;
     match c.next() {
-        Next::Line(line) => serde_json::from_str(&line).ok(),
+        Next::Line(line) => Some(parse_line(&line)),
         Next::Closed(_) | Next::Timeout(_) => None,
     }
 }
@@ -220,6 +220,9 @@ pub fn send_with_fds(
     )
 }
 
+/// One reply line parsed; it must be an object with a string `type` that
+/// `docs/protocol.schema.json` describes.
+#[track_caller]
 pub fn parse_line(line: &str) -> Value {
     let reply: Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {line:?}"));
@@ -227,6 +230,7 @@ pub fn parse_line(line: &str) -> Value {
         reply.is_object() && reply["type"].is_string(),
         "reply is not an object with a string type: {line:?}"
     );
+    super::schema::check_reply(line, &reply);
     reply
 }
 

@@ -5,7 +5,8 @@
 //!   starts one ([`Daemon::builder`]), stopped on drop as the test asks (SIGTERM and exit 0 by
 //!   default);
 //! - [`client`]: a JSON-lines client over `std::os::unix::net::UnixStream`, and the shapes of
-//!   requests and replies;
+//!   requests and replies; every reply it reads is checked against `docs/protocol.schema.json`
+//!   ([`schema`]);
 //! - [`run`]: the `ringcrypt` binary run to completion ([`Run`]) and other commands with a
 //!   time bound;
 //! - [`nobody`]: acting as `nobody` (uid 65534): a small Python client under `setpriv`, the
@@ -36,6 +37,7 @@ pub mod daemon;
 pub mod files;
 pub mod nobody;
 pub mod run;
+pub mod schema;
 
 // Every test crate takes what it needs from here (`use support::*`).
 #[allow(unused_imports)]

@@ -166,6 +166,11 @@ fn files_failed(failed: u64, job: Option<&str>) -> Failure {
     }
 }
 
+/// The client's whole command line, as clap defines it (for its manual pages and completions).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// Runs the client with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

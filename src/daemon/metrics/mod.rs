@@ -4,15 +4,19 @@
 //! `metrics-exporter-prometheus`'s recorder. Each shard holds its own labelled handles, so
 //! shards never touch the same atomic. Crypto time is a fractional-seconds counter, which the
 //! facade's integer counters cannot carry, so this room keeps it (one cache line per shard)
-//! and renders that family itself. `/metrics` is served by a small std HTTP endpoint on its
-//! own thread: one request per connection, bounded in size and time. With metrics off, or
-//! before [`install`], every call here is a no-op.
+//! and renders that family itself, and the `process_*` families ([`process`]). `/metrics` is
+//! served by hyper on a thread of its own ([`http`]): connections are served concurrently and
+//! bounded in number and time. With metrics off, or before [`install`], every call here is a
+//! no-op.
 //!
 //! What this room does not do: decide what to count (the shards and jobs call it).
 
+mod http;
+mod process;
+
 use std::cell::OnceCell;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -45,12 +49,6 @@ const JOB_BUCKETS: [f64; 15] = [
     1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0,
 ];
 
-/// Largest HTTP request head read from a scraper; anything longer is answered 400.
-const MAX_HTTP_REQUEST_BYTES: usize = 8192;
-
-/// How long a scraper may take to send its request or read the answer.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// One shard's crypto nanoseconds, alone on its cache line.
 #[repr(align(64))]
 struct Padded(AtomicU64);
@@ -67,9 +65,9 @@ pub struct ShardMetrics {
     inflight: Gauge,
     /// `ringcrypt_jobs_total`, by op (in [`FileOp::ALL`] order) and [`JobResult`].
     jobs_ended: [[Counter; JobResult::ALL.len()]; FileOp::ALL.len()],
-    /// `ringcrypt_job_duration_seconds`, by op (in [`FileOp::ALL`] order), registered when
-    /// the shard ends its first job of the op: a registered histogram is exported even
-    /// before it holds a sample, and the family shows only ops that ran.
+    /// `ringcrypt_job_duration_seconds`, by op (in [`FileOp::ALL`] order); the handle is
+    /// taken when the shard ends its first job of the op (the series itself exists from
+    /// [`preregister`] on, empty).
     job_seconds: [OnceCell<Histogram>; FileOp::ALL.len()],
 }
 
@@ -163,7 +161,8 @@ pub fn build_info(version: &str, backend: &str) {
     gauge!(BUILD_INFO, "version" => version.to_string(), "backend" => backend.to_string()).set(1.0);
 }
 
-/// Creates every series at zero: each shard's, each error code's, each job outcome's.
+/// Creates every series at zero: each shard's, each error code's, each job outcome's, and
+/// each op's (empty) duration histogram.
 pub fn preregister(shards: usize) {
     for shard in 0..shards {
         drop(ShardMetrics::new(shard));
@@ -176,6 +175,8 @@ pub fn preregister(shards: usize) {
         for result in JobResult::ALL {
             counter!(JOBS, "op" => op.as_str(), "result" => result.as_str()).absolute(0);
         }
+        // A registered histogram is exported (all buckets 0) before it holds a sample.
+        drop(histogram!(JOB_SECONDS, "op" => op.as_str()));
     }
 }
 
@@ -203,7 +204,11 @@ pub fn install(addr: SocketAddr, shards: usize) -> Result<Exporter, Error> {
     connections(0);
     std::thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || serve(listener, handle))
+        .spawn(move || {
+            if let Err(err) = http::serve(listener, move || render(&handle)) {
+                eprintln!("ringcryptd: warning: the metrics endpoint stopped: {err}");
+            }
+        })
         .map_err(|e| {
             Error::new(
                 Code::Internal,
@@ -242,67 +247,21 @@ fn describe() {
     );
 }
 
-/// The exposition text: the recorder's families plus the crypto-seconds counter.
+/// The exposition text: the recorder's families, the crypto-seconds counter and the
+/// `process_*` families.
 fn render(handle: &PrometheusHandle) -> String {
     handle.run_upkeep();
     let mut text = handle.render();
-    text.push_str(&format!(
+    let _ = write!(
+        text,
         "# HELP {CRYPTO_SECONDS} Seconds spent in AES and HMAC, by shard.\n# TYPE {CRYPTO_SECONDS} counter\n"
-    ));
+    );
     if let Some(table) = CRYPTO_NANOS.get() {
         for (shard, slot) in table.iter().enumerate() {
             let seconds = slot.0.load(Ordering::Relaxed) as f64 / 1e9;
-            text.push_str(&format!(
-                "{CRYPTO_SECONDS}{{shard=\"{shard}\"}} {seconds}\n"
-            ));
+            let _ = writeln!(text, "{CRYPTO_SECONDS}{{shard=\"{shard}\"}} {seconds}");
         }
     }
+    process::render(&mut text);
     text
-}
-
-fn serve(listener: TcpListener, handle: PrometheusHandle) {
-    // One scrape at a time: scrapes are rare, and a slow one is cut off by the timeouts.
-    for stream in listener.incoming().flatten() {
-        let _ = answer(stream, &handle);
-    }
-}
-
-fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_HTTP_REQUEST_BYTES {
-            return respond(&mut stream, "400 Bad Request", "request too large\n");
-        }
-    }
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut words = line.split_whitespace();
-    match (words.next(), words.next()) {
-        (Some("GET"), Some("/metrics")) => respond(&mut stream, "200 OK", &render(handle)),
-        (Some("GET"), Some(_)) => respond(&mut stream, "404 Not Found", "try /metrics\n"),
-        _ => respond(
-            &mut stream,
-            "400 Bad Request",
-            "only GET /metrics is served\n",
-        ),
-    }
-}
-
-fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()
 }
