@@ -21,6 +21,9 @@ pub enum Token {
     Accept,
     /// The read of the shard's wake-up eventfd.
     Wake,
+    /// An fsync of an output directory for a batch of jobs that linked into it (`batch`:
+    /// the shard's number for it).
+    DirSync(u64),
 }
 
 /// A step of a file job (see `job`).
@@ -36,7 +39,6 @@ pub enum Step {
     Fsync,
     Link,
     Rename,
-    FsyncDir,
     Unlink,
     /// `skip_existing`: open the existing output, read its header, read its final record.
     CheckOpen,
@@ -53,6 +55,7 @@ const KIND_CONN_RECV: u64 = 2;
 const KIND_CONN_SEND: u64 = 3;
 const KIND_ACCEPT: u64 = 4;
 const KIND_WAKE: u64 = 5;
+const KIND_DIR_SYNC: u64 = 6;
 const KIND_SHIFT: u32 = 56;
 /// Connection keys and job slots fit below the kind byte.
 const PAYLOAD_MASK: u64 = (1 << KIND_SHIFT) - 1;
@@ -75,7 +78,6 @@ impl Step {
             Step::Fsync => 8,
             Step::Link => 9,
             Step::Rename => 10,
-            Step::FsyncDir => 11,
             Step::Unlink => 12,
             Step::CheckOpen => 13,
             Step::CheckHead => 14,
@@ -97,7 +99,6 @@ impl Step {
             8 => Step::Fsync,
             9 => Step::Link,
             10 => Step::Rename,
-            11 => Step::FsyncDir,
             12 => Step::Unlink,
             13 => Step::CheckOpen,
             14 => Step::CheckHead,
@@ -122,6 +123,7 @@ impl Token {
             Token::ConnSend(key) => (KIND_CONN_SEND, key),
             Token::Accept => (KIND_ACCEPT, 0),
             Token::Wake => (KIND_WAKE, 0),
+            Token::DirSync(batch) => (KIND_DIR_SYNC, batch),
         };
         // Connection keys count up from 1 and slots are bounded by the jobs a shard runs:
         // neither comes near 2^48.
@@ -141,6 +143,7 @@ impl Token {
             KIND_CONN_SEND => Token::ConnSend(payload),
             KIND_ACCEPT => Token::Accept,
             KIND_WAKE => Token::Wake,
+            KIND_DIR_SYNC => Token::DirSync(payload),
             _ => return None,
         })
     }
@@ -163,8 +166,10 @@ mod tests {
             Step::Fsync,
             Step::Link,
             Step::Rename,
-            Step::FsyncDir,
             Step::Unlink,
+            Step::CheckOpen,
+            Step::CheckHead,
+            Step::CheckTail,
             Step::LaneRead(0),
             Step::LaneRead(LANES_MAX - 1),
             Step::LaneWrite(0),
@@ -184,6 +189,8 @@ mod tests {
             Token::ConnSend(7),
             Token::Accept,
             Token::Wake,
+            Token::DirSync(1),
+            Token::DirSync(PAYLOAD_MASK),
         ] {
             assert!(seen.insert(token.encode()), "{token:?} collides");
             assert_eq!(Token::decode(token.encode()), Some(token));

@@ -391,3 +391,42 @@ fn metrics_off_port_refuses_connections() {
     let pong = Client::connect(&d.socket).call(&json!({"op": "ping"}));
     assert_eq!(pong["type"], "pong");
 }
+
+/// With `--fsync always`, jobs that link into one directory while its fsync runs share the
+/// next one. Intact: every output of a 300-file flat tree is there and verifies, every file
+/// was answered after an fsync of its directory (the counter moved), and the directory was
+/// fsynced fewer times than there are files.
+pub(crate) fn directory_fsyncs_are_batched(backend: &'static str) {
+    const FILES: usize = 300;
+    let port = free_port();
+    let d = Daemon::builder(backend)
+        .metrics(&format!("127.0.0.1:{port}"))
+        .fsync("always")
+        .start();
+    let src = d.root.join("flat");
+    fs::create_dir(&src).unwrap();
+    for i in 0..FILES {
+        fs::write(src.join(format!("f{i:03}")), format!("file {i}")).unwrap();
+    }
+    let enc = d.root.join("flat.enc");
+    let end = d
+        .client()
+        .job(&tree_req("encrypt", &src, &enc, "t"))
+        .pop()
+        .unwrap();
+    assert_eq!(end["files_ok"], FILES as u64, "{end}");
+    let ring = d.ring();
+    for i in (0..FILES).step_by(37) {
+        let plain = format!("file {i}");
+        let sealed = enc.join(format!("f{i:03}.rcrypt"));
+        assert_decrypts_to(&ring, &sealed, plain.as_bytes(), &d.scratch().join("x"));
+    }
+    let s = parse_scrape(&scrape(port));
+    let fsyncs = s.sum("ringcrypt_dir_fsyncs_total", &[]);
+    println!("{backend}: {FILES} files linked into one directory, {fsyncs} directory fsyncs");
+    assert!(fsyncs >= 1.0, "no directory fsync was counted");
+    assert!(
+        fsyncs < FILES as f64,
+        "{fsyncs} directory fsyncs for {FILES} files: not batched"
+    );
+}

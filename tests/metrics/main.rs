@@ -41,8 +41,8 @@ use http::{
     head_query_strings_and_wrong_requests, idle_connections_do_not_stall_a_scrape,
 };
 use live::{
-    dashboard_and_alerts_use_only_exported_metrics, metrics_off_listens_nowhere,
-    scrape_counts_the_workload,
+    dashboard_and_alerts_use_only_exported_metrics, directory_fsyncs_are_batched,
+    metrics_off_listens_nowhere, scrape_counts_the_workload,
 };
 
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/prometheus/alerts.yml");
@@ -56,7 +56,7 @@ const DASHBOARD: &str = concat!(
 );
 
 /// The families of the metric contract (README "Metrics, dashboard and alerts").
-const FAMILIES: [(&str, &str); 11] = [
+const FAMILIES: [(&str, &str); 12] = [
     ("ringcrypt_jobs_total", "counter"),
     ("ringcrypt_job_duration_seconds", "histogram"),
     ("ringcrypt_bytes_read_total", "counter"),
@@ -68,6 +68,7 @@ const FAMILIES: [(&str, &str); 11] = [
     ("ringcrypt_connections_active", "gauge"),
     ("ringcrypt_errors_total", "counter"),
     ("ringcrypt_build_info", "gauge"),
+    ("ringcrypt_dir_fsyncs_total", "counter"),
 ];
 
 /// The contract's histogram buckets, as Prometheus prints `le`.
@@ -86,4 +87,5 @@ both_backends!(
     connections_past_the_bound_are_closed,
     head_query_strings_and_wrong_requests,
     first_scrape_has_every_family,
+    directory_fsyncs_are_batched,
 );

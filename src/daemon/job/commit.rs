@@ -100,10 +100,38 @@ impl FileJob {
         }
         self.temp_name = None;
         match (ctx.durability, self.open_files()?.dir) {
-            (Durability::Fsync, Some(dir)) => self.push(ctx, Step::FsyncDir, Op::Fsync { fd: dir }),
+            // The directory's fsync is shared with the other jobs that linked into it
+            // meanwhile: the shard runs one for the batch and calls `dir_synced`.
+            (Durability::Fsync, Some(dir)) => {
+                let id = rustix::fs::fstat(
+                    ctx.reactor
+                        .fd(dir)
+                        .map_err(|e| self.io_err("fsync the directory of", false, e))?,
+                )
+                .map_err(|e| self.io_err("fsync the directory of", false, e.into()))?;
+                self.dir_sync = Some(DirSyncWanted {
+                    dir,
+                    id: (id.st_dev, id.st_ino),
+                });
+            }
             _ => self.finish(ctx),
         }
         Ok(())
+    }
+
+    /// The directory's fsync for the batch this job's link joined is done: `done` means on
+    /// disk. A failed fsync is reported, but the output is complete and valid.
+    pub fn dir_synced(&mut self, ctx: &mut JobCtx, result: std::io::Result<u32>) {
+        if let Err(e) = result {
+            let err = self.io_err("fsync the directory of", false, e);
+            return self.fail(ctx, err);
+        }
+        self.finish(ctx);
+    }
+
+    /// The directory fsync this job waits for, for its shard to batch, once.
+    pub fn take_dir_sync(&mut self) -> Option<DirSyncWanted> {
+        self.dir_sync.take()
     }
 
     pub(super) fn finish(&mut self, ctx: &mut JobCtx) {

@@ -91,6 +91,14 @@ pub struct JobCtx<'a> {
     pub umask: u32,
 }
 
+/// A linked output's directory, to fsync before the job is done: its handle, and its
+/// identity (device, inode), by which the shard batches jobs that linked into the same one.
+#[derive(Clone, Copy, Debug)]
+pub struct DirSyncWanted {
+    pub dir: File,
+    pub id: (u64, u64),
+}
+
 /// How a job ended.
 #[derive(Clone, Debug)]
 pub struct JobOutcome {
@@ -208,6 +216,8 @@ pub struct FileJob {
     split: Option<Box<Split>>,
     /// A job that runs one range of another shard's file.
     part_of: Option<PartOf>,
+    /// Linked, waiting for its directory's fsync, which the shard batches.
+    dir_sync: Option<DirSyncWanted>,
     /// Bytes read from the input and written to the output so far (progress and stats).
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -257,6 +267,7 @@ impl FileJob {
             end_batch: 0,
             split: None,
             part_of: None,
+            dir_sync: None,
             bytes_in: 0,
             bytes_out: 0,
             started: Instant::now(),
@@ -511,13 +522,6 @@ impl FileJob {
                 .result
                 .map_err(|e| self.link_err(e))
                 .and_then(|_| self.linked(ctx, step)),
-            Step::FsyncDir => {
-                // The output is in place; a failed directory fsync is reported, but the
-                // file is complete and valid.
-                done.result
-                    .map_err(|e| self.io_err("fsync the directory of", false, e))
-                    .map(|_| self.finish(ctx))
-            }
             Step::Unlink => {
                 self.drain_or_finish(ctx);
                 Ok(())

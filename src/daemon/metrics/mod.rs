@@ -43,6 +43,7 @@ const CONNECTIONS: &str = "ringcrypt_connections_active";
 const ERRORS: &str = "ringcrypt_errors_total";
 const BUILD_INFO: &str = "ringcrypt_build_info";
 const LOG_DROPPED: &str = "ringcrypt_log_dropped_total";
+const DIR_FSYNCS: &str = "ringcrypt_dir_fsyncs_total";
 
 /// Job duration buckets: 10 µs (a cached 4 KiB file) to 100 s (tens of GiB).
 const JOB_BUCKETS: [f64; 15] = [
@@ -63,6 +64,7 @@ pub struct ShardMetrics {
     bytes_written: Counter,
     queue_depth: Gauge,
     inflight: Gauge,
+    dir_fsyncs: Counter,
     /// `ringcrypt_jobs_total`, by op (in [`FileOp::ALL`] order) and [`JobResult`].
     jobs_ended: [[Counter; JobResult::ALL.len()]; FileOp::ALL.len()],
     /// `ringcrypt_job_duration_seconds`, by op (in [`FileOp::ALL`] order); the handle is
@@ -80,7 +82,8 @@ impl ShardMetrics {
             bytes_read: counter!(BYTES_READ, "shard" => label.clone()),
             bytes_written: counter!(BYTES_WRITTEN, "shard" => label.clone()),
             queue_depth: gauge!(QUEUE_DEPTH, "shard" => label.clone()),
-            inflight: gauge!(INFLIGHT, "shard" => label),
+            inflight: gauge!(INFLIGHT, "shard" => label.clone()),
+            dir_fsyncs: counter!(DIR_FSYNCS, "shard" => label),
             jobs_ended: FileOp::ALL.map(|op| {
                 JobResult::ALL
                     .map(|result| counter!(JOBS, "op" => op.as_str(), "result" => result.as_str()))
@@ -95,6 +98,11 @@ impl ShardMetrics {
 
     pub fn written(&self, bytes: u64) {
         self.bytes_written.increment(bytes);
+    }
+
+    /// An output directory's fsync started, for a batch of jobs that linked into it.
+    pub fn dir_fsync(&self) {
+        self.dir_fsyncs.increment(1);
     }
 
     pub fn jobs(&self, queued: usize, running: usize) {
@@ -235,6 +243,10 @@ fn describe() {
         "Jobs a shard's queue holds before new single jobs get busy."
     );
     describe_gauge!(INFLIGHT, "Jobs running on the shard.");
+    describe_counter!(
+        DIR_FSYNCS,
+        "Fsyncs of output directories (fsync always), one per batch of jobs that linked into the directory, by shard."
+    );
     describe_gauge!(CONNECTIONS, "Open client connections.");
     describe_counter!(ERRORS, "Error replies sent, by wire code.");
     describe_counter!(

@@ -49,6 +49,7 @@ use crate::protocol::{
 mod audit;
 mod authorize;
 mod conns;
+mod dirsync;
 mod inbox;
 mod jobs;
 mod owner;
@@ -101,6 +102,8 @@ pub struct Shard {
     trees: HashMap<u64, Tree>,
     /// Ranges of other shards' split files waiting for buffers here.
     ranges: VecDeque<Box<RangeWork>>,
+    /// Directory fsyncs, one per batch of jobs that linked into the same directory.
+    dir_syncs: dirsync::DirSyncs,
     /// Trees ready to walk and the file jobs one walk step found, kept for the next pump.
     tree_ready: Vec<u64>,
     tree_specs: Vec<FileJobSpec>,
@@ -165,6 +168,7 @@ impl Shard {
             metrics: ShardMetrics::new(index),
             trees: HashMap::new(),
             ranges: VecDeque::new(),
+            dir_syncs: dirsync::DirSyncs::default(),
             tree_ready: Vec::new(),
             tree_specs: Vec::new(),
             local: VecDeque::new(),
@@ -686,6 +690,7 @@ impl Shard {
             Some(Token::ConnSend(key)) => self.on_send(key, done),
             Some(Token::Accept) => self.on_accept(done.opened()),
             Some(Token::Wake) => self.arm_wake(),
+            Some(Token::DirSync(batch)) => self.dir_synced(batch, done),
             // Every op this shard pushes carries an encoded token.
             None => debug_assert!(
                 false,

@@ -170,7 +170,11 @@ impl Shard {
         };
         f(&mut entry.job, &mut ctx);
         let finished = entry.job.is_finished();
+        let dir_sync = entry.job.take_dir_sync();
         self.split_requests(slot);
+        if let Some(wanted) = dir_sync {
+            self.join_dir_sync(slot, wanted);
+        }
         if finished {
             self.finish(slot);
         }
