@@ -126,7 +126,11 @@ class PassedFiles:
 
     __slots__ = ("input_fd", "output_fd", "output", "dir", "mode", "times", "overwrite")
 
-    def __init__(self, input: str, output: str, overwrite: bool, in_place: bool) -> None:
+    def __init__(
+        self, input: str, output: str, overwrite: bool, in_place: bool, precheck: bool = True
+    ) -> None:
+        """``precheck=False`` skips looking for an existing output before the job when
+        ``overwrite`` is false: the link refuses it afterwards all the same (``Exists``)."""
         self.output = output
         self.overwrite = overwrite
         self.dir = os.path.dirname(output) or "/"
@@ -143,7 +147,8 @@ class PassedFiles:
                 )
             self.mode = stat.S_IMODE(st.st_mode) & 0o777
             self.times = (st.st_atime_ns, st.st_mtime_ns)
-            self._check_output(input, st, overwrite, in_place)
+            if precheck or overwrite:
+                self._check_output(input, st, overwrite, in_place)
             try:
                 self.output_fd = os.open(
                     self.dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600
@@ -182,10 +187,11 @@ class PassedFiles:
             os.close(self.input_fd)
             self.input_fd = -1
 
-    def commit(self, fsync: bool) -> None:
+    def commit(self, fsync: bool, dir_fd: Optional[int] = None) -> None:
         """After ``done``: the input's mode and times, optionally an fsync of the file, the
         link into place (never over an existing name unless ``overwrite``), and an fsync of
-        the directory."""
+        the directory. ``dir_fd``, the output's directory opened by the caller, saves
+        opening it here."""
         fd = self.output_fd
         dfd = -1
         try:
@@ -195,21 +201,23 @@ class PassedFiles:
                 os.fsync(fd)
             # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N links the unnamed file; os.link
             # calls linkat only when given a directory descriptor.
-            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if dir_fd is None:
+                dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            at = dfd if dir_fd is None else dir_fd
             proc = f"/proc/self/fd/{fd}"
             name = os.path.basename(self.output)
             if not self.overwrite:
-                os.link(proc, name, dst_dir_fd=dfd)
+                os.link(proc, name, dst_dir_fd=at)
             else:
                 temp = _TEMP_PREFIX + os.urandom(8).hex()
-                os.link(proc, temp, dst_dir_fd=dfd)
+                os.link(proc, temp, dst_dir_fd=at)
                 try:
-                    os.replace(temp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                    os.replace(temp, name, src_dir_fd=at, dst_dir_fd=at)
                 except BaseException:
-                    os.unlink(temp, dir_fd=dfd)
+                    os.unlink(temp, dir_fd=at)
                     raise
             if fsync:
-                os.fsync(dfd)
+                os.fsync(at)
         except OSError as err:
             raise from_os_error("link into place", self.output, err) from err
         finally:

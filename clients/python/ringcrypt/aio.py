@@ -292,7 +292,7 @@ class AsyncClient:
         key: Optional[str] = None,
         overwrite: bool = False,
         in_place: bool = False,
-        concurrency: int = 64,
+        concurrency: int = 128,
         connections: int = 4,
         by_path: bool = False,
         fsync: bool = True,

@@ -13,6 +13,7 @@ happens to the daemon no output is ever partial.
 
 import collections
 import json
+import os
 import selectors
 import socket
 import time
@@ -50,10 +51,20 @@ class BatchItem:
         self.by_path = by_path
 
 
-class _Flight:
-    """A request sent (or queued to send) and not yet answered."""
+# Requests on descriptors that share one sendmsg: the daemon takes up to 8 descriptors with
+# one message and hands each "fds" line the next two (docs/protocol.md, "Passing
+# descriptors"). One message per four files is a quarter of the sends, the costliest call
+# this client makes per file. The lines stay within the daemon's first receive buffer.
+FDS_REQUESTS_PER_SEND = 4
+FDS_SEND_BYTES = 1024
+# Output directories a batch keeps open at once to link its outputs.
+MAX_OPEN_DIRS = 64
 
-    __slots__ = ("index", "files", "deadline", "job", "over")
+
+class _Flight:
+    """A request queued or sent, and not yet answered (``over`` once it has its result)."""
+
+    __slots__ = ("index", "files", "deadline", "job", "over", "sent")
 
     def __init__(self, index: int, files: Optional[PassedFiles], deadline: Optional[float]):
         self.index = index
@@ -61,6 +72,7 @@ class _Flight:
         self.deadline = deadline
         self.job: Optional[str] = None
         self.over = False
+        self.sent = False
 
 
 class _Conn:
@@ -79,39 +91,60 @@ class _Conn:
         self.sock = sock
         self.sel = sel
         self.buf = b""
-        # What is still to send: [bytes, descriptors or None, flight or None].
+        # What is still to send: [bytes, descriptors or None, the flights whose descriptors
+        # go with it].
         self.out: Deque[List[Any]] = collections.deque()
         self.flights: Dict[int, _Flight] = {}
         self.writing = False
         sel.register(sock, selectors.EVENT_READ, self)
 
     def queue(self, line: bytes, fds: Optional[List[int]], flight: Optional[_Flight]) -> None:
-        if fds is None and self.out and self.out[-1][1] is None and self.out[-1][2] is None:
-            self.out[-1][0] += line  # plain lines go out together
+        # Only an entry whose descriptors have not left yet takes more: once a send began,
+        # its descriptors are None.
+        last = self.out[-1] if self.out else None
+        if fds is None:
+            if last is not None and last[1] is None:
+                last[0] += line  # plain lines go out together
+                return
+            self.out.append([line, None, []])
+            if flight is not None:
+                flight.sent = True
+            return
+        if (
+            last is not None
+            and last[1] is not None
+            and len(last[2]) < FDS_REQUESTS_PER_SEND
+            and len(last[0]) + len(line) <= FDS_SEND_BYTES
+        ):
+            last[0] += line
+            last[1] += fds
+            last[2].append(flight)
         else:
-            self.out.append([line, fds, flight])
+            self.out.append([line, list(fds), [flight]])
 
     def flush(self) -> None:
         """Sends what the socket takes now; raises OSError when the connection broke."""
         while self.out:
             entry = self.out[0]
-            data, fds, flight = entry
-            if fds is not None and flight is not None and flight.over:
-                self.out.popleft()  # timed out before its descriptors left: never sent
-                continue
+            data, fds, flights = entry
             try:
                 if fds is not None:
                     sent = self.sock.sendmsg([data], scm_rights(fds))
                     entry[1] = None
-                    if flight is not None and flight.files is not None:
-                        flight.files.close_input()
+                    for flight in flights:
+                        flight.sent = True
+                        if flight.files is not None:
+                            # The daemon holds its own copy of the input now; a request
+                            # that timed out while queued leaves nothing open either.
+                            flight.files.close_input()
+                            if flight.over:
+                                flight.files.close()
                 else:
                     sent = self.sock.send(data)
             except BlockingIOError:
                 break
             if sent < len(data):
                 entry[0] = data[sent:]
-                entry[2] = None
                 continue
             self.out.popleft()
         want = bool(self.out)
@@ -134,6 +167,13 @@ class _Conn:
         return parts
 
     def close(self) -> None:
+        """Closes the socket, and the files of requests that were never sent."""
+        for _data, fds, flights in self.out:
+            if fds is not None:
+                for flight in flights:
+                    if flight.files is not None:
+                        flight.files.close()
+        self.out.clear()
         try:
             self.sel.unregister(self.sock)
         except (KeyError, ValueError):
@@ -153,6 +193,25 @@ class _Batch:
         self.next = 0
         self.in_flight = 0
         self.ids = 0
+        # Output directories kept open for linking (files of a batch mostly share a few).
+        self.dirs: Dict[str, int] = {}
+
+    def dir_fd(self, path: str) -> Optional[int]:
+        fd = self.dirs.get(path)
+        if fd is None:
+            if len(self.dirs) >= MAX_OPEN_DIRS:
+                self.close_dirs()
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                return None  # the commit opens it itself and reports why it cannot
+            self.dirs[path] = fd
+        return fd
+
+    def close_dirs(self) -> None:
+        for fd in self.dirs.values():
+            os.close(fd)
+        self.dirs.clear()
 
     def connect(self) -> Optional[RingcryptError]:
         try:
@@ -169,7 +228,9 @@ class _Batch:
         files: Optional[PassedFiles] = None
         if not item.by_path:
             try:
-                files = PassedFiles(item.input, item.output, item.overwrite, item.in_place)
+                files = PassedFiles(
+                    item.input, item.output, item.overwrite, item.in_place, precheck=False
+                )
             except NoTmpfile:
                 files = None
             except RingcryptError as err:
@@ -200,11 +261,14 @@ class _Batch:
         del conn.flights[req_id]
         self.in_flight -= 1
         flight.over = True
-        if flight.files is not None and not isinstance(result, t.FileResult):
+        # Descriptors still queued to send stay open until they are sent (`flush`).
+        if flight.files is not None and flight.sent and not isinstance(result, t.FileResult):
             flight.files.close()
         self.results[flight.index] = result
 
     def on_reply(self, conn: _Conn, line: bytes) -> None:
+        if self.timeout is None and line.startswith(b'{"type":"accepted"'):
+            return  # the job id only matters to cancel a file that timed out
         reply = json.loads(line)
         req_id = reply.get("id")
         flight = conn.flights.get(req_id) if req_id is not None else None
@@ -223,7 +287,8 @@ class _Batch:
             result: Result = t.file_result(item.op, item.input, item.output, reply)
             if flight.files is not None:
                 try:
-                    flight.files.commit(self.fsync)
+                    files = flight.files
+                    files.commit(self.fsync, self.dir_fd(files.dir))
                 except RingcryptError as link_error:
                     result = link_error
             self.finish(conn, req_id, flight, result)
@@ -295,6 +360,7 @@ class _Batch:
                     self.finish(conn, req_id, flight, dropped(self.path, "file"))
                 conn.close()
             self.sel.close()
+            self.close_dirs()
         return [r if r is not None else dropped(self.path, "file") for r in self.results]
 
     def next_deadline(self) -> Optional[float]:

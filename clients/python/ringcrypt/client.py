@@ -312,7 +312,7 @@ class Client:
         key: Optional[str] = None,
         overwrite: bool = False,
         in_place: bool = False,
-        concurrency: int = 64,
+        concurrency: int = 128,
         connections: int = 4,
         by_path: bool = False,
         fsync: bool = True,
