@@ -8,7 +8,8 @@ Errors are exceptions, one class per protocol error code, under :class:`Ringcryp
 See docs/python.md in the ringcrypt repository.
 """
 
-from .aio import AsyncClient, AsyncTreeJob
+from typing import TYPE_CHECKING, Any
+
 from .client import Client, TreeJob
 from .errors import (
     AuthFailed,
@@ -46,7 +47,21 @@ from .types import (
     TreeSummary,
 )
 
+if TYPE_CHECKING:
+    from .aio import AsyncClient, AsyncTreeJob
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The asyncio client is imported on first use: asyncio alone takes longer to import than
+    # the rest of the package, and a blocking script never needs it.
+    if name in ("AsyncClient", "AsyncTreeJob"):
+        from . import aio
+
+        return getattr(aio, name)
+    raise AttributeError(f"module 'ringcrypt' has no attribute {name!r}")
+
 
 __all__ = [
     "AsyncClient",
