@@ -49,7 +49,13 @@
 //!      library's chunksize of 1, and is the one the targets compare against (the issue's
 //!      Python figures come from such a script); "map chunksize tuned" hands each worker
 //!      batches of files, and its ratio is printed next to each Python target. Both are
-//!      skipped with a printed note when `python3 -c 'import cryptography'` fails.
+//!      skipped with a printed note when `python3 -c 'import cryptography'` fails;
+//!    - on the two trees, the same script rewritten with the ringcrypt Python client
+//!      (`benches/e2e_client.py`: `client.map_files(op, paths)` from `clients/python`)
+//!      through a fresh `ringcryptd` at `--fsync never`, "map_files" passing each file as
+//!      descriptors (its default) and "map_files by_path" sending paths. Issue 15 holds the
+//!      first to 5x the pool at the default chunksize and to beating the tuned pool. These
+//!      rows need only python3, and `--no-baselines` leaves them out with the pool.
 //!
 //!    Each timing runs from spawning the command to its exit, so client start-up and the walk
 //!    of the tree are included.

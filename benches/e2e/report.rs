@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::cpu::Cpu;
-use crate::runners::{Chunksize, Op, Tool};
+use crate::runners::{Chunksize, Op, Send, Tool};
 use crate::sets::{Set, Shape};
 use crate::support::{Fsync, Table};
 
@@ -16,6 +16,11 @@ const TARGET_MANY_OF_SEAL: f64 = 0.80;
 const TARGET_SMALL_VS_OPENSSL: f64 = 60.0;
 const TARGET_SMALL_VS_PYTHON: f64 = 10.0;
 const TARGET_BIG_VS_OPENSSL: f64 = 3.5;
+/// Issue 15's targets for a Python user's script rewritten with the Python client
+/// (`map_files`, by descriptor): 5x the pool at `pool.map`'s default chunksize, and faster
+/// than the pool at a tuned chunksize, on both many-file sets.
+const TARGET_PYCLIENT_VS_POOL: f64 = 5.0;
+const TARGET_PYCLIENT_VS_TUNED: f64 = 1.0;
 
 /// One timed row.
 pub struct Row {
@@ -62,6 +67,8 @@ fn tool_name(tool: Tool, set: Set, cores: usize) -> String {
         Tool::Openssl => format!("find | xargs -P{cores} openssl enc"),
         Tool::Python(Chunksize::Default) => format!("python pool({cores}), map default"),
         Tool::Python(Chunksize::Tuned) => format!("python pool({cores}), map chunksize tuned"),
+        Tool::PyClient(Send::Descriptors) => "python -> ringcryptd, map_files".to_string(),
+        Tool::PyClient(Send::Paths) => "python -> ringcryptd, map_files by_path".to_string(),
     }
 }
 
@@ -170,6 +177,7 @@ pub fn results_table(rows: &[Row], cores: usize, seal_ceiling: f64) -> Table {
             row.op.as_str().to_string(),
             match row.tool {
                 Tool::Ringcrypt(fsync) => fsync.as_str().to_string(),
+                Tool::PyClient(_) => Fsync::Never.as_str().to_string(),
                 Tool::Python(_) | Tool::Openssl => "-".to_string(),
             },
             format!("{:.3}", row.time.as_secs_f64()),
@@ -216,16 +224,25 @@ pub fn targets_table(rows: &[Row], cores: usize, seal_ceiling: f64) -> (Table, V
     let mut missed: Vec<&Row> = Vec::new();
     for op in [Op::Encrypt, Op::Decrypt] {
         let ours = |set| baseline(rows, set, op, Tool::Ringcrypt(Fsync::Never));
-        // Each target: the row held to it, whether it was met (`None` when there is nothing
-        // to compare with), and the table's cells.
-        let versus = |set: Set, tool: Tool, needed: f64| {
-            let row = ours(set)?;
-            let name = format!(
-                "{} {}: vs {}",
-                row.shape.label(),
-                op.as_str(),
-                tool_name(tool, set, cores)
-            );
+        // Each target: the row held to it (`mine`'s on `set`), whether it was met (`None`
+        // when there is nothing to compare with), and the table's cells.
+        let versus_of = |mine: Tool, set: Set, tool: Tool, needed: f64| {
+            let row = baseline(rows, set, op, mine)?;
+            let name = match mine {
+                Tool::Ringcrypt(_) => format!(
+                    "{} {}: vs {}",
+                    row.shape.label(),
+                    op.as_str(),
+                    tool_name(tool, set, cores)
+                ),
+                _ => format!(
+                    "{} {}: {} vs {}",
+                    row.shape.label(),
+                    op.as_str(),
+                    tool_name(mine, set, cores),
+                    tool_name(tool, set, cores)
+                ),
+            };
             // The Python target is set against the pool as people call it; the tuned pool's
             // ratio stands next to it so the comparison hides nothing.
             let tuned = match tool {
@@ -260,6 +277,14 @@ pub fn targets_table(rows: &[Row], cores: usize, seal_ceiling: f64) -> (Table, V
                 }
             })
         };
+        let versus = |set: Set, tool: Tool, needed: f64| {
+            versus_of(Tool::Ringcrypt(Fsync::Never), set, tool, needed)
+        };
+        let client = Tool::PyClient(Send::Descriptors);
+        let (pool, tuned) = (
+            Tool::Python(Chunksize::Default),
+            Tool::Python(Chunksize::Tuned),
+        );
         let of_seal = |set: Set| {
             let row = ours(set)?;
             let needed = TARGET_MANY_OF_SEAL * seal_ceiling;
@@ -291,6 +316,10 @@ pub fn targets_table(rows: &[Row], cores: usize, seal_ceiling: f64) -> (Table, V
                 TARGET_SMALL_VS_PYTHON,
             ),
             versus(Set::Big, Tool::Openssl, TARGET_BIG_VS_OPENSSL),
+            versus_of(client, Set::Many, pool, TARGET_PYCLIENT_VS_POOL),
+            versus_of(client, Set::Many, tuned, TARGET_PYCLIENT_VS_TUNED),
+            versus_of(client, Set::Small, pool, TARGET_PYCLIENT_VS_POOL),
+            versus_of(client, Set::Small, tuned, TARGET_PYCLIENT_VS_TUNED),
         ];
         for (row, met, cells) in lines.into_iter().flatten() {
             targets.row(cells);

@@ -1,7 +1,9 @@
 //! The tools the e2e bench compares and how each one runs on a data set: the real client
 //! through a fresh `ringcryptd` (`--fsync never` and `always`), openssl one process per file
 //! (`find | xargs` over a tree, directly on a single file) and the Python pool at both
-//! chunksizes, each timed in both directions with its outputs checked and then deleted.
+//! chunksizes, and the Python pool's script rewritten with the ringcrypt Python client
+//! through a fresh `ringcryptd` (by descriptor and by path), each timed in both directions
+//! with its outputs checked and then deleted.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,8 @@ use crate::support::{
 
 /// The Python baseline lives in its own file so it can be read and run on its own.
 const POOL_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/e2e_pool.py");
+/// The same script written with the ringcrypt Python client (clients/python).
+const CLIENT_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/e2e_client.py");
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -38,6 +42,17 @@ pub enum Tool {
     Ringcrypt(Fsync),
     Openssl,
     Python(Chunksize),
+    /// The Python client's `map_files` through `ringcryptd` at `--fsync never`.
+    PyClient(Send),
+}
+
+/// How the Python client hands single files to the daemon (benches/e2e_client.py).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Send {
+    /// As descriptors, `map_files`' default: no allowed root needed.
+    Descriptors,
+    /// As paths (`by_path=True`), for files under the daemon's allowed roots.
+    Paths,
 }
 
 /// How the Python pool hands out files (benches/e2e_pool.py `--chunksize`).
@@ -230,6 +245,59 @@ impl DataSet<'_> {
     }
 }
 
+impl DataSet<'_> {
+    /// The Python client's rows, on the trees only: `map_files` through a fresh daemon at
+    /// `--fsync never`, by descriptor and then by path, in both directions. Its ringcrypt
+    /// outputs are checked as the ringcrypt rows' are.
+    fn python_client(&self, rows: &mut Vec<Row>) {
+        let n = self.shape.files;
+        let enc_paths = self.mirrored(&self.enc_dir, ".rcrypt");
+        let dec_paths = self.mirrored(&self.dec_dir, "");
+        for send in [Send::Descriptors, Send::Paths] {
+            let tool = Tool::PyClient(send);
+            for op in [Op::Encrypt, Op::Decrypt] {
+                let what = format!(
+                    "{}, python -> ringcryptd map_files {}{}",
+                    self.label,
+                    op.as_str(),
+                    if send == Send::Paths { ", by path" } else { "" }
+                );
+                eprintln!("{what}");
+                let (src, dst, outputs) = match op {
+                    Op::Encrypt => (&self.input_dir, &self.enc_dir, &enc_paths),
+                    Op::Decrypt => (&self.enc_dir, &self.dec_dir, &dec_paths),
+                };
+                if op == Op::Decrypt {
+                    warm(&enc_paths);
+                }
+                let (timed, rss) = self.bench.with_daemon(Fsync::Never, |daemon| {
+                    let mut cmd = Command::new("python3");
+                    cmd.arg(CLIENT_SCRIPT)
+                        .arg(op.as_str())
+                        .arg(src)
+                        .arg(dst)
+                        .arg(&daemon.socket);
+                    if send == Send::Paths {
+                        cmd.arg("--by-path");
+                    }
+                    self.bench.run(&mut cmd, Some(daemon.pid()))
+                });
+                assert_eq!(
+                    timed.stdout.trim(),
+                    format!("{n} {}", self.shape.total_bytes()),
+                    "{what}: the client's count of files and bytes"
+                );
+                verify(&what, op, tool, &self.pairs(outputs), dst, n);
+                if op == Op::Decrypt {
+                    fs::remove_dir_all(&self.dec_dir).expect("remove an output set");
+                }
+                rows.push(self.row(tool, op, &timed, rss));
+            }
+            fs::remove_dir_all(&self.enc_dir).expect("remove the encrypted set");
+        }
+    }
+}
+
 /// One data set: make it, time every tool in both directions, check and delete each output.
 pub fn measure_set(bench: &Bench, shape: Shape, index: usize, rows: &mut Vec<Row>) {
     let set = DataSet::create(bench, shape, index);
@@ -238,6 +306,9 @@ pub fn measure_set(bench: &Bench, shape: Shape, index: usize, rows: &mut Vec<Row
         set.openssl(rows);
         if bench.python {
             set.python(rows);
+        }
+        if set.is_tree() {
+            set.python_client(rows);
         }
     }
     set.remove();

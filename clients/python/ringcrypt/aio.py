@@ -1,0 +1,392 @@
+"""The asyncio client: :class:`AsyncClient`, with the same methods as :class:`Client`, each a
+coroutine, and :class:`AsyncTreeJob` for a tree (``async for``). The sockets are non-blocking
+and driven by the running loop; descriptors go with ``sendmsg`` as in the blocking client.
+A task cancelled while its job runs cancels the job too (best effort) and links nothing."""
+
+import asyncio
+import itertools
+import socket
+from typing import Any, AsyncIterator, Dict, Iterable, List, Optional, Sequence, Union
+
+from . import types as t
+from ._jobs import PassedFiles, PathArg, plan, simple_line, single_file, tree_line
+from ._wire import (
+    CONNECT_TIMEOUT,
+    RECV_BYTES,
+    SHORT_TIMEOUT,
+    dropped,
+    is_ours,
+    parse_line,
+    raise_error,
+    scm_rights,
+    socket_path,
+    unavailable,
+)
+from .batch import run_batch
+from .client import plan_batch
+from .errors import RingcryptError, Timeout
+
+Result = Union[t.FileResult, RingcryptError]
+
+
+class _AConn:
+    """One non-blocking connection on the running loop."""
+
+    def __init__(self, path: str, sock: socket.socket) -> None:
+        self.path = path
+        self.sock = sock
+        self.buf = bytearray()
+
+    @classmethod
+    async def open(cls, path: str) -> "_AConn":
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, path), CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as err:
+            sock.close()
+            raise unavailable(path, err) from err
+        except BaseException:
+            sock.close()
+            raise
+        return cls(path, sock)
+
+    async def send(self, line: bytes, fds: Sequence[int], what: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            sent = 0
+            if fds:
+                while True:
+                    try:
+                        sent = self.sock.sendmsg([line], scm_rights(fds))
+                        break
+                    except BlockingIOError:
+                        await self._writable(loop)
+            if sent < len(line):
+                await loop.sock_sendall(self.sock, line[sent:])
+        except OSError as err:
+            raise dropped(self.path, what, err) from err
+
+    async def _writable(self, loop: asyncio.AbstractEventLoop) -> None:
+        ready = loop.create_future()
+        fd = self.sock.fileno()
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_writer(fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(fd)
+
+    async def read(self, what: str) -> Dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        while True:
+            end = self.buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self.buf[:end])
+                del self.buf[: end + 1]
+                return parse_line(line)
+            try:
+                chunk = await loop.sock_recv(self.sock, RECV_BYTES)
+            except OSError as err:
+                raise dropped(self.path, what, err) from err
+            if not chunk:
+                raise dropped(self.path, what)
+            self.buf += chunk
+
+    def cancel_nowait(self, job: Optional[str]) -> None:
+        """Asks the daemon to cancel ``job`` without waiting: one small non-blocking send."""
+        if job is None:
+            return
+        try:
+            self.sock.send(simple_line(f"cancel-{job}", "cancel", job=job))
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def _bounded(coro: Any, timeout: Optional[float]) -> Any:
+    if timeout is None:
+        return await coro
+    if timeout < 0:
+        raise ValueError("timeout must be None or at least 0")
+    return await asyncio.wait_for(coro, timeout)
+
+
+class AsyncClient:
+    """:class:`Client` for asyncio: the same methods and arguments, as coroutines."""
+
+    def __init__(self, socket: Optional[PathArg] = None) -> None:
+        self.socket = socket_path(socket)
+        self._idle: List[_AConn] = []
+        self._ids = itertools.count(1)
+
+    async def _take(self) -> _AConn:
+        if self._idle:
+            return self._idle.pop()
+        return await _AConn.open(self.socket)
+
+    def _give_back(self, conn: _AConn) -> None:
+        if len(self._idle) < 8:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def _exchange(
+        self, line: bytes, req_id: Any, fds: Sequence[int], what: str, timeout: Optional[float],
+        files: Optional[PassedFiles] = None,
+    ) -> Dict[str, Any]:
+        """Sends one request and returns its final reply line (``done`` or any one-line
+        reply); an ``error`` is raised. A timeout or a cancelled task cancels the job."""
+        conn = await self._take()
+        job: List[Optional[str]] = [None]
+
+        async def talk() -> Dict[str, Any]:
+            await conn.send(line, fds, what)
+            if files is not None:
+                files.close_input()
+            while True:
+                reply = await conn.read(what)
+                if not is_ours(reply, req_id):
+                    continue
+                if reply["type"] in ("accepted", "progress"):
+                    job[0] = reply.get("job")
+                    continue
+                return reply
+
+        try:
+            reply: Dict[str, Any] = await _bounded(talk(), timeout)
+        except asyncio.TimeoutError:
+            conn.cancel_nowait(job[0])
+            conn.close()
+            raise Timeout(
+                f"no final reply to the {what} request within {timeout} s"
+                + (f"; job {job[0]} was cancelled" if job[0] else ""),
+                job=job[0],
+            ) from None
+        except BaseException:
+            conn.cancel_nowait(job[0])
+            conn.close()
+            raise
+        self._give_back(conn)
+        if reply["type"] == "error":
+            raise_error(reply, job[0])
+        return reply
+
+    async def _call(self, op: str, timeout: Optional[float], **fields: Any) -> Dict[str, Any]:
+        req_id = next(self._ids)
+        return await self._exchange(simple_line(req_id, op, **fields), req_id, (), op, timeout)
+
+    async def ping(self, *, timeout: Optional[float] = SHORT_TIMEOUT) -> t.Pong:
+        return t.pong(await self._call("ping", timeout))
+
+    async def status(self, job: str, *, timeout: Optional[float] = SHORT_TIMEOUT) -> t.JobStatus:
+        return t.job_status(await self._call("status", timeout, job=job))
+
+    async def cancel(self, job: str, *, timeout: Optional[float] = SHORT_TIMEOUT) -> None:
+        await self._call("cancel", timeout, job=job)
+
+    async def jobs(self, *, timeout: Optional[float] = SHORT_TIMEOUT) -> List[t.JobStatus]:
+        return [t.job_status(j) for j in (await self._call("jobs", timeout))["jobs"]]
+
+    async def stats(self, *, timeout: Optional[float] = SHORT_TIMEOUT) -> List[t.ShardStats]:
+        return t.shard_stats(await self._call("stats", timeout))
+
+    async def keys(self, *, timeout: Optional[float] = SHORT_TIMEOUT) -> t.KeyRing:
+        return t.key_ring(await self._call("keys", timeout))
+
+    async def encrypt(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = None,
+        *,
+        key: Optional[str] = None,
+        overwrite: bool = False,
+        tree: bool = False,
+        skip_existing: bool = False,
+        timeout: Optional[float] = None,
+    ) -> Any:
+        """As :meth:`Client.encrypt`; with ``tree=True`` an :class:`AsyncTreeJob`."""
+        return await self._file("encrypt", input, output, key, overwrite, False, tree, skip_existing, timeout)
+
+    async def decrypt(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = None,
+        *,
+        overwrite: bool = False,
+        tree: bool = False,
+        skip_existing: bool = False,
+        timeout: Optional[float] = None,
+    ) -> Any:
+        """As :meth:`Client.decrypt`."""
+        return await self._file("decrypt", input, output, None, overwrite, False, tree, skip_existing, timeout)
+
+    async def rewrap(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = None,
+        *,
+        in_place: bool = False,
+        overwrite: bool = False,
+        tree: bool = False,
+        skip_existing: bool = False,
+        timeout: Optional[float] = None,
+    ) -> Any:
+        """As :meth:`Client.rewrap`."""
+        return await self._file(
+            "rewrap", input, output, None, overwrite or in_place, in_place, tree, skip_existing, timeout
+        )
+
+    async def _file(
+        self,
+        op: str,
+        input: PathArg,
+        output: Optional[PathArg],
+        key: Optional[str],
+        overwrite: bool,
+        in_place: bool,
+        tree: bool,
+        skip_existing: bool,
+        timeout: Optional[float],
+    ) -> Union[t.FileResult, "AsyncTreeJob"]:
+        src, dst = plan(op, input, output, overwrite, in_place, skip_existing)
+        req_id = next(self._ids)
+        if tree:
+            job = AsyncTreeJob(self, req_id, timeout)
+            await job._start(tree_line(req_id, op, src, dst, key, overwrite, skip_existing))
+            return job
+        line, files = single_file(req_id, op, src, dst, key, overwrite, in_place, skip_existing)
+        try:
+            fds = files.fds() if files is not None else ()
+            reply = await self._exchange(line, req_id, fds, op, timeout, files)
+            if files is not None:
+                files.commit(fsync=True)
+        finally:
+            if files is not None:
+                files.close()
+        return t.file_result(op, src, dst, reply)
+
+    async def map_files(
+        self,
+        op: str,
+        paths: Iterable[PathArg],
+        *,
+        outputs: Optional[Sequence[PathArg]] = None,
+        key: Optional[str] = None,
+        overwrite: bool = False,
+        in_place: bool = False,
+        concurrency: int = 128,
+        connections: int = 4,
+        by_path: bool = False,
+        fsync: bool = True,
+        timeout: Optional[float] = None,
+    ) -> List[Result]:
+        """As :meth:`Client.map_files`. The batch runs on a worker thread with its own
+        connections, so the loop stays free while it runs."""
+        items = plan_batch(op, paths, outputs, key, overwrite, in_place, by_path)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, run_batch, self.socket, items, concurrency, connections, fsync, timeout
+        )
+
+
+class AsyncTreeJob:
+    """:class:`TreeJob` for asyncio: ``async for event in job`` yields :class:`Progress`
+    events and, last, the :class:`TreeSummary`."""
+
+    def __init__(self, client: AsyncClient, req_id: int, timeout: Optional[float]) -> None:
+        self._client = client
+        self._req_id = req_id
+        self._timeout = timeout
+        self._conn: Optional[_AConn] = None
+        self._summary: Optional[t.TreeSummary] = None
+        self._end: Optional[float] = None
+        self.job = ""
+
+    async def _start(self, line: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        if self._timeout is not None:
+            self._end = loop.time() + self._timeout
+        self._conn = await _AConn.open(self._client.socket)
+        try:
+            await self._conn.send(line, (), "tree")
+            while True:
+                reply = await self._read()
+                if reply["type"] == "accepted":
+                    self.job = str(reply["job"])
+                    return
+                if reply["type"] == "error":
+                    raise_error(reply)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _read(self) -> Dict[str, Any]:
+        assert self._conn is not None
+        left = None
+        if self._end is not None:
+            left = max(0.0, self._end - asyncio.get_running_loop().time())
+        try:
+            while True:
+                reply: Dict[str, Any] = await _bounded(self._conn.read("tree"), left)
+                if is_ours(reply, self._req_id):
+                    return reply
+        except asyncio.TimeoutError:
+            self._conn.cancel_nowait(self.job or None)
+            raise Timeout(
+                f"the tree did not end within {self._timeout} s"
+                + (f"; job {self.job} was cancelled" if self.job else ""),
+                job=self.job or None,
+            ) from None
+
+    async def __aiter__(self) -> AsyncIterator[t.TreeEvent]:
+        if self._summary is not None:
+            yield self._summary
+            return
+        if self._conn is None:
+            raise RingcryptError("this tree's connection was closed", code="internal", job=self.job)
+        try:
+            while True:
+                reply = await self._read()
+                kind = reply["type"]
+                if kind == "progress":
+                    yield t.progress(reply)
+                elif kind == "done":
+                    self._summary = t.tree_summary(reply)
+                    yield self._summary
+                    return
+                elif kind == "error":
+                    raise_error(reply, self.job)
+        finally:
+            self.close()
+
+    async def result(self) -> t.TreeSummary:
+        async for event in self:
+            if isinstance(event, t.TreeSummary):
+                return event
+        raise RingcryptError("the tree ended without a summary", code="internal", job=self.job)
+
+    async def cancel(self, *, timeout: Optional[float] = SHORT_TIMEOUT) -> None:
+        await self._client.cancel(self.job, timeout=timeout)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
