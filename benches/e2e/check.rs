@@ -37,7 +37,9 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 fn expected_sealed_len(tool: Tool, plain: u64) -> u64 {
     let padded = (plain / 16 + 1) * 16;
     match tool {
-        Tool::Ringcrypt(_) | Tool::PyClient(_) => sealed_len(plain, CHUNK_LOG2_DEFAULT),
+        Tool::Ringcrypt(_) | Tool::RingcryptOneShard | Tool::PyClient(_) => {
+            sealed_len(plain, CHUNK_LOG2_DEFAULT)
+        }
         // "Salted__" and an 8-byte salt, then the padded ciphertext.
         Tool::Openssl => 16 + padded,
         // IV, padded ciphertext, HMAC-SHA256 tag.

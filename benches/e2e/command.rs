@@ -41,17 +41,23 @@ pub struct Bench {
     pub pong: RefCell<Value>,
     /// Numbers the logs of timed commands, so each keeps its own.
     pub commands: RefCell<usize>,
+    /// Timed runs of every row (`--runs`); the table shows the median.
+    pub runs: usize,
+    /// The disk table: baselines that write files are followed by `sync`, as the
+    /// daemon's `--fsync always` rows make their outputs durable.
+    pub sync_baselines: bool,
 }
 
 impl Bench {
-    /// Starts a fresh daemon, runs `work` against it, and returns the result with the
+    /// Starts a fresh daemon (`shards`: its `--shards`), runs `work` against it, and returns the result with the
     /// daemon's peak RSS in MiB, read before it is stopped.
     pub fn with_daemon<T>(
         &self,
         fsync: Fsync,
+        shards: Option<u16>,
         work: impl FnOnce(&Daemon) -> T,
     ) -> (T, Option<f64>) {
-        support::with_daemon(&self.dir, &self.keys, fsync, self.shards, |daemon| {
+        support::with_daemon(&self.dir, &self.keys, fsync, shards, |daemon| {
             *self.pong.borrow_mut() = daemon.pong.clone();
             work(daemon)
         })
@@ -85,6 +91,7 @@ impl Bench {
         // millisecond anyway).
         let daemon_before = daemon.map(DaemonSnapshot::take);
         let children_before = children_ticks();
+        let cached_before = cached_kib();
         let start = Instant::now();
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let group = Pid::from_child(&child);
@@ -107,6 +114,7 @@ impl Bench {
         // and this row's is reaped after this.
         let children_after = children_ticks();
         let daemon_after = daemon.map(DaemonSnapshot::take);
+        let cached_after = cached_kib();
         let _ = done_tx.send(());
         let timed_out = watchdog.join().expect("the watchdog thread");
         let stdout = fs::read_to_string(&out_path).unwrap_or_default();
@@ -127,7 +135,12 @@ impl Bench {
                 .zip(daemon_after)
                 .map(|(before, after)| DaemonCpu::between(&before, &after, self.ticks)),
         };
-        Timed { time, cpu, stdout }
+        Timed {
+            time,
+            cpu,
+            stdout,
+            cache_growth_mib: (cached_after - cached_before) as f64 / 1024.0,
+        }
     }
 }
 
@@ -136,6 +149,21 @@ pub struct Timed {
     pub time: Duration,
     pub cpu: Cpu,
     pub stdout: String,
+    /// How much the page cache (`Cached` in /proc/meminfo) grew over the command, in MiB:
+    /// what a job leaves in memory the host's other work then competes with.
+    pub cache_growth_mib: f64,
+}
+
+/// `Cached` from /proc/meminfo, in KiB (0 where it cannot be read).
+pub fn cached_kib() -> i64 {
+    fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("Cached:"))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The first line of a command's stdout, or `None` when it cannot run or fails. Only for

@@ -12,7 +12,18 @@
 //! Options (after `--`):
 //!
 //! - `--quick`: the small sizes below (`RINGCRYPT_BENCH_QUICK=1` does the same);
+//! - `--runs N`: timed runs of every row; the table shows the median run and, in "runs
+//!   max/min", the slowest over the fastest (default 3; 1 with `--quick`). Runs go round
+//!   by round (every tool once, then again), so a drift of the machine touches every tool
+//!   alike. Before the rounds, each data set gets one untimed pass of the daemon rows: the
+//!   first pass over fresh data pays for new pages and for the kernel's io workers coming
+//!   up, and would otherwise be the slowest run of the first row;
 //! - `--dir PATH`: the scratch directory goes under PATH instead of /dev/shm;
+//! - `--disk DIR`: after the main table, a second one with the disk sets (1 GiB, 300 x 1
+//!   MiB, 5,000 x 4 KiB; `--quick`: 64 MiB, 30 x 1 MiB, 500 x 4 KiB) under DIR, meant to
+//!   be a real disk (ext4): the daemon at `--fsync never` and `always`, and openssl
+//!   followed by `sync` as the durable baseline. Its "fsync always / never" targets are
+//!   in the last table;
 //! - `--shards N`: passed to every `ringcryptd`; by default the daemon runs one shard per
 //!   core. The header prints the shard count the daemon reported. `--shards 1` and
 //!   `--shards 2` side by side show how the daemon scales;
@@ -92,6 +103,8 @@
 //!
 //!    Figures are whole ticks (10 ms at the usual 100 Hz), so the short rows of a `--quick`
 //!    run show little more than which side the time went to.
+//!    "page cache +MiB" is how much `Cached` in /proc/meminfo grew over the row: what the
+//!    row left in memory for the host's other work to compete with.
 //! 5. Checks every output, then deletes it before the next row, so at most one plaintext set,
 //!    one encrypted set and one decrypted set exist at a time (about 3 GiB in a full run).
 //!
@@ -131,9 +144,9 @@ use support::{OPENSSL_ENC, Scratch, make_key_ring};
 use command::{Bench, probe};
 use cpu::clock_ticks_per_second;
 use library::{SEAL_REPS, library_rates};
-use report::{cpu_picture, results_table, targets_table};
+use report::{cost_targets, cpu_picture, results_table, targets_table};
 use runners::{make_python_keys, measure_set};
-use sets::{FULL, QUICK, Set, Shape};
+use sets::{DISK_FULL, DISK_QUICK, FULL, QUICK, Set, Shape};
 
 struct Args {
     quick: bool,
@@ -144,6 +157,11 @@ struct Args {
     sets: Vec<Set>,
     /// False with `--no-baselines`: only the ringcrypt rows run.
     baselines: bool,
+    /// `--runs N`: timed runs per row, the table shows the median [default: 3; 1 with
+    /// `--quick`].
+    runs: Option<usize>,
+    /// `--disk DIR`: a second table with the sets on DIR (a real disk).
+    disk: Option<PathBuf>,
 }
 
 impl Args {
@@ -154,6 +172,8 @@ impl Args {
             shards: None,
             sets: vec![Set::Big, Set::Many, Set::Small],
             baselines: true,
+            runs: None,
+            disk: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -173,6 +193,14 @@ impl Args {
                 "--quick" => parsed.quick = true,
                 "--no-baselines" => parsed.baselines = false,
                 "--dir" => parsed.dir = Some(PathBuf::from(value("--dir"))),
+                "--disk" => parsed.disk = Some(PathBuf::from(value("--disk"))),
+                "--runs" => {
+                    let text = value("--runs");
+                    parsed.runs = match text.parse::<usize>() {
+                        Ok(n) if n >= 1 => Some(n),
+                        _ => usage(&format!("--runs {text}: expected a number from 1")),
+                    };
+                }
                 "--shards" => {
                     let text = value("--shards");
                     parsed.shards = match text.parse::<u16>() {
@@ -213,8 +241,8 @@ impl Args {
 /// Stops the bench on a malformed option of its own, before anything is measured.
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "e2e: {problem}\nusage: cargo bench --bench e2e -- [--quick] [--dir PATH] [--shards N] \
-         [--sets big,mib,small] [--no-baselines]"
+        "e2e: {problem}\nusage: cargo bench --bench e2e -- [--quick] [--runs N] [--dir PATH] \
+         [--disk DIR] [--shards N] [--sets big,mib,small] [--no-baselines]"
     );
     std::process::exit(2);
 }
@@ -267,6 +295,8 @@ fn main() {
         ticks,
         pong: RefCell::new(Value::Null),
         commands: RefCell::new(0),
+        runs: args.runs.unwrap_or(if args.quick { 1 } else { 3 }),
+        sync_baselines: false,
     };
     let python_skipped = args.baselines && !bench.python;
     let python_note = "note: python pool skipped: `python3 -c 'import cryptography'` failed (pip \
@@ -351,6 +381,40 @@ fn main() {
     for row in missed {
         println!("{}", cpu_picture(row, cores));
     }
+    // The disk table: the same tools on a real disk, with the baselines made durable.
+    let disk_rows = match &args.disk {
+        Some(dir) => {
+            let disk_scratch = Scratch::create(Some(dir.clone()), "e2e-disk");
+            let disk_bench = Bench {
+                dir: disk_scratch.path.clone(),
+                keys: make_key_ring(&disk_scratch.path),
+                python_keys: make_python_keys(&disk_scratch.path),
+                sync_baselines: true,
+                pong: RefCell::new(Value::Null),
+                commands: RefCell::new(0),
+                ..bench
+            };
+            let disk_shapes = if args.quick { DISK_QUICK } else { DISK_FULL };
+            let mut disk_rows = Vec::new();
+            for (index, shape) in disk_shapes
+                .into_iter()
+                .filter(|shape| args.sets.contains(&shape.set))
+                .enumerate()
+            {
+                measure_set(&disk_bench, shape, index, &mut disk_rows);
+            }
+            println!(
+                "\non a disk: {} (openssl rows are followed by `sync`, so they are durable as \
+                 `--fsync always` is; page cache +MiB is what each row left in memory)",
+                disk_scratch.note
+            );
+            results_table(&disk_rows, cores, seal_ceiling).print();
+            disk_rows
+        }
+        None => Vec::new(),
+    };
+    println!();
+    cost_targets(&rows, &disk_rows).print();
     if shapes.len() < 3 {
         println!("note: --sets: the targets of the data sets not in this run are left out");
     }

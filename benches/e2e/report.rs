@@ -16,6 +16,20 @@ const TARGET_MANY_OF_SEAL: f64 = 0.80;
 const TARGET_SMALL_VS_OPENSSL: f64 = 60.0;
 const TARGET_SMALL_VS_PYTHON: f64 = 10.0;
 const TARGET_BIG_VS_OPENSSL: f64 = 3.5;
+/// Decrypting the big file against `openssl enc -d`.
+const TARGET_BIG_DECRYPT_VS_OPENSSL: f64 = 2.0;
+/// The big file on every core against the daemon's own `--shards 1`.
+const TARGET_BIG_VS_ONE_SHARD: f64 = 1.8;
+/// Daemon CPU (shards and io workers) per MiB of 1 MiB files, and per 4 KiB file.
+const TARGET_MANY_CPU_MS_PER_MIB: f64 = 0.7;
+const TARGET_SMALL_CPU_US_PER_FILE: f64 = 20.0;
+/// 4 KiB files against the Python pool at a tuned chunksize.
+const TARGET_SMALL_VS_TUNED: f64 = 3.0;
+/// Slowest over fastest of the big file's `--fsync never` encrypt runs.
+const TARGET_BIG_SPREAD: f64 = 1.3;
+/// On a disk: `--fsync always` over `--fsync never`, encrypting 1 MiB and 4 KiB files.
+const TARGET_DISK_MANY_ALWAYS_OVER_NEVER: f64 = 1.3;
+const TARGET_DISK_SMALL_ALWAYS_OVER_NEVER: f64 = 2.0;
 /// Issue 15's targets for a Python user's script rewritten with the Python client
 /// (`map_files`, by descriptor): 5x the pool at `pool.map`'s default chunksize, and faster
 /// than the pool at a tuned chunksize, on both many-file sets.
@@ -31,6 +45,10 @@ pub struct Row {
     pub cpu: Cpu,
     /// The daemon's VmHWM in MiB, for the ringcrypt rows.
     pub rss: Option<f64>,
+    /// Growth of the page cache over the command, in MiB.
+    pub cache_growth_mib: f64,
+    /// Slowest over fastest of the row's timed runs (1 with one run).
+    pub spread: f64,
 }
 
 impl Row {
@@ -63,6 +81,7 @@ fn ratio(rate: f64, base: Option<f64>) -> String {
 fn tool_name(tool: Tool, set: Set, cores: usize) -> String {
     match tool {
         Tool::Ringcrypt(_) => "ringcrypt -> ringcryptd".to_string(),
+        Tool::RingcryptOneShard => "ringcrypt -> ringcryptd --shards 1".to_string(),
         Tool::Openssl if set == Set::Big => "openssl enc".to_string(),
         Tool::Openssl => format!("find | xargs -P{cores} openssl enc"),
         Tool::Python(Chunksize::Default) => format!("python pool({cores}), map default"),
@@ -164,6 +183,8 @@ pub fn results_table(rows: &[Row], cores: usize, seal_ceiling: f64) -> Table {
             "daemon CPU s (shards / io+other)",
             "client CPU s",
             "cores busy %",
+            "runs max/min",
+            "page cache +MiB",
         ],
         4,
     );
@@ -177,6 +198,7 @@ pub fn results_table(rows: &[Row], cores: usize, seal_ceiling: f64) -> Table {
             row.op.as_str().to_string(),
             match row.tool {
                 Tool::Ringcrypt(fsync) => fsync.as_str().to_string(),
+                Tool::RingcryptOneShard => Fsync::Never.as_str().to_string(),
                 Tool::PyClient(_) => Fsync::Never.as_str().to_string(),
                 Tool::Python(_) | Tool::Openssl => "-".to_string(),
             },
@@ -202,9 +224,45 @@ pub fn results_table(rows: &[Row], cores: usize, seal_ceiling: f64) -> Table {
             }),
             format!("{:.2}", row.cpu.client),
             format!("{:.0}%", floor_to(row.busy_percent(cores), 0)),
+            format!("{:.2}", row.spread),
+            format!("{:.0}", row.cache_growth_mib),
         ]);
     }
     table
+}
+
+/// The rows of several rounds of the same measurements (each round's rows in the same
+/// order) as one row each: the median run by time, with the spread of all of them. An even
+/// count takes the slower of the two middle runs.
+pub fn median_rows(mut rounds: Vec<Vec<Row>>) -> Vec<Row> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    let count = first.len();
+    assert!(
+        rounds.iter().all(|round| round.len() == count),
+        "every round measures the same rows"
+    );
+    let mut merged = Vec::with_capacity(count);
+    let mut columns: Vec<Vec<Row>> = (0..count).map(|_| Vec::new()).collect();
+    for round in rounds.drain(..) {
+        for (column, row) in columns.iter_mut().zip(round) {
+            column.push(row);
+        }
+    }
+    for mut runs in columns {
+        runs.sort_by_key(|run| run.time);
+        let fastest = runs[0].time.as_secs_f64();
+        let slowest = runs[runs.len() - 1].time.as_secs_f64();
+        let mut median = runs.swap_remove(runs.len() / 2);
+        median.spread = if fastest > 0.0 {
+            slowest / fastest
+        } else {
+            1.0
+        };
+        merged.push(median);
+    }
+    merged
 }
 
 /// The issue's targets for the client through the daemon at `--fsync never`, each marked
@@ -315,7 +373,15 @@ pub fn targets_table(rows: &[Row], cores: usize, seal_ceiling: f64) -> (Table, V
                 Tool::Python(Chunksize::Default),
                 TARGET_SMALL_VS_PYTHON,
             ),
-            versus(Set::Big, Tool::Openssl, TARGET_BIG_VS_OPENSSL),
+            versus(
+                Set::Big,
+                Tool::Openssl,
+                match op {
+                    Op::Encrypt => TARGET_BIG_VS_OPENSSL,
+                    Op::Decrypt => TARGET_BIG_DECRYPT_VS_OPENSSL,
+                },
+            ),
+            versus(Set::Big, Tool::RingcryptOneShard, TARGET_BIG_VS_ONE_SHARD),
             versus_of(client, Set::Many, pool, TARGET_PYCLIENT_VS_POOL),
             versus_of(client, Set::Many, tuned, TARGET_PYCLIENT_VS_TUNED),
             versus_of(client, Set::Small, pool, TARGET_PYCLIENT_VS_POOL),
@@ -329,4 +395,86 @@ pub fn targets_table(rows: &[Row], cores: usize, seal_ceiling: f64) -> (Table, V
         }
     }
     (targets, missed)
+}
+
+/// The targets that are not ratios of rates: the daemon's CPU per MiB and per file, the
+/// tuned Python pool, the spread of the big file's runs, and (with a disk table) what
+/// `--fsync always` costs over `--fsync never` on a disk. A target whose rows are not in
+/// this run is left out.
+pub fn cost_targets(rows: &[Row], disk: &[Row]) -> Table {
+    fn row_of(rows: &[Row], set: Set, tool: Tool) -> Option<&Row> {
+        baseline(rows, set, Op::Encrypt, tool)
+    }
+    let mut table = Table::new(&["target", "needed", "measured", "verdict"], 1);
+    let never = Tool::Ringcrypt(Fsync::Never);
+    if let Some(row) = row_of(rows, Set::Many, never)
+        && let Some(d) = row.cpu.daemon
+    {
+        let mib = row.shape.total_bytes() as f64 / (1u64 << 20) as f64;
+        let ms = 1000.0 * d.total / mib;
+        table.row(vec![
+            format!("{} encrypt: daemon CPU per MiB", row.shape.label()),
+            format!("<= {TARGET_MANY_CPU_MS_PER_MIB} ms"),
+            format!("{ms:.3} ms"),
+            verdict(ms <= TARGET_MANY_CPU_MS_PER_MIB),
+        ]);
+    }
+    if let Some(row) = row_of(rows, Set::Small, never)
+        && let Some(d) = row.cpu.daemon
+    {
+        let us = 1e6 * d.total / row.shape.files as f64;
+        table.row(vec![
+            format!("{} encrypt: daemon CPU per file", row.shape.label()),
+            format!("<= {TARGET_SMALL_CPU_US_PER_FILE} us"),
+            format!("{us:.1} us"),
+            verdict(us <= TARGET_SMALL_CPU_US_PER_FILE),
+        ]);
+    }
+    if let (Some(row), Some(base)) = (
+        row_of(rows, Set::Small, never),
+        row_of(rows, Set::Small, Tool::Python(Chunksize::Tuned)),
+    ) {
+        let measured = row.mb_s() / base.mb_s();
+        table.row(vec![
+            format!(
+                "{} encrypt: vs python pool, chunksize tuned",
+                row.shape.label()
+            ),
+            format!(">= {TARGET_SMALL_VS_TUNED}x"),
+            format!("{:.2}x", floor_to(measured, 2)),
+            verdict(measured >= TARGET_SMALL_VS_TUNED),
+        ]);
+    }
+    if let Some(row) = row_of(rows, Set::Big, never) {
+        table.row(vec![
+            format!(
+                "{} encrypt, fsync never: slowest / fastest run",
+                row.shape.label()
+            ),
+            format!("<= {TARGET_BIG_SPREAD}"),
+            format!("{:.2}", row.spread),
+            verdict(row.spread <= TARGET_BIG_SPREAD),
+        ]);
+    }
+    for (set, needed) in [
+        (Set::Many, TARGET_DISK_MANY_ALWAYS_OVER_NEVER),
+        (Set::Small, TARGET_DISK_SMALL_ALWAYS_OVER_NEVER),
+    ] {
+        if let (Some(always), Some(never)) = (
+            row_of(disk, set, Tool::Ringcrypt(Fsync::Always)),
+            row_of(disk, set, never),
+        ) {
+            let measured = always.time.as_secs_f64() / never.time.as_secs_f64();
+            table.row(vec![
+                format!(
+                    "disk, {} encrypt: fsync always / never",
+                    always.shape.label()
+                ),
+                format!("<= {needed}x"),
+                format!("{measured:.2}x"),
+                verdict(measured <= needed),
+            ]);
+        }
+    }
+    table
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use crate::check::verify;
 use crate::command::Bench;
-use crate::report::Row;
+use crate::report::{Row, median_rows};
 use crate::sets::{DataSet, Shape, with_suffix};
 use crate::support::{
     CLIENT_EXE, Fsync, OPENSSL_DEC, OPENSSL_ENC, openssl_command, remove, warm, write_private,
@@ -40,6 +40,9 @@ impl Op {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
     Ringcrypt(Fsync),
+    /// The daemon with `--shards 1`, at `--fsync never`, on the single big file: what one
+    /// core does, against which the default's use of every core is measured.
+    RingcryptOneShard,
     Openssl,
     Python(Chunksize),
     /// The Python client's `map_files` through `ringcryptd` at `--fsync never`.
@@ -81,14 +84,26 @@ impl DataSet<'_> {
         let tree = self.is_tree();
         let enc_paths = self.mirrored(&self.enc_dir, ".rcrypt");
         let dec_paths = self.mirrored(&self.dec_dir, "");
+        // The one-shard rows run on the big file only, when the daemon would use more.
+        let one_shard = !tree && self.bench.cores > 1 && self.bench.shards.is_none();
         for op in [Op::Encrypt, Op::Decrypt] {
-            for fsync in [Fsync::Never, Fsync::Always] {
-                let tool = Tool::Ringcrypt(fsync);
+            let mut tools = vec![Tool::Ringcrypt(Fsync::Never)];
+            if one_shard {
+                tools.push(Tool::RingcryptOneShard);
+            }
+            // Last, so the encrypted set it keeps is what the decrypt rows read.
+            tools.push(Tool::Ringcrypt(Fsync::Always));
+            for tool in tools {
+                let (fsync, shards) = match tool {
+                    Tool::Ringcrypt(fsync) => (fsync, self.bench.shards),
+                    _ => (Fsync::Never, Some(1)),
+                };
                 let what = format!(
-                    "{}, ringcrypt {} via ringcryptd, fsync {}",
+                    "{}, ringcrypt {} via ringcryptd, fsync {}{}",
                     self.label,
                     op.as_str(),
-                    fsync.as_str()
+                    fsync.as_str(),
+                    if shards == Some(1) { ", 1 shard" } else { "" }
                 );
                 eprintln!("{what}");
                 let (src, dst, out_dir, outputs) = match (op, tree) {
@@ -112,7 +127,7 @@ impl DataSet<'_> {
                     // The single-file client writes into an existing directory.
                     fs::create_dir_all(out_dir).expect("create the output directory");
                 }
-                let (timed, rss) = self.bench.with_daemon(fsync, |daemon| {
+                let (timed, rss) = self.bench.with_daemon(fsync, shards, |daemon| {
                     let mut cmd = Command::new(CLIENT_EXE);
                     cmd.arg("--socket").arg(&daemon.socket).arg(op.as_str());
                     if tree {
@@ -129,7 +144,7 @@ impl DataSet<'_> {
                     out_dir,
                     self.shape.files,
                 );
-                let keep = op == Op::Encrypt && fsync == Fsync::Always;
+                let keep = op == Op::Encrypt && tool == Tool::Ringcrypt(Fsync::Always);
                 if !keep {
                     fs::remove_dir_all(out_dir).expect("remove an output set");
                 }
@@ -156,13 +171,26 @@ impl DataSet<'_> {
             if op == Op::Decrypt {
                 warm(&enc_paths);
             }
+            // On the disk table the outputs are made durable, as `--fsync always` does.
+            let sync = if self.bench.sync_baselines {
+                " && sync"
+            } else {
+                ""
+            };
             let mut cmd = if self.is_tree() {
                 let script = format!(
                     "find \"$1\" -type f -name '{pattern}' -print0 | xargs -0 -P{cores} -I{{}} \
-                     {command} -in {{}} -out {{}}.{suffix}"
+                     {command} -in {{}} -out {{}}.{suffix}{sync}"
                 );
                 let mut cmd = Command::new("sh");
                 cmd.args(["-c", &script, "sh"]).arg(&self.input_dir);
+                cmd
+            } else if self.bench.sync_baselines {
+                let script = format!("{command} -in \"$1\" -out \"$2\"{sync}");
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", &script, "sh"])
+                    .arg(&srcs[0])
+                    .arg(&outputs[0]);
                 cmd
             } else {
                 openssl_command(command, &srcs[0], &outputs[0])
@@ -270,18 +298,20 @@ impl DataSet<'_> {
                 if op == Op::Decrypt {
                     warm(&enc_paths);
                 }
-                let (timed, rss) = self.bench.with_daemon(Fsync::Never, |daemon| {
-                    let mut cmd = Command::new("python3");
-                    cmd.arg(CLIENT_SCRIPT)
-                        .arg(op.as_str())
-                        .arg(src)
-                        .arg(dst)
-                        .arg(&daemon.socket);
-                    if send == Send::Paths {
-                        cmd.arg("--by-path");
-                    }
-                    self.bench.run(&mut cmd, Some(daemon.pid()))
-                });
+                let (timed, rss) =
+                    self.bench
+                        .with_daemon(Fsync::Never, self.bench.shards, |daemon| {
+                            let mut cmd = Command::new("python3");
+                            cmd.arg(CLIENT_SCRIPT)
+                                .arg(op.as_str())
+                                .arg(src)
+                                .arg(dst)
+                                .arg(&daemon.socket);
+                            if send == Send::Paths {
+                                cmd.arg("--by-path");
+                            }
+                            self.bench.run(&mut cmd, Some(daemon.pid()))
+                        });
                 assert_eq!(
                     timed.stdout.trim(),
                     format!("{n} {}", self.shape.total_bytes()),
@@ -298,19 +328,34 @@ impl DataSet<'_> {
     }
 }
 
-/// One data set: make it, time every tool in both directions, check and delete each output.
+/// One data set: make it, run the daemon rows once untimed (a warm-up: the first pass over a
+/// fresh data set pays for new pages and for the kernel's io workers coming up), then time
+/// every tool in both directions `bench.runs` times, round after round so a drift of the
+/// machine touches every tool alike, checking and deleting each output; each row is the
+/// median of its runs.
 pub fn measure_set(bench: &Bench, shape: Shape, index: usize, rows: &mut Vec<Row>) {
     let set = DataSet::create(bench, shape, index);
-    set.ringcrypt(rows);
-    if bench.baselines {
-        set.openssl(rows);
-        if bench.python {
-            set.python(rows);
+    eprintln!("{}: warm-up pass (not timed in the table)", set.label);
+    set.ringcrypt(&mut Vec::new());
+    let mut rounds = Vec::with_capacity(bench.runs);
+    for run in 1..=bench.runs {
+        if bench.runs > 1 {
+            eprintln!("{}: run {run} of {}", set.label, bench.runs);
         }
-        if set.is_tree() {
-            set.python_client(rows);
+        let mut round = Vec::new();
+        set.ringcrypt(&mut round);
+        if bench.baselines {
+            set.openssl(&mut round);
+            if bench.python && !bench.sync_baselines {
+                set.python(&mut round);
+            }
+            if set.is_tree() && !bench.sync_baselines {
+                set.python_client(&mut round);
+            }
         }
+        rounds.push(round);
     }
+    rows.extend(median_rows(rounds));
     set.remove();
 }
 

@@ -99,6 +99,50 @@ pub const QUICK: Sizes = Sizes {
     seal_bytes: 64 << 20,
 };
 
+/// The disk table's sets (`--disk DIR`): what users keep on disks, where `--fsync always`
+/// is what matters.
+pub const DISK_FULL: [Shape; 3] = [
+    Shape {
+        set: Set::Big,
+        files: 1,
+        dirs: 0,
+        file_bytes: 1024 * MIB,
+    },
+    Shape {
+        set: Set::Many,
+        files: 300,
+        dirs: 3,
+        file_bytes: MIB,
+    },
+    Shape {
+        set: Set::Small,
+        files: 5000,
+        dirs: 25,
+        file_bytes: 4096,
+    },
+];
+
+pub const DISK_QUICK: [Shape; 3] = [
+    Shape {
+        set: Set::Big,
+        files: 1,
+        dirs: 0,
+        file_bytes: 64 * MIB,
+    },
+    Shape {
+        set: Set::Many,
+        files: 30,
+        dirs: 3,
+        file_bytes: MIB,
+    },
+    Shape {
+        set: Set::Small,
+        files: 500,
+        dirs: 5,
+        file_bytes: 4096,
+    },
+];
+
 /// One data set on disk, and the names every tool's outputs take under it.
 pub struct DataSet<'b> {
     pub bench: &'b Bench,
@@ -182,6 +226,8 @@ impl<'b> DataSet<'b> {
             time: timed.time,
             cpu: timed.cpu,
             rss,
+            cache_growth_mib: timed.cache_growth_mib,
+            spread: 1.0,
         }
     }
 
