@@ -44,7 +44,12 @@ impl Shard {
 
     /// A range of another shard's file, to run here.
     pub(super) fn range_arrived(&mut self, work: Box<RangeWork>) {
-        if self.shutdown.is_some() {
+        // A range is part of a job its owner already runs: a shutdown lets it run until the
+        // drain deadline, as it lets the job; past the deadline it is refused.
+        if self
+            .shutdown
+            .is_some_and(|deadline| std::time::Instant::now() >= deadline)
+        {
             let err = Error::new(
                 Code::ShuttingDown,
                 format!(
