@@ -44,13 +44,21 @@ pub(super) fn run(cli: &Cli) -> Result<(), Failure> {
         }
     });
     let reply = reply.map_err(|err| Failure::from(err).shown(json && errored.get()))?;
+    // `status` of a job that failed: exit 1, saying why.
+    let failed = match &reply {
+        ReplyLine::Status(entry) if entry.state == "failed" => Some(job_failed(entry)),
+        _ => None,
+    };
     if !json {
         match (&filter, reply) {
             (Some(filter), ReplyLine::Jobs(jobs)) => print::jobs(filter.apply(jobs)),
             (_, reply) => print::reply(&request, None, client.socket(), &reply)?,
         }
     }
-    Ok(())
+    match failed {
+        Some(failure) => Err(failure),
+        None => Ok(()),
+    }
 }
 
 /// Runs one file job (not a tree, not a stream) through the daemon: the input and output
@@ -89,11 +97,6 @@ pub(super) fn run_file(cli: &Cli, cmd: &FileCmd) -> Result<(), Failure> {
         && done.files_failed > 0
     {
         return Err(files_failed(done.files_failed, Some(&done.job.to_string())).shown(json));
-    }
-    if let ReplyLine::Status(entry) = &reply
-        && entry.state == "failed"
-    {
-        return Err(job_failed(entry));
     }
     Ok(())
 }
