@@ -92,9 +92,16 @@ impl UringBackend {
     #[allow(unsafe_code)]
     pub(super) fn new(pool: &mut Pool) -> io::Result<(UringBackend, Option<String>)> {
         let asked = TaskRun::from_env();
+        let mut refused = None;
         let (ring, task_run) = match asked.build() {
             Ok(ring) => (ring, asked),
-            Err(_) if asked != TaskRun::Plain => (TaskRun::Plain.build()?, TaskRun::Plain),
+            Err(err) if asked != TaskRun::Plain => {
+                refused = Some(format!(
+                    "the kernel refused the ring setup RINGCRYPT_RING_SETUP asked for ({asked:?}: \
+                     {err}); using the plain one"
+                ));
+                (TaskRun::Plain.build()?, TaskRun::Plain)
+            }
             Err(err) => return Err(err),
         };
         let iovecs: Vec<libc::iovec> = pool
@@ -132,7 +139,7 @@ impl UringBackend {
             reaped: Vec::new(),
             defer: task_run == TaskRun::Defer,
         };
-        Ok((backend, warning))
+        Ok((backend, refused.or(warning)))
     }
 
     /// Queues `op`, whose slot (already in the slab at `index`) keeps its memory until it
