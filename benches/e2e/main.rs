@@ -97,9 +97,9 @@
 //!      so with fewer shards than cores (`--shards 1` on 2 cores) the daemon can keep at
 //!      most that many cores busy: the line then also gives the daemon's CPU over the cores
 //!      its shards may use (the union of their Cpus_allowed_list in /proc/PID/task/TID/
-//!      status), and 70% or more of those reads "CPU-bound on the pinned cores". The single
-//!      big file is one job on one shard, so its line gives the daemon's CPU over one core
-//!      the same way.
+//!      status), and 70% or more of those reads "CPU-bound on the pinned cores". (The
+//!      single big file is split into ranges over every shard, so it is held to one core
+//!      only in its `--shards 1` rows.)
 //!
 //!    Figures are whole ticks (10 ms at the usual 100 Hz), so the short rows of a `--quick`
 //!    run show little more than which side the time went to.

@@ -113,20 +113,13 @@ pub fn cpu_picture(row: &Row, cores: usize) -> String {
             d.io_live,
             d.other()
         );
+        // A large file is split over every shard, so only fewer shards than cores hold the
+        // daemon to fewer cores.
         if let Some(n) = d.pinned_cores.filter(|&n| n < cores) {
             pinned = Some((n, 100.0 * d.total / (row.time.as_secs_f64() * n as f64)));
-        } else if row.shape.files == 1 {
-            // One file is one job on one shard, and the kernel's io workers for that shard's
-            // ring inherit its pinned core: the daemon can keep only that core busy.
-            pinned = Some((1, 100.0 * d.total / row.time.as_secs_f64()));
         }
     }
     let pinned_note = match pinned {
-        Some((1, share)) if row.shape.files == 1 => format!(
-            "; one file runs on one shard, whose io workers share its pinned core, which the \
-             daemon kept {:.0}% busy",
-            floor_to(share, 0)
-        ),
         Some((n, share)) => format!(
             "; the shards and their io workers are pinned to {n} of {cores} cores, which the \
              daemon kept {:.0}% busy",
