@@ -6,7 +6,18 @@ A task cancelled while its job runs cancels the job too (best effort) and links 
 import asyncio
 import itertools
 import socket
-from typing import Any, AsyncIterator, Dict, Iterable, List, Optional, Sequence, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Dict,
+    Iterable,
+    List,
+    Literal,
+    Optional,
+    Sequence,
+    Union,
+    overload,
+)
 
 from . import types as t
 from ._jobs import PassedFiles, PathArg, plan, simple_line, single_file, tree_line
@@ -211,6 +222,32 @@ class AsyncClient:
     async def keys(self, *, timeout: Optional[float] = SHORT_TIMEOUT) -> t.KeyRing:
         return t.key_ring(await self._call("keys", timeout))
 
+    @overload
+    async def encrypt(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        key: Optional[str] = ...,
+        overwrite: bool = ...,
+        tree: Literal[False] = ...,
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> t.FileResult: ...
+
+    @overload
+    async def encrypt(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        key: Optional[str] = ...,
+        overwrite: bool = ...,
+        tree: Literal[True],
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> "AsyncTreeJob": ...
+
     async def encrypt(
         self,
         input: PathArg,
@@ -221,9 +258,33 @@ class AsyncClient:
         tree: bool = False,
         skip_existing: bool = False,
         timeout: Optional[float] = None,
-    ) -> Any:
+    ) -> Union[t.FileResult, "AsyncTreeJob"]:
         """As :meth:`Client.encrypt`; with ``tree=True`` an :class:`AsyncTreeJob`."""
         return await self._file("encrypt", input, output, key, overwrite, False, tree, skip_existing, timeout)
+
+    @overload
+    async def decrypt(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        overwrite: bool = ...,
+        tree: Literal[False] = ...,
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> t.FileResult: ...
+
+    @overload
+    async def decrypt(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        overwrite: bool = ...,
+        tree: Literal[True],
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> "AsyncTreeJob": ...
 
     async def decrypt(
         self,
@@ -234,9 +295,35 @@ class AsyncClient:
         tree: bool = False,
         skip_existing: bool = False,
         timeout: Optional[float] = None,
-    ) -> Any:
+    ) -> Union[t.FileResult, "AsyncTreeJob"]:
         """As :meth:`Client.decrypt`."""
         return await self._file("decrypt", input, output, None, overwrite, False, tree, skip_existing, timeout)
+
+    @overload
+    async def rewrap(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        in_place: bool = ...,
+        overwrite: bool = ...,
+        tree: Literal[False] = ...,
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> t.FileResult: ...
+
+    @overload
+    async def rewrap(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        in_place: bool = ...,
+        overwrite: bool = ...,
+        tree: Literal[True],
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> "AsyncTreeJob": ...
 
     async def rewrap(
         self,
@@ -248,7 +335,7 @@ class AsyncClient:
         tree: bool = False,
         skip_existing: bool = False,
         timeout: Optional[float] = None,
-    ) -> Any:
+    ) -> Union[t.FileResult, "AsyncTreeJob"]:
         """As :meth:`Client.rewrap`."""
         return await self._file(
             "rewrap", input, output, None, overwrite or in_place, in_place, tree, skip_existing, timeout
