@@ -91,7 +91,7 @@ def test_async_client_tree_files_and_timeouts(daemon: Daemon) -> None:
             assert len((await client.status(results[0].job)).job) > 2
 
             with pytest.raises(ringcrypt.Timeout) as timed_out:
-                await client.encrypt(big, timeout=1.5)
+                await client.encrypt(big, timeout=2.0)
             assert timed_out.value.job
             # A task cancelled mid-job links nothing either.
             task = asyncio.ensure_future(client.encrypt(big, daemon.root / "big2.rcrypt"))
