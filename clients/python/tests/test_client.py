@@ -106,6 +106,13 @@ def test_single_files_go_by_descriptor_outside_every_root(daemon: Daemon) -> Non
     client.decrypt(sealed.output, daemon.outside / "back.txt")
     assert (daemon.outside / "back.txt").read_bytes() == data
     assert re.search(r"op=encrypt fds input=\"[^\"]*outside/private.txt\"", daemon.log_text())
+    # A name that is not UTF-8 is no obstacle by descriptor (the daemon sees it with U+FFFD,
+    # only in messages); the output keeps the exact bytes of its name.
+    odd = write(daemon.outside / os.fsdecode(b"caf\xe9.txt"), data)
+    odd_out = client.encrypt(odd).output
+    assert os.fsencode(odd_out).endswith(b"/caf\xe9.txt.rcrypt")
+    assert daemon.open_offline(Path(odd_out), daemon.dir / "check") == data
+    assert "caf\ufffd.txt" in daemon.log_text()
     # The daemon kept no descriptor of them.
     assert not [t for t in daemon.fds() if str(daemon.outside) in t]
     # The same directory by path is refused: it is under no allowed root.
