@@ -5,7 +5,9 @@ A task cancelled while its job runs cancels the job too (best effort) and links 
 
 import asyncio
 import itertools
+import select
 import socket
+import time
 from typing import (
     Any,
     AsyncIterator,
@@ -23,6 +25,7 @@ from . import types as t
 from ._jobs import PassedFiles, PathArg, plan, simple_line, single_file, tree_line
 from ._wire import (
     CONNECT_TIMEOUT,
+    IDLE_REUSE_SECONDS,
     RECV_BYTES,
     SHORT_TIMEOUT,
     dropped,
@@ -34,7 +37,7 @@ from ._wire import (
     unavailable,
 )
 from .batch import run_batch
-from .client import plan_batch
+from .client import MAX_IDLE_CONNECTIONS, plan_batch
 from .errors import RingcryptError, Timeout
 
 Result = Union[t.FileResult, RingcryptError]
@@ -47,6 +50,14 @@ class _AConn:
         self.path = path
         self.sock = sock
         self.buf = bytearray()
+        self.idle_since = time.monotonic()
+
+    def reusable(self) -> bool:
+        """As the blocking client's: not idle too long, nothing waiting on it."""
+        if self.buf or time.monotonic() - self.idle_since > IDLE_REUSE_SECONDS:
+            return False
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return not readable
 
     @classmethod
     async def open(cls, path: str) -> "_AConn":
@@ -138,12 +149,16 @@ class AsyncClient:
         self._ids = itertools.count(1)
 
     async def _take(self) -> _AConn:
-        if self._idle:
-            return self._idle.pop()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.reusable():
+                return conn
+            conn.close()
         return await _AConn.open(self.socket)
 
     def _give_back(self, conn: _AConn) -> None:
-        if len(self._idle) < 8:
+        conn.idle_since = time.monotonic()
+        if len(self._idle) < MAX_IDLE_CONNECTIONS:
             self._idle.append(conn)
         else:
             conn.close()

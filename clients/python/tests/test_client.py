@@ -243,3 +243,17 @@ def test_cancel_a_running_file_and_a_tree(daemon: Daemon) -> None:
         assert all(opened[rel] == (tree / rel).read_bytes() for rel in opened)
     assert temp_files(daemon.dir) == []
     client.close()
+
+
+def test_a_pooled_connection_the_daemon_closed_is_not_reused(daemon: Daemon) -> None:
+    client = daemon.client()
+    plain = write(daemon.root / "r.bin", os.urandom(5000))
+    assert client.ping().backend == daemon.backend  # leaves one idle connection in the pool
+    daemon.stop()
+    with pytest.raises(ringcrypt.DaemonUnavailable):
+        daemon.client().ping()
+    daemon.start()
+    # The pooled connection saw the old daemon go; the calls take new ones and succeed.
+    assert client.ping().backend == daemon.backend
+    assert daemon.open_offline(Path(client.encrypt(plain).output), daemon.dir / "c") == plain.read_bytes()
+    client.close()
