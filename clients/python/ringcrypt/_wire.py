@@ -4,6 +4,7 @@ lines, and which reply lines belong to a request (docs/protocol.md, "Framing")."
 import array
 import json
 import os
+import select
 import socket
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -17,6 +18,9 @@ SHORT_TIMEOUT = 10.0
 # How long connecting may take; a local socket answers at once or not at all.
 CONNECT_TIMEOUT = 10.0
 RECV_BYTES = 256 * 1024
+# An idle connection older than this is not reused: the daemon closes connections idle for
+# 300 s (docs/protocol.md, "Limits"), and a request sent into one it just closed would fail.
+IDLE_REUSE_SECONDS = 120.0
 
 ReqId = Union[int, str]
 
@@ -125,6 +129,15 @@ class Conn:
             raise unavailable(path, err) from err
         self.sock = sock
         self.buf = bytearray()
+        self.idle_since = time.monotonic()
+
+    def reusable(self) -> bool:
+        """For a pooled connection: not idle too long, and nothing waiting on it (a waiting
+        end of stream means the daemon closed it, or restarted)."""
+        if self.buf or time.monotonic() - self.idle_since > IDLE_REUSE_SECONDS:
+            return False
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return not readable
 
     def send(self, line: bytes, fds: Sequence[int], deadline: Deadline) -> None:
         try:

@@ -5,13 +5,27 @@ A task cancelled while its job runs cancels the job too (best effort) and links 
 
 import asyncio
 import itertools
+import select
 import socket
-from typing import Any, AsyncIterator, Dict, Iterable, List, Optional, Sequence, Union
+import time
+from typing import (
+    Any,
+    AsyncIterator,
+    Dict,
+    Iterable,
+    List,
+    Literal,
+    Optional,
+    Sequence,
+    Union,
+    overload,
+)
 
 from . import types as t
 from ._jobs import PassedFiles, PathArg, plan, simple_line, single_file, tree_line
 from ._wire import (
     CONNECT_TIMEOUT,
+    IDLE_REUSE_SECONDS,
     RECV_BYTES,
     SHORT_TIMEOUT,
     dropped,
@@ -23,7 +37,7 @@ from ._wire import (
     unavailable,
 )
 from .batch import run_batch
-from .client import plan_batch
+from .client import MAX_IDLE_CONNECTIONS, plan_batch
 from .errors import RingcryptError, Timeout
 
 Result = Union[t.FileResult, RingcryptError]
@@ -36,6 +50,14 @@ class _AConn:
         self.path = path
         self.sock = sock
         self.buf = bytearray()
+        self.idle_since = time.monotonic()
+
+    def reusable(self) -> bool:
+        """As the blocking client's: not idle too long, nothing waiting on it."""
+        if self.buf or time.monotonic() - self.idle_since > IDLE_REUSE_SECONDS:
+            return False
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return not readable
 
     @classmethod
     async def open(cls, path: str) -> "_AConn":
@@ -127,12 +149,16 @@ class AsyncClient:
         self._ids = itertools.count(1)
 
     async def _take(self) -> _AConn:
-        if self._idle:
-            return self._idle.pop()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.reusable():
+                return conn
+            conn.close()
         return await _AConn.open(self.socket)
 
     def _give_back(self, conn: _AConn) -> None:
-        if len(self._idle) < 8:
+        conn.idle_since = time.monotonic()
+        if len(self._idle) < MAX_IDLE_CONNECTIONS:
             self._idle.append(conn)
         else:
             conn.close()
@@ -211,6 +237,32 @@ class AsyncClient:
     async def keys(self, *, timeout: Optional[float] = SHORT_TIMEOUT) -> t.KeyRing:
         return t.key_ring(await self._call("keys", timeout))
 
+    @overload
+    async def encrypt(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        key: Optional[str] = ...,
+        overwrite: bool = ...,
+        tree: Literal[False] = ...,
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> t.FileResult: ...
+
+    @overload
+    async def encrypt(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        key: Optional[str] = ...,
+        overwrite: bool = ...,
+        tree: Literal[True],
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> "AsyncTreeJob": ...
+
     async def encrypt(
         self,
         input: PathArg,
@@ -221,9 +273,33 @@ class AsyncClient:
         tree: bool = False,
         skip_existing: bool = False,
         timeout: Optional[float] = None,
-    ) -> Any:
+    ) -> Union[t.FileResult, "AsyncTreeJob"]:
         """As :meth:`Client.encrypt`; with ``tree=True`` an :class:`AsyncTreeJob`."""
         return await self._file("encrypt", input, output, key, overwrite, False, tree, skip_existing, timeout)
+
+    @overload
+    async def decrypt(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        overwrite: bool = ...,
+        tree: Literal[False] = ...,
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> t.FileResult: ...
+
+    @overload
+    async def decrypt(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        overwrite: bool = ...,
+        tree: Literal[True],
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> "AsyncTreeJob": ...
 
     async def decrypt(
         self,
@@ -234,9 +310,35 @@ class AsyncClient:
         tree: bool = False,
         skip_existing: bool = False,
         timeout: Optional[float] = None,
-    ) -> Any:
+    ) -> Union[t.FileResult, "AsyncTreeJob"]:
         """As :meth:`Client.decrypt`."""
         return await self._file("decrypt", input, output, None, overwrite, False, tree, skip_existing, timeout)
+
+    @overload
+    async def rewrap(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        in_place: bool = ...,
+        overwrite: bool = ...,
+        tree: Literal[False] = ...,
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> t.FileResult: ...
+
+    @overload
+    async def rewrap(
+        self,
+        input: PathArg,
+        output: Optional[PathArg] = ...,
+        *,
+        in_place: bool = ...,
+        overwrite: bool = ...,
+        tree: Literal[True],
+        skip_existing: bool = ...,
+        timeout: Optional[float] = ...,
+    ) -> "AsyncTreeJob": ...
 
     async def rewrap(
         self,
@@ -248,7 +350,7 @@ class AsyncClient:
         tree: bool = False,
         skip_existing: bool = False,
         timeout: Optional[float] = None,
-    ) -> Any:
+    ) -> Union[t.FileResult, "AsyncTreeJob"]:
         """As :meth:`Client.rewrap`."""
         return await self._file(
             "rewrap", input, output, None, overwrite or in_place, in_place, tree, skip_existing, timeout

@@ -2,6 +2,7 @@
 
 import itertools
 import threading
+import time
 from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Union, overload
 
 
@@ -21,6 +22,8 @@ from .batch import BatchItem, run_batch
 from .errors import RingcryptError, Timeout
 
 Result = Union[t.FileResult, RingcryptError]
+# Idle connections a client keeps for its next calls.
+MAX_IDLE_CONNECTIONS = 8
 
 
 class Client:
@@ -41,14 +44,19 @@ class Client:
 
     # -- connections -----------------------------------------------------------------
     def _take(self) -> Conn:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return Conn(self.socket)
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return Conn(self.socket)
+            if conn.reusable():
+                return conn
+            conn.close()
 
     def _give_back(self, conn: Conn) -> None:
+        conn.idle_since = time.monotonic()
         with self._lock:
-            if len(self._idle) < 8:
+            if len(self._idle) < MAX_IDLE_CONNECTIONS:
                 self._idle.append(conn)
                 return
         conn.close()

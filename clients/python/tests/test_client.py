@@ -106,6 +106,13 @@ def test_single_files_go_by_descriptor_outside_every_root(daemon: Daemon) -> Non
     client.decrypt(sealed.output, daemon.outside / "back.txt")
     assert (daemon.outside / "back.txt").read_bytes() == data
     assert re.search(r"op=encrypt fds input=\"[^\"]*outside/private.txt\"", daemon.log_text())
+    # A name that is not UTF-8 is no obstacle by descriptor (the daemon sees it with U+FFFD,
+    # only in messages); the output keeps the exact bytes of its name.
+    odd = write(daemon.outside / os.fsdecode(b"caf\xe9.txt"), data)
+    odd_out = client.encrypt(odd).output
+    assert os.fsencode(odd_out).endswith(b"/caf\xe9.txt.rcrypt")
+    assert daemon.open_offline(Path(odd_out), daemon.dir / "check") == data
+    assert "caf\ufffd.txt" in daemon.log_text()
     # The daemon kept no descriptor of them.
     assert not [t for t in daemon.fds() if str(daemon.outside) in t]
     # The same directory by path is refused: it is under no allowed root.
@@ -166,12 +173,12 @@ def test_timeout_cancels_the_job_and_links_nothing(daemon: Daemon) -> None:
     # 96 MiB keeps the test build's daemon busy for many seconds; `accepted` comes at once.
     big = write(daemon.root / "big.bin", os.urandom(1 << 20) * 96)
     with pytest.raises(ringcrypt.Timeout) as timed_out:
-        client.encrypt(big, timeout=1.5)
+        client.encrypt(big, timeout=2.0)
     job = timed_out.value.job
     assert job, "the job had been accepted, so the timeout names it"
     # The job was cancelled: it ends cancelled (or, if it won the race, done), and either
     # way nothing appears under the output name, since only this process could link it.
-    for _ in range(500):
+    for _ in range(1500):
         state = client.status(job).state
         if state not in ("queued", "running"):
             break
@@ -204,7 +211,7 @@ def test_cancel_a_running_file_and_a_tree(daemon: Daemon) -> None:
     worker = threading.Thread(target=run)
     worker.start()
     job = None
-    for _ in range(500):
+    for _ in range(1500):
         job = next((j.job for j in client.jobs() if j.input == str(big) and j.state == "running"), None)
         if job:
             break
@@ -235,4 +242,18 @@ def test_cancel_a_running_file_and_a_tree(daemon: Daemon) -> None:
         assert len(opened) == len(done)
         assert all(opened[rel] == (tree / rel).read_bytes() for rel in opened)
     assert temp_files(daemon.dir) == []
+    client.close()
+
+
+def test_a_pooled_connection_the_daemon_closed_is_not_reused(daemon: Daemon) -> None:
+    client = daemon.client()
+    plain = write(daemon.root / "r.bin", os.urandom(5000))
+    assert client.ping().backend == daemon.backend  # leaves one idle connection in the pool
+    daemon.stop()
+    with pytest.raises(ringcrypt.DaemonUnavailable):
+        daemon.client().ping()
+    daemon.start()
+    # The pooled connection saw the old daemon go; the calls take new ones and succeed.
+    assert client.ping().backend == daemon.backend
+    assert daemon.open_offline(Path(client.encrypt(plain).output), daemon.dir / "c") == plain.read_bytes()
     client.close()

@@ -88,10 +88,15 @@ def test_async_client_tree_files_and_timeouts(daemon: Daemon) -> None:
             assert [r.output for r in results] == [str(o) for o in outs]
             await client.decrypt(outs[7], daemon.outside / "one.back")
             assert (daemon.outside / "one.back").read_bytes() == single.read_bytes()
-            assert len((await client.status(results[0].job)).job) > 2
+            assert (await client.status(results[0].job)).state == "done"
+            assert any(j.job == results[0].job for j in await client.jobs())
+            assert [s.shard for s in await client.stats()] == [0, 1]
+            with pytest.raises(ringcrypt.NotFound):
+                await client.cancel(results[0].job)  # it ended
+            await client.rewrap(outs[1], daemon.outside / "re.rcrypt")
 
             with pytest.raises(ringcrypt.Timeout) as timed_out:
-                await client.encrypt(big, timeout=1.5)
+                await client.encrypt(big, timeout=2.0)
             assert timed_out.value.job
             # A task cancelled mid-job links nothing either.
             task = asyncio.ensure_future(client.encrypt(big, daemon.root / "big2.rcrypt"))
@@ -110,6 +115,7 @@ def test_async_client_tree_files_and_timeouts(daemon: Daemon) -> None:
         assert daemon.open_offline(daemon.outside / f"c{i}.rcrypt", daemon.dir / "x") == single.read_bytes()
     for i in range(5):
         assert (daemon.outside / f"m{i}").read_bytes() == single.read_bytes()
+    assert daemon.open_offline(daemon.outside / "re.rcrypt", daemon.dir / "x") == single.read_bytes()
     assert not (daemon.root / "big.bin.rcrypt").exists()
     assert not (daemon.root / "big2.rcrypt").exists()
     assert temp_files(daemon.dir) == []
