@@ -63,6 +63,7 @@ fn alert_rules_pass_promtool_check() {
         "RingcryptJobErrorRatioHigh",
         "RingcryptQueueSaturated",
         "RingcryptAuthFailures",
+        "RingcryptVerifyFailures",
     ] {
         assert!(
             rules.contains(&format!("alert: {alert}")),
@@ -92,10 +93,40 @@ tests:
         values: '1024x60'
       - series: 'ringcrypt_errors_total{job="ringcrypt",instance="a:9477",code="auth_failed"}'
         values: '0+1x60'
+      - series: 'ringcrypt_verify_failures_total{job="ringcrypt",instance="a:9477",code="auth_failed"}'
+        values: '0x60'
     promql_expr_test:
       - expr: ALERTS
         eval_time: 50m
         exp_samples: []
+
+  # A scrub finds one damaged file at minute 10: RingcryptVerifyFailures fires at once and
+  # stops once the hour's window has passed the failure.
+  - interval: 1m
+    input_series:
+      - series: 'up{job="ringcrypt",instance="a:9477"}'
+        values: '1x100'
+      - series: 'ringcrypt_verify_failures_total{job="ringcrypt",instance="a:9477",code="auth_failed"}'
+        values: '0x10 1x90'
+      - series: 'ringcrypt_verify_failures_total{job="ringcrypt",instance="a:9477",code="unknown_key"}'
+        values: '0x100'
+    alert_rule_test:
+      - alertname: RingcryptVerifyFailures
+        eval_time: 9m
+        exp_alerts: []
+      - alertname: RingcryptVerifyFailures
+        eval_time: 12m
+        exp_alerts:
+          - exp_labels:
+              severity: critical
+              job: ringcrypt
+              instance: "a:9477"
+            exp_annotations:
+              summary: "ringcryptd a:9477: 1 sealed files failed verification in 1h"
+              description: "A verify on a:9477 found 1 sealed files in the last hour that do not verify (ringcrypt_verify_failures_total by code: auth_failed = modified, truncated or damaged; unknown_key = sealed under a key the ring does not hold; bad_format = not a ringcrypt file). The verify's `done` reply and the daemon's audit log name the files; restore them from another copy."
+      - alertname: RingcryptVerifyFailures
+        eval_time: 80m
+        exp_alerts: []
 
   # 10% of jobs fail, one shard's queue is 90% full, 3 auth failures a minute.
   - interval: 1m

@@ -40,7 +40,7 @@ const DASHBOARD: &str = concat!(
 );
 
 /// The families of the metric contract (README "Metrics, dashboard and alerts").
-const FAMILIES: [(&str, &str); 11] = [
+const FAMILIES: [(&str, &str); 12] = [
     ("ringcrypt_jobs_total", "counter"),
     ("ringcrypt_job_duration_seconds", "histogram"),
     ("ringcrypt_bytes_read_total", "counter"),
@@ -51,6 +51,7 @@ const FAMILIES: [(&str, &str); 11] = [
     ("ringcrypt_crypto_seconds_total", "counter"),
     ("ringcrypt_connections_active", "gauge"),
     ("ringcrypt_errors_total", "counter"),
+    ("ringcrypt_verify_failures_total", "counter"),
     ("ringcrypt_build_info", "gauge"),
 ];
 

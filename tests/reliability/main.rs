@@ -60,3 +60,4 @@ mod keyrings;
 mod merges;
 mod ranges;
 mod trees;
+mod verify;

@@ -45,6 +45,12 @@ pub(super) enum Codec {
         full_records: u64,
         final_record: usize,
     },
+    /// verify: records' tags checked, nothing decrypted or written.
+    Check {
+        opener: Opener,
+        full_records: u64,
+        final_record: usize,
+    },
     /// rewrap: records opened and resealed in place (same chunk size, same layout).
     Reseal {
         opener: Opener,
@@ -58,9 +64,9 @@ impl Codec {
     pub(super) fn chunk_bytes(&self) -> usize {
         match self {
             Codec::Seal { sealer, .. } => sealer.header().chunk_bytes(),
-            Codec::Open { opener, .. } | Codec::Reseal { opener, .. } => {
-                opener.header().chunk_bytes()
-            }
+            Codec::Open { opener, .. }
+            | Codec::Check { opener, .. }
+            | Codec::Reseal { opener, .. } => opener.header().chunk_bytes(),
         }
     }
 
@@ -72,9 +78,9 @@ impl Codec {
     pub(super) fn units(&self) -> u64 {
         match self {
             Codec::Seal { n_full, .. } => n_full + 1,
-            Codec::Open { full_records, .. } | Codec::Reseal { full_records, .. } => {
-                full_records + 1
-            }
+            Codec::Open { full_records, .. }
+            | Codec::Check { full_records, .. }
+            | Codec::Reseal { full_records, .. } => full_records + 1,
         }
     }
 
@@ -101,6 +107,15 @@ impl Codec {
                 full_records,
                 final_record,
             } => Codec::Open {
+                opener: opener.fork_at(index),
+                full_records: *full_records,
+                final_record: *final_record,
+            },
+            Codec::Check {
+                opener,
+                full_records,
+                final_record,
+            } => Codec::Check {
                 opener: opener.fork_at(index),
                 full_records: *full_records,
                 final_record: *final_record,

@@ -55,7 +55,7 @@ pub struct RangeWork {
     pub shard: usize,
     spec: FileJobSpec,
     input: OwnedFd,
-    output: OwnedFd,
+    output: Option<OwnedFd>,
     codec: Codec,
     first_batch: u64,
     end_batch: u64,
@@ -123,7 +123,7 @@ impl FileJob {
         job.on_passed = true;
         job.stage = Stage::Streaming(OpenFiles {
             input: reactor.adopt(input),
-            temp: reactor.adopt(output),
+            temp: output.map(|output| reactor.adopt(output)),
             dir: None,
         });
         job.codec = Some(codec);
@@ -212,7 +212,7 @@ impl FileJob {
                     self.spec.output.clone(),
                 ),
                 input: dup(files.input)?,
-                output: dup(files.temp)?,
+                output: files.temp.map(dup).transpose()?,
                 codec: codec.fork_at(first_batch),
                 first_batch,
                 end_batch,

@@ -32,7 +32,7 @@ impl FileJob {
         ctx: &mut JobCtx,
         header: &[u8; HEADER_BYTES],
     ) -> Result<(), Error> {
-        let fd = self.open_files()?.temp;
+        let fd = self.temp()?;
         let buf = self.lanes[0].buf;
         ctx.reactor.buf_mut(buf)[..HEADER_BYTES].copy_from_slice(header);
         self.bytes_out += HEADER_BYTES as u64;
@@ -80,6 +80,15 @@ impl FileJob {
         self.check_fits(ctx, header.chunk_log2)?;
         self.bytes_in += HEADER_BYTES as u64;
         match self.spec.op {
+            FileOp::Verify => {
+                self.codec = Some(Codec::Check {
+                    opener,
+                    full_records: layout.full_records,
+                    final_record: layout.final_record_bytes,
+                });
+                self.maybe_split(ctx)?;
+                self.pump(ctx);
+            }
             FileOp::Decrypt => {
                 self.codec = Some(Codec::Open {
                     opener,
@@ -179,6 +188,11 @@ impl FileJob {
                 final_record,
                 ..
             }
+            | Codec::Check {
+                full_records,
+                final_record,
+                ..
+            }
             | Codec::Reseal {
                 full_records,
                 final_record,
@@ -264,13 +278,15 @@ impl FileJob {
             let started = Instant::now();
             let writes = self.crypto(ctx, lane, batch)?;
             ctx.metrics.crypto(started.elapsed());
-            let fd = self.open_files()?.temp;
             let buf = self.lanes[lane].buf;
             self.lanes[lane].state = LaneState::Writing;
             self.lanes[lane].ops_left = writes.len as u32;
             if writes.len == 0 {
+                // Nothing to write (an empty final chunk, or a verify): the lane is free.
                 self.lanes[lane].state = LaneState::Idle;
+                continue;
             }
+            let fd = self.temp()?;
             self.lanes[lane].expected = writes.as_slice().iter().map(|w| w.1).sum();
             self.lanes[lane].done = 0;
             for &(at, len, offset) in writes.as_slice() {
@@ -347,6 +363,27 @@ impl FileJob {
                     }
                 }
             }
+            Codec::Check {
+                opener,
+                full_records,
+                final_record,
+            } => {
+                // Tags only: the records stay ciphertext, and nothing is written. What the
+                // job counts out is the plaintext the records hold, for the `done` reply.
+                let full = ((*full_records).saturating_sub(first)).min(units as u64) as usize;
+                opener.check_full(&buf[..full * stride]).map_err(auth)?;
+                let mut plain = full * chunk;
+                if full < units {
+                    let at = full * stride;
+                    plain += opener
+                        .check_final(&buf[at..at + *final_record])
+                        .map_err(auth)?;
+                }
+                self.bytes_out += plain as u64;
+                if let Some(part) = &self.part_of {
+                    part.progress.add(0, plain as u64);
+                }
+            }
             Codec::Reseal {
                 opener,
                 sealer,
@@ -413,7 +450,7 @@ impl FileJob {
         match self.spec.op {
             // The file must end exactly after the final record: probe one byte past it.
             // Into the first pool buffer: every batch is written by now.
-            FileOp::Decrypt | FileOp::Rewrap => {
+            FileOp::Decrypt | FileOp::Rewrap | FileOp::Verify => {
                 let fd = files.input;
                 let buf = self.lanes[0].buf;
                 self.push(
