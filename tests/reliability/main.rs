@@ -57,6 +57,7 @@ mod callers;
 mod control;
 mod existing;
 mod keyrings;
+mod legacy;
 mod merges;
 mod ranges;
 mod trees;

@@ -22,8 +22,8 @@
 //! handles) and the steps that open and create are here; the check of an existing output
 //! for `skip_existing` is in `existing.rs`; the byte stream (header, batches, crypto) in
 //! `stream.rs`; the last steps (permissions, fsync, link, fsync of the directory) in
-//! `commit.rs`; the pieces (lanes, codec, temp names, spans) in `parts.rs`; the checks on
-//! passed descriptors in `passed.rs`.
+//! `commit.rs`; the pieces (lanes, codec, temp names, spans) in `parts.rs`; openssl-format
+//! inputs in `legacy.rs`; the checks on passed descriptors in `passed.rs`.
 //!
 //! What this room does not do: route, admit, or reply (the shard does), or touch sockets.
 
@@ -50,6 +50,7 @@ use crate::protocol::{FileJobSpec, FileOp, JobId};
 
 mod commit;
 mod existing;
+mod legacy;
 mod parts;
 mod passed;
 mod range;

@@ -174,6 +174,9 @@ impl FileJob {
             return Err(self.out_of_order());
         };
         self.end_batch = codec.batches();
+        if !codec.splits() {
+            return Ok(());
+        }
         // Each range holds at least half the threshold, so a file just over it is cut in
         // two, not into as many ranges as there are shards.
         let part_min = (ctx.split_min / 2).max(1);
@@ -213,7 +216,9 @@ impl FileJob {
                 ),
                 input: dup(files.input)?,
                 output: files.temp.map(dup).transpose()?,
-                codec: codec.fork_at(first_batch),
+                codec: codec
+                    .fork_at(first_batch)
+                    .ok_or_else(|| self.out_of_order())?,
                 first_batch,
                 end_batch,
                 progress: Arc::clone(&progress),

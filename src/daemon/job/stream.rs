@@ -67,10 +67,7 @@ impl FileJob {
     pub(super) fn got_header(&mut self, ctx: &mut JobCtx, head: &[u8]) -> Result<(), Error> {
         let in_file = |e: Error| e.context(self.spec.input.display());
         if head.starts_with(crate::crypto::openssl::MAGIC) {
-            return Err(in_file(Error::new(
-                Code::BadFormat,
-                "openssl-format files are decrypted by the client's offline mode (`ringcrypt --keys FILE`), not by the daemon",
-            )));
+            return self.got_openssl(ctx, head);
         }
         let header = Header::parse(head).map_err(in_file)?;
         let master = ctx.ring.opening_key(&header.key_id).map_err(in_file)?;
@@ -181,6 +178,20 @@ impl FileJob {
                     if len > 0 {
                         reads.push((slot * stride, len, index * chunk));
                     }
+                }
+            }
+            Codec::Legacy {
+                n_full, final_ct, ..
+            } => {
+                for slot in 0..units {
+                    let index = first + slot as u64;
+                    let len = if index < *n_full {
+                        chunk as usize
+                    } else {
+                        *final_ct
+                    };
+                    let at = crate::crypto::openssl::BODY_OFFSET + index * chunk;
+                    reads.push((slot * stride, len, at));
                 }
             }
             Codec::Open {
@@ -362,6 +373,24 @@ impl FileJob {
                         writes.push((at, plain, (first + full as u64) * chunk as u64));
                     }
                 }
+            }
+            Codec::Legacy {
+                body,
+                sealer,
+                n_full,
+                final_ct,
+                ..
+            } => {
+                let part = legacy::Batch {
+                    first,
+                    units,
+                    stride,
+                    chunk,
+                    n_full: *n_full,
+                    final_ct: *final_ct,
+                };
+                part.run(body, sealer.as_mut(), buf, &mut writes)
+                    .map_err(|e| e.context(self.spec.input.display()))?;
             }
             Codec::Check {
                 opener,
