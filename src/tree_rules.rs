@@ -77,6 +77,12 @@ pub fn output_name_parts(op: FileOp, name: &[u8]) -> Result<(&[u8], &'static [u8
             .filter(|stem| !stem.is_empty())
             .map(|stem| (stem, &b""[..]))
             .ok_or(REASON_NOT_RCRYPT),
+        // The files decrypt would take, under their own names (verify writes nothing).
+        FileOp::Verify => name
+            .strip_suffix(SUFFIX)
+            .filter(|stem| !stem.is_empty())
+            .map(|_| (name, &b""[..]))
+            .ok_or(REASON_NOT_RCRYPT),
         FileOp::Rewrap => Ok((name, b"")),
     }
 }
@@ -126,6 +132,10 @@ mod tests {
         assert_eq!(name(FileOp::Decrypt, b"a.txt"), Err(REASON_NOT_RCRYPT));
         assert_eq!(name(FileOp::Decrypt, b".rcrypt"), Err(REASON_NOT_RCRYPT));
         assert_eq!(name(FileOp::Rewrap, b"a.rcrypt"), Ok(b"a.rcrypt".to_vec()));
+        // Verify takes the files decrypt takes, under their own names.
+        assert_eq!(name(FileOp::Verify, b"a.rcrypt"), Ok(b"a.rcrypt".to_vec()));
+        assert_eq!(name(FileOp::Verify, b"a.txt"), Err(REASON_NOT_RCRYPT));
+        assert_eq!(name(FileOp::Verify, b".rcrypt"), Err(REASON_NOT_RCRYPT));
         // Not UTF-8: mapped all the same.
         assert_eq!(
             name(FileOp::Decrypt, b"caf\xe9.rcrypt"),

@@ -19,6 +19,7 @@ both_backends!(
     several_inputs_go_as_one_batch,
     streams_are_refused_through_the_daemon_with_nothing_created,
     jobs_are_filtered_and_limited,
+    verify_goes_through_the_daemon,
 );
 
 /// Every name under `dir`, relative, sorted.
@@ -270,7 +271,8 @@ fn shown(run: &Run, replace: &[(&Path, &str)]) -> String {
 /// Intact: each message the client prints where it used to contradict the situation, as a
 /// snapshot: as `nobody` no hint to start the daemon; `--keys` given is not suggested again;
 /// a directory without -r suggests -r; `1 key`, not `1 keys`; `--json` refusals are one
-/// JSON line on stdout; streams and verify through the daemon say to pass --keys; keygen -o
+/// JSON line on stdout; streams through the daemon say to pass --keys, and verify through it
+/// names the file that is not sealed and its code; keygen -o
 /// refuses to replace a ring.
 #[test]
 fn messages_fit_the_situation() {
@@ -318,6 +320,7 @@ fn messages_fit_the_situation() {
     let run = daemon.cli(&["encrypt", "-"]);
     insta::assert_snapshot!("stream_through_daemon", shown(&run, &paths));
 
+    // Through the daemon, a `.rcrypt` that is no sealed file: FAILED, bad_format.
     let run = daemon.cli(&["verify", "a.txt.rcrypt"]);
     insta::assert_snapshot!("verify_through_daemon", shown(&run, &paths));
 
@@ -331,4 +334,88 @@ fn messages_fit_the_situation() {
     ringcrypt_in(root, socket, &["keygen", "-o", "new.toml", "--force"]).ok();
     assert_ne!(fs::read(&ring).unwrap(), first, "--force replaces it");
     assert_eq!(mode_of(&ring), 0o600);
+}
+
+/// Intact: `verify` through the daemon (no --keys) checks single files and a tree on the
+/// shards: a tree with one flipped bit in one file reports exactly that file FAILED
+/// (`auth_failed`), counts the others ok, skips what is not `.rcrypt`, exits 1; good files
+/// alone exit 0 with an `ok:` line each; `--json` gives one line per file, the tree's count
+/// and the summary; and nothing under the root changes or appears.
+fn verify_goes_through_the_daemon(backend: &'static str) {
+    let daemon = Daemon::builder(backend).start();
+    let root = &daemon.root;
+    make_tree(&root.join("photos"), 7, 3, |i| 30_000 * i + 1);
+    fs::write(root.join("a.txt"), bytes(200_000, 3)).unwrap();
+    daemon.cli(&["encrypt", "-q", "-r", "photos"]).ok();
+    daemon.cli(&["encrypt", "a.txt"]).ok();
+    let victim = root.join("photos.rcrypt/d01/f4.rcrypt");
+    let mut sealed = fs::read(&victim).unwrap();
+    sealed[96 + 65_568 + 100] ^= 0x04; // the second record of five
+    fs::write(&victim, &sealed).unwrap();
+    fs::write(root.join("photos.rcrypt/notes"), b"not sealed").unwrap();
+    let before = snapshot(root);
+
+    let run = daemon.cli(&["verify", "a.txt.rcrypt"]).ok();
+    assert_eq!(
+        run.stdout.lines().next(),
+        Some("ok: a.txt.rcrypt"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stdout.contains(
+            "verified 1 file: 1 ok, 0 failed, 0 skipped (200000 bytes of plaintext checked)"
+        ),
+        "{run:#?}"
+    );
+
+    let run = daemon.cli(&["verify", "-r", "photos.rcrypt", "a.txt.rcrypt"]);
+    assert_eq!(run.code, 1, "{run:#?}");
+    let failed: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("FAILED"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{run:#?}");
+    assert!(
+        failed[0].contains(p(&victim)) && failed[0].ends_with("[auth_failed]"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stdout.contains("ok: 6 files under photos.rcrypt"),
+        "{run:#?}"
+    );
+    assert!(run.stdout.contains("ok: a.txt.rcrypt"), "{run:#?}");
+    assert!(run.stdout.contains("skipped: "), "{run:#?}");
+    assert!(
+        run.stdout
+            .contains("verified 8 files: 7 ok, 1 failed, 1 skipped"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr.contains("1 file failed verification"),
+        "{run:#?}"
+    );
+
+    let run = daemon.cli(&["--json", "verify", "-r", "photos.rcrypt"]);
+    assert_eq!(run.code, 1, "{run:#?}");
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let bad: Vec<&Value> = lines.iter().filter(|l| l["ok"] == false).collect();
+    assert_eq!(bad.len(), 1, "{run:#?}");
+    assert_eq!(bad[0]["path"], p(&victim));
+    assert_eq!(bad[0]["code"], "auth_failed");
+    let tree = lines
+        .iter()
+        .find(|l| l["type"] == "tree")
+        .expect("a tree line");
+    assert_eq!(tree["files_ok"], 6, "{tree}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["files_failed"], 1, "{summary}");
+    assert_eq!(summary["files_ok"], 6, "{summary}");
+
+    assert_eq!(snapshot(root), before, "verify changed or created files");
 }

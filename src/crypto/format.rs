@@ -449,6 +449,32 @@ impl Opener {
     /// tag is verified first, then each chunk is decrypted, leaving C plaintext bytes at the
     /// front of each record. On failure the buffer holds no plaintext.
     pub fn open_full(&mut self, records: &mut [u8]) -> Result<(), AuthFailed> {
+        self.verify_tags(records)?;
+        let (stride, chunk) = (self.record_bytes(), self.header.chunk_bytes());
+        for group in records.chunks_mut(stride * LANES) {
+            let lanes = group.len() / stride;
+            let mut ivs = [Block::default(); LANES];
+            lanes::chunk_ivs(&self.keys.aes, self.next_index, &mut ivs[..lanes]);
+            for (record, iv) in group.chunks_exact_mut(stride).zip(&ivs) {
+                lanes::decrypt_chain(&self.keys.aes, iv, &mut record[..chunk]);
+            }
+            self.next_index += lanes as u64;
+        }
+        Ok(())
+    }
+
+    /// Checks whole non-final records without decrypting them: every tag is verified, as
+    /// [`Opener::open_full`] does, and the records are left as they are. For `verify`, which
+    /// wants the verdict and no plaintext.
+    pub fn check_full(&mut self, records: &[u8]) -> Result<(), AuthFailed> {
+        self.verify_tags(records)?;
+        self.next_index += (records.len() / self.record_bytes()) as u64;
+        Ok(())
+    }
+
+    /// Verifies the tag of every record in `records` (k records of C + 32 bytes), numbered
+    /// from the next index, in constant time per group.
+    fn verify_tags(&self, records: &[u8]) -> Result<(), AuthFailed> {
         let stride = self.record_bytes();
         if self.finished || !records.len().is_multiple_of(stride) {
             return Err(AuthFailed);
@@ -470,21 +496,52 @@ impl Opener {
                 return Err(AuthFailed);
             }
         }
-        for group in records.chunks_mut(stride * LANES) {
-            let lanes = group.len() / stride;
-            let mut ivs = [Block::default(); LANES];
-            lanes::chunk_ivs(&self.keys.aes, self.next_index, &mut ivs[..lanes]);
-            for (record, iv) in group.chunks_exact_mut(stride).zip(&ivs) {
-                lanes::decrypt_chain(&self.keys.aes, iv, &mut record[..chunk]);
-            }
-            self.next_index += lanes as u64;
-        }
         Ok(())
     }
 
     /// Opens the final record in place (`record` is CT || TAG, the whole rest of the file) and
     /// returns the plaintext length at the front of `record`.
     pub fn open_final(&mut self, record: &mut [u8]) -> Result<usize, AuthFailed> {
+        let ct_len = self.final_tag(record)?;
+        let ct = &mut record[..ct_len];
+        let mut iv = [Block::default()];
+        lanes::chunk_ivs(&self.keys.aes, self.next_index, &mut iv);
+        lanes::decrypt_chain(&self.keys.aes, &iv[0], ct);
+        // The tag is authentic, so the padding was written by a key holder; it is still
+        // checked, and any mistake is the same opaque failure.
+        let Some(pad) = padding(&ct[ct_len - BLOCK_BYTES..]) else {
+            ct.fill(0);
+            return Err(AuthFailed);
+        };
+        self.finished = true;
+        Ok(ct_len - pad)
+    }
+
+    /// Checks the final record (CT || TAG, the whole rest of the file) without writing any
+    /// plaintext: its tag, then its padding, for which only the last block is decrypted,
+    /// into a copy. Returns the plaintext length, as [`Opener::open_final`] would.
+    pub fn check_final(&mut self, record: &[u8]) -> Result<usize, AuthFailed> {
+        let ct_len = self.final_tag(record)?;
+        // CBC: the last plaintext block is D(last ciphertext block) XOR the block before
+        // it, or the chunk's IV when the record has one block.
+        let chain = if ct_len > BLOCK_BYTES {
+            Block::clone_from_slice(&record[ct_len - 2 * BLOCK_BYTES..ct_len - BLOCK_BYTES])
+        } else {
+            let mut iv = [Block::default()];
+            lanes::chunk_ivs(&self.keys.aes, self.next_index, &mut iv);
+            iv[0]
+        };
+        let mut last = Zeroizing::new([0u8; BLOCK_BYTES]);
+        last.copy_from_slice(&record[ct_len - BLOCK_BYTES..ct_len]);
+        lanes::decrypt_chain(&self.keys.aes, &chain, last.as_mut());
+        let pad = padding(last.as_ref()).ok_or(AuthFailed)?;
+        self.finished = true;
+        Ok(ct_len - pad)
+    }
+
+    /// Verifies the final record's tag (constant time) and its size; returns the
+    /// ciphertext's length.
+    fn final_tag(&self, record: &[u8]) -> Result<usize, AuthFailed> {
         if self.finished || record.len() > self.record_bytes() {
             return Err(AuthFailed);
         }
@@ -492,25 +549,12 @@ impl Opener {
         if ct_len < BLOCK_BYTES || ct_len % BLOCK_BYTES != 0 {
             return Err(AuthFailed);
         }
-        let (ct, tag) = record.split_at_mut(ct_len);
+        let (ct, tag) = record.split_at(ct_len);
         let want = self.keys.chunk_tag(self.next_index, true, ct);
         if !bool::from(tag.ct_eq(&want[..])) {
             return Err(AuthFailed);
         }
-        let mut iv = [Block::default()];
-        lanes::chunk_ivs(&self.keys.aes, self.next_index, &mut iv);
-        lanes::decrypt_chain(&self.keys.aes, &iv[0], ct);
-        // The tag is authentic, so the padding was written by a key holder; it is still
-        // checked, and any mistake is the same opaque failure.
-        let pad = usize::from(ct[ct_len - 1]);
-        let valid = (1..=BLOCK_BYTES).contains(&pad)
-            && ct[ct_len - pad..].iter().all(|&b| usize::from(b) == pad);
-        if !valid {
-            ct.fill(0);
-            return Err(AuthFailed);
-        }
-        self.finished = true;
-        Ok(ct_len - pad)
+        Ok(ct_len)
     }
 
     /// Moves to record `index` without reading the records before it, to check only the
@@ -537,6 +581,17 @@ impl Opener {
             finished: false,
         }
     }
+}
+
+/// The PKCS#7 padding length of a final chunk whose last plaintext block is `last`, or None
+/// when the padding is malformed. Also the openssl format's one check.
+pub(crate) fn padding(last: &[u8]) -> Option<usize> {
+    let pad = usize::from(*last.last()?);
+    ((1..=BLOCK_BYTES).contains(&pad)
+        && last[last.len() - pad..]
+            .iter()
+            .all(|&b| usize::from(b) == pad))
+    .then_some(pad)
 }
 
 /// Fills `buf` from the OS CSPRNG. The one place randomness comes from: salts, keys and
@@ -690,5 +745,63 @@ mod tests {
         let file = seal(b"hello", 12, [2; 32]);
         let header = Header::parse(&file).unwrap();
         assert!(Opener::new(&header, &[8; 32]).is_err());
+    }
+
+    /// [`open`] with the tag-only checks: the plaintext size, and the records untouched.
+    fn check(file: &[u8]) -> Result<usize, AuthFailed> {
+        let header = Header::parse(file).map_err(|_| AuthFailed)?;
+        let layout = Layout::for_file(file.len() as u64, header.chunk_log2)?;
+        let mut opener = Opener::new(&header, &MASTER)?;
+        let full_end = HEADER_BYTES + layout.full_records as usize * opener.record_bytes();
+        opener.check_full(&file[HEADER_BYTES..full_end])?;
+        let last = opener.check_final(&file[full_end..])?;
+        assert!(opener.is_finished());
+        Ok(layout.full_records as usize * header.chunk_bytes() + last)
+    }
+
+    #[test]
+    fn checking_agrees_with_opening_at_every_size_and_flipped_byte() {
+        let c = 4096usize;
+        for len in [0, 1, 15, 16, 17, 31, 32, c - 1, c, c + 1, 9 * c + 5] {
+            let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let file = seal(&plain, 12, [4; 32]);
+            assert_eq!(check(&file), Ok(len), "len {len}");
+            assert_eq!(open(&file).map(|p| p.len()), Ok(len), "len {len}");
+            // Every byte after the header (the header has its own tag) flipped in turn
+            // fails both ways, at a stride that touches every record's body and tag.
+            for at in (HEADER_BYTES..file.len())
+                .step_by(97)
+                .chain([file.len() - 1])
+            {
+                let mut bad = file.clone();
+                bad[at] ^= 0x40;
+                assert_eq!(check(&bad), Err(AuthFailed), "len {len}, byte {at}");
+                assert_eq!(open(&bad), Err(AuthFailed), "len {len}, byte {at}");
+            }
+            assert_eq!(check(&file[..file.len() - 1]), Err(AuthFailed));
+        }
+    }
+
+    #[test]
+    fn checking_refuses_bad_padding_under_a_valid_tag() {
+        // A final record a key holder sealed with broken padding: the tag verifies, the
+        // padding check alone must refuse it, in both the check and the open.
+        for (plain_len, last_byte) in [(5usize, 0u8), (20, 17), (16, 3)] {
+            let file = seal(&vec![1u8; plain_len], 12, [6; 32]);
+            let header = Header::parse(&file).unwrap();
+            let opener = Opener::new(&header, &MASTER).unwrap();
+            let ct_len = final_record_bytes(plain_len) - TAG_BYTES;
+            let mut ct = vec![1u8; ct_len];
+            ct[ct_len - 1] = last_byte;
+            let mut iv = [Block::default()];
+            lanes::chunk_ivs(&opener.keys.aes, 0, &mut iv);
+            lanes::encrypt_lanes(&opener.keys.aes, &iv, &mut ct, ct_len, ct_len);
+            let tag = opener.keys.chunk_tag(0, true, &ct);
+            let mut forged = file[..HEADER_BYTES].to_vec();
+            forged.extend_from_slice(&ct);
+            forged.extend_from_slice(&tag);
+            assert_eq!(check(&forged), Err(AuthFailed), "pad byte {last_byte}");
+            assert_eq!(open(&forged), Err(AuthFailed), "pad byte {last_byte}");
+        }
     }
 }

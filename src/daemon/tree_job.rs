@@ -117,8 +117,13 @@ impl TreeJob {
     /// that lies inside the input (the walk would find its own outputs).
     pub fn start(id: JobId, spec: FileJobSpec, roots: &Roots) -> Result<TreeJob, Error> {
         let input = open_dir(roots, &spec.input)?;
-        refuse_output_inside(roots, &input, &spec)?;
-        let out = make_dir_path(roots, &spec.output, dir_mode(&input))?;
+        let out = if spec.op.writes() {
+            refuse_output_inside(roots, &input, &spec)?;
+            make_dir_path(roots, &spec.output, dir_mode(&input))?
+        } else {
+            // Verify writes nothing: the input is its own "output" tree, never written.
+            out_twin(&input, &spec.input)?
+        };
         Ok(TreeJob {
             id,
             spec,
@@ -354,7 +359,11 @@ impl TreeJob {
         let output = self.spec.output.join(rel);
         let fd = open_dir(roots, &input)?;
         let parent = &self.stack.last().expect("inside a level").out;
-        let out = make_dir_in(parent, name, mode, &output)?;
+        let out = if self.spec.op.writes() {
+            make_dir_in(parent, name, mode, &output)?
+        } else {
+            out_twin(&fd, &input)?
+        };
         Ok(Level {
             dir: fd,
             pending: Vec::new(),
@@ -589,6 +598,11 @@ fn refuse_output_inside(roots: &Roots, input: &OwnedFd, spec: &FileJobSpec) -> R
         }
         dir = parent;
     }
+}
+
+/// A verify's level has no output directory: its input's, duplicated, stands in for it.
+fn out_twin(input: &OwnedFd, path: &Path) -> Result<OwnedFd, Error> {
+    input.try_clone().map_err(|e| Error::io("open", path, e))
 }
 
 /// A directory's identity: its device and inode.

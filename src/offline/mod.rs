@@ -153,6 +153,14 @@ pub fn tree_file(op: FileOp, ring: &KeyRing, job: &Job) -> Result<Outcome, Error
         FileOp::Encrypt => encrypt_with(ring, job, rules),
         FileOp::Decrypt => decrypt_with(ring, job, rules),
         FileOp::Rewrap => rewrap_with(ring, job, rules),
+        // A verify writes nothing: `verify::verify_all` is its walk.
+        FileOp::Verify => Err(Error::new(
+            Code::BadRequest,
+            format!(
+                "{}: verify writes no output; use `ringcrypt verify`",
+                job.input.display()
+            ),
+        )),
     }
 }
 

@@ -447,6 +447,8 @@ fn one_file(ring: &KeyRing, job: &TreeJob, shared: &Shared, input: &Path, output
     if job.skip_existing && fs::symlink_metadata(output).is_ok() {
         let verified = match job.op {
             FileOp::Decrypt => true,
+            // Nothing is written, so nothing is ever skipped as existing.
+            FileOp::Verify => false,
             FileOp::Encrypt => offline::verify_sealed(ring, output).is_ok(),
             // A rewrap is done only when the output is under the current default key, as
             // in the daemon.

@@ -34,7 +34,11 @@ pub fn encode_request(id: Option<&RequestId>, request: &Request) -> String {
         }
         match request {
             Request::File(spec) => {
-                obj.path("input", &spec.input).path("output", &spec.output);
+                obj.path("input", &spec.input);
+                // Verify names no output (its spec's output is its input).
+                if spec.op.writes() {
+                    obj.path("output", &spec.output);
+                }
                 if let Some(key) = &spec.key {
                     obj.str("key", key);
                 }

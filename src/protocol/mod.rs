@@ -263,24 +263,38 @@ impl Format {
     }
 }
 
-/// The three file operations.
+/// The file operations: the three that write an output, and `verify`, which reads only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FileOp {
     Encrypt,
     Decrypt,
     Rewrap,
+    /// Every record's tag of a sealed file checked; nothing written. Its spec's `output` is
+    /// its `input` (it names no output).
+    Verify,
 }
 
 impl FileOp {
-    pub const ALL: [FileOp; 3] = [FileOp::Encrypt, FileOp::Decrypt, FileOp::Rewrap];
+    pub const ALL: [FileOp; 4] = [
+        FileOp::Encrypt,
+        FileOp::Decrypt,
+        FileOp::Rewrap,
+        FileOp::Verify,
+    ];
 
-    /// The op as it appears on the wire: `encrypt`, `decrypt` or `rewrap`.
+    /// The op as it appears on the wire: `encrypt`, `decrypt`, `rewrap` or `verify`.
     pub fn as_str(self) -> &'static str {
         match self {
             FileOp::Encrypt => "encrypt",
             FileOp::Decrypt => "decrypt",
             FileOp::Rewrap => "rewrap",
+            FileOp::Verify => "verify",
         }
+    }
+
+    /// Whether the op writes an output (every op but `verify`).
+    pub fn writes(self) -> bool {
+        self != FileOp::Verify
     }
 
     /// Parses a wire op name.
@@ -389,8 +403,9 @@ impl Request {
 }
 
 /// Every op name, in the order docs/protocol.md lists them; quoted in `unknown_op` messages.
-const OPS: [&str; 10] = [
-    "ping", "encrypt", "decrypt", "rewrap", "status", "cancel", "jobs", "stats", "keys", "reload",
+const OPS: [&str; 11] = [
+    "ping", "encrypt", "decrypt", "rewrap", "verify", "status", "cancel", "jobs", "stats", "keys",
+    "reload",
 ];
 
 /// A job id names its owner shard: wire form `"<shard>-<seq>"`, e.g. `"1-42"`, both decimal

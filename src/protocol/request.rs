@@ -505,6 +505,9 @@ fn parse_op(mut fields: RawFields, spares: &mut SparePaths) -> Result<Request, E
         }
     };
     let mut fields = Fields { op: &op, fields };
+    if op == "verify" {
+        return parse_verify(&mut fields, spares).map(Request::File);
+    }
     if let Some(file_op) = FileOp::parse(&op) {
         return parse_file_job(file_op, &mut fields, spares).map(Request::File);
     }
@@ -571,6 +574,34 @@ fn parse_file_job(
         Ok(()) => Ok(spec),
         Err(err) => {
             // The paths were good; their buffers serve the next request.
+            spares.give(spec.input);
+            spares.give(spec.output);
+            Err(err)
+        }
+    }
+}
+
+/// The fields of `verify`, besides `op` and `id`: it reads its input and writes nothing, so
+/// it has no output and none of the output's options.
+const VERIFY_FIELDS: [&str; 3] = ["input", "recursive", "wait"];
+
+/// `verify`: a spec whose `output` is its `input`, never written.
+fn parse_verify(fields: &mut Fields, spares: &mut SparePaths) -> Result<FileJobSpec, Error> {
+    fields.only(&VERIFY_FIELDS)?;
+    let input = fields.path(Field::Input, spares)?;
+    let mut output = spares.take(input.as_os_str().len());
+    output.push(&input);
+    let mut spec = FileJobSpec::new(FileOp::Verify, input, output);
+    let options = fields
+        .flag(Field::Recursive, false)
+        .and_then(|recursive| Ok((recursive, fields.flag(Field::Wait, true)?)));
+    match options {
+        Ok((recursive, wait)) => {
+            spec.recursive = recursive;
+            spec.wait = wait;
+            Ok(spec)
+        }
+        Err(err) => {
             spares.give(spec.input);
             spares.give(spec.output);
             Err(err)

@@ -161,6 +161,12 @@ fn file_spec() -> impl Strategy<Value = FileJobSpec> {
             if spec.overwrite {
                 spec.skip_existing = false;
             }
+            if op == FileOp::Verify {
+                // Verify takes only `recursive` and `wait`; its output is its input.
+                spec.output = spec.input.clone();
+                spec.key = None;
+                (spec.overwrite, spec.skip_existing) = (false, false);
+            }
             spec
         })
 }

@@ -139,12 +139,18 @@ fn verify_reports_exactly_the_damaged_file() {
     );
 }
 
-/// Intact: verify never runs through the daemon yet: without --keys it is a usage error
-/// that names --keys, and nothing is read or written.
+/// Intact: without --keys, verify asks the daemon; with none listening it says so (exit 3)
+/// and names both ways on: start the daemon, or pass --keys to verify in this process.
 #[test]
-fn verify_without_keys_says_to_pass_them() {
-    let run = ringcrypt(&["verify", "x.rcrypt"]).usage();
-    assert!(run.stderr.contains("--keys FILE"), "{run:#?}");
+fn verify_without_keys_asks_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("none.sock");
+    let run = support::ringcrypt_in(dir.path(), &socket, &["verify", "x.rcrypt"]);
+    assert_eq!(run.code, 3, "{run:#?}");
+    assert!(
+        run.stderr.contains("ringcryptd") && run.stderr.contains("--keys FILE"),
+        "{run:#?}"
+    );
 }
 
 /// A kit file's body in its own file, with the kit's header fields.

@@ -63,6 +63,7 @@ fn alert_rules_pass_promtool_check() {
         "RingcryptJobErrorRatioHigh",
         "RingcryptQueueSaturated",
         "RingcryptAuthFailures",
+        "RingcryptVerifyFailures",
     ] {
         assert!(
             rules.contains(&format!("alert: {alert}")),

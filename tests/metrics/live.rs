@@ -23,6 +23,8 @@ struct Expected {
     encrypt_ok: f64,
     decrypt_ok: f64,
     decrypt_failed: f64,
+    verify_ok: f64,
+    verify_failed: f64,
     bytes_read: f64,
     bytes_written: f64,
 }
@@ -43,7 +45,15 @@ impl Expected {
             ) == self.decrypt_failed
             && s.sum("ringcrypt_bytes_read_total", &[]) == self.bytes_read
             && s.sum("ringcrypt_bytes_written_total", &[]) == self.bytes_written
-            && s.sum("ringcrypt_errors_total", &[("code", "auth_failed")]) == 1.0
+            && s.sum(
+                "ringcrypt_jobs_total",
+                &[("op", "verify"), ("result", "failed")],
+            ) == self.verify_failed
+            && s.sum(
+                "ringcrypt_verify_failures_total",
+                &[("code", "auth_failed")],
+            ) == self.verify_failed
+            && s.sum("ringcrypt_errors_total", &[("code", "auth_failed")]) == 2.0
             && s.sum("ringcrypt_errors_total", &[("code", "bad_request")]) == 1.0
             && s.sum("ringcrypt_job_duration_seconds_count", &[("op", "encrypt")])
                 == self.encrypt_ok
@@ -102,6 +112,16 @@ fn run_workload(d: &Daemon, client: &mut Client) -> Expected {
     assert!(!out.exists());
     read += ct_len;
 
+    // A verify of a good file and of the tampered one: each reads the whole file, writes
+    // nothing; the second counts as a verify failure and an auth_failed error reply.
+    let (good, _, good_len) = &sealed[3];
+    let replies = client.job(&json!({"op": "verify", "input": p(good)}));
+    assert_eq!(replies.last().unwrap()["type"], "done", "{replies:?}");
+    read += good_len;
+    let replies = client.job(&json!({"op": "verify", "input": p(&tampered_path)}));
+    assert_eq!(code(replies.last().unwrap()), "auth_failed", "{replies:?}");
+    read += ct_len;
+
     client.send_raw(b"this is not json\n");
     assert_eq!(code(&client.recv()), "bad_request");
 
@@ -109,6 +129,8 @@ fn run_workload(d: &Daemon, client: &mut Client) -> Expected {
         encrypt_ok: sizes.len() as f64,
         decrypt_ok: decrypted.len() as f64,
         decrypt_failed: 1.0,
+        verify_ok: 1.0,
+        verify_failed: 1.0,
         bytes_read: read as f64,
         bytes_written: written as f64,
     }
@@ -186,14 +208,32 @@ pub(crate) fn scrape_counts_the_workload(backend: &'static str) {
     );
     assert_eq!(
         s.sum("ringcrypt_jobs_total", &[]),
-        want.encrypt_ok + want.decrypt_ok + want.decrypt_failed,
+        want.encrypt_ok
+            + want.decrypt_ok
+            + want.decrypt_failed
+            + want.verify_ok
+            + want.verify_failed,
         "no other job ended (no rewrap, nothing cancelled)\n{body}"
+    );
+    assert_eq!(jobs("verify", "ok"), want.verify_ok, "verify ok\n{body}");
+    assert_eq!(
+        s.sum(
+            "ringcrypt_verify_failures_total",
+            &[("code", "auth_failed")]
+        ),
+        want.verify_failed,
+        "the tampered file's verify\n{body}"
+    );
+    assert_eq!(
+        s.sum("ringcrypt_verify_failures_total", &[]),
+        want.verify_failed,
+        "no other verify failure\n{body}"
     );
     for sample in s.matching("ringcrypt_jobs_total", &[]) {
         let op = sample.labels.get("op").map(String::as_str);
         let result = sample.labels.get("result").map(String::as_str);
         assert!(
-            matches!(op, Some("encrypt" | "decrypt" | "rewrap"))
+            matches!(op, Some("encrypt" | "decrypt" | "rewrap" | "verify"))
                 && matches!(result, Some("ok" | "failed" | "cancelled")),
             "unexpected labels {:?}",
             sample.labels
@@ -215,13 +255,14 @@ pub(crate) fn scrape_counts_the_workload(backend: &'static str) {
     // Error replies by wire code: exactly the two provoked.
     assert_eq!(
         s.sum("ringcrypt_errors_total", &[("code", "auth_failed")]),
-        1.0
+        2.0,
+        "the failed decrypt and the failed verify"
     );
     assert_eq!(
         s.sum("ringcrypt_errors_total", &[("code", "bad_request")]),
         1.0
     );
-    assert_eq!(s.sum("ringcrypt_errors_total", &[]), 2.0, "{body}");
+    assert_eq!(s.sum("ringcrypt_errors_total", &[]), 3.0, "{body}");
 
     // The latency histogram: the contract's buckets, cumulative, +Inf = count.
     let count = s.one("ringcrypt_job_duration_seconds_count", &[("op", "encrypt")]);

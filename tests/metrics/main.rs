@@ -56,7 +56,7 @@ const DASHBOARD: &str = concat!(
 );
 
 /// The families of the metric contract (README "Metrics, dashboard and alerts").
-const FAMILIES: [(&str, &str); 12] = [
+const FAMILIES: [(&str, &str); 13] = [
     ("ringcrypt_jobs_total", "counter"),
     ("ringcrypt_job_duration_seconds", "histogram"),
     ("ringcrypt_bytes_read_total", "counter"),
@@ -67,6 +67,7 @@ const FAMILIES: [(&str, &str); 12] = [
     ("ringcrypt_crypto_seconds_total", "counter"),
     ("ringcrypt_connections_active", "gauge"),
     ("ringcrypt_errors_total", "counter"),
+    ("ringcrypt_verify_failures_total", "counter"),
     ("ringcrypt_build_info", "gauge"),
     ("ringcrypt_dir_fsyncs_total", "counter"),
 ];

@@ -57,6 +57,8 @@ mod callers;
 mod control;
 mod existing;
 mod keyrings;
+mod legacy;
 mod merges;
 mod ranges;
 mod trees;
+mod verify;

@@ -29,7 +29,7 @@ Examples:
   tar c docs | ringcrypt --keys keys.toml encrypt - -o docs.tar.rcrypt   # a pipe (offline)
   ringcrypt --keys keys.toml decrypt docs.tar.rcrypt -o - | tar x
   ringcrypt encrypt a.pdf b.pdf c.pdf -o /backup/          # several inputs into one directory
-  ringcrypt --keys keys.toml verify -r /backup             # check every chunk, write nothing
+  ringcrypt verify -r /backup                              # check every chunk, write nothing
   ringcrypt inspect report.pdf.rcrypt                      # header fields, no key needed
   ringcrypt completions bash > ~/.local/share/bash-completion/completions/ringcrypt
 
@@ -292,19 +292,22 @@ Examples:
   ringcrypt keygen --name prod-2027 >> /etc/ringcrypt/keys.toml && ringcrypt reload")]
     Reload,
 
-    /// Check every chunk's tag of sealed files or trees, writing no plaintext (offline,
-    /// --keys).
+    /// Check every chunk's tag of sealed files or trees, writing no plaintext (through the
+    /// daemon, or offline with --keys).
     #[command(after_help = "\
 Examples:
-  ringcrypt --keys keys.toml verify report.pdf.rcrypt
-  ringcrypt --keys keys.toml verify -r /backup           # a weekly scrub of a whole tree
-  ringcrypt --keys keys.toml --json verify -r /backup | jq -c 'select(.ok == false)'
+  ringcrypt verify report.pdf.rcrypt                     # through ringcryptd, its key ring
+  ringcrypt verify -r /backup                            # a weekly scrub of a whole tree
+  ringcrypt --json verify -r /backup | jq -c 'select(.ok == false)'
+  ringcrypt --keys keys.toml verify -r /backup           # offline, with this key ring
 
 Each file is reported ok, or failed with its code: auth_failed (damaged or not made with
-this key ring), unknown_key, key_retired or bad_format (not a ringcrypt file). With -r, every
+the key ring), unknown_key, key_retired or bad_format (not a ringcrypt file). With -r, every
 *.rcrypt file under each directory is checked; symlinks are not followed, other files are
-skipped. The summary ends the run; the exit code is 1 if any file failed. --json prints one
-line per file and a summary line. Through the daemon this needs --keys for now.")]
+skipped. Through the daemon the shards check the files and a tree's ok files are counted
+(`ok: N files under DIR`), not named; its failures and skipped entries are named. The
+summary ends the run; the exit code is 1 if any file failed. --json prints one line per
+file (and a `tree` line per tree through the daemon) and a summary line.")]
     Verify {
         /// Sealed files (or, with -r, directories).
         #[arg(required = true, value_name = "FILE")]

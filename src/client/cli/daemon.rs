@@ -315,6 +315,7 @@ pub(super) fn file_request(cmd: &FileCmd) -> Result<(Request, Shown), Failure> {
                 (input.clone(), true)
             }
         },
+        FileOp::Verify => return Err(super::verify_writes_nothing()),
     };
     let cwd = current_dir()?;
     let abs_input = wire_path(&cwd, &input)?;

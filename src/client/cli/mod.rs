@@ -102,6 +102,15 @@ impl From<Error> for Failure {
 }
 
 /// A usage error (exit 2), with the hint that gets past it.
+/// `verify` as a file job that writes an output: the command line never makes one (verify
+/// has its own command), so this answers a caller that asks anyway.
+fn verify_writes_nothing() -> Failure {
+    usage(
+        "verify writes no output",
+        "run `ringcrypt verify FILE...` or `ringcrypt verify -r DIR`",
+    )
+}
+
 fn usage(error: impl Into<String>, hint: impl Into<String>) -> Failure {
     Failure {
         exit: EXIT_USAGE,

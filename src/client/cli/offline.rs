@@ -88,6 +88,7 @@ pub(super) fn job_for(cmd: &FileCmd) -> Result<OwnedJob, Failure> {
                 (target.clone(), target, true)
             }
         },
+        FileOp::Verify => return Err(super::verify_writes_nothing()),
     };
     Ok(OwnedJob {
         input,
@@ -112,6 +113,7 @@ pub(super) fn run_one(
         FileOp::Encrypt => offline::encrypt(ring, &job)?,
         FileOp::Decrypt => offline::decrypt(ring, &job)?,
         FileOp::Rewrap => offline::rewrap(ring, &job)?,
+        FileOp::Verify => return Err(super::verify_writes_nothing()),
     };
     Ok((outcome, owned))
 }

@@ -261,6 +261,7 @@ pub(super) fn run_offline(cli: &Cli, cmd: &FileCmd, ends: Ends) -> Result<(), Fa
         FileOp::Encrypt => offline::encrypt_stream(&ring, &job, &mut read, &mut out),
         FileOp::Decrypt => offline::decrypt_stream(&ring, &job, &mut read, &mut out),
         FileOp::Rewrap => offline::rewrap_stream(&ring, &job, &mut read, &mut out),
+        FileOp::Verify => return Err(super::verify_writes_nothing()),
     };
     let (written, closed) = (out.written, out.closed);
     let outcome = match result {
@@ -296,7 +297,7 @@ fn mid_stream(op: FileOp, err: Error, output: &End, written: u64) -> Failure {
     let mut failure = Failure::from(err);
     if output.is_stream() && written > 0 {
         let got = match op {
-            FileOp::Decrypt => format!(
+            FileOp::Decrypt | FileOp::Verify => format!(
                 "{} received {written} bytes of plaintext before the failure (of a ringcrypt \
                  file, only chunks whose tags verified); the rest is missing: treat what it \
                  got as incomplete",

@@ -29,6 +29,7 @@ pub(super) fn verb(op: FileOp) -> &'static str {
         FileOp::Encrypt => "encrypted",
         FileOp::Decrypt => "decrypted",
         FileOp::Rewrap => "rewrapped",
+        FileOp::Verify => "verified",
     }
 }
 

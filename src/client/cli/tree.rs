@@ -72,6 +72,7 @@ impl TreePlan {
                     None => (input.clone(), true),
                 }
             }
+            FileOp::Verify => return Err(super::verify_writes_nothing()),
         };
         Ok(Some(TreePlan {
             op: cmd.op,

@@ -22,8 +22,8 @@
 //! handles) and the steps that open and create are here; the check of an existing output
 //! for `skip_existing` is in `existing.rs`; the byte stream (header, batches, crypto) in
 //! `stream.rs`; the last steps (permissions, fsync, link, fsync of the directory) in
-//! `commit.rs`; the pieces (lanes, codec, temp names, spans) in `parts.rs`; the checks on
-//! passed descriptors in `passed.rs`.
+//! `commit.rs`; the pieces (lanes, codec, temp names, spans) in `parts.rs`; openssl-format
+//! inputs in `legacy.rs`; the checks on passed descriptors in `passed.rs`.
 //!
 //! What this room does not do: route, admit, or reply (the shard does), or touch sockets.
 
@@ -50,6 +50,7 @@ use crate::protocol::{FileJobSpec, FileOp, JobId};
 
 mod commit;
 mod existing;
+mod legacy;
 mod parts;
 mod passed;
 mod range;
@@ -114,7 +115,8 @@ pub struct JobOutcome {
 #[derive(Clone, Copy, Debug)]
 struct OpenFiles {
     input: File,
-    temp: File,
+    /// The output; None for `verify`, which writes nothing.
+    temp: Option<File>,
     /// The output's directory; None on passed descriptors (the caller links the output).
     dir: Option<File>,
 }
@@ -163,7 +165,7 @@ impl Stage {
                 existing,
             } => [Some(input), Some(dir), existing],
             Stage::Streaming(files) | Stage::Committing(files) => {
-                [Some(files.input), Some(files.temp), files.dir]
+                [Some(files.input), files.temp, files.dir]
             }
         }
     }
@@ -283,6 +285,11 @@ impl FileJob {
         }
     }
 
+    /// The output of the streaming and committing stages.
+    fn temp(&self) -> Result<File, Error> {
+        self.open_files()?.temp.ok_or_else(|| self.out_of_order())
+    }
+
     fn out_of_order(&self) -> Error {
         Error::new(
             Code::Internal,
@@ -326,6 +333,16 @@ impl FileJob {
     /// Time since the job was created.
     pub fn elapsed(&self) -> std::time::Duration {
         self.started.elapsed()
+    }
+
+    /// Bytes this job wrote, for the shard's counters: `bytes_out`, but for a verify, whose
+    /// `bytes_out` counts the plaintext it checked and which writes nothing.
+    pub fn bytes_written(&self) -> u64 {
+        if self.spec.op.writes() {
+            self.bytes_out
+        } else {
+            0
+        }
     }
 
     /// Bytes of input, for progress reports.
@@ -594,7 +611,13 @@ impl FileJob {
         self.stage = match temp {
             Some(temp) => Stage::Streaming(OpenFiles {
                 input,
-                temp,
+                temp: Some(temp),
+                dir: None,
+            }),
+            // Verify reads its input and opens nothing else.
+            None if !self.spec.op.writes() => Stage::Streaming(OpenFiles {
+                input,
+                temp: None,
                 dir: None,
             }),
             None => Stage::OpeningDir { input },
@@ -629,6 +652,9 @@ impl FileJob {
         self.in_mtime = (stat.st_mtime, stat.st_mtime_nsec as i64);
         if let Some(temp) = temp {
             return self.have_temp(ctx, temp);
+        }
+        if !self.spec.op.writes() {
+            return self.read_header(ctx, input);
         }
         let parent = self.spec.output.parent().unwrap_or(Path::new("/"));
         let flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
@@ -762,13 +788,17 @@ impl FileJob {
     fn have_temp(&mut self, ctx: &mut JobCtx, temp: File) -> Result<(), Error> {
         let (input, dir) = match self.stage {
             Stage::Creating { input, dir } => (input, Some(dir)),
-            Stage::Streaming(files) if files.temp == temp => (files.input, files.dir),
+            Stage::Streaming(files) if files.temp == Some(temp) => (files.input, files.dir),
             _ => {
                 ctx.reactor.close(temp);
                 return Err(self.out_of_order());
             }
         };
-        self.stage = Stage::Streaming(OpenFiles { input, temp, dir });
+        self.stage = Stage::Streaming(OpenFiles {
+            input,
+            temp: Some(temp),
+            dir,
+        });
         failpoint("temp_created");
         match self.spec.op {
             FileOp::Encrypt => {
@@ -785,20 +815,22 @@ impl FileJob {
                 let sealer = Sealer::new(master.bytes(), ctx.chunk_log2, format::random_salt()?);
                 self.start_sealing(ctx, sealer, self.in_len)
             }
-            FileOp::Decrypt | FileOp::Rewrap => {
-                // Into the first pool buffer: no batch has started yet.
-                let buf = self.lanes[0].buf;
-                let op = Op::ReadFixed {
-                    fd: input,
-                    buf,
-                    at: 0,
-                    len: HEADER_BYTES,
-                    offset: 0,
-                };
-                self.push(ctx, Step::HeaderRead, op);
-                Ok(())
-            }
+            FileOp::Decrypt | FileOp::Rewrap | FileOp::Verify => self.read_header(ctx, input),
         }
+    }
+
+    /// Reads the input's header, into the first pool buffer: no batch has started yet.
+    fn read_header(&mut self, ctx: &mut JobCtx, input: File) -> Result<(), Error> {
+        let buf = self.lanes[0].buf;
+        let op = Op::ReadFixed {
+            fd: input,
+            buf,
+            at: 0,
+            len: HEADER_BYTES,
+            offset: 0,
+        };
+        self.push(ctx, Step::HeaderRead, op);
+        Ok(())
     }
 
     fn changed_size(&self) -> Error {

@@ -5,6 +5,7 @@
 //! What this room does not do: decide the next step (the job's state machine does).
 
 use crate::crypto::format::{Opener, Sealer};
+use crate::crypto::openssl::BodyDecryptor;
 use crate::daemon::reactor::BufId;
 use crate::durable::TEMP_PREFIX;
 use crate::error::Error;
@@ -45,6 +46,25 @@ pub(super) enum Codec {
         full_records: u64,
         final_record: usize,
     },
+    /// verify: records' tags checked, nothing decrypted or written.
+    Check {
+        opener: Opener,
+        full_records: u64,
+        final_record: usize,
+    },
+    /// decrypt or rewrap of an openssl-format input: its CBC body deciphered in order, one
+    /// chain carried from batch to batch, read a chunk into each record slot; for a rewrap
+    /// (`sealer`) the plaintext is sealed into records in place. Never split into ranges:
+    /// a chain has one order.
+    Legacy {
+        body: BodyDecryptor,
+        sealer: Option<Sealer>,
+        chunk_log2: u8,
+        /// Whole chunks of the body before its final piece, and that piece's length (16
+        /// to one chunk: it holds the padding).
+        n_full: u64,
+        final_ct: usize,
+    },
     /// rewrap: records opened and resealed in place (same chunk size, same layout).
     Reseal {
         opener: Opener,
@@ -58,9 +78,10 @@ impl Codec {
     pub(super) fn chunk_bytes(&self) -> usize {
         match self {
             Codec::Seal { sealer, .. } => sealer.header().chunk_bytes(),
-            Codec::Open { opener, .. } | Codec::Reseal { opener, .. } => {
-                opener.header().chunk_bytes()
-            }
+            Codec::Open { opener, .. }
+            | Codec::Check { opener, .. }
+            | Codec::Reseal { opener, .. } => opener.header().chunk_bytes(),
+            Codec::Legacy { chunk_log2, .. } => 1 << chunk_log2,
         }
     }
 
@@ -72,9 +93,10 @@ impl Codec {
     pub(super) fn units(&self) -> u64 {
         match self {
             Codec::Seal { n_full, .. } => n_full + 1,
-            Codec::Open { full_records, .. } | Codec::Reseal { full_records, .. } => {
-                full_records + 1
-            }
+            Codec::Open { full_records, .. }
+            | Codec::Check { full_records, .. }
+            | Codec::Reseal { full_records, .. } => full_records + 1,
+            Codec::Legacy { n_full, .. } => n_full + 1,
         }
     }
 
@@ -83,10 +105,12 @@ impl Codec {
     }
 
     /// The same codec for the batches from `batch` on, for a range of the file run apart
-    /// from the rest (`Sealer::fork_at`, `Opener::fork_at`).
-    pub(super) fn fork_at(&self, batch: u64) -> Codec {
+    /// from the rest (`Sealer::fork_at`, `Opener::fork_at`); None for an openssl body, whose
+    /// chain cannot start mid-way (see [`Codec::splits`]).
+    pub(super) fn fork_at(&self, batch: u64) -> Option<Codec> {
         let index = batch * LANES as u64;
-        match self {
+        Some(match self {
+            Codec::Legacy { .. } => return None,
             Codec::Seal {
                 sealer,
                 n_full,
@@ -105,6 +129,15 @@ impl Codec {
                 full_records: *full_records,
                 final_record: *final_record,
             },
+            Codec::Check {
+                opener,
+                full_records,
+                final_record,
+            } => Codec::Check {
+                opener: opener.fork_at(index),
+                full_records: *full_records,
+                final_record: *final_record,
+            },
             Codec::Reseal {
                 opener,
                 sealer,
@@ -116,7 +149,12 @@ impl Codec {
                 full_records: *full_records,
                 final_record: *final_record,
             },
-        }
+        })
+    }
+
+    /// Whether the file may be cut into ranges run apart: not an openssl body.
+    pub(super) fn splits(&self) -> bool {
+        !matches!(self, Codec::Legacy { .. })
     }
 
     /// (first unit, units) of batch `b`.

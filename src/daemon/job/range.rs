@@ -55,7 +55,7 @@ pub struct RangeWork {
     pub shard: usize,
     spec: FileJobSpec,
     input: OwnedFd,
-    output: OwnedFd,
+    output: Option<OwnedFd>,
     codec: Codec,
     first_batch: u64,
     end_batch: u64,
@@ -123,7 +123,7 @@ impl FileJob {
         job.on_passed = true;
         job.stage = Stage::Streaming(OpenFiles {
             input: reactor.adopt(input),
-            temp: reactor.adopt(output),
+            temp: output.map(|output| reactor.adopt(output)),
             dir: None,
         });
         job.codec = Some(codec);
@@ -174,6 +174,9 @@ impl FileJob {
             return Err(self.out_of_order());
         };
         self.end_batch = codec.batches();
+        if !codec.splits() {
+            return Ok(());
+        }
         // Each range holds at least half the threshold, so a file just over it is cut in
         // two, not into as many ranges as there are shards.
         let part_min = (ctx.split_min / 2).max(1);
@@ -212,8 +215,10 @@ impl FileJob {
                     self.spec.output.clone(),
                 ),
                 input: dup(files.input)?,
-                output: dup(files.temp)?,
-                codec: codec.fork_at(first_batch),
+                output: files.temp.map(dup).transpose()?,
+                codec: codec
+                    .fork_at(first_batch)
+                    .ok_or_else(|| self.out_of_order())?,
                 first_batch,
                 end_batch,
                 progress: Arc::clone(&progress),

@@ -32,7 +32,7 @@ impl FileJob {
         ctx: &mut JobCtx,
         header: &[u8; HEADER_BYTES],
     ) -> Result<(), Error> {
-        let fd = self.open_files()?.temp;
+        let fd = self.temp()?;
         let buf = self.lanes[0].buf;
         ctx.reactor.buf_mut(buf)[..HEADER_BYTES].copy_from_slice(header);
         self.bytes_out += HEADER_BYTES as u64;
@@ -67,10 +67,7 @@ impl FileJob {
     pub(super) fn got_header(&mut self, ctx: &mut JobCtx, head: &[u8]) -> Result<(), Error> {
         let in_file = |e: Error| e.context(self.spec.input.display());
         if head.starts_with(crate::crypto::openssl::MAGIC) {
-            return Err(in_file(Error::new(
-                Code::BadFormat,
-                "openssl-format files are decrypted by the client's offline mode (`ringcrypt --keys FILE`), not by the daemon",
-            )));
+            return self.got_openssl(ctx, head);
         }
         let header = Header::parse(head).map_err(in_file)?;
         let master = ctx.ring.opening_key(&header.key_id).map_err(in_file)?;
@@ -80,6 +77,15 @@ impl FileJob {
         self.check_fits(ctx, header.chunk_log2)?;
         self.bytes_in += HEADER_BYTES as u64;
         match self.spec.op {
+            FileOp::Verify => {
+                self.codec = Some(Codec::Check {
+                    opener,
+                    full_records: layout.full_records,
+                    final_record: layout.final_record_bytes,
+                });
+                self.maybe_split(ctx)?;
+                self.pump(ctx);
+            }
             FileOp::Decrypt => {
                 self.codec = Some(Codec::Open {
                     opener,
@@ -174,7 +180,26 @@ impl FileJob {
                     }
                 }
             }
+            Codec::Legacy {
+                n_full, final_ct, ..
+            } => {
+                for slot in 0..units {
+                    let index = first + slot as u64;
+                    let len = if index < *n_full {
+                        chunk as usize
+                    } else {
+                        *final_ct
+                    };
+                    let at = crate::crypto::openssl::BODY_OFFSET + index * chunk;
+                    reads.push((slot * stride, len, at));
+                }
+            }
             Codec::Open {
+                full_records,
+                final_record,
+                ..
+            }
+            | Codec::Check {
                 full_records,
                 final_record,
                 ..
@@ -264,13 +289,15 @@ impl FileJob {
             let started = Instant::now();
             let writes = self.crypto(ctx, lane, batch)?;
             ctx.metrics.crypto(started.elapsed());
-            let fd = self.open_files()?.temp;
             let buf = self.lanes[lane].buf;
             self.lanes[lane].state = LaneState::Writing;
             self.lanes[lane].ops_left = writes.len as u32;
             if writes.len == 0 {
+                // Nothing to write (an empty final chunk, or a verify): the lane is free.
                 self.lanes[lane].state = LaneState::Idle;
+                continue;
             }
+            let fd = self.temp()?;
             self.lanes[lane].expected = writes.as_slice().iter().map(|w| w.1).sum();
             self.lanes[lane].done = 0;
             for &(at, len, offset) in writes.as_slice() {
@@ -347,6 +374,45 @@ impl FileJob {
                     }
                 }
             }
+            Codec::Legacy {
+                body,
+                sealer,
+                n_full,
+                final_ct,
+                ..
+            } => {
+                let part = legacy::Batch {
+                    first,
+                    units,
+                    stride,
+                    chunk,
+                    n_full: *n_full,
+                    final_ct: *final_ct,
+                };
+                part.run(body, sealer.as_mut(), buf, &mut writes)
+                    .map_err(|e| e.context(self.spec.input.display()))?;
+            }
+            Codec::Check {
+                opener,
+                full_records,
+                final_record,
+            } => {
+                // Tags only: the records stay ciphertext, and nothing is written. What the
+                // job counts out is the plaintext the records hold, for the `done` reply.
+                let full = ((*full_records).saturating_sub(first)).min(units as u64) as usize;
+                opener.check_full(&buf[..full * stride]).map_err(auth)?;
+                let mut plain = full * chunk;
+                if full < units {
+                    let at = full * stride;
+                    plain += opener
+                        .check_final(&buf[at..at + *final_record])
+                        .map_err(auth)?;
+                }
+                self.bytes_out += plain as u64;
+                if let Some(part) = &self.part_of {
+                    part.progress.add(0, plain as u64);
+                }
+            }
             Codec::Reseal {
                 opener,
                 sealer,
@@ -413,7 +479,7 @@ impl FileJob {
         match self.spec.op {
             // The file must end exactly after the final record: probe one byte past it.
             // Into the first pool buffer: every batch is written by now.
-            FileOp::Decrypt | FileOp::Rewrap => {
+            FileOp::Decrypt | FileOp::Rewrap | FileOp::Verify => {
                 let fd = files.input;
                 let buf = self.lanes[0].buf;
                 self.push(

@@ -44,6 +44,11 @@ const ERRORS: &str = "ringcrypt_errors_total";
 const BUILD_INFO: &str = "ringcrypt_build_info";
 const LOG_DROPPED: &str = "ringcrypt_log_dropped_total";
 const DIR_FSYNCS: &str = "ringcrypt_dir_fsyncs_total";
+const VERIFY_FAILURES: &str = "ringcrypt_verify_failures_total";
+
+/// The codes a `verify` of a sealed file fails with when the file itself is bad, whose
+/// series exist from the start (at zero); any other code gets its series when it happens.
+const VERIFY_FAILURE_CODES: [Code; 3] = [Code::AuthFailed, Code::UnknownKey, Code::BadFormat];
 
 /// Job duration buckets: 10 µs (a cached 4 KiB file) to 100 s (tens of GiB).
 const JOB_BUCKETS: [f64; 15] = [
@@ -119,6 +124,11 @@ impl ShardMetrics {
             .record(seconds);
     }
 
+    /// A `verify` found a file that does not verify (or could not read it), with `code`.
+    pub fn verify_failed(&self, code: Code) {
+        counter!(VERIFY_FAILURES, "code" => code.as_str()).increment(1);
+    }
+
     pub fn crypto(&self, spent: Duration) {
         if let Some(table) = CRYPTO_NANOS.get()
             && let Some(slot) = table.get(self.shard)
@@ -178,6 +188,9 @@ pub fn preregister(shards: usize) {
     counter!(LOG_DROPPED).absolute(crate::daemon::logging::dropped());
     for code in Code::ALL {
         counter!(ERRORS, "code" => code.as_str()).absolute(0);
+    }
+    for code in VERIFY_FAILURE_CODES {
+        counter!(VERIFY_FAILURES, "code" => code.as_str()).absolute(0);
     }
     for op in FileOp::ALL {
         for result in JobResult::ALL {
@@ -249,6 +262,10 @@ fn describe() {
     );
     describe_gauge!(CONNECTIONS, "Open client connections.");
     describe_counter!(ERRORS, "Error replies sent, by wire code.");
+    describe_counter!(
+        VERIFY_FAILURES,
+        "Files a verify found damaged, under an unknown key or not sealed (by wire code)."
+    );
     describe_counter!(
         LOG_DROPPED,
         "Log records dropped because the logging thread's queue was full (stderr slow or stuck)."

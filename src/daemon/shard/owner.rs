@@ -17,7 +17,7 @@ use crate::daemon::reactor::BufId;
 use crate::daemon::tree_job::FileResult;
 use crate::error::{Code, Error};
 use crate::limits::RANGE_JOBS_RESERVED_PER_SHARD;
-use crate::protocol::{self, FileJobSpec, JobId, JobInfo, JobState, ShardStats};
+use crate::protocol::{self, FileJobSpec, FileOp, JobId, JobInfo, JobState, ShardStats};
 
 use super::audit;
 use super::jobs::{self, Decision, Waiter, Waiters};
@@ -192,10 +192,11 @@ impl Shard {
         }
         if let Some(owner) = job.range_of() {
             // A range of another shard's file: its bytes count here, its result there.
+            let written = job.bytes_written();
             self.stats.bytes_in += job.bytes_in;
-            self.stats.bytes_out += job.bytes_out;
+            self.stats.bytes_out += written;
             let inbox = &self.shared.inboxes[self.index];
-            inbox.bytes_out.fetch_add(job.bytes_out, Ordering::Relaxed);
+            inbox.bytes_out.fetch_add(written, Ordering::Relaxed);
             self.range_ended(owner, job.outcome().map(|_| ()));
             self.admit();
             return;
@@ -213,12 +214,18 @@ impl Shard {
         };
         self.metrics
             .job_ended(job.spec.op, result, job.elapsed().as_secs_f64());
+        if let (FileOp::Verify, Err(err)) = (job.spec.op, &outcome)
+            && state == JobState::Failed
+        {
+            self.metrics.verify_failed(err.code);
+        }
+        let written = job.bytes_written();
         self.stats.bytes_in += job.bytes_in;
-        self.stats.bytes_out += job.bytes_out;
+        self.stats.bytes_out += written;
         self.stats.jobs_done += 1;
         let inbox = &self.shared.inboxes[self.index];
         inbox.jobs_done.fetch_add(1, Ordering::Relaxed);
-        inbox.bytes_out.fetch_add(job.bytes_out, Ordering::Relaxed);
+        inbox.bytes_out.fetch_add(written, Ordering::Relaxed);
         // The spec's paths were made where the first waiter's replies go: the connection's
         // shard parsed the request (and runs jobs on passed descriptors itself), a tree's
         // shard built its files' specs. Room is made in the record first, so the buffers

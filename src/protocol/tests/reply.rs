@@ -299,7 +299,13 @@ fn all_requests() -> Vec<Request> {
         Request::Keys,
         Request::Reload,
     ];
-    for op in FileOp::ALL {
+    // Verify: its output is its input, and it takes only `recursive` and `wait`.
+    let mut verify = spec(FileOp::Verify, "/d/a b", "/d/a b");
+    requests.push(Request::File(verify.clone()));
+    verify.recursive = true;
+    verify.wait = false;
+    requests.push(Request::File(verify));
+    for op in FileOp::ALL.into_iter().filter(|op| op.writes()) {
         requests.push(Request::File(spec(op, "/in", "/out")));
         let mut full = spec(op, "/d/a b/\"c\"", "/");
         full.key = Some("k é".into());

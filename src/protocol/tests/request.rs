@@ -107,9 +107,37 @@ fn simple_ops_parse() {
 
 #[test]
 fn file_ops_parse_with_defaults() {
-    for op in FileOp::ALL {
+    for op in FileOp::ALL.into_iter().filter(|op| op.writes()) {
         let line = format!(r#"{{"op":"{op}","input":"/d/in","output":"/d/out"}}"#);
         assert_eq!(ok(&line), Request::File(spec(op, "/d/in", "/d/out")));
+    }
+    // Verify names no output: its spec's output is its input.
+    let line = r#"{"op":"verify","input":"/d//in/"}"#;
+    assert_eq!(
+        ok(line),
+        Request::File(spec(FileOp::Verify, "/d/in", "/d/in"))
+    );
+    let line = r#"{"op":"verify","input":"/d/in","recursive":true,"wait":false}"#;
+    let mut want = spec(FileOp::Verify, "/d/in", "/d/in");
+    want.recursive = true;
+    want.wait = false;
+    assert_eq!(ok(line), Request::File(want));
+    for extra in [
+        r#""output":"/x""#,
+        r#""key":"k""#,
+        r#""overwrite":true"#,
+        r#""skip_existing":true"#,
+        r#""fds":true"#,
+        r#""format":"ringcrypt""#,
+    ] {
+        let e = err(&format!(r#"{{"op":"verify","input":"/d/in",{extra}}}"#));
+        assert_eq!(e.code, Code::BadRequest, "{extra}");
+        assert!(
+            e.message
+                .contains(r#"verify takes "op", "id", "input", "recursive", "wait""#),
+            "{extra}: {}",
+            e.message
+        );
     }
 }
 
