@@ -281,6 +281,8 @@ const TWO_HOSTS: &str = r#"
         values: '0+60x30'
       - series: 'ringcrypt_errors_total{job="ringcrypt",instance="HOST",code="auth_failed"}'
         values: '0+6x30'
+      - series: 'ringcrypt_verify_failures_total{job="ringcrypt",instance="HOST",code="auth_failed"}'
+        values: '0+1x30'
 "#;
 
 /// The per-shard series of [`TWO_HOSTS`], once per host and shard.
@@ -297,6 +299,8 @@ const TWO_HOSTS_SHARDS: &str = r#"
         values: '1x30'
       - series: 'ringcrypt_crypto_seconds_total{job="ringcrypt",instance="HOST",shard="SHARD"}'
         values: '0+30x30'
+      - series: 'ringcrypt_dir_fsyncs_total{job="ringcrypt",instance="HOST",shard="SHARD"}'
+        values: '0+20x30'
 "#;
 
 /// With the instance variable at All, two hosts with two shards each: promtool evaluates
