@@ -345,3 +345,62 @@ fn metric_names_are_extracted_like_promql_reads_them() {
     assert_eq!(s.one("a_total", &[("code", "a\"b")]), 3.0);
     assert_eq!(s.one("b", &[]), 1500.0);
 }
+
+const FLEET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/prometheus/fleet.yml");
+
+/// The fleet's scrape config passes `promtool check config` (with the alert rules beside it,
+/// which it loads). Debian's promtool is built without Kubernetes service discovery and
+/// refuses `kubernetes_sd_configs` as an unknown field; with that promtool the discovery
+/// block alone is replaced by an equivalent file discovery and everything else (globals,
+/// rule files, every relabelling rule and regex) is checked as shipped.
+#[test]
+fn fleet_scrape_config_passes_promtool_check() {
+    let text = fs::read_to_string(FLEET).unwrap();
+    let discovery = "    kubernetes_sd_configs:\n      - role: pod\n        namespaces:\n          names: [ringcrypt]\n";
+    assert!(
+        text.contains(discovery),
+        "the fleet config discovers the daemon's pods in its namespace"
+    );
+    assert!(
+        text.contains("  - job_name: ringcrypt "),
+        "the alerts' job name"
+    );
+    assert!(
+        text.contains("target_label: instance"),
+        "one instance per host"
+    );
+    let (ok, stdout, stderr) = promtool(&["check", "config", FLEET], b"");
+    if ok {
+        return;
+    }
+    assert!(
+        stderr.contains("field kubernetes_sd_configs not found"),
+        "promtool check config {FLEET}:\n{stdout}\n{stderr}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(ALERTS, dir.path().join("alerts.yml")).unwrap();
+    fs::write(dir.path().join("pods.json"), "[]").unwrap();
+    let swapped = dir.path().join("fleet.yml");
+    fs::write(
+        &swapped,
+        text.replace(
+            discovery,
+            "    file_sd_configs:\n      - files: [pods.json]\n",
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = promtool(&["check", "config", p(&swapped)], b"");
+    assert!(
+        ok,
+        "promtool check config (discovery swapped):\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("SUCCESS: 1 rule files found"), "{stdout}");
+    // The check can fail: a broken relabelling regex is refused.
+    fs::write(
+        &swapped,
+        fs::read_to_string(&swapped).unwrap().replace("(.+)", "(.+"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = promtool(&["check", "config", p(&swapped)], b"");
+    assert!(!ok, "a bad regex passed: {stderr}");
+}

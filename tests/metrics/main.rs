@@ -11,6 +11,8 @@
 //!   that `promtool check metrics` accepts without a word; every metric name the dashboard
 //!   and the rules use is in that scrape;
 //! - `--metrics off` opens no TCP listener and the daemon still serves.
+//! - the fleet's scrape config (`contrib/prometheus/fleet.yml`, Kubernetes discovery of the
+//!   daemon's pods) passes `promtool check config`.
 //!
 //! promtool comes from Debian's `prometheus` package, which `.ci/run` installs; without it
 //! these tests fail (they do not skip).
