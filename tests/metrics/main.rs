@@ -12,7 +12,9 @@
 //!   and the rules use is in that scrape;
 //! - `--metrics off` opens no TCP listener and the daemon still serves.
 //! - the fleet's scrape config (`contrib/prometheus/fleet.yml`, Kubernetes discovery of the
-//!   daemon's pods) passes `promtool check config`.
+//!   daemon's pods) passes `promtool check config`, and a real Prometheus given daemon pods
+//!   as that discovery describes them scrapes only the daemon that asks, at its annotated
+//!   port, with its node as `instance` (`fleet.rs`).
 //!
 //! promtool comes from Debian's `prometheus` package, which `.ci/run` installs; without it
 //! these tests fail (they do not skip).
@@ -26,6 +28,7 @@ mod support;
 
 mod contrib;
 mod exposition;
+mod fleet;
 mod live;
 
 use std::time::Duration;
