@@ -286,7 +286,8 @@ impl TreeJob {
         spares: &mut SparePaths,
     ) -> Option<PathBuf> {
         // Another partition's entry costs no stat when its type is known.
-        if kind != FileType::Unknown && self.other_partition(kind, name) {
+        let known = kind != FileType::Unknown;
+        if known && self.other_partition(kind, name) {
             return Some(input);
         }
         let level = self.stack.last().expect("visit runs inside a level");
@@ -303,7 +304,7 @@ impl TreeJob {
         } else {
             kind
         };
-        if self.other_partition(kind, name) {
+        if !known && self.other_partition(kind, name) {
             return Some(input);
         }
         let level = self.stack.last().expect("visit runs inside a level");

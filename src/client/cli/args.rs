@@ -378,7 +378,7 @@ pub(super) struct TreeArgs {
     /// SHA-256 of its path under IN, little-endian, modulo N, are I (docs/fleet.md). Every
     /// run creates all the directories; counts are the partition's own. The first run writes
     /// a marker with N at the output root, and a run with another N is refused
-    /// [partition_mismatch]. With --skip-existing, a failed run is simply run again.
+    /// [partition_mismatch]. With --skip-existing, a failed run can simply be run again.
     #[arg(long, value_name = "I/N", requires = "recursive", value_parser = parse_partition)]
     pub(super) partition: Option<Partition>,
 }
