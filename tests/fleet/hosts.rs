@@ -262,6 +262,15 @@ pub fn three_hosts_share_one_tree(backend: &'static str) {
         };
         for log in &files {
             let (ok, skipped) = audited(log, &out);
+            let text = std::fs::read_to_string(log).unwrap();
+            let tree_line = format!("recursive input={:?}", p(&tree.root));
+            assert!(
+                text.lines().any(|l| l.contains("audit: accepted")
+                    && l.contains(&tree_line)
+                    && l.contains(&format!(" partition=\"{i}/{HOSTS}\""))),
+                "no accepted record of partition {i}/{HOSTS} in {}",
+                log.display()
+            );
             let written = once("the ok lines", &ok);
             for rel in ok {
                 assert!(
