@@ -30,11 +30,14 @@ pub enum Code {
     NoSpace,
     ShuttingDown,
     Internal,
+    /// A partitioned tree (`--partition I/N`) whose N differs from the N its output root's
+    /// marker records: another run split the tree otherwise.
+    PartitionMismatch,
 }
 
 impl Code {
     /// Every code, in the order docs/protocol.md lists them.
-    pub const ALL: [Code; 18] = [
+    pub const ALL: [Code; 19] = [
         Code::BadRequest,
         Code::UnknownOp,
         Code::TooLarge,
@@ -53,6 +56,7 @@ impl Code {
         Code::NoSpace,
         Code::ShuttingDown,
         Code::Internal,
+        Code::PartitionMismatch,
     ];
 
     /// The code as it appears on the wire and in test-vector `expect:` lines.
@@ -76,6 +80,7 @@ impl Code {
             Code::NoSpace => "no_space",
             Code::ShuttingDown => "shutting_down",
             Code::Internal => "internal",
+            Code::PartitionMismatch => "partition_mismatch",
         }
     }
 

@@ -9,11 +9,24 @@ use std::time::Instant;
 /// environment, the daemon kills itself (SIGKILL, as `kill -9` would) when a job reaches the
 /// step NAME: `opened`, `temp_created`, `written` (all data written, before the fsync),
 /// `fsynced` (before the link), `linked` (before the directory fsync), `done`.
+/// `RINGCRYPT_FAILPOINT=NAME@K` waits for the K-th time any job reaches it (say, after K
+/// files of a tree were linked).
 #[cfg(feature = "test-hooks")]
 pub fn failpoint(name: &str) {
-    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let armed = ARMED.get_or_init(|| std::env::var("RINGCRYPT_FAILPOINT").ok());
-    if armed.as_deref() == Some(name) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static ARMED: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let armed = ARMED.get_or_init(|| {
+        let spec = std::env::var("RINGCRYPT_FAILPOINT").ok()?;
+        Some(match spec.split_once('@') {
+            Some((step, k)) => (step.to_string(), k.parse().ok()?),
+            None => (spec, 1),
+        })
+    });
+    if let Some((step, k)) = armed
+        && step == name
+        && HITS.fetch_add(1, Ordering::Relaxed) + 1 >= *k
+    {
         let _ =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }

@@ -7,7 +7,9 @@
 //! The rooms, by side:
 //! - Shared: [`limits`] (every fixed bound, with its reason), [`error`] (the error type and
 //!   its wire codes), [`protocol`] (the JSON-lines wire format; no IO), [`tree_rules`] (a
-//!   tree's naming and skip rules, for both engines and the CLI), [`durable`] (what both
+//!   tree's naming, skip and partition rules, for both engines and the CLI),
+//!   [`partition_marker`] (the marker at a partitioned tree's output root, written and checked
+//!   the same way by both engines), [`durable`] (what both
 //!   engines agree on about outputs in the making), `failpoint` (the test suite's hooks, empty
 //!   in real builds).
 //! - [`crypto`]: [`lanes`] (multi-lane AES-256-CBC), [`sha_mb`] (multi-buffer HMAC-SHA256),
@@ -37,6 +39,7 @@ pub mod error;
 pub(crate) mod failpoint;
 pub mod limits;
 pub mod offline;
+pub mod partition_marker;
 pub mod protocol;
 pub mod tree_rules;
 

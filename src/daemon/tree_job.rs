@@ -33,7 +33,7 @@ use crate::protocol::{
     DoneReport, Failure, FileJobSpec, FileOp, JobId, MAX_FAILURES_REPORTED, Progress, Skipped,
     SparePaths,
 };
-use crate::tree_rules::{Special, output_name_parts};
+use crate::tree_rules::{PARTITION_MARKER, REASON_MARKER, Special, output_name_parts};
 
 /// Directory levels a tree may have: each open level holds two descriptors.
 pub const TREE_MAX_DEPTH: usize = 256;
@@ -119,7 +119,11 @@ impl TreeJob {
         let input = open_dir(roots, &spec.input)?;
         let out = if spec.op.writes() {
             refuse_output_inside(roots, &input, &spec)?;
-            make_dir_path(roots, &spec.output, dir_mode(&input))?
+            let out = make_dir_path(roots, &spec.output, dir_mode(&input))?;
+            if let Some(partition) = spec.partition {
+                crate::partition_marker::claim(out.as_fd(), partition, &spec.output)?;
+            }
+            out
         } else {
             // Verify writes nothing: the input is its own "output" tree, never written.
             out_twin(&input, &spec.input)?
@@ -287,6 +291,11 @@ impl TreeJob {
         out: &mut Vec<FileJobSpec>,
         spares: &mut SparePaths,
     ) -> Option<PathBuf> {
+        // Another partition's entry costs no stat when its type is known.
+        let known = kind != FileType::Unknown;
+        if known && self.other_partition(kind, name) {
+            return Some(input);
+        }
         let level = self.stack.last().expect("visit runs inside a level");
         // d_type can be unknown on some filesystems: ask without following links.
         let stat = match rustix::fs::statat(&level.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -301,6 +310,10 @@ impl TreeJob {
         } else {
             kind
         };
+        if !known && self.other_partition(kind, name) {
+            return Some(input);
+        }
+        let level = self.stack.last().expect("visit runs inside a level");
         match kind {
             FileType::Directory => {
                 if self.stack.len() >= TREE_MAX_DEPTH {
@@ -324,6 +337,10 @@ impl TreeJob {
                 }
             }
             FileType::RegularFile => {
+                if self.stack.len() == 1 && name.to_bytes() == PARTITION_MARKER.as_bytes() {
+                    self.skip(&input, REASON_MARKER);
+                    return Some(input);
+                }
                 let (stem, suffix) = match output_name_parts(self.spec.op, name.to_bytes()) {
                     Ok(parts) => parts,
                     Err(reason) => {
@@ -351,6 +368,18 @@ impl TreeJob {
             FileType::Unknown => self.skip(&input, Special::Unknown.reason()),
         }
         Some(input)
+    }
+
+    /// Whether the entry `name` of the current level, of type `kind`, belongs to another
+    /// partition than this tree's (`tree_rules::Partition`): directories belong to every
+    /// partition (each mirrors them all), other entries to one.
+    fn other_partition(&self, kind: FileType, name: &CStr) -> bool {
+        let Some(partition) = self.spec.partition else {
+            return false;
+        };
+        let level = self.stack.last().expect("inside a level");
+        kind != FileType::Directory
+            && !partition.owns(level.rel.as_os_str().as_bytes(), name.to_bytes())
     }
 
     /// Opens an input subdirectory and creates its output twin with the same mode bits.

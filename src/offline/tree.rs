@@ -29,6 +29,8 @@
 
 use std::ffi::OsString;
 use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,8 +42,9 @@ use crate::crypto::keys::KeyRing;
 use crate::error::{Code, Error};
 use crate::offline::output::{self, Durability};
 use crate::offline::{self, Format, Job};
+use crate::partition_marker;
 use crate::protocol::{FileOp, MAX_FAILURES_REPORTED};
-use crate::tree_rules::Special;
+use crate::tree_rules::{PARTITION_MARKER, Partition, REASON_MARKER, Special};
 
 pub use crate::protocol::{Failure, Skipped};
 
@@ -76,6 +79,8 @@ pub struct TreeJob<'a> {
     pub overwrite: bool,
     /// Skip existing outputs that verify; replace the others.
     pub skip_existing: bool,
+    /// Only the entries of this partition (docs/fleet.md); every directory is mirrored.
+    pub partition: Option<Partition>,
     pub durability: Durability,
     /// Worker threads; 0 means one per available core.
     pub workers: usize,
@@ -203,6 +208,10 @@ pub fn run(
     let root_meta = fs::metadata(job.input).map_err(|e| Error::io("stat", job.input, e))?;
     make_dir(job.output, root_meta.mode(), job.input == job.output)
         .map_err(|e| Error::io("create output directory", job.output, e))?;
+    if let Some(partition) = job.partition {
+        let root = fs::File::open(job.output).map_err(|e| Error::io("open", job.output, e))?;
+        partition_marker::claim(root.as_fd(), partition, job.output)?;
+    }
 
     let workers = match job.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -358,15 +367,23 @@ fn walk(job: &TreeJob, shared: &Shared, sender: SyncSender<Item>) -> Vec<(PathBu
         };
         let rel = dir.join(&name);
         let input = job.input.join(&rel);
+        // Directories belong to every partition, other entries to one (`tree_rules`).
+        let mine = job
+            .partition
+            .is_none_or(|p| p.owns(dir.as_os_str().as_bytes(), name.as_bytes()));
         if output::is_temp_name(&name) {
             // Debris of an interrupted job (or, in place, this job's own temp file).
-            shared.skip(input, "temp file of an interrupted job");
+            if mine {
+                shared.skip(input, "temp file of an interrupted job");
+            }
             continue;
         }
         let meta = match fs::symlink_metadata(&input) {
             Ok(meta) => meta,
             Err(e) => {
-                shared.fail(input.clone(), Error::io("stat", &input, e));
+                if mine {
+                    shared.fail(input.clone(), Error::io("stat", &input, e));
+                }
                 continue;
             }
         };
@@ -384,7 +401,13 @@ fn walk(job: &TreeJob, shared: &Shared, sender: SyncSender<Item>) -> Vec<(PathBu
                 Ok(names) => stack.push((rel, names)),
                 Err(e) => shared.fail(input.clone(), Error::io("list", &input, e)),
             }
+        } else if !mine {
+            continue;
         } else if kind.is_file() {
+            if dir.as_os_str().is_empty() && name == PARTITION_MARKER {
+                shared.skip(input, REASON_MARKER);
+                continue;
+            }
             let out_name = match output_name(job.op, &name) {
                 Ok(out_name) => out_name,
                 Err(reason) => {
@@ -499,6 +522,7 @@ mod tests {
             chunk_log2: 12,
             overwrite: false,
             skip_existing: false,
+            partition: None,
             durability: Durability::None,
             workers: 1,
         };

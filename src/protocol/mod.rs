@@ -40,9 +40,9 @@
 //! | op | fields (`?` = optional, with its default) | replies |
 //! | --- | --- | --- |
 //! | `ping` | | `pong` |
-//! | `encrypt` | `input`, `output`, `key?`, `format?` = `"ringcrypt"`, `recursive?` = false, `overwrite?` = false, `skip_existing?` = false, `wait?` = true, `fds?` = false | `accepted`, then `progress`* (recursive jobs), then `done` or `error` |
-//! | `decrypt` | `input`, `output`, `key?`, `recursive?`, `overwrite?`, `skip_existing?`, `wait?`, `fds?` | same |
-//! | `rewrap` | `input`, `output`, `key?`, `recursive?`, `overwrite?`, `skip_existing?`, `wait?`, `fds?` | same |
+//! | `encrypt` | `input`, `output`, `key?`, `format?` = `"ringcrypt"`, `recursive?` = false, `overwrite?` = false, `skip_existing?` = false, `wait?` = true, `fds?` = false, `partition?` | `accepted`, then `progress`* (recursive jobs), then `done` or `error` |
+//! | `decrypt` | `input`, `output`, `key?`, `recursive?`, `overwrite?`, `skip_existing?`, `wait?`, `fds?`, `partition?` | same |
+//! | `rewrap` | `input`, `output`, `key?`, `recursive?`, `overwrite?`, `skip_existing?`, `wait?`, `fds?`, `partition?` | same |
 //! | `status` | `job` | `status` |
 //! | `cancel` | `job` | `cancelled` |
 //! | `jobs` | | `jobs` |
@@ -79,6 +79,9 @@
 //!   them, so no allowed root applies; `input` and `output` are only names for messages and
 //!   the audit log. The daemon writes the temp file and makes it durable; the caller links it
 //!   into place. Single files only: not with `recursive` or `skip_existing`.
+//! - `partition` (string `"I/N"`, with `recursive` only): take only the tree's entries whose
+//!   partition hash modulo N is I (docs/fleet.md); directories are all mirrored. The output
+//!   root's marker records N, and a run with another N is refused (`partition_mismatch`).
 //!
 //! `status` and `cancel` take `job`, a job id as `accepted` gave it: `"<shard>-<seq>"`, both
 //! decimal without leading zeros (`"1-42"`). The shard part sends the request straight to the
@@ -116,7 +119,8 @@
 //! through a symlink), `exists` (output exists, no `overwrite`), `auth_failed` (tampered,
 //! truncated or wrong-key ciphertext), `unknown_key`, `key_retired`, `bad_format` (not a
 //! ringcrypt or openssl file), `busy` (queues full, try again), `timeout`, `cancelled`,
-//! `io_error`, `no_space`, `shutting_down`, `internal`.
+//! `io_error`, `no_space`, `shutting_down`, `internal`, `partition_mismatch` (a partitioned
+//! tree whose N differs from its output root's marker).
 //!
 //! **This list may grow**: ops, fields, reply types and error codes may be added, never
 //! renamed or given a new meaning. Clients must ignore reply fields and reply types they do not
@@ -332,6 +336,9 @@ pub struct FileJobSpec {
     /// (`SCM_RIGHTS`), not as paths the daemon opens: `input` and `output` are then only the
     /// caller's names for them, used in messages and the audit log.
     pub fds: bool,
+    /// A tree split over several runs (`"partition": "I/N"`, docs/fleet.md): this run
+    /// takes only the entries of partition I. Trees only.
+    pub partition: Option<crate::tree_rules::Partition>,
     /// Who asked, as the kernel reported it for the connection (never on the wire): set by
     /// the daemon, which runs the job's path ops with these credentials unless the caller
     /// is root or the daemon's own uid, and merges only requests of the same caller.
@@ -352,6 +359,7 @@ impl FileJobSpec {
             skip_existing: false,
             wait: true,
             fds: false,
+            partition: None,
             caller: None,
         }
     }
@@ -369,6 +377,7 @@ impl FileJobSpec {
             && self.overwrite == other.overwrite
             && self.skip_existing == other.skip_existing
             && self.fds == other.fds
+            && self.partition == other.partition
             && self.caller == other.caller
     }
 }

@@ -25,6 +25,7 @@ use super::{
     Request, RequestId, quote,
 };
 use crate::error::{Code, Error};
+use crate::tree_rules::Partition;
 
 /// One parsed line: the id (if one could be read, even when the rest is bad, so the error
 /// reply echoes it) and the request or the error to send back.
@@ -201,11 +202,12 @@ enum Field {
     SkipExisting,
     Wait,
     Fds,
+    Partition,
     Job,
 }
 
 impl Field {
-    const ALL: [Field; 12] = [
+    const ALL: [Field; 13] = [
         Field::Id,
         Field::Op,
         Field::Input,
@@ -217,6 +219,7 @@ impl Field {
         Field::SkipExisting,
         Field::Wait,
         Field::Fds,
+        Field::Partition,
         Field::Job,
     ];
 
@@ -233,6 +236,7 @@ impl Field {
             Field::SkipExisting => "skip_existing",
             Field::Wait => "wait",
             Field::Fds => "fds",
+            Field::Partition => "partition",
             Field::Job => "job",
         }
     }
@@ -537,7 +541,7 @@ fn parse_op(mut fields: RawFields, spares: &mut SparePaths) -> Result<Request, E
 }
 
 /// The fields of `encrypt`, `decrypt` and `rewrap`, besides `op` and `id`.
-const FILE_FIELDS: [&str; 9] = [
+const FILE_FIELDS: [&str; 10] = [
     "input",
     "output",
     "key",
@@ -547,6 +551,7 @@ const FILE_FIELDS: [&str; 9] = [
     "skip_existing",
     "wait",
     "fds",
+    "partition",
 ];
 
 fn parse_file_job(
@@ -638,6 +643,13 @@ fn file_options(spec: &mut FileJobSpec, fields: &mut Fields) -> Result<(), Error
              those jobs by path",
         ));
     }
+    let partition = fields.partition()?;
+    if partition.is_some() && !recursive {
+        return Err(bad(
+            "field \"partition\" splits a tree; it needs \"recursive\": true (a single \
+             file is one job, on one host)",
+        ));
+    }
     if overwrite && skip_existing {
         return Err(bad(
             "fields \"overwrite\" and \"skip_existing\" are both true; an existing output can \
@@ -651,6 +663,7 @@ fn file_options(spec: &mut FileJobSpec, fields: &mut Fields) -> Result<(), Error
     spec.skip_existing = skip_existing;
     spec.wait = wait;
     spec.fds = fds;
+    spec.partition = partition;
     Ok(())
 }
 
@@ -755,6 +768,18 @@ impl<'de> Fields<'_, 'de> {
             None => Ok(default),
             Some(Val::Bool(flag)) => Ok(flag),
             Some(other) => Err(mistyped(field.name(), EXPECTED, &other)),
+        }
+    }
+
+    /// `partition`: `"I/N"` (docs/fleet.md), checked by [`Partition::parse`].
+    fn partition(&mut self) -> Result<Option<Partition>, Error> {
+        const EXPECTED: &str = "a string \"I/N\", e.g. \"0/3\"";
+        match self.optional(Field::Partition, EXPECTED)? {
+            None => Ok(None),
+            Some(Val::Str(text)) => Partition::parse(&text)
+                .map(Some)
+                .map_err(|why| bad(format!("field \"partition\": {why}"))),
+            Some(other) => Err(mistyped("partition", EXPECTED, &other)),
         }
     }
 

@@ -64,6 +64,7 @@ fn field_name() -> impl Strategy<Value = String> {
             "overwrite",
             "skip_existing",
             "wait",
+            "partition",
             "job",
             "overwirte",
             "",

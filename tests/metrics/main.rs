@@ -16,7 +16,11 @@
 //! - `--metrics off` opens no TCP listener and the daemon still serves;
 //! - the endpoint is a real HTTP server: 50 idle connections do not stall a scrape (under a
 //!   second), `HEAD` and query strings are answered, other paths and methods are refused
-//!   with their status, and the first scrape has every family, `process_*` included.
+//!   with their status, and the first scrape has every family, `process_*` included;
+//! - the fleet's scrape config (`contrib/prometheus/fleet.yml`, Kubernetes discovery of the
+//!   daemon's pods) passes `promtool check config`, and a real Prometheus given daemon pods
+//!   as that discovery describes them scrapes only the daemon that asks, at its annotated
+//!   port, with its node as `instance` (`fleet.rs`).
 //!
 //! promtool comes from Debian's `prometheus` package, which `.ci/run` installs; without it
 //! these tests fail (they do not skip).
@@ -31,6 +35,7 @@ mod support;
 
 mod contrib;
 mod exposition;
+mod fleet;
 mod http;
 mod live;
 

@@ -266,6 +266,7 @@ fn tree_rules_agree_between_engines(backend: &'static str) {
             chunk_log2: 16,
             overwrite: false,
             skip_existing: false,
+            partition: None,
             durability: ringcrypt::output::Durability::None,
             workers: 2,
         };

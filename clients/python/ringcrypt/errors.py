@@ -32,6 +32,7 @@ __all__ = [
     "NoSpace",
     "ShuttingDown",
     "Internal",
+    "PartitionMismatch",
     "error_for",
     "from_os_error",
 ]
@@ -148,6 +149,13 @@ class Internal(RingcryptError):
     code = "internal"
 
 
+class PartitionMismatch(RingcryptError):
+    """A tree run with ``partition`` I/N whose output root already belongs to a run over
+    another N (docs/fleet.md)."""
+
+    code = "partition_mismatch"
+
+
 _BY_CODE: Dict[str, Type[RingcryptError]] = {
     cls.code: cls
     for cls in (
@@ -169,6 +177,7 @@ _BY_CODE: Dict[str, Type[RingcryptError]] = {
         NoSpace,
         ShuttingDown,
         Internal,
+        PartitionMismatch,
     )
 }
 

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::limits::{CHUNK_LOG2_MAX, CHUNK_LOG2_MIN};
 use crate::protocol::Format;
 use crate::protocol::JobId;
+use crate::tree_rules::Partition;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
@@ -101,6 +102,8 @@ Examples:
   ringcrypt encrypt -r photos                                   # tree -> photos.rcrypt/
   ringcrypt --keys keys.toml encrypt -r photos -o /backup/photos --skip-existing
   ringcrypt encrypt a.csv b.csv -r photos -o /backup/           # several inputs into /backup/
+  ringcrypt encrypt -r /shared/in -o /shared/out --partition 2/8 --skip-existing
+                                             # this host's eighth of a tree that 8 hosts share
   tar c photos | ringcrypt --keys keys.toml encrypt - -o photos.tar.rcrypt
   ringcrypt --keys keys.toml encrypt - < notes.txt > notes.txt.rcrypt
 
@@ -109,6 +112,10 @@ without --force. With -r, every file FILE becomes OUT/FILE.rcrypt (OUT defaults 
 sibling directory IN.rcrypt); the summary lists failed and skipped entries, and the exit
 code is 1 if any file failed. With several inputs, -o names an existing directory and each
 input keeps its own name there (IN.rcrypt); without -o each goes beside its input.
+
+--partition I/N splits one tree over N runs (a Kubernetes Indexed Job, a Slurm array): each
+does the files whose path hash falls in its part, and with --skip-existing a retried run
+finishes its part without redoing what is there. docs/fleet.md has the whole recipe.
 
 IN `-` (or /dev/stdin) reads standard input, and then the output defaults to standard
 output; `-o -` (or /dev/stdout) writes standard output. Pipes need --keys for now. A named
@@ -149,6 +156,7 @@ Examples:
   ringcrypt --keys keys.toml decrypt legacy.enc -o legacy.tar --key legacy
   ringcrypt decrypt -r photos.rcrypt                            # tree -> photos/
   ringcrypt --keys keys.toml decrypt -r /backup/photos -o photos --skip-existing
+  ringcrypt decrypt -r /shared/out -o /shared/back --partition $JOB_COMPLETION_INDEX/4 --skip-existing
   ringcrypt decrypt a.csv.rcrypt b.csv.rcrypt -o restored/      # several inputs
   ringcrypt --keys keys.toml decrypt photos.tar.rcrypt -o - | tar x
   curl -s https://host/x.rcrypt | ringcrypt --keys keys.toml decrypt - -o x
@@ -368,6 +376,18 @@ pub(super) struct TreeArgs {
     /// No progress display (the summary is still printed).
     #[arg(short, long)]
     pub(super) quiet: bool,
+    /// With -r: do only partition I of N (I from 0 to N-1), so that N runs, on N hosts,
+    /// cover the tree once. A file belongs to partition I when the first 8 bytes of the
+    /// SHA-256 of its path under IN, little-endian, modulo N, are I (docs/fleet.md). Every
+    /// run creates all the directories; counts are the partition's own. The first run writes
+    /// a marker with N at the output root, and a run with another N is refused
+    /// [partition_mismatch]. With --skip-existing, a failed run can simply be run again.
+    #[arg(long, value_name = "I/N", requires = "recursive", value_parser = parse_partition)]
+    pub(super) partition: Option<Partition>,
+}
+
+fn parse_partition(text: &str) -> Result<Partition, String> {
+    Partition::parse(text)
 }
 
 fn parse_job(text: &str) -> Result<JobId, String> {

@@ -238,6 +238,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
 /// with `--keys`, through the daemon otherwise.
 fn run_file(cli: &Cli, cmd: &FileCmd) -> Result<(), Failure> {
     if cmd.inputs.len() > 1 {
+        if let Some(partition) = cmd.tree.partition {
+            return Err(usage(
+                format!(
+                    "--partition {partition} splits one tree; {} inputs were given",
+                    cmd.inputs.len()
+                ),
+                "run one command per input directory, each with --partition",
+            ));
+        }
         return many::run(cli, cmd);
     }
     if let Some(ends) = pipe::Ends::of(cmd)? {

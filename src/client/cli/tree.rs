@@ -21,7 +21,7 @@ use crate::offline::output::Durability;
 use crate::offline::tree::{self, Summary, TreeJob};
 use crate::protocol::Format;
 use crate::protocol::{Done, FileJobSpec, FileOp, Progress, ReplyLine, Request};
-use crate::tree_rules::with_suffix;
+use crate::tree_rules::{Partition, with_suffix};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How often the plain (not a terminal) progress line is printed, at most.
@@ -39,6 +39,7 @@ pub(super) struct TreePlan {
     pub(super) chunk_log2: Option<u8>,
     overwrite: bool,
     skip_existing: bool,
+    partition: Option<Partition>,
     quiet: bool,
 }
 
@@ -83,6 +84,7 @@ impl TreePlan {
             chunk_log2: cmd.chunk_log2,
             overwrite,
             skip_existing: cmd.tree.skip_existing,
+            partition: cmd.tree.partition,
             quiet: cmd.tree.quiet,
         }))
     }
@@ -98,6 +100,7 @@ impl TreePlan {
             chunk_log2: self.chunk_log2.unwrap_or(CHUNK_LOG2_DEFAULT),
             overwrite: self.overwrite,
             skip_existing: self.skip_existing,
+            partition: self.partition,
             durability: Durability::Fsync,
             workers: 0,
         }
@@ -122,6 +125,7 @@ impl TreePlan {
         spec.recursive = true;
         spec.overwrite = self.overwrite;
         spec.skip_existing = self.skip_existing;
+        spec.partition = self.partition;
         Ok(Request::File(spec))
     }
 
@@ -255,8 +259,12 @@ pub(super) fn summary_from(done: Done) -> Summary {
 /// Prints a tree job's summary (stdout), then its failures and skipped entries (stderr);
 /// fails with exit 1 when any file failed.
 fn finish_tree(plan: &TreePlan, summary: &Summary, job: Option<&str>) -> Result<(), Failure> {
+    let part = plan
+        .partition
+        .map(|p| format!(" (partition {p})"))
+        .unwrap_or_default();
     let headline = format!(
-        "{} tree {} -> {}",
+        "{} tree {} -> {}{part}",
         print::verb(plan.op),
         plan.input.display(),
         plan.output.display()

@@ -121,6 +121,10 @@ pub(super) fn request_of_spec(caller: &Caller, spec: &FileJobSpec, verdict: Verd
         .add("fds", Value::from(spec.fds))
         .add("input", Value::from_display(&input))
         .add("output", Value::from_display(&output))
+        .add_if(
+            "partition",
+            spec.partition.as_ref().map(Value::from_display),
+        )
         .add_if("job", job.as_ref().map(Value::from_display))
         .add_if("code", code.map(Value::from))
         .emit(level, word);
@@ -215,6 +219,10 @@ pub(super) fn tree_ended(
         .add("recursive", Value::from(true))
         .add("input", Value::from_display(&input))
         .add("output", Value::from_display(&output))
+        .add_if(
+            "partition",
+            spec.partition.as_ref().map(Value::from_display),
+        )
         .add("result", Value::from(result.as_str()))
         .add_if("code", error.map(|e| Value::from(e.code.as_str())))
         .add("files_ok", Value::from(report.files_ok))

@@ -316,6 +316,9 @@ fn all_requests() -> Vec<Request> {
             full.format = Format::Openssl;
         }
         requests.push(Request::File(full.clone()));
+        full.partition = Some(crate::tree_rules::Partition::new(2, 3).unwrap());
+        requests.push(Request::File(full.clone()));
+        full.partition = None;
         full.skip_existing = false;
         full.overwrite = true;
         requests.push(Request::File(full));

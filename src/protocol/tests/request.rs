@@ -174,6 +174,43 @@ fn file_ops_parse_with_all_fields() {
     assert_eq!(ok(line), Request::File(spec(FileOp::Encrypt, "/i", "/o")));
 }
 
+/// `partition` is `"I/N"` on a tree; anything else is refused with the reason.
+#[test]
+fn partitions_parse_on_trees_only() {
+    for op in FileOp::ALL {
+        let line = format!(
+            r#"{{"op":"{op}","input":"/i","output":"/o","recursive":true,"partition":"1/3"}}"#
+        );
+        let mut want = spec(op, "/i", "/o");
+        want.recursive = true;
+        want.partition = Some(crate::tree_rules::Partition::new(1, 3).unwrap());
+        assert_eq!(ok(&line), Request::File(want));
+    }
+    let tree = r#"{"op":"encrypt","input":"/i","output":"/o","recursive":true,"partition":"#;
+    for (value, says) in [
+        (r#""3/3""#, "0 to 2"),
+        (r#""0/0""#, "out of range"),
+        (r#""1-3""#, "write I/N"),
+        (r#""01/3""#, "write I/N"),
+        ("3", "not a number"),
+        ("null", "leave the field out"),
+    ] {
+        let e = err(&format!("{tree}{value}}}"));
+        assert_eq!(e.code, Code::BadRequest, "{value}");
+        assert!(
+            e.message.contains("\"partition\"") && e.message.contains(says),
+            "{value}: {}",
+            e.message
+        );
+    }
+    let e = err(r#"{"op":"encrypt","input":"/i","output":"/o","partition":"0/2"}"#);
+    assert!(
+        e.message.contains("needs \"recursive\": true"),
+        "{}",
+        e.message
+    );
+}
+
 #[test]
 fn ids_are_read_even_when_the_request_is_bad() {
     for (id_text, id) in [
