@@ -62,6 +62,9 @@ pub fn encode_request(id: Option<&RequestId>, request: &Request) -> String {
                 if spec.fds {
                     obj.bool("fds", true);
                 }
+                if spec.progress {
+                    obj.bool("progress", true);
+                }
             }
             Request::Status { job } | Request::Cancel { job } => {
                 obj.job("job", *job);

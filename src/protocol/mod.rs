@@ -332,6 +332,9 @@ pub struct FileJobSpec {
     /// (`SCM_RIGHTS`), not as paths the daemon opens: `input` and `output` are then only the
     /// caller's names for them, used in messages and the audit log.
     pub fds: bool,
+    /// Send `progress` lines for a single file too (trees always send them). Not part of
+    /// [`FileJobSpec::same_work`]: like `wait`, it is about the answer, not the work.
+    pub progress: bool,
     /// Who asked, as the kernel reported it for the connection (never on the wire): set by
     /// the daemon, which runs the job's path ops with these credentials unless the caller
     /// is root or the daemon's own uid, and merges only requests of the same caller.
@@ -352,6 +355,7 @@ impl FileJobSpec {
             skip_existing: false,
             wait: true,
             fds: false,
+            progress: false,
             caller: None,
         }
     }

@@ -201,11 +201,12 @@ enum Field {
     SkipExisting,
     Wait,
     Fds,
+    Progress,
     Job,
 }
 
 impl Field {
-    const ALL: [Field; 12] = [
+    const ALL: [Field; 13] = [
         Field::Id,
         Field::Op,
         Field::Input,
@@ -217,6 +218,7 @@ impl Field {
         Field::SkipExisting,
         Field::Wait,
         Field::Fds,
+        Field::Progress,
         Field::Job,
     ];
 
@@ -233,6 +235,7 @@ impl Field {
             Field::SkipExisting => "skip_existing",
             Field::Wait => "wait",
             Field::Fds => "fds",
+            Field::Progress => "progress",
             Field::Job => "job",
         }
     }
@@ -537,7 +540,7 @@ fn parse_op(mut fields: RawFields, spares: &mut SparePaths) -> Result<Request, E
 }
 
 /// The fields of `encrypt`, `decrypt` and `rewrap`, besides `op` and `id`.
-const FILE_FIELDS: [&str; 9] = [
+const FILE_FIELDS: [&str; 10] = [
     "input",
     "output",
     "key",
@@ -547,6 +550,7 @@ const FILE_FIELDS: [&str; 9] = [
     "skip_existing",
     "wait",
     "fds",
+    "progress",
 ];
 
 fn parse_file_job(
@@ -583,7 +587,7 @@ fn parse_file_job(
 
 /// The fields of `verify`, besides `op` and `id`: it reads its input and writes nothing, so
 /// it has no output and none of the output's options.
-const VERIFY_FIELDS: [&str; 3] = ["input", "recursive", "wait"];
+const VERIFY_FIELDS: [&str; 4] = ["input", "recursive", "wait", "progress"];
 
 /// `verify`: a spec whose `output` is its `input`, never written.
 fn parse_verify(fields: &mut Fields, spares: &mut SparePaths) -> Result<FileJobSpec, Error> {
@@ -592,13 +596,15 @@ fn parse_verify(fields: &mut Fields, spares: &mut SparePaths) -> Result<FileJobS
     let mut output = spares.take(input.as_os_str().len());
     output.push(&input);
     let mut spec = FileJobSpec::new(FileOp::Verify, input, output);
-    let options = fields
-        .flag(Field::Recursive, false)
-        .and_then(|recursive| Ok((recursive, fields.flag(Field::Wait, true)?)));
+    let options = fields.flag(Field::Recursive, false).and_then(|recursive| {
+        let wait = fields.flag(Field::Wait, true)?;
+        Ok((recursive, wait, fields.flag(Field::Progress, false)?))
+    });
     match options {
-        Ok((recursive, wait)) => {
+        Ok((recursive, wait, progress)) => {
             spec.recursive = recursive;
             spec.wait = wait;
+            spec.progress = progress;
             Ok(spec)
         }
         Err(err) => {
@@ -631,6 +637,7 @@ fn file_options(spec: &mut FileJobSpec, fields: &mut Fields) -> Result<(), Error
     let skip_existing = fields.flag(Field::SkipExisting, false)?;
     let wait = fields.flag(Field::Wait, true)?;
     let fds = fields.flag(Field::Fds, false)?;
+    let progress = fields.flag(Field::Progress, false)?;
     if fds && (recursive || skip_existing) {
         return Err(bad(
             "field \"fds\" is for single files: a tree (\"recursive\") is walked by the \
@@ -651,6 +658,7 @@ fn file_options(spec: &mut FileJobSpec, fields: &mut Fields) -> Result<(), Error
     spec.skip_existing = skip_existing;
     spec.wait = wait;
     spec.fds = fds;
+    spec.progress = progress;
     Ok(())
 }
 

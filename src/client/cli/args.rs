@@ -365,7 +365,8 @@ pub(super) struct TreeArgs {
     /// resuming an interrupted tree.
     #[arg(long, requires = "recursive", conflicts_with = "force")]
     pub(super) skip_existing: bool,
-    /// No progress display (the summary is still printed).
+    /// No progress display, for a tree or a single file above 64 MiB (the summary is still
+    /// printed).
     #[arg(short, long)]
     pub(super) quiet: bool,
 }
