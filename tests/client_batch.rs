@@ -21,6 +21,7 @@ both_backends!(
     jobs_are_filtered_and_limited,
     verify_goes_through_the_daemon,
     a_large_file_shows_a_bar_on_a_terminal,
+    openssl_files_through_the_daemon_cli,
 );
 
 /// Every name under `dir`, relative, sorted.
@@ -472,4 +473,72 @@ fn a_large_file_shows_a_bar_on_a_terminal(backend: &'static str) {
         fs::read(root.join("big.back")).unwrap() == fs::read(root.join("big")).unwrap(),
         "the round trip differs"
     );
+}
+
+/// Intact: through the daemon, the CLI decrypts and rewraps a file the real `openssl enc`
+/// made, with the passphrase entry `--key` names in the daemon's ring; the rewrapped file
+/// verifies through the daemon and the openssl file is unchanged.
+fn openssl_files_through_the_daemon_cli(backend: &'static str) {
+    let ring = format!(
+        "default = \"k\"\n{}[[key]]\nname = \"legacy\"\npassphrase = \"pw\"\niter = 1000\nstate = \"decrypt-only\"\n",
+        keygen("k")
+    );
+    let daemon = Daemon::builder(backend).ring(ring).start();
+    let root = &daemon.root;
+    let plain = bytes(300_000, 8);
+    fs::write(root.join("old.tar"), &plain).unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "enc",
+            "-aes-256-cbc",
+            "-pbkdf2",
+            "-iter",
+            "1000",
+            "-pass",
+            "pass:pw",
+        ])
+        .args(["-in", "old.tar", "-out", "old.tar.enc"])
+        .current_dir(root)
+        .output()
+        .expect("the openssl CLI runs");
+    assert!(made.status.success(), "{made:?}");
+    let legacy = fs::read(root.join("old.tar.enc")).unwrap();
+
+    daemon
+        .cli(&[
+            "decrypt",
+            "old.tar.enc",
+            "-o",
+            "back.tar",
+            "--key",
+            "legacy",
+        ])
+        .ok();
+    assert!(
+        fs::read(root.join("back.tar")).unwrap() == plain,
+        "decrypt differs"
+    );
+    daemon
+        .cli(&[
+            "rewrap",
+            "old.tar.enc",
+            "-o",
+            "old.tar.rcrypt",
+            "--key",
+            "legacy",
+        ])
+        .ok();
+    assert_decrypts_to(
+        &daemon.ring(),
+        &root.join("old.tar.rcrypt"),
+        &plain,
+        &daemon.scratch().join("check"),
+    );
+    let run = daemon.cli(&["verify", "old.tar.rcrypt"]).ok();
+    assert!(run.stdout.contains("300000 bytes of plaintext"), "{run:#?}");
+    // The openssl file itself has no tags: verify says so.
+    let run = daemon.cli(&["verify", "old.tar.enc"]);
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stdout.contains("[bad_format]"), "{run:#?}");
+    assert_eq!(fs::read(root.join("old.tar.enc")).unwrap(), legacy);
 }
