@@ -20,6 +20,8 @@ both_backends!(
     streams_are_refused_through_the_daemon_with_nothing_created,
     jobs_are_filtered_and_limited,
     verify_goes_through_the_daemon,
+    a_large_file_shows_a_bar_on_a_terminal,
+    openssl_files_through_the_daemon_cli,
 );
 
 /// Every name under `dir`, relative, sorted.
@@ -418,4 +420,125 @@ fn verify_goes_through_the_daemon(backend: &'static str) {
     assert_eq!(summary["files_ok"], 6, "{summary}");
 
     assert_eq!(snapshot(root), before, "verify changed or created files");
+}
+
+/// Runs `ringcrypt --socket SOCKET ARGS` in `cwd` on a terminal (a pty, through Python's
+/// `pty.spawn`); returns its exit code and everything it wrote to the terminal.
+fn on_a_terminal(cwd: &Path, socket: &Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import os, pty, sys; sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))")
+        .arg(CLI)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RINGCRYPT_KEYS")
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Intact: a single file above 64 MiB through the daemon shows a progress bar on a terminal
+/// (fed by the daemon's `progress` lines: bytes of the file's size), a small file does not,
+/// and neither does the large one when stderr is not a terminal; every output is complete.
+fn a_large_file_shows_a_bar_on_a_terminal(backend: &'static str) {
+    let daemon = Daemon::builder(backend).start();
+    let root = &daemon.root;
+    write_big(&root.join("big"), 65);
+    fs::write(root.join("small"), bytes(1 << 20, 4)).unwrap();
+
+    let (code, shown) = on_a_terminal(root, &daemon.socket, &["encrypt", "big"]);
+    assert_eq!(code, 0, "{shown}");
+    // The bar's message: `0/1 files, x/68.2 MB, r MB/s` (MB = 10^6 bytes).
+    assert!(shown.contains("/68.2 MB"), "no bar for 65 MiB: {shown:?}");
+    assert!(shown.contains("encrypted big -> big.rcrypt"), "{shown:?}");
+
+    let (code, shown) = on_a_terminal(root, &daemon.socket, &["encrypt", "small"]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(!shown.contains(" MB"), "a bar for 1 MiB: {shown:?}");
+
+    let run = daemon
+        .cli(&["decrypt", "big.rcrypt", "-o", "big.back"])
+        .ok();
+    assert!(
+        !run.stderr.contains(" MB"),
+        "progress without a terminal: {run:#?}"
+    );
+    assert!(
+        fs::read(root.join("big.back")).unwrap() == fs::read(root.join("big")).unwrap(),
+        "the round trip differs"
+    );
+}
+
+/// Intact: through the daemon, the CLI decrypts and rewraps a file the real `openssl enc`
+/// made, with the passphrase entry `--key` names in the daemon's ring; the rewrapped file
+/// verifies through the daemon and the openssl file is unchanged.
+fn openssl_files_through_the_daemon_cli(backend: &'static str) {
+    let ring = format!(
+        "default = \"k\"\n{}[[key]]\nname = \"legacy\"\npassphrase = \"pw\"\niter = 1000\nstate = \"decrypt-only\"\n",
+        keygen("k")
+    );
+    let daemon = Daemon::builder(backend).ring(ring).start();
+    let root = &daemon.root;
+    let plain = bytes(300_000, 8);
+    fs::write(root.join("old.tar"), &plain).unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "enc",
+            "-aes-256-cbc",
+            "-pbkdf2",
+            "-iter",
+            "1000",
+            "-pass",
+            "pass:pw",
+        ])
+        .args(["-in", "old.tar", "-out", "old.tar.enc"])
+        .current_dir(root)
+        .output()
+        .expect("the openssl CLI runs");
+    assert!(made.status.success(), "{made:?}");
+    let legacy = fs::read(root.join("old.tar.enc")).unwrap();
+
+    daemon
+        .cli(&[
+            "decrypt",
+            "old.tar.enc",
+            "-o",
+            "back.tar",
+            "--key",
+            "legacy",
+        ])
+        .ok();
+    assert!(
+        fs::read(root.join("back.tar")).unwrap() == plain,
+        "decrypt differs"
+    );
+    daemon
+        .cli(&[
+            "rewrap",
+            "old.tar.enc",
+            "-o",
+            "old.tar.rcrypt",
+            "--key",
+            "legacy",
+        ])
+        .ok();
+    assert_decrypts_to(
+        &daemon.ring(),
+        &root.join("old.tar.rcrypt"),
+        &plain,
+        &daemon.scratch().join("check"),
+    );
+    let run = daemon.cli(&["verify", "old.tar.rcrypt"]).ok();
+    assert!(run.stdout.contains("300000 bytes of plaintext"), "{run:#?}");
+    // The openssl file itself has no tags: verify says so.
+    let run = daemon.cli(&["verify", "old.tar.enc"]);
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stdout.contains("[bad_format]"), "{run:#?}");
+    assert_eq!(fs::read(root.join("old.tar.enc")).unwrap(), legacy);
 }

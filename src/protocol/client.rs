@@ -65,6 +65,9 @@ pub fn encode_request(id: Option<&RequestId>, request: &Request) -> String {
                 if let Some(partition) = spec.partition {
                     obj.str("partition", &partition.to_string());
                 }
+                if spec.progress {
+                    obj.bool("progress", true);
+                }
             }
             Request::Status { job } | Request::Cancel { job } => {
                 obj.job("job", *job);

@@ -339,6 +339,9 @@ pub struct FileJobSpec {
     /// A tree split over several runs (`"partition": "I/N"`, docs/fleet.md): this run
     /// takes only the entries of partition I. Trees only.
     pub partition: Option<crate::tree_rules::Partition>,
+    /// Send `progress` lines for a single file too (trees always send them). Not part of
+    /// [`FileJobSpec::same_work`]: like `wait`, it is about the answer, not the work.
+    pub progress: bool,
     /// Who asked, as the kernel reported it for the connection (never on the wire): set by
     /// the daemon, which runs the job's path ops with these credentials unless the caller
     /// is root or the daemon's own uid, and merges only requests of the same caller.
@@ -360,6 +363,7 @@ impl FileJobSpec {
             wait: true,
             fds: false,
             partition: None,
+            progress: false,
             caller: None,
         }
     }

@@ -203,11 +203,12 @@ enum Field {
     Wait,
     Fds,
     Partition,
+    Progress,
     Job,
 }
 
 impl Field {
-    const ALL: [Field; 13] = [
+    const ALL: [Field; 14] = [
         Field::Id,
         Field::Op,
         Field::Input,
@@ -220,6 +221,7 @@ impl Field {
         Field::Wait,
         Field::Fds,
         Field::Partition,
+        Field::Progress,
         Field::Job,
     ];
 
@@ -237,6 +239,7 @@ impl Field {
             Field::Wait => "wait",
             Field::Fds => "fds",
             Field::Partition => "partition",
+            Field::Progress => "progress",
             Field::Job => "job",
         }
     }
@@ -541,7 +544,7 @@ fn parse_op(mut fields: RawFields, spares: &mut SparePaths) -> Result<Request, E
 }
 
 /// The fields of `encrypt`, `decrypt` and `rewrap`, besides `op` and `id`.
-const FILE_FIELDS: [&str; 10] = [
+const FILE_FIELDS: [&str; 11] = [
     "input",
     "output",
     "key",
@@ -552,6 +555,7 @@ const FILE_FIELDS: [&str; 10] = [
     "wait",
     "fds",
     "partition",
+    "progress",
 ];
 
 fn parse_file_job(
@@ -588,7 +592,7 @@ fn parse_file_job(
 
 /// The fields of `verify`, besides `op` and `id`: it reads its input and writes nothing, so
 /// it has no output and none of the output's options.
-const VERIFY_FIELDS: [&str; 3] = ["input", "recursive", "wait"];
+const VERIFY_FIELDS: [&str; 4] = ["input", "recursive", "wait", "progress"];
 
 /// `verify`: a spec whose `output` is its `input`, never written.
 fn parse_verify(fields: &mut Fields, spares: &mut SparePaths) -> Result<FileJobSpec, Error> {
@@ -597,13 +601,15 @@ fn parse_verify(fields: &mut Fields, spares: &mut SparePaths) -> Result<FileJobS
     let mut output = spares.take(input.as_os_str().len());
     output.push(&input);
     let mut spec = FileJobSpec::new(FileOp::Verify, input, output);
-    let options = fields
-        .flag(Field::Recursive, false)
-        .and_then(|recursive| Ok((recursive, fields.flag(Field::Wait, true)?)));
+    let options = fields.flag(Field::Recursive, false).and_then(|recursive| {
+        let wait = fields.flag(Field::Wait, true)?;
+        Ok((recursive, wait, fields.flag(Field::Progress, false)?))
+    });
     match options {
-        Ok((recursive, wait)) => {
+        Ok((recursive, wait, progress)) => {
             spec.recursive = recursive;
             spec.wait = wait;
+            spec.progress = progress;
             Ok(spec)
         }
         Err(err) => {
@@ -636,6 +642,7 @@ fn file_options(spec: &mut FileJobSpec, fields: &mut Fields) -> Result<(), Error
     let skip_existing = fields.flag(Field::SkipExisting, false)?;
     let wait = fields.flag(Field::Wait, true)?;
     let fds = fields.flag(Field::Fds, false)?;
+    let progress = fields.flag(Field::Progress, false)?;
     if fds && (recursive || skip_existing) {
         return Err(bad(
             "field \"fds\" is for single files: a tree (\"recursive\") is walked by the \
@@ -664,6 +671,7 @@ fn file_options(spec: &mut FileJobSpec, fields: &mut Fields) -> Result<(), Error
     spec.wait = wait;
     spec.fds = fds;
     spec.partition = partition;
+    spec.progress = progress;
     Ok(())
 }
 

@@ -59,6 +59,7 @@ mod existing;
 mod keyrings;
 mod legacy;
 mod merges;
+mod progress;
 mod ranges;
 mod trees;
 mod verify;

@@ -373,7 +373,8 @@ pub(super) struct TreeArgs {
     /// resuming an interrupted tree.
     #[arg(long, requires = "recursive", conflicts_with = "force")]
     pub(super) skip_existing: bool,
-    /// No progress display (the summary is still printed).
+    /// No progress display, for a tree or a single file above 64 MiB (the summary is still
+    /// printed).
     #[arg(short, long)]
     pub(super) quiet: bool,
     /// With -r: do only partition I of N (I from 0 to N-1), so that N runs, on N hosts,

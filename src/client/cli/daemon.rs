@@ -6,12 +6,14 @@
 //! What this room does not do: a `-r` tree (`tree` sends its own recursive request, with the
 //! helpers here), print the outcome (`print`), or work without the daemon (`offline`).
 
+use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use super::args::{Cli, Command};
 use super::pipe::{End, Ends};
 use super::print::{self, Shown};
+use super::tree::{ProgressDisplay, snapshot_from};
 use super::{Failure, FileCmd, decrypt_output, files_failed, unreachable, usage};
 use crate::client::conn::{self as client, Client};
 use crate::error::{Code, Error};
@@ -19,6 +21,10 @@ use crate::offline::output::{AtomicFile, Durability};
 use crate::protocol::Format;
 use crate::protocol::{FileJobSpec, FileOp, JobEntry, ReplyLine, Request};
 use crate::tree_rules::with_suffix;
+
+/// Files larger than this get a progress bar on a terminal (issue 14: "above a size, say
+/// 64 MiB"): smaller ones are done before a bar would say anything.
+const PROGRESS_BAR_MIN_BYTES: u64 = 64 << 20;
 
 /// Runs one of the daemon's own commands (`ping`, `status`, `jobs`, ...): builds the
 /// request, sends it, prints the outcome.
@@ -44,7 +50,7 @@ pub(super) fn run(cli: &Cli) -> Result<(), Failure> {
         }
     });
     let reply = reply.map_err(|err| Failure::from(err).shown(json && errored.get()))?;
-    // `status` of a job that failed: exit 1, saying why.
+    // `status` of a job that failed exits 1 with its reason (after the line is printed).
     let failed = match &reply {
         ReplyLine::Status(entry) if entry.state == "failed" => Some(job_failed(entry)),
         _ => None,
@@ -56,7 +62,7 @@ pub(super) fn run(cli: &Cli) -> Result<(), Failure> {
         }
     }
     match failed {
-        Some(failure) => Err(failure),
+        Some(failure) => Err(failure.shown(json)),
         None => Ok(()),
     }
 }
@@ -65,17 +71,28 @@ pub(super) fn run(cli: &Cli) -> Result<(), Failure> {
 /// opened here and passed as descriptors where the file system allows.
 pub(super) fn run_file(cli: &Cli, cmd: &FileCmd) -> Result<(), Failure> {
     let (mut request, shown) = file_request(cmd)?;
+    let json = cli.json;
+    // A bar for a large file on a terminal, fed by the daemon's `progress` lines.
+    let bar = !json
+        && !cmd.tree.quiet
+        && std::io::stderr().is_terminal()
+        && std::fs::metadata(cmd.input()).is_ok_and(|m| m.len() > PROGRESS_BAR_MIN_BYTES);
+    if let Request::File(spec) = &mut request {
+        spec.progress = bar;
+    }
+    let mut display = ProgressDisplay::new(!bar);
     let mut client = Client::connect(&cli.socket)?;
     let mut passing = match &mut request {
         Request::File(spec) => PassedFiles::open(spec)?,
         _ => None,
     };
-    let json = cli.json;
     let errored = std::cell::Cell::new(false);
     let print_json = |line: &str, reply: &ReplyLine| {
         errored.set(matches!(reply, ReplyLine::Error(_)));
         if json {
             print::raw_line(line);
+        } else if let ReplyLine::Progress(progress) = reply {
+            display.update(&snapshot_from(progress));
         }
     };
     let reply = match &mut passing {
@@ -86,6 +103,7 @@ pub(super) fn run_file(cli: &Cli, cmd: &FileCmd) -> Result<(), Failure> {
         }
         None => client.request(&request, print_json),
     };
+    display.finish();
     let reply = reply.map_err(|err| Failure::from(err).shown(json && errored.get()))?;
     if let (Some(files), Request::File(spec)) = (passing, &request) {
         files.commit(spec)?;

@@ -42,11 +42,12 @@ use crate::daemon::metrics::ShardMetrics;
 use crate::daemon::reactor::{BufId, Completion, File, Op, Reactor, Who};
 use crate::daemon::roots::{RESOLVE_CONFINED, Roots};
 use crate::daemon::token::{Step, Token};
+use crate::daemon::tree_job::PROGRESS_EVERY;
 use crate::durable::Durability;
 use crate::error::{Code, Error};
 use crate::failpoint::failpoint;
 use crate::limits::{HEADER_BYTES, LANES, TAG_BYTES};
-use crate::protocol::{FileJobSpec, FileOp, JobId};
+use crate::protocol::{FileJobSpec, FileOp, JobId, Progress};
 
 mod commit;
 mod existing;
@@ -224,6 +225,8 @@ pub struct FileJob {
     pub bytes_in: u64,
     pub bytes_out: u64,
     started: Instant,
+    /// When the last `progress` report was made (see [`FileJob::progress_due`]).
+    last_progress: Option<Instant>,
     /// The caller whose credentials the job's path ops run with (None: the daemon's).
     who: Option<Who>,
 }
@@ -273,6 +276,7 @@ impl FileJob {
             bytes_in: 0,
             bytes_out: 0,
             started: Instant::now(),
+            last_progress: None,
             who: None,
         }
     }
@@ -343,6 +347,29 @@ impl FileJob {
         } else {
             0
         }
+    }
+
+    /// A single file's `progress` report, if one is due: at most one per
+    /// [`PROGRESS_EVERY`], the first at once.
+    pub fn progress_due(&mut self) -> Option<Progress> {
+        if self
+            .last_progress
+            .is_some_and(|at| at.elapsed() < PROGRESS_EVERY)
+        {
+            return None;
+        }
+        self.last_progress = Some(Instant::now());
+        let done = self.progress_in();
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
+        Some(Progress {
+            job: self.id,
+            files_done: 0,
+            files_total: 1,
+            bytes_done: done,
+            bytes_total: self.in_len,
+            rate_bytes_per_sec: (done as f64 / seconds) as u64,
+            totals_final: true,
+        })
     }
 
     /// Bytes of input, for progress reports.

@@ -121,6 +121,8 @@ pub enum Reply {
     Status(JobInfo),
     Cancelled(JobId),
     Error(Error),
+    /// A single file's progress, for a request that asked (`progress`).
+    Progress(protocol::Progress),
 }
 
 impl Reply {
@@ -132,6 +134,7 @@ impl Reply {
             Reply::Status(info) => protocol::write_status(out, id, info),
             Reply::Cancelled(job) => protocol::write_cancelled(out, id, *job),
             Reply::Error(err) => protocol::write_error(out, id, err),
+            Reply::Progress(p) => protocol::write_progress(out, id, p),
         }
     }
 }

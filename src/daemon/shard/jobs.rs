@@ -21,6 +21,8 @@ pub(super) struct Waiter {
     pub reply: ReplyTo,
     /// Send the final `done`/`error` (false: `wait: false`, the `accepted` was all).
     pub wait: bool,
+    /// Send `progress` lines while the job runs (the request's `progress`, with `wait`).
+    pub progress: bool,
 }
 
 /// Who waits for a job: the request that started it, inline, and any identical requests
@@ -206,6 +208,11 @@ impl JobTable {
         self.slots[slot] = Some(Slot { job, waiters });
     }
 
+    /// Every running job, without allocating.
+    pub fn running_iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.slots.iter_mut().flatten()
+    }
+
     pub fn running_mut(&mut self, slot: usize) -> Option<&mut Slot> {
         self.slots.get_mut(slot)?.as_mut()
     }
@@ -358,6 +365,7 @@ mod tests {
                 tree: None,
             },
             wait: true,
+            progress: false,
         }
     }
 

@@ -768,6 +768,7 @@ impl Shard {
         for key in self.conns.idle() {
             self.close_conn(key);
         }
+        self.file_progress();
         if let Some(deadline) = self.shutdown
             && Instant::now() >= deadline
         {

@@ -32,6 +32,28 @@ fn audit_request(spec: &FileJobSpec, verdict: audit::Verdict) {
 }
 
 impl Shard {
+    /// Sends a `progress` line to each waiter that asked for one (`progress`), for every
+    /// running file job whose last report is at least `PROGRESS_EVERY` old. Called on the
+    /// loop's tick; allocates only when a report is due.
+    pub(super) fn file_progress(&mut self) {
+        let mut due = Vec::new();
+        for slot in self.jobs.running_iter_mut() {
+            let waiters = std::iter::once(&slot.waiters.first).chain(&slot.waiters.more);
+            if !waiters.clone().any(|w| w.progress) || slot.job.is_finished() {
+                continue;
+            }
+            let Some(progress) = slot.job.progress_due() else {
+                continue;
+            };
+            for waiter in waiters.filter(|w| w.progress) {
+                due.push((waiter.reply.clone(), progress.clone()));
+            }
+        }
+        for (to, progress) in due {
+            self.reply(&to, Reply::Progress(progress), false);
+        }
+    }
+
     pub(super) fn refuse(&mut self, reply: &ReplyTo, err: Error) {
         self.reply(reply, Reply::Error(err), true);
     }
@@ -39,6 +61,7 @@ impl Shard {
     pub(super) fn submit(&mut self, spec: FileJobSpec, reply: ReplyTo, passed: Option<Passed>) {
         let waiter = Waiter {
             wait: spec.wait,
+            progress: spec.wait && spec.progress && reply.tree.is_none(),
             reply,
         };
         if self.shutdown.is_some() {

@@ -80,6 +80,7 @@ impl Shard {
             // Nobody waits on a range but its owner, which `finish` tells.
             let waiter = Waiter {
                 wait: false,
+                progress: false,
                 reply: ReplyTo {
                     shard: self.index,
                     conn: 0,

@@ -304,7 +304,11 @@ fn all_requests() -> Vec<Request> {
     requests.push(Request::File(verify.clone()));
     verify.recursive = true;
     verify.wait = false;
+    verify.progress = true;
     requests.push(Request::File(verify));
+    let mut progress = spec(FileOp::Encrypt, "/in", "/out");
+    progress.progress = true;
+    requests.push(Request::File(progress));
     for op in FileOp::ALL.into_iter().filter(|op| op.writes()) {
         requests.push(Request::File(spec(op, "/in", "/out")));
         let mut full = spec(op, "/d/a b/\"c\"", "/");

@@ -159,6 +159,13 @@ fn file_ops_parse_with_all_fields() {
     want.fds = true;
     assert_eq!(ok(line), Request::File(want));
 
+    let line = r#"{"op":"rewrap","input":"/d/in","output":"/d/out","progress":true}"#;
+    let mut want = spec(FileOp::Rewrap, "/d/in", "/d/out");
+    want.progress = true;
+    assert_eq!(ok(line), Request::File(want));
+    let e = err(r#"{"op":"rewrap","input":"/d/in","output":"/d/out","progress":1}"#);
+    assert_eq!(e.code, Code::BadRequest);
+
     for op in [FileOp::Decrypt, FileOp::Rewrap] {
         let line = format!(
             r#"{{"op":"{op}","input":"/in","output":"/out","key":"legacy",

@@ -1,0 +1,106 @@
+//! `progress` lines for a single file (`"progress": true`): sent while the job runs, at most
+//! one every 200 ms, with the file's size as the total; a request without the field gets
+//! none (clients that do not ask see no change).
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::support::*;
+use serde_json::{Value, json};
+
+/// One job's reply lines, each with the time it arrived since the request was sent.
+fn timed_job(d: &Daemon, request: &Value) -> Vec<(Duration, Value)> {
+    let mut client = d.client();
+    let started = Instant::now();
+    client.send(request);
+    let mut lines = Vec::new();
+    loop {
+        let reply = client.recv();
+        let last = is_final(&reply);
+        lines.push((started.elapsed(), reply));
+        if last {
+            return lines;
+        }
+    }
+}
+
+/// Intact: with `progress`, a 24 MiB encrypt, decrypt and verify each send `progress` lines
+/// between `accepted` and `done`: `files_total` 1, `bytes_total` the input's size,
+/// `bytes_done` never going back nor past the total, `totals_final` true, at most one per
+/// 200 ms (the bound the protocol sets); the same jobs without it send none. The outputs
+/// are complete either way.
+fn single_file_progress_when_asked(backend: &'static str) {
+    let d = rd(backend).start();
+    let input = d.root.join("big");
+    write_big(&input, 24);
+    let sealed = d.root.join("big.rcrypt");
+    let back = d.root.join("big.back");
+    let size = |path: &std::path::Path| fs::metadata(path).unwrap().len();
+    for (op, from, to) in [
+        ("encrypt", &input, &sealed),
+        ("decrypt", &sealed, &back),
+        ("verify", &sealed, &sealed),
+    ] {
+        let mut request = file_req(op, from, to);
+        if op == "verify" {
+            request = json!({"op": "verify", "input": p(from)});
+        }
+        let asked = with(request.clone(), json!({"progress": true}));
+        let lines = timed_job(&d, &asked);
+        let (elapsed, end) = lines.last().unwrap();
+        assert_eq!(
+            end["type"],
+            "done",
+            "{op}: {}",
+            brief(&lines.iter().map(|l| l.1.clone()).collect::<Vec<_>>())
+        );
+        assert_eq!(lines[0].1["type"], "accepted", "{op}");
+        let progress: Vec<&(Duration, Value)> = lines
+            .iter()
+            .filter(|(_, l)| l["type"] == "progress")
+            .collect();
+        assert!(
+            !progress.is_empty(),
+            "{op}: no progress line in {elapsed:?}"
+        );
+        assert_eq!(progress.len(), lines.len() - 2, "{op}: other lines between");
+        let total = size(from);
+        let mut last_done = 0;
+        for (_, line) in &progress {
+            assert_eq!(line["files_total"], 1, "{line}");
+            assert_eq!(line["bytes_total"], total, "{op}: {line}");
+            assert_eq!(line["totals_final"], true, "{line}");
+            assert_eq!(line["job"], end["job"], "{line}");
+            let done = line["bytes_done"].as_u64().unwrap();
+            assert!(done >= last_done && done <= total, "{op}: {line}");
+            last_done = done;
+        }
+        // At most one per 200 ms: n lines need at least (n - 1) * 200 ms.
+        let span = progress.last().unwrap().0 - progress[0].0;
+        assert!(
+            span >= Duration::from_millis(200) * (progress.len() as u32 - 1),
+            "{op}: {} progress lines within {span:?}",
+            progress.len()
+        );
+        if op == "encrypt" {
+            fs::remove_file(&sealed).unwrap();
+        } else if op == "decrypt" {
+            fs::remove_file(&back).unwrap();
+        }
+
+        // Not asked: no progress line, the same final reply.
+        let lines = timed_job(&d, &request);
+        assert!(
+            lines.iter().all(|(_, l)| l["type"] != "progress"),
+            "{op}: progress lines without the field"
+        );
+        assert_eq!(lines.last().unwrap().1["type"], "done", "{op}");
+    }
+    assert!(
+        fs::read(&back).unwrap() == fs::read(&input).unwrap(),
+        "the round trip differs"
+    );
+}
+
+both_backends!(single_file_progress_when_asked);
