@@ -152,6 +152,12 @@ pub const LOG_RECORD_KEEP_BYTES: usize = 4096;
 /// buffer is allocated once, not grown while its record is formatted.
 pub const LOG_RECORD_INITIAL_BYTES: usize = 1024;
 
+/// After writing a batch of fewer than [`LOG_BATCH_RECORDS`] records, the logging thread
+/// waits this long for more, so a busy daemon's audit records go out in one write a
+/// millisecond instead of one per record (and the shards seldom need to wake it).
+pub const LOG_BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+pub const LOG_BATCH_RECORDS: usize = 256;
+
 /// Record buffers made at start (256 KiB): records written while the logging thread lags
 /// behind a burst take these rather than allocate on the shard that logs them.
 pub const LOG_SPARE_RECORDS: usize = 256;

@@ -33,8 +33,8 @@ use serde::Deserialize;
 
 use crate::error::{Code, Error};
 use crate::limits::{
-    LOG_FLUSH_WAIT, LOG_QUEUE_RECORDS, LOG_RECORD_INITIAL_BYTES, LOG_RECORD_KEEP_BYTES,
-    LOG_SPARE_RECORDS,
+    LOG_BATCH_LINGER, LOG_BATCH_RECORDS, LOG_FLUSH_WAIT, LOG_QUEUE_RECORDS,
+    LOG_RECORD_INITIAL_BYTES, LOG_RECORD_KEEP_BYTES, LOG_SPARE_RECORDS,
 };
 
 /// The target of audit records (one per request, one per finished job).
@@ -88,6 +88,9 @@ struct Queue {
     /// Records pushed and not yet written: what `flush` waits for.
     pending: AtomicU64,
     writer: Thread,
+    /// The logging thread is about to sleep or sleeps: the next record wakes it. Only then,
+    /// so a busy shard pays no wake-up call per record.
+    sleeping: AtomicBool,
 }
 
 /// The one logger of the process.
@@ -138,6 +141,7 @@ pub fn init(level: LogLevel, format: LogFormat) -> Result<(), Error> {
         spare,
         pending: AtomicU64::new(0),
         writer: writer.thread().clone(),
+        sleeping: AtomicBool::new(false),
     });
     writer.thread().unpark();
     Ok(())
@@ -213,7 +217,11 @@ impl Log for Logger {
         // Counted before it is visible, so `flush` never sees the queue empty too early.
         queue.pending.fetch_add(1, Ordering::AcqRel);
         match queue.lines.push(line) {
-            Ok(()) => queue.writer.unpark(),
+            Ok(()) => {
+                if queue.sleeping.swap(false, Ordering::SeqCst) {
+                    queue.writer.unpark();
+                }
+            }
             Err(line) => {
                 queue.pending.fetch_sub(1, Ordering::AcqRel);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -259,13 +267,23 @@ fn write_loop() {
             }
         }
         if taken == 0 {
-            std::thread::park_timeout(std::time::Duration::from_secs(1));
+            // Announce the sleep, then look once more: a record pushed before the flag was
+            // seen is caught here; one pushed after it wakes this thread.
+            queue.sleeping.store(true, Ordering::SeqCst);
+            if queue.lines.is_empty() {
+                std::thread::park_timeout(std::time::Duration::from_secs(1));
+            }
+            queue.sleeping.store(false, Ordering::SeqCst);
             continue;
         }
         // A stderr that fails (closed) loses the batch: the daemon goes on regardless.
         let _ = stderr.write_all(&batch);
         batch.clear();
         queue.pending.fetch_sub(taken, Ordering::AcqRel);
+        // Let a burst gather: one write per millisecond at most, rather than one per record.
+        if (taken as usize) < LOG_BATCH_RECORDS {
+            std::thread::sleep(LOG_BATCH_LINGER);
+        }
     }
 }
 
