@@ -24,6 +24,9 @@ mod support;
 
 mod contrib;
 mod engines;
+// Kills a daemon at its K-th link through a test hook (`RINGCRYPT_FAILPOINT`), which only
+// builds with `test-hooks`; the README's test command turns it on.
+#[cfg(feature = "test-hooks")]
 mod hosts;
 
 use std::collections::{BTreeMap, BTreeSet};
