@@ -805,6 +805,14 @@ impl Shard {
             self.accepting = false;
             let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
         }
+        // A job on a stream has no end to wait for (a pipe may never close): cancelled now.
+        for slot in self.jobs.running_slots() {
+            self.with_job(slot, |job, ctx| {
+                if job.is_stream() {
+                    job.cancel(ctx);
+                }
+            });
+        }
         // Queued jobs never started: cancel them now; running ones get until the deadline.
         let queued = self.jobs.queued_ids();
         for id in queued {
