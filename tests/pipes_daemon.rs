@@ -63,11 +63,26 @@ fn shell(daemon: &Daemon, script: &str) -> Output {
 fn still_serves(daemon: &Daemon, name: &str) {
     let file = daemon.root.join(name);
     fs::write(&file, bytes(70_000, 5)).unwrap();
-    daemon.cli(&["encrypt", name, "-o", &format!("{name}.rcrypt")]).ok();
+    daemon
+        .cli(&["encrypt", name, "-o", &format!("{name}.rcrypt")])
+        .ok();
     let back = daemon.scratch().join(format!("{name}.back"));
     let ring = daemon.keys.to_str().unwrap().to_string();
-    ringcrypt(&["--keys", &ring, "decrypt", p(&file.with_file_name(format!("{name}.rcrypt"))), "-o", p(&back)]).ok();
-    assert_eq!(fs::read(&back).unwrap(), fs::read(&file).unwrap(), "{}", daemon.note());
+    ringcrypt(&[
+        "--keys",
+        &ring,
+        "decrypt",
+        p(&file.with_file_name(format!("{name}.rcrypt"))),
+        "-o",
+        p(&back),
+    ])
+    .ok();
+    assert_eq!(
+        fs::read(&back).unwrap(),
+        fs::read(&file).unwrap(),
+        "{}",
+        daemon.note()
+    );
     fs::remove_file(&back).unwrap();
     fs::remove_file(&file).unwrap();
     fs::remove_file(file.with_file_name(format!("{name}.rcrypt"))).unwrap();
@@ -88,12 +103,25 @@ fn streams_round_trip(backend: &'static str) {
     for (i, len) in [(5 << 20) + 7, 3 * CHUNK, 0].into_iter().enumerate() {
         let data = bytes(len, 700 + i as u64);
         let enc = piped(&daemon, &["encrypt", "-", "-o", "x.rcrypt"], &data);
-        assert!(enc.status.success(), "encrypt - ({len}): {enc:?}\n{}", daemon.note());
+        assert!(
+            enc.status.success(),
+            "encrypt - ({len}): {enc:?}\n{}",
+            daemon.note()
+        );
         let sealed = fs::read(daemon.root.join("x.rcrypt")).unwrap();
         assert_eq!(sealed.len() as u64, sealed_len(len as u64, 16), "{len}");
         assert_eq!(mode_of(&daemon.root.join("x.rcrypt")), 0o600);
         let offline = daemon.scratch().join("offline");
-        ringcrypt(&["--keys", &ring, "decrypt", p(&daemon.root.join("x.rcrypt")), "-o", p(&offline), "-f"]).ok();
+        ringcrypt(&[
+            "--keys",
+            &ring,
+            "decrypt",
+            p(&daemon.root.join("x.rcrypt")),
+            "-o",
+            p(&offline),
+            "-f",
+        ])
+        .ok();
         assert_eq!(fs::read(&offline).unwrap(), data, "{len}: opens offline");
 
         let dec = piped(&daemon, &["decrypt", "x.rcrypt", "-o", "-"], b"");
@@ -135,7 +163,10 @@ fn a_tar_round_trip(backend: &'static str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.is_empty(), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with("encrypted standard input -> photos.tar.rcrypt"), "{stdout}");
+    assert!(
+        stdout.starts_with("encrypted standard input -> photos.tar.rcrypt"),
+        "{stdout}"
+    );
     let relative = |root: &Path| -> Vec<_> {
         snapshot(root)
             .into_iter()
@@ -168,7 +199,11 @@ fn a_consumer_that_stops_early(backend: &'static str) {
         let out = shell(&daemon, script);
         assert!(out.status.success(), "{what}: {out:?}");
         let read = |name: &str| fs::read(daemon.root.join(name)).unwrap();
-        assert_eq!(String::from_utf8_lossy(&read("status")).trim(), "0", "{what}: exit");
+        assert_eq!(
+            String::from_utf8_lossy(&read("status")).trim(),
+            "0",
+            "{what}: exit"
+        );
         assert_eq!(String::from_utf8_lossy(&read("err")), "", "{what}: stderr");
         let head = read("head.out");
         assert_eq!(head.len(), 1000, "{what}");
@@ -180,7 +215,11 @@ fn a_consumer_that_stops_early(backend: &'static str) {
         for name in ["status", "err", "head.out"] {
             fs::remove_file(daemon.root.join(name)).unwrap();
         }
-        assert_eq!(snapshot(&daemon.root), before, "{what}: nothing left behind");
+        assert_eq!(
+            snapshot(&daemon.root),
+            before,
+            "{what}: nothing left behind"
+        );
         still_serves(&daemon, "after-head");
     }
 }
@@ -209,13 +248,23 @@ fn a_damaged_file_to_a_pipe(backend: &'static str) {
         );
         assert!(out.status.success(), "{out:?}");
         let read = |name: &str| fs::read(daemon.root.join(name)).unwrap();
-        assert_eq!(String::from_utf8_lossy(&read("status")).trim(), "1", "{what}");
+        assert_eq!(
+            String::from_utf8_lossy(&read("status")).trim(),
+            "1",
+            "{what}"
+        );
         let err = String::from_utf8_lossy(&read("err")).to_string();
         assert!(err.contains("[auth_failed]"), "{what}: {err}");
-        assert!(err.contains("only chunks whose tags verified"), "{what}: {err}");
+        assert!(
+            err.contains("only chunks whose tags verified"),
+            "{what}: {err}"
+        );
         let got = read("got");
         assert_eq!(got.len() % CHUNK, 0, "{what}: ends at a chunk boundary");
-        assert!(got.len() <= bad * CHUNK, "{what}: nothing from the bad record on");
+        assert!(
+            got.len() <= bad * CHUNK,
+            "{what}: nothing from the bad record on"
+        );
         assert_eq!(got, &data[..got.len()], "{what}: a prefix of the plaintext");
 
         // To a regular file on stdout (relayed by the client): how much is known.
@@ -224,7 +273,11 @@ fn a_damaged_file_to_a_pipe(backend: &'static str) {
         let got = read("got");
         assert_eq!(got, &data[..got.len()], "{what}");
         assert_eq!(got.len() % CHUNK, 0, "{what}");
-        assert!(run.stderr.contains(&format!("received {} bytes", got.len())), "{run:#?}");
+        assert!(
+            run.stderr
+                .contains(&format!("received {} bytes", got.len())),
+            "{run:#?}"
+        );
 
         let before = snapshot(&daemon.root);
         let named = piped(&daemon, &["decrypt", "-", "-o", "named.out"], sealed);
@@ -264,7 +317,11 @@ fn running_job(daemon: &Daemon, input: &str) -> String {
         {
             return job["job"].as_str().unwrap().to_string();
         }
-        assert!(Instant::now() < deadline, "no running job on {input}: {}", daemon.note());
+        assert!(
+            Instant::now() < deadline,
+            "no running job on {input}: {}",
+            daemon.note()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -302,7 +359,10 @@ fn a_stalled_pipe_is_cancelled(backend: &'static str) {
     let out = child.wait_with_output().unwrap();
     assert_eq!(status.code(), Some(1), "{out:?}");
     assert_eq!(reply_types(&out.stdout), ["accepted", "error"], "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"cancelled\""), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"cancelled\""),
+        "{out:?}"
+    );
     assert_eq!(snapshot(&daemon.root), before, "nothing appeared");
     writer.write_all(b"too late").ok();
     drop(writer);
@@ -323,7 +383,12 @@ fn a_stalled_pipe_is_cancelled(backend: &'static str) {
     let status = wait_within(&mut child, Duration::from_secs(20)).expect("the client ends");
     assert_eq!(status.code(), Some(1));
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(err.contains("[cancelled]"), "{err}");
     let mut first = vec![0u8; 8];
     held.read_exact(&mut first).unwrap();
@@ -348,7 +413,10 @@ fn sigterm_mid_stream(backend: &'static str) {
     running_job(&daemon, "/dev/stdin");
     let (status, took) = daemon.stop(Duration::from_secs(20));
     assert!(status.success(), "{}", daemon.note());
-    assert!(took < Duration::from_secs(15), "stopped in {took:?}, not at the drain deadline");
+    assert!(
+        took < Duration::from_secs(15),
+        "stopped in {took:?}, not at the drain deadline"
+    );
     let status = wait_within(&mut child, Duration::from_secs(20)).expect("the client ends");
     let out = child.wait_with_output().unwrap();
     assert_eq!(status.code(), Some(1), "{out:?}");

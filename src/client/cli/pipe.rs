@@ -27,17 +27,17 @@ use std::path::{Path, PathBuf};
 
 use super::args::Cli;
 use super::daemon::{current_dir, daemon_settings, wire_path};
+use super::offline::{load_ring, no_json, openssl_warning};
 use super::print::{self as shown_print, Shown};
 use super::tree::{ProgressDisplay, snapshot_from};
-use crate::client::conn::Client;
-use crate::protocol::{FileJobSpec, ReplyLine, Request};
-use super::offline::{load_ring, no_json, openssl_warning};
 use super::{EXIT_FAILED, Failure, FileCmd, print, refuse_directory, usage};
+use crate::client::conn::Client;
 use crate::error::{Code, Error};
 use crate::limits::CHUNK_LOG2_DEFAULT;
 use crate::offline::output::{AtomicFile, Durability};
 use crate::offline::{self, Format, Job, Outcome};
 use crate::protocol::FileOp;
+use crate::protocol::{FileJobSpec, ReplyLine, Request};
 
 /// The exit code of a run whose consumer stopped reading: success, and nothing printed.
 pub(super) const EXIT_QUIET: u8 = 0;
@@ -286,7 +286,14 @@ pub(super) fn run_offline(cli: &Cli, cmd: &FileCmd, ends: Ends) -> Result<(), Fa
         },
         // The consumer stopped reading: what it wanted, it has. Nothing else to do.
         Err(_) if closed => return Err(quiet()),
-        Err(err) => return Err(mid_stream(cmd.op, Failure::from(err), &ends.output, Some(written))),
+        Err(err) => {
+            return Err(mid_stream(
+                cmd.op,
+                Failure::from(err),
+                &ends.output,
+                Some(written),
+            ));
+        }
     };
     if let Output::File(atomic) = output {
         atomic.commit(STREAM_OUTPUT_MODE, cmd.force, Durability::Fsync)?;
@@ -447,7 +454,10 @@ impl Relay {
             }
         };
         let io = |e: std::io::Error| {
-            Failure::from(Error::new(Code::IoError, format!("cannot relay the output: {e}")))
+            Failure::from(Error::new(
+                Code::IoError,
+                format!("cannot relay the output: {e}"),
+            ))
         };
         let mut target = target.map_err(io)?;
         let (mut reader, writer) = std::io::pipe().map_err(io)?;
@@ -464,7 +474,9 @@ impl Relay {
         drop(self.writer);
         match self.copier.join() {
             Ok(Ok(copied)) => Ok(copied),
-            Ok(Err(e)) => Err(Error::new(Code::IoError, format!("cannot write the output: {e}")).into()),
+            Ok(Err(e)) => {
+                Err(Error::new(Code::IoError, format!("cannot write the output: {e}")).into())
+            }
             Err(_) => Err(Error::new(Code::Internal, "the output's copier panicked").into()),
         }
     }

@@ -97,10 +97,7 @@ impl Passed {
                 output_stream,
             });
         }
-        if out_kind != FileType::RegularFile
-            || out_stat.st_nlink != 0
-            || out_stat.st_size != 0
-        {
+        if out_kind != FileType::RegularFile || out_stat.st_nlink != 0 || out_stat.st_size != 0 {
             return Err(bad(format!(
                 "the descriptor passed for {} must be a new, empty, unnamed temp file \
                  (open(dir, O_TMPFILE | O_WRONLY)); the daemon never writes into a file that \

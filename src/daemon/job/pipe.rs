@@ -25,7 +25,9 @@ use std::collections::VecDeque;
 use super::*;
 use crate::daemon::reactor::STREAM;
 
-/// The crypto of a stream job, once it is known.
+/// The crypto of a stream job, once it is known. Its size does not matter: the whole run
+/// is boxed in the job, once per job.
+#[allow(clippy::large_enum_variant)]
 enum Crypto {
     /// Waiting for the input's header (decrypt, rewrap).
     Header,
@@ -212,7 +214,11 @@ impl FileJob {
                     run.fill = None;
                     let len = LANES * run.stride;
                     sealer.seal_full(&mut ctx.reactor.buf_mut(buf)[..len])?;
-                    run.queue.push_back(Pending { lane, at: 0, end: len });
+                    run.queue.push_back(Pending {
+                        lane,
+                        at: 0,
+                        end: len,
+                    });
                 }
             }
             Crypto::Open(_) | Crypto::Reseal(..) if fill.filled == LANES * run.stride => {
@@ -306,9 +312,7 @@ impl FileJob {
             Crypto::Open(_) | Crypto::Reseal(..) => {
                 // The last record is the final one; none at all means the input was cut.
                 if fill.filled == 0 {
-                    return Err(
-                        Error::from(format::AuthFailed).context(self.spec.input.display())
-                    );
+                    return Err(Error::from(format::AuthFailed).context(self.spec.input.display()));
                 }
                 let full = (fill.filled - 1) / stride;
                 let bytes = ctx.reactor.buf_mut(buf);
@@ -339,9 +343,15 @@ impl FileJob {
             Crypto::Open(opener) | Crypto::Reseal(opener, _) => opener,
             _ => return Err(self.out_of_order()),
         };
-        opener.open_full(&mut bytes[..full * stride]).map_err(auth)?;
+        opener
+            .open_full(&mut bytes[..full * stride])
+            .map_err(auth)?;
         let plain = match last {
-            Some(end) => Some(opener.open_final(&mut bytes[full * stride..end]).map_err(auth)?),
+            Some(end) => Some(
+                opener
+                    .open_final(&mut bytes[full * stride..end])
+                    .map_err(auth)?,
+            ),
             None => None,
         };
         if let Crypto::Reseal(_, sealer) = &mut run.crypto {
@@ -470,10 +480,11 @@ impl FileJob {
         };
         let (at, len) = match run.crypto {
             Crypto::Header => (fill.filled, HEADER_BYTES - fill.filled),
-            Crypto::Seal(_) => (fill.slot * run.stride + fill.filled, run.chunk - fill.filled),
-            Crypto::Open(_) | Crypto::Reseal(..) => {
-                (fill.filled, LANES * run.stride - fill.filled)
-            }
+            Crypto::Seal(_) => (
+                fill.slot * run.stride + fill.filled,
+                run.chunk - fill.filled,
+            ),
+            Crypto::Open(_) | Crypto::Reseal(..) => (fill.filled, LANES * run.stride - fill.filled),
         };
         let offset = if run.in_stream { STREAM } else { run.in_pos };
         let op = Op::ReadFixed {

@@ -13,8 +13,8 @@
 //! reach a file that reused its number.
 //!
 //! The synchronous backend runs the same ops as plain syscalls: file ops complete at once;
-//! socket and eventfd ops are tried non-blocking and, if they would block, parked until
-//! `poll(2)` says they are ready. It is chosen when io_uring cannot be set up, or forced with
+//! socket and eventfd ops, and reads and writes on a stream (offset [`STREAM`]), are tried
+//! non-blocking and, if they would block, parked until `poll(2)` says they are ready. It is chosen when io_uring cannot be set up, or forced with
 //! `RINGCRYPT_BACKEND=sync`.
 //!
 //! The rooms: this file has the ops and their completions, the [`Reactor`] with what does not
@@ -795,7 +795,11 @@ impl Reactor {
         let on_file: Vec<usize> = self
             .slab
             .live()
-            .filter(|&slot| self.slab.slots[slot].as_ref().is_some_and(|s| s.files.contains(&Some(index))))
+            .filter(|&slot| {
+                self.slab.slots[slot]
+                    .as_ref()
+                    .is_some_and(|s| s.files.contains(&Some(index)))
+            })
             .collect();
         for slot in on_file {
             match &mut self.backend {

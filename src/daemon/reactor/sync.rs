@@ -350,7 +350,13 @@ fn stream_io(fd: BorrowedFd<'_>, span: Span<'_>) -> io::Result<u32> {
         Span::Write(_) => PollFlags::OUT,
     };
     let mut fds = [PollFd::new(&fd, events)];
-    rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 }))?;
+    rustix::event::poll(
+        &mut fds,
+        Some(&Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        }),
+    )?;
     if fds[0].revents().is_empty() {
         return Err(io::ErrorKind::WouldBlock.into());
     }
