@@ -26,24 +26,12 @@ const HEADER: usize = 96;
 /// `ringcrypt --socket S ARGS` in the daemon's root, `stdin` fed to it from a thread (so a
 /// full stdout pipe cannot deadlock the test); its raw output.
 fn piped(daemon: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = ringcrypt_command()
-        .arg("--socket")
+    let mut cmd = ringcrypt_command();
+    cmd.arg("--socket")
         .arg(&daemon.socket)
         .args(args)
-        .current_dir(&daemon.root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ringcrypt starts");
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().expect("ringcrypt runs");
-    feeder.join().unwrap();
-    out
+        .current_dir(&daemon.root);
+    output_fed(&mut cmd, stdin)
 }
 
 /// `bash -c SCRIPT` in the daemon's root with `RC` naming the client and

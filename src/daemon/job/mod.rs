@@ -859,6 +859,7 @@ impl FileJob {
     }
 
     /// A new file's sealer, with the key the request names (or the ring's default).
+    /// (A rewrap's is [`resealer`]'s.)
     fn sealer(&self, ctx: &JobCtx) -> Result<Sealer, Error> {
         let entry = ctx.ring.sealing_entry(self.spec.key.as_deref())?;
         let KeyMaterial::Secret(master) = &entry.material else {
@@ -900,4 +901,20 @@ impl FileJob {
             ),
         )
     }
+}
+
+/// A rewrap's sealer: the ring's default key, chunks of `chunk_log2`.
+fn resealer(ctx: &JobCtx, chunk_log2: u8) -> Result<Sealer, Error> {
+    let entry = ctx.ring.sealing_entry(None)?;
+    let KeyMaterial::Secret(master) = &entry.material else {
+        return Err(Error::new(
+            Code::Internal,
+            "the default key is not a ringcrypt key",
+        ));
+    };
+    Ok(Sealer::new(
+        master.bytes(),
+        chunk_log2,
+        format::random_salt()?,
+    ))
 }

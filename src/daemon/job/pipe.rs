@@ -17,8 +17,8 @@
 //! goes on serving. A failure or a cancel cancels the ops still waiting on a stream.
 //!
 //! What this room does not do: the offset-based batches (`stream.rs`), the openssl format
-//! (refused here: it has no authenticated length to stream), or linking (the caller links a
-//! named output after `done`).
+//! (refused here: nothing of it is authenticated before its end, so nothing could be
+//! streamed out early), or linking (the caller links a named output after `done`).
 
 use std::collections::VecDeque;
 
@@ -247,8 +247,9 @@ impl FileJob {
         if head.starts_with(crate::crypto::openssl::MAGIC) {
             return Err(in_file(Error::new(
                 Code::BadFormat,
-                "an openssl-format file cannot be streamed through the daemon (its length \
-                 is not authenticated); decrypt it from a file, or offline with --keys FILE",
+                "an openssl-format file is not streamed through the daemon (its length is \
+                 not authenticated, so nothing could be written before the end): decrypt it \
+                 from a file to a file, or offline with --keys FILE",
             )));
         }
         let header = Header::parse(head).map_err(in_file)?;
@@ -258,18 +259,7 @@ impl FileJob {
         run.set_chunk(header.chunk_log2);
         run.crypto = match self.spec.op {
             FileOp::Rewrap => {
-                let entry = ctx.ring.sealing_entry(None)?;
-                let KeyMaterial::Secret(new_master) = &entry.material else {
-                    return Err(Error::new(
-                        Code::Internal,
-                        "the default key is not a ringcrypt key",
-                    ));
-                };
-                let sealer = Sealer::new(
-                    new_master.bytes(),
-                    header.chunk_log2,
-                    format::random_salt()?,
-                );
+                let sealer = resealer(ctx, header.chunk_log2)?;
                 let bytes = ctx.reactor.buf_mut(self.lanes[0].buf);
                 bytes[..HEADER_BYTES].copy_from_slice(&sealer.header().to_bytes());
                 run.queue.push_back(Pending {

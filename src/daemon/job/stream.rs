@@ -96,18 +96,7 @@ impl FileJob {
                 self.pump(ctx);
             }
             FileOp::Rewrap => {
-                let entry = ctx.ring.sealing_entry(None)?;
-                let KeyMaterial::Secret(new_master) = &entry.material else {
-                    return Err(Error::new(
-                        Code::Internal,
-                        "the default key is not a ringcrypt key",
-                    ));
-                };
-                let sealer = Sealer::new(
-                    new_master.bytes(),
-                    header.chunk_log2,
-                    format::random_salt()?,
-                );
+                let sealer = resealer(ctx, header.chunk_log2)?;
                 let new_header = sealer.header().to_bytes();
                 self.codec = Some(Codec::Reseal {
                     opener,

@@ -32,33 +32,10 @@ impl RawOp<'_> {
     /// A socket op, or a read or write on a stream (which borrow nothing), as one the sync
     /// backend can park; other ops come back unchanged.
     fn into_socket_op(self) -> Result<RawOp<'static>, Self> {
+        if let Some(span) = self.stream_span() {
+            return Ok(span.op());
+        }
         match self {
-            Op::ReadFixed {
-                fd,
-                buf,
-                at,
-                len,
-                offset: STREAM,
-            } => Ok(Op::ReadFixed {
-                fd,
-                buf,
-                at,
-                len,
-                offset: STREAM,
-            }),
-            Op::WriteFixed {
-                fd,
-                buf,
-                at,
-                len,
-                offset: STREAM,
-            } => Ok(Op::WriteFixed {
-                fd,
-                buf,
-                at,
-                len,
-                offset: STREAM,
-            }),
             Op::Accept { fd } => Ok(Op::Accept { fd }),
             Op::ReadEventfd { fd } => Ok(Op::ReadEventfd { fd }),
             Op::Recv { fd, buf } => Ok(Op::Recv { fd, buf }),
@@ -67,14 +44,42 @@ impl RawOp<'_> {
         }
     }
 
+    /// A read or write on a stream: what it names.
+    fn stream_span(&self) -> Option<StreamSpan> {
+        let (fd, buf, at, len, write) = match *self {
+            Op::ReadFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset: STREAM,
+            } => (fd, buf, at, len, false),
+            Op::WriteFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset: STREAM,
+            } => (fd, buf, at, len, true),
+            _ => return None,
+        };
+        Some(StreamSpan {
+            fd,
+            buf,
+            at,
+            len,
+            write,
+        })
+    }
+
     /// The descriptor a parked op waits on, and whether it waits to write.
     fn pollable(&self) -> Option<(RawFd, bool)> {
         match self {
-            Op::Accept { fd }
-            | Op::Recv { fd, .. }
-            | Op::ReadEventfd { fd }
-            | Op::ReadFixed { fd, .. } => Some((*fd, false)),
-            Op::Send { fd, .. } | Op::WriteFixed { fd, .. } => Some((*fd, true)),
+            Op::Accept { fd } | Op::Recv { fd, .. } | Op::ReadEventfd { fd } => Some((*fd, false)),
+            Op::Send { fd, .. } => Some((*fd, true)),
+            Op::ReadFixed { .. } | Op::WriteFixed { .. } => {
+                self.stream_span().map(|span| (span.fd, span.write))
+            }
             _ => None,
         }
     }
@@ -118,11 +123,9 @@ impl SyncBackend {
         match op.into_socket_op() {
             Ok(parked) => {
                 // A stream op's span is lent from now until it completes, parked or not.
-                if let Op::ReadFixed { buf, at, len, .. } | Op::WriteFixed { buf, at, len, .. } =
-                    &parked
-                {
-                    pool.lend(*buf, *at, *len);
-                    slot.held = Held::Buf(*buf);
+                if let Some(span) = parked.stream_span() {
+                    pool.lend(span.buf, span.at, span.len);
+                    slot.held = Held::Buf(span.buf);
                 }
                 slot.parked = Some(parked);
                 self.try_parked(slot, pool, index);
@@ -262,39 +265,16 @@ impl SyncBackend {
                     .map_err(io::Error::from);
                 (result, Op::ReadEventfd { fd: raw })
             }
-            Op::ReadFixed {
-                fd: raw,
-                buf,
-                at,
-                len,
-                offset,
-            } => {
-                let result = stream_io(fd(raw), Span::Read(pool.lent_span(buf, at, len)));
-                let op = Op::ReadFixed {
-                    fd: raw,
-                    buf,
-                    at,
-                    len,
-                    offset,
+            op @ (Op::ReadFixed { .. } | Op::WriteFixed { .. }) => {
+                let span = op
+                    .stream_span()
+                    .expect("only stream reads and writes are parked");
+                let bytes = pool.lent_span(span.buf, span.at, span.len);
+                let bytes = match span.write {
+                    true => Span::Write(bytes),
+                    false => Span::Read(bytes),
                 };
-                (result, op)
-            }
-            Op::WriteFixed {
-                fd: raw,
-                buf,
-                at,
-                len,
-                offset,
-            } => {
-                let result = stream_io(fd(raw), Span::Write(pool.lent_span(buf, at, len)));
-                let op = Op::WriteFixed {
-                    fd: raw,
-                    buf,
-                    at,
-                    len,
-                    offset,
-                };
-                (result, op)
+                (stream_io(fd(span.fd), bytes), op)
             }
             other => unreachable!("not a parkable op: {}", other.name()),
         };
@@ -321,6 +301,47 @@ fn held_by(op: RawOp<'static>) -> Held {
         Op::Send { data, .. } => Held::Vec(data),
         Op::ReadFixed { buf, .. } | Op::WriteFixed { buf, .. } => Held::Buf(buf),
         _ => Held::Nothing,
+    }
+}
+
+/// What a read or write on a stream names: its descriptor, its span of a pool buffer, and
+/// whether it writes.
+#[derive(Clone, Copy)]
+struct StreamSpan {
+    fd: RawFd,
+    buf: super::BufId,
+    at: usize,
+    len: usize,
+    write: bool,
+}
+
+impl StreamSpan {
+    /// The op again (it borrows nothing), to park.
+    fn op(self) -> RawOp<'static> {
+        let StreamSpan {
+            fd,
+            buf,
+            at,
+            len,
+            write,
+        } = self;
+        let offset = STREAM;
+        match write {
+            true => Op::WriteFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset,
+            },
+            false => Op::ReadFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset,
+            },
+        }
     }
 }
 
