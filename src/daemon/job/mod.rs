@@ -63,6 +63,7 @@ use parts::{Codec, Lane, LaneState, Spans, TempName};
 pub use passed::Passed;
 use range::{PartOf, Split};
 pub use range::{RangeWork, SplitRequest};
+use stream::resealer;
 
 /// Pool buffers each running job holds: one being sealed, one being written, and two being
 /// read ahead, so the crypto never waits for a read. Measured here (1 GiB on tmpfs,
@@ -858,26 +859,6 @@ impl FileJob {
         }
     }
 
-    /// A new file's sealer, with the key the request names (or the ring's default).
-    /// (A rewrap's is [`resealer`]'s.)
-    fn sealer(&self, ctx: &JobCtx) -> Result<Sealer, Error> {
-        let entry = ctx.ring.sealing_entry(self.spec.key.as_deref())?;
-        let KeyMaterial::Secret(master) = &entry.material else {
-            return Err(Error::new(
-                Code::BadRequest,
-                format!(
-                    "key {:?} is a passphrase; the daemon seals the ringcrypt format only",
-                    entry.name
-                ),
-            ));
-        };
-        Ok(Sealer::new(
-            master.bytes(),
-            ctx.chunk_log2,
-            format::random_salt()?,
-        ))
-    }
-
     /// Reads the input's header, into the first pool buffer: no batch has started yet.
     fn read_header(&mut self, ctx: &mut JobCtx, input: File) -> Result<(), Error> {
         let buf = self.lanes[0].buf;
@@ -901,20 +882,4 @@ impl FileJob {
             ),
         )
     }
-}
-
-/// A rewrap's sealer: the ring's default key, chunks of `chunk_log2`.
-fn resealer(ctx: &JobCtx, chunk_log2: u8) -> Result<Sealer, Error> {
-    let entry = ctx.ring.sealing_entry(None)?;
-    let KeyMaterial::Secret(master) = &entry.material else {
-        return Err(Error::new(
-            Code::Internal,
-            "the default key is not a ringcrypt key",
-        ));
-    };
-    Ok(Sealer::new(
-        master.bytes(),
-        chunk_log2,
-        format::random_salt()?,
-    ))
 }
