@@ -3,7 +3,8 @@
 //! descriptors and the shard streaming them through its reactor. A stream larger than the
 //! pool buffers and an empty one, a `tar` round trip, a consumer that stops early (`head -c`),
 //! a damaged sealed file decrypted to a pipe (only verified chunks reach the consumer), a
-//! stalled pipe cancelled while the shard serves other jobs, and SIGTERM mid-stream.
+//! stalled pipe cancelled while the shard serves other jobs, SIGTERM mid-stream, and a client
+//! that goes away mid-stream.
 //! The offline pipe tests are in tests/cli/pipes.rs.
 
 #[macro_use]
@@ -413,6 +414,37 @@ fn sigterm_mid_stream(backend: &'static str) {
     drop(writer);
 }
 
+/// Intact: a client killed while its job reads a stalled pipe leaves no job behind: the
+/// daemon sees the connection end and cancels the job (`jobs` says `cancelled`); nothing
+/// appears; the daemon goes on serving.
+fn a_client_that_goes_away_cancels_its_stream(backend: &'static str) {
+    let daemon = Daemon::start(backend);
+    let (reader, writer) = std::io::pipe().unwrap();
+    let before = snapshot(&daemon.root);
+    let mut child = spawn_client(
+        &daemon,
+        &["encrypt", "-", "-o", "never.rcrypt"],
+        Stdio::from(reader),
+        Stdio::piped(),
+    );
+    let job = running_job(&daemon, "/dev/stdin");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = daemon.cli(&["--json", "status", &job]);
+        let status: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+        if status["state"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}: {}", daemon.note());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(snapshot(&daemon.root), before, "nothing appeared");
+    drop(writer);
+    still_serves(&daemon, "after");
+}
+
 both_backends!(
     streams_round_trip,
     a_tar_round_trip,
@@ -420,4 +452,5 @@ both_backends!(
     a_damaged_file_to_a_pipe,
     a_stalled_pipe_is_cancelled,
     sigterm_mid_stream,
+    a_client_that_goes_away_cancels_its_stream,
 );
