@@ -160,7 +160,7 @@ Examples:
   ringcrypt --keys keys.toml decrypt -r /backup/photos -o photos --skip-existing
   ringcrypt decrypt -r /shared/out -o /shared/back --partition $JOB_COMPLETION_INDEX/4 --skip-existing
   ringcrypt decrypt a.csv.rcrypt b.csv.rcrypt -o restored/      # several inputs
-  ringcrypt decrypt photos.tar.rcrypt -o - | tar x             # to a pipe, through the daemon
+  ringcrypt decrypt photos.tar.rcrypt -o - | tar x              # to a pipe, via the daemon
   curl -s https://host/x.rcrypt | ringcrypt --keys keys.toml decrypt - -o x
 
 A ringcrypt file names its key; every chunk is verified before any plaintext is written, and
