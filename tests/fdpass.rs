@@ -6,9 +6,10 @@
 //! descriptors while the same paths sent as paths are refused; every descriptor that is not
 //! what such a request promises (a named output, an output open for append or read only, a
 //! non-empty output, an input open for writing only, a directory, a missing or a single
-//! descriptor) is refused with `bad_request` and the files involved are untouched; stray
-//! descriptors are closed; a tampered input is `auth_failed` with nothing linked; and the
-//! daemon holds no descriptor after any of it.
+//! descriptor, both ends of one pipe) is refused with `bad_request` and the files involved
+//! are untouched; stray descriptors are closed; a tampered input is `auth_failed` with
+//! nothing linked; pipes are streamed by the protocol alone (a pipe output, a pipe input with
+//! `progress` lines that have no total); and the daemon holds no descriptor after any of it.
 
 #[macro_use]
 mod support;
@@ -63,6 +64,7 @@ both_backends!(
     descriptors_that_break_the_promise_are_refused,
     stray_descriptors_are_closed,
     a_tampered_input_by_descriptor_is_auth_failed,
+    pipes_stream_by_the_protocol,
 );
 
 fn passed_descriptors_round_trip_outside_every_root(backend: &'static str) {
@@ -202,6 +204,12 @@ fn descriptors_that_break_the_promise_are_refused(backend: &'static str) {
     assert!(message.contains("is a directory"), "{message}");
     assert!(read_all(&fresh).is_empty(), "nothing was written");
 
+    // Both ends of one pipe: the job would read its own output.
+    let (pipe_in, pipe_out) = std::io::pipe().unwrap();
+    let message = refused(&[pipe_in.as_fd(), pipe_out.as_fd()], "one pipe both ways");
+    assert!(message.contains("same file (or pipe)"), "{message}");
+    drop((pipe_in, pipe_out));
+
     // One descriptor, and none at all; the connection goes on serving.
     let mut client = daemon.client();
     client.send_with_fds(&request, &[source.as_fd()]);
@@ -294,4 +302,66 @@ fn a_tampered_input_by_descriptor_is_auth_failed(backend: &'static str) {
         ciphertext,
         "the input is unchanged"
     );
+}
+
+/// Intact, by the protocol alone (no `ringcrypt` client): a file encrypted into a pipe
+/// arrives whole on the pipe's other end, in the format's size, and `done` counts it; that
+/// stream fed back as a pipe input with a pipe output gives the plaintext back, its
+/// `progress` lines counting bytes with `bytes_total` 0 and `totals_final` false; and the
+/// daemon holds no descriptor after.
+fn pipes_stream_by_the_protocol(backend: &'static str) {
+    let daemon = Daemon::start(backend);
+    let baseline = open_fds(daemon.pid()).unwrap();
+    let dir = &daemon.outside;
+    let input = dir.join("in.bin");
+    let plain = bytes(3_000_017, 21);
+    fs::write(&input, &plain).unwrap();
+    let label = Path::new("/dev/stdout");
+
+    let (mut sealed_out, sealed_in) = std::io::pipe().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut data = Vec::new();
+        sealed_out.read_to_end(&mut data).unwrap();
+        data
+    });
+    let source = File::open(&input).unwrap();
+    let replies = passing(
+        &daemon,
+        &fd_request("encrypt", &input, label),
+        &[source.as_fd(), sealed_in.as_fd()],
+    );
+    drop(sealed_in);
+    let sealed = reader.join().unwrap();
+    let done = replies.last().unwrap();
+    assert_eq!(done["type"], "done", "{replies:?}");
+    assert_eq!(
+        sealed.len() as u64,
+        ringcrypt::crypto::format::sealed_len(plain.len() as u64, 16)
+    );
+    assert_eq!(done["bytes_out"], sealed.len() as u64, "{done}");
+
+    let (feed_out, mut feed_in) = std::io::pipe().unwrap();
+    let (mut plain_out, plain_in) = std::io::pipe().unwrap();
+    let feeder = std::thread::spawn(move || feed_in.write_all(&sealed).unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut data = Vec::new();
+        plain_out.read_to_end(&mut data).unwrap();
+        data
+    });
+    let mut request = fd_request("decrypt", Path::new("/dev/stdin"), label);
+    request["progress"] = json!(true);
+    let replies = passing(&daemon, &request, &[feed_out.as_fd(), plain_in.as_fd()]);
+    drop((feed_out, plain_in));
+    feeder.join().unwrap();
+    assert_eq!(reader.join().unwrap(), plain, "{replies:?}");
+    assert_eq!(replies.last().unwrap()["type"], "done", "{replies:?}");
+    let progress: Vec<&Value> = replies.iter().filter(|r| r["type"] == "progress").collect();
+    assert!(!progress.is_empty(), "{replies:?}");
+    for line in progress {
+        assert_eq!(
+            (&line["bytes_total"], &line["totals_final"]),
+            (&json!(0), &json!(false))
+        );
+    }
+    assert_fds_return_to(daemon.pid(), baseline, "after streams");
 }

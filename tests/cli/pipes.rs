@@ -3,32 +3,15 @@
 //! consumer gets only chunks whose tags verified, the run exits 1 and says how much went out,
 //! and a named output never appears partially.
 
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use super::*;
 
 /// Runs `ringcrypt --keys RING ARGS` in `cwd` with `stdin` fed to it; its raw output.
 fn piped(ring: &Path, cwd: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = support::ringcrypt_command()
-        .arg("--keys")
-        .arg(ring)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ringcrypt starts");
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    // Feed from a thread, so a full stdout pipe cannot deadlock the test.
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().expect("ringcrypt runs");
-    feeder.join().unwrap();
-    out
+    let mut cmd = support::ringcrypt_command();
+    cmd.arg("--keys").arg(ring).args(args).current_dir(cwd);
+    support::output_fed(&mut cmd, stdin)
 }
 
 /// `sh -c SCRIPT` in `cwd` with `RC` naming the binary and `KEYS` the ring.

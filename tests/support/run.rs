@@ -85,6 +85,26 @@ pub fn ringcrypt_command() -> Command {
     cmd
 }
 
+/// Runs `cmd` with `stdin` fed to it from a thread (so a full stdout pipe cannot deadlock the
+/// test), its stdout and stderr captured; its raw output.
+pub fn output_fed(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("the command runs");
+    feeder.join().unwrap();
+    out
+}
+
 /// Runs `ringcrypt ARGS` with no key ring or socket inherited from the environment.
 pub fn ringcrypt(args: &[&str]) -> Run {
     Run::of(

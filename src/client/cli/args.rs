@@ -27,14 +27,16 @@ Examples:
   ringcrypt --keys keys.toml decrypt report.pdf.rcrypt -o copy.pdf
   ringcrypt --keys keys.toml rewrap old.rcrypt --in-place  # re-encrypt under the default key
   ringcrypt --keys keys.toml decrypt -r photos.rcrypt      # offline, all cores -> photos/
-  tar c docs | ringcrypt --keys keys.toml encrypt - -o docs.tar.rcrypt   # a pipe (offline)
-  ringcrypt --keys keys.toml decrypt docs.tar.rcrypt -o - | tar x
+  tar c docs | ringcrypt encrypt - -o docs.tar.rcrypt      # a pipe, through the daemon
+  ringcrypt decrypt docs.tar.rcrypt -o - | tar x
+  tar c docs | ringcrypt --keys keys.toml encrypt - -o docs.tar.rcrypt   # a pipe, offline
   ringcrypt encrypt a.pdf b.pdf c.pdf -o /backup/          # several inputs into one directory
   ringcrypt verify -r /backup                              # check every chunk, write nothing
   ringcrypt inspect report.pdf.rcrypt                      # header fields, no key needed
   ringcrypt completions bash > ~/.local/share/bash-completion/completions/ringcrypt
 
-`-` (or /dev/stdin, /dev/stdout) is standard input or output; pipes need --keys for now.
+`-` (or /dev/stdin, /dev/stdout) is standard input or output, offline and through the
+daemon (which is passed the pipes and streams them).
 
 Through the daemon, a single file goes as open descriptors: this process opens the input and
 creates the output's temp file, so your own permissions apply, no allowed root is needed, and
@@ -104,7 +106,7 @@ Examples:
   ringcrypt encrypt a.csv b.csv -r photos -o /backup/           # several inputs into /backup/
   ringcrypt encrypt -r /shared/in -o /shared/out --partition 2/8 --skip-existing
                                              # this host's eighth of a tree that 8 hosts share
-  tar c photos | ringcrypt --keys keys.toml encrypt - -o photos.tar.rcrypt
+  tar c photos | ringcrypt encrypt - -o photos.tar.rcrypt       # a pipe, through the daemon
   ringcrypt --keys keys.toml encrypt - < notes.txt > notes.txt.rcrypt
 
 The output appears only when complete and on disk; an existing output is never replaced
@@ -118,8 +120,8 @@ does the files whose path hash falls in its part, and with --skip-existing a ret
 finishes its part without redoing what is there. docs/fleet.md has the whole recipe.
 
 IN `-` (or /dev/stdin) reads standard input, and then the output defaults to standard
-output; `-o -` (or /dev/stdout) writes standard output. Pipes need --keys for now. A named
-output still appears only when complete.")]
+output; `-o -` (or /dev/stdout) writes standard output, offline and through the daemon. A
+named output still appears only when complete (mode 0600).")]
     Encrypt {
         /// The files (or, with -r, directories) to encrypt; `-` for standard input.
         #[arg(required = true, value_name = "IN")]
@@ -158,7 +160,7 @@ Examples:
   ringcrypt --keys keys.toml decrypt -r /backup/photos -o photos --skip-existing
   ringcrypt decrypt -r /shared/out -o /shared/back --partition $JOB_COMPLETION_INDEX/4 --skip-existing
   ringcrypt decrypt a.csv.rcrypt b.csv.rcrypt -o restored/      # several inputs
-  ringcrypt --keys keys.toml decrypt photos.tar.rcrypt -o - | tar x
+  ringcrypt decrypt photos.tar.rcrypt -o - | tar x              # to a pipe, via the daemon
   curl -s https://host/x.rcrypt | ringcrypt --keys keys.toml decrypt - -o x
 
 A ringcrypt file names its key; every chunk is verified before any plaintext is written, and
@@ -167,10 +169,10 @@ OUT/FILE; other files are skipped (\"not a .rcrypt file\"). Without -o, IN must 
 .rcrypt (the output is IN without it); no other name is guessed. With several inputs, -o
 names an existing directory.
 
-To a pipe (`-o -`), each chunk is written only after its tag has verified. If a later chunk
-fails, ringcrypt stops, says so and exits 1, but the consumer may have received the earlier,
-verified chunks: treat what it got as incomplete. A consumer that stops reading early (head)
-ends the run quietly with exit 0.")]
+To a pipe (`-o -`), offline or through the daemon, each chunk is written only after its tag
+has verified. If a later chunk fails, ringcrypt stops, says so and exits 1, but the consumer
+may have received the earlier, verified chunks: treat what it got as incomplete. A consumer
+that stops reading early (head) ends the run quietly with exit 0.")]
     Decrypt {
         /// The files (or, with -r, directories) to decrypt; `-` for standard input.
         #[arg(required = true, value_name = "IN")]

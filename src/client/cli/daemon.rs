@@ -11,7 +11,6 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use super::args::{Cli, Command};
-use super::pipe::{End, Ends};
 use super::print::{self, Shown};
 use super::tree::{ProgressDisplay, snapshot_from};
 use super::{Failure, FileCmd, decrypt_output, files_failed, unreachable, usage};
@@ -117,33 +116,6 @@ pub(super) fn run_file(cli: &Cli, cmd: &FileCmd) -> Result<(), Failure> {
         return Err(files_failed(done.files_failed, Some(&done.job.to_string())).shown(json));
     }
     Ok(())
-}
-
-/// A job with a stream end (`-`, a pipe) through the daemon: refused for now, before
-/// anything is opened or created, with the way to do it offline.
-///
-/// The daemon does not yet stream a pipe through its reactor. When it does, this becomes
-/// [`run_file`]'s shape: `ends.open(overwrite)` gives the two descriptors (a pipe, or a file
-/// and an unnamed temp output), the request goes with `fds: true` and them, and a named
-/// output is linked here after `done`, as [`PassedFiles::commit`] does.
-pub(super) fn run_stream(cmd: &FileCmd, ends: &Ends) -> Failure {
-    let which = match (&ends.input, &ends.output) {
-        (End::File(_), _) => "to a stream",
-        (_, End::File(_)) => "from a stream",
-        _ => "between streams",
-    };
-    usage(
-        format!(
-            "the daemon cannot {} {which} yet (`-`, /dev/stdin, /dev/stdout, a FIFO or a \
-             device); nothing was created",
-            cmd.op.as_str()
-        ),
-        format!(
-            "pass --keys FILE to {} the stream in this process (ringcrypt --keys keys.toml {} ...)",
-            cmd.op.as_str(),
-            cmd.op.as_str()
-        ),
-    )
 }
 
 /// What `jobs --state ... --limit N` keeps of the daemon's list. The daemon sends every job

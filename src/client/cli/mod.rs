@@ -252,7 +252,7 @@ fn run_file(cli: &Cli, cmd: &FileCmd) -> Result<(), Failure> {
     if let Some(ends) = pipe::Ends::of(cmd)? {
         return match cli.keys.is_some() {
             true => pipe::run_offline(cli, cmd, ends),
-            false => Err(daemon::run_stream(cmd, &ends)),
+            false => pipe::run_daemon(cli, cmd, ends),
         };
     }
     if let Some(plan) = TreePlan::from_cmd(cmd)? {

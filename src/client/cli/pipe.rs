@@ -9,27 +9,35 @@
 //! exits 1 saying how much it got; a consumer that stops reading (`head`, a closed pager:
 //! `EPIPE`) ends the run quietly with exit 0 and nothing left behind.
 //!
-//! Both ends are opened here as descriptors ([`Ends::open`]) whatever runs the job, so that
-//! the daemon can later be handed them as it is handed a single file's descriptors; for now
-//! the daemon does not stream, and `daemon::run_stream` refuses with a hint.
+//! Both ends are opened here as descriptors ([`Ends::open`]) whatever runs the job: offline
+//! ([`run_offline`]) this process streams them; through the daemon ([`run_daemon`]) they are
+//! passed with `"fds": true`, as a single file's are, and the daemon streams them through a
+//! shard's reactor. An output the daemon cannot be handed (a regular file on standard
+//! output, a named temp file where the file system has no `O_TMPFILE`) is fed through a pipe
+//! this process copies from.
 //!
 //! What this room does not do: the crypto (the engines in [`crate::offline`]), trees (a
 //! stream is never a tree), or several inputs (`many` refuses `-` among them).
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use super::args::Cli;
+use super::daemon::{current_dir, daemon_settings, wire_path};
 use super::offline::{load_ring, no_json, openssl_warning};
+use super::print::{self as shown_print, Shown};
+use super::tree::{ProgressDisplay, snapshot_from};
 use super::{EXIT_FAILED, Failure, FileCmd, print, refuse_directory, usage};
+use crate::client::conn::Client;
 use crate::error::{Code, Error};
 use crate::limits::CHUNK_LOG2_DEFAULT;
 use crate::offline::output::{AtomicFile, Durability};
 use crate::offline::{self, Format, Job, Outcome};
 use crate::protocol::FileOp;
+use crate::protocol::{FileJobSpec, ReplyLine, Request};
 
 /// The exit code of a run whose consumer stopped reading: success, and nothing printed.
 pub(super) const EXIT_QUIET: u8 = 0;
@@ -220,19 +228,26 @@ impl<W: Write> Write for Counted<W> {
     }
 }
 
-/// Runs a job with a stream end in this process.
-pub(super) fn run_offline(cli: &Cli, cmd: &FileCmd, ends: Ends) -> Result<(), Failure> {
-    no_json(cli)?;
+/// What both modes refuse before anything is opened: a directory as input, ciphertext to
+/// a terminal.
+fn refuse_early(cmd: &FileCmd, ends: &Ends) -> Result<(), Failure> {
     if let End::File(path) = &ends.input {
         refuse_directory(cmd, path)?;
     }
-    let output_path = ends.output.name();
     if cmd.op != FileOp::Decrypt && ends.output == End::Stdout && std::io::stdout().is_terminal() {
         return Err(usage(
             "refusing to write ciphertext to a terminal",
             "redirect standard output (> FILE) or pass -o FILE",
         ));
     }
+    Ok(())
+}
+
+/// Runs a job with a stream end in this process.
+pub(super) fn run_offline(cli: &Cli, cmd: &FileCmd, ends: Ends) -> Result<(), Failure> {
+    no_json(cli)?;
+    refuse_early(cmd, &ends)?;
+    let output_path = ends.output.name();
     let ring = load_ring(cli.keys.as_deref())?;
     let input_name = ends.input.name();
     let job = Job {
@@ -271,7 +286,14 @@ pub(super) fn run_offline(cli: &Cli, cmd: &FileCmd, ends: Ends) -> Result<(), Fa
         },
         // The consumer stopped reading: what it wanted, it has. Nothing else to do.
         Err(_) if closed => return Err(quiet()),
-        Err(err) => return Err(mid_stream(cmd.op, err, &ends.output, written)),
+        Err(err) => {
+            return Err(mid_stream(
+                cmd.op,
+                Failure::from(err),
+                &ends.output,
+                Some(written),
+            ));
+        }
     };
     if let Output::File(atomic) = output {
         atomic.commit(STREAM_OUTPUT_MODE, cmd.force, Durability::Fsync)?;
@@ -291,21 +313,24 @@ fn quiet() -> Failure {
     }
 }
 
-/// A failure after part of the output may have gone to a stream: says how much, and what
-/// it is worth.
-fn mid_stream(op: FileOp, err: Error, output: &End, written: u64) -> Failure {
-    let mut failure = Failure::from(err);
-    if output.is_stream() && written > 0 {
+/// A failure after part of the output may have gone to a stream: says how much (when this
+/// process knows: offline), and what it is worth.
+fn mid_stream(op: FileOp, mut failure: Failure, output: &End, written: Option<u64>) -> Failure {
+    if output.is_stream() && written != Some(0) {
+        let how_much = match written {
+            Some(written) => format!("received {written} bytes"),
+            None => "may have received some bytes".to_string(),
+        };
         let got = match op {
             FileOp::Decrypt | FileOp::Verify => format!(
-                "{} received {written} bytes of plaintext before the failure (of a ringcrypt \
-                 file, only chunks whose tags verified); the rest is missing: treat what it \
-                 got as incomplete",
+                "{} {how_much} of plaintext before the failure (of a ringcrypt file, only \
+                 chunks whose tags verified); the rest is missing: treat what it got as \
+                 incomplete",
                 output.name().display()
             ),
             FileOp::Encrypt | FileOp::Rewrap => format!(
-                "{} received {written} bytes before the failure; they do not form a complete \
-                 file and will not decrypt: discard them",
+                "{} {how_much} before the failure; they do not form a complete file and will \
+                 not decrypt: discard them",
                 output.name().display()
             ),
         };
@@ -313,4 +338,146 @@ fn mid_stream(op: FileOp, err: Error, output: &End, written: u64) -> Failure {
     }
     failure.exit = EXIT_FAILED;
     failure
+}
+
+/// Runs a job with a stream end through the daemon: both ends passed as descriptors
+/// (`"fds": true`), the daemon streaming them; a named output linked here after `done`.
+pub(super) fn run_daemon(cli: &Cli, cmd: &FileCmd, ends: Ends) -> Result<(), Failure> {
+    daemon_settings(cmd.format, cmd.chunk_log2)?;
+    if cmd.op == FileOp::Verify {
+        return Err(super::verify_writes_nothing());
+    }
+    if cli.json && ends.output == End::Stdout {
+        return Err(usage(
+            "--json prints replies on standard output, which carries the data here",
+            "pass -o FILE, or leave out --json",
+        ));
+    }
+    refuse_early(cmd, &ends)?;
+    let cwd = current_dir()?;
+    let label = |end: &End| match end {
+        End::Stdin => Ok(PathBuf::from("/dev/stdin")),
+        End::Stdout => Ok(PathBuf::from("/dev/stdout")),
+        End::Stream(path) | End::File(path) => wire_path(&cwd, path),
+    };
+    let mut spec = FileJobSpec::new(cmd.op, label(&ends.input)?, label(&ends.output)?);
+    spec.key = cmd.key.clone();
+    spec.overwrite = cmd.force;
+    spec.fds = true;
+    let json = cli.json;
+    let bar = !json && !cmd.tree.quiet && std::io::stderr().is_terminal();
+    spec.progress = bar;
+    let request = Request::File(spec);
+    let mut client = Client::connect(&cli.socket)?;
+    let Opened { input, mut output } = ends.open(cmd.force)?;
+    let relay = Relay::start(&mut output)?;
+    let mut display = ProgressDisplay::new(!bar);
+    let errored = std::cell::Cell::new(false);
+    let reply = {
+        let out_fd = match &relay {
+            Some(relay) => relay.writer.as_fd(),
+            None => match &output {
+                Output::Stream(file) => file.as_fd(),
+                Output::File(atomic) => atomic.file_ref().as_fd(),
+            },
+        };
+        client.request_passing(&request, &[input.as_fd(), out_fd], |line, reply| {
+            errored.set(matches!(reply, ReplyLine::Error(_)));
+            if json {
+                shown_print::raw_line(line);
+            } else if let ReplyLine::Progress(progress) = reply {
+                display.update(&snapshot_from(progress));
+            }
+        })
+    };
+    display.finish();
+    drop(input);
+    let relayed = relay.map(Relay::finish).transpose()?;
+    let closed = match &output {
+        Output::Stream(file) => reader_gone(file.as_fd()),
+        Output::File(_) => false,
+    };
+    let reply = match reply {
+        Ok(reply) => reply,
+        // The consumer stopped reading: what it wanted, it has.
+        Err(_) if closed => return Err(quiet()),
+        Err(err) => {
+            let failure = Failure::from(err);
+            let failure = mid_stream(cmd.op, failure, &ends.output, relayed);
+            return Err(failure.shown(json && errored.get()));
+        }
+    };
+    if let Output::File(atomic) = output {
+        atomic.commit(STREAM_OUTPUT_MODE, cmd.force, Durability::Fsync)?;
+        if !json {
+            let shown = Shown {
+                verb: shown_print::verb(cmd.op),
+                input: ends.input.name(),
+                output: ends.output.name(),
+            };
+            shown_print::reply(&request, Some(&shown), client.socket(), &reply)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the reader of a pipe we write to went away (`POLLERR` on its write end).
+fn reader_gone(fd: BorrowedFd<'_>) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&now)).is_ok() && fds[0].revents().contains(PollFlags::ERR)
+}
+
+/// A pipe the daemon writes into and this process copies to an output that cannot be
+/// passed: a regular file on standard output (`> FILE`), or a named temp file.
+struct Relay {
+    writer: OwnedFd,
+    copier: std::thread::JoinHandle<std::io::Result<u64>>,
+}
+
+impl Relay {
+    /// A relay for `output` if it needs one.
+    fn start(output: &mut Output) -> Result<Option<Relay>, Failure> {
+        let target = match output {
+            Output::File(atomic) if atomic.is_unnamed() => return Ok(None),
+            Output::File(atomic) => atomic.file_ref().try_clone(),
+            Output::Stream(file) => {
+                let kind = file.metadata().map(|m| m.file_type());
+                if kind.is_ok_and(|k| k.is_fifo() || k.is_socket() || k.is_char_device()) {
+                    return Ok(None);
+                }
+                file.try_clone()
+            }
+        };
+        let io = |e: std::io::Error| {
+            Failure::from(Error::new(
+                Code::IoError,
+                format!("cannot relay the output: {e}"),
+            ))
+        };
+        let mut target = target.map_err(io)?;
+        let (mut reader, writer) = std::io::pipe().map_err(io)?;
+        let copier = std::thread::spawn(move || std::io::copy(&mut reader, &mut target));
+        Ok(Some(Relay {
+            writer: writer.into(),
+            copier,
+        }))
+    }
+
+    /// Closes the daemon's end (ours: the daemon closed its copy with the job) and waits for
+    /// the copy; the bytes copied.
+    fn finish(self) -> Result<u64, Failure> {
+        drop(self.writer);
+        match self.copier.join() {
+            Ok(Ok(copied)) => Ok(copied),
+            Ok(Err(e)) => {
+                Err(Error::new(Code::IoError, format!("cannot write the output: {e}")).into())
+            }
+            Err(_) => Err(Error::new(Code::Internal, "the output's copier panicked").into()),
+        }
+    }
 }

@@ -259,7 +259,10 @@ pub(super) fn unexpected_reply(request: &Request, reply: &ReplyLine) -> Failure 
 }
 
 fn progress_text(done: u64, total: u64) -> String {
-    if total == 0 {
+    if total == 0 && done > 0 {
+        // A stream: bytes without a total.
+        format!("{done} bytes")
+    } else if total == 0 {
         format!("{done}/{total} bytes")
     } else {
         // u128: done * 100 cannot overflow.

@@ -380,6 +380,12 @@ impl ProgressDisplay {
                 if *counting && s.totals_final {
                     bar.set_style(Self::final_style());
                     *counting = false;
+                } else if *counting && is_one_stream(s) {
+                    // Nothing is being counted: a stream has no total, only a spinner.
+                    bar.set_style(
+                        ProgressStyle::with_template("{spinner} {msg}")
+                            .expect("a fixed, valid template"),
+                    );
                 }
                 bar.set_length(s.bytes_total);
                 bar.set_position(s.bytes_done.min(s.bytes_total));
@@ -409,9 +415,22 @@ impl ProgressDisplay {
     }
 }
 
+/// One file's job on a stream: bytes without a total.
+fn is_one_stream(s: &tree::Snapshot) -> bool {
+    s.files_total == 1 && s.bytes_total == 0 && !s.totals_final
+}
+
 /// `120/5000 files, 12.3/50.0 MB, 40.1 MB/s` (MB = 10^6 bytes).
 fn progress_line(s: &tree::Snapshot) -> String {
     let mb = |bytes: u64| bytes as f64 / 1e6;
+    if is_one_stream(s) {
+        // One stream: bytes without a total (`12.3 MB, 40.1 MB/s`).
+        return format!(
+            "{:.1} MB, {:.1} MB/s",
+            mb(s.bytes_done),
+            mb(s.rate_bytes_per_sec)
+        );
+    }
     format!(
         "{}/{} files, {:.1}/{:.1} MB, {:.1} MB/s",
         s.files_done,

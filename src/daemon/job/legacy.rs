@@ -46,20 +46,7 @@ impl FileJob {
         let final_ct = (body_len - n_full * chunk) as usize;
         self.bytes_in += BODY_OFFSET;
         let sealer = match self.spec.op {
-            FileOp::Rewrap => {
-                let entry = ctx.ring.sealing_entry(None)?;
-                let KeyMaterial::Secret(master) = &entry.material else {
-                    return Err(Error::new(
-                        Code::Internal,
-                        "the default key is not a ringcrypt key",
-                    ));
-                };
-                Some(Sealer::new(
-                    master.bytes(),
-                    chunk_log2,
-                    format::random_salt()?,
-                ))
-            }
+            FileOp::Rewrap => Some(resealer(ctx, chunk_log2)?),
             _ => None,
         };
         let header = sealer.as_ref().map(|s| s.header().to_bytes());

@@ -23,7 +23,8 @@
 //! for `skip_existing` is in `existing.rs`; the byte stream (header, batches, crypto) in
 //! `stream.rs`; the last steps (permissions, fsync, link, fsync of the directory) in
 //! `commit.rs`; the pieces (lanes, codec, temp names, spans) in `parts.rs`; openssl-format
-//! inputs in `legacy.rs`; the checks on passed descriptors in `passed.rs`.
+//! inputs in `legacy.rs`; the checks on passed descriptors in `passed.rs`; a job with a
+//! stream end (a passed pipe, socket or device), run in order, in `pipe.rs`.
 //!
 //! What this room does not do: route, admit, or reply (the shard does), or touch sockets.
 
@@ -54,6 +55,7 @@ mod existing;
 mod legacy;
 mod parts;
 mod passed;
+mod pipe;
 mod range;
 mod stream;
 
@@ -61,6 +63,7 @@ use parts::{Codec, Lane, LaneState, Spans, TempName};
 pub use passed::Passed;
 use range::{PartOf, Split};
 pub use range::{RangeWork, SplitRequest};
+use stream::resealer;
 
 /// Pool buffers each running job holds: one being sealed, one being written, and two being
 /// read ahead, so the crypto never waits for a read. Measured here (1 GiB on tmpfs,
@@ -219,6 +222,10 @@ pub struct FileJob {
     split: Option<Box<Split>>,
     /// A job that runs one range of another shard's file.
     part_of: Option<PartOf>,
+    /// A job with a stream end: its state (see `pipe.rs`).
+    pipe: Option<Box<pipe::PipeRun>>,
+    /// The passed output is a stream.
+    stream_out: bool,
     /// Linked, waiting for its directory's fsync, which the shard batches.
     dir_sync: Option<DirSyncWanted>,
     /// Bytes read from the input and written to the output so far (progress and stats).
@@ -241,6 +248,7 @@ impl FileJob {
         slot: u32,
         bufs: [BufId; BUFFERS_PER_JOB],
     ) -> FileJob {
+        let stream_out = passed.as_ref().is_some_and(|p| p.output_stream);
         FileJob {
             id,
             spec,
@@ -272,6 +280,8 @@ impl FileJob {
             end_batch: 0,
             split: None,
             part_of: None,
+            pipe: None,
+            stream_out,
             dir_sync: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -368,7 +378,8 @@ impl FileJob {
             bytes_done: done,
             bytes_total: self.in_len,
             rate_bytes_per_sec: (done as f64 / seconds) as u64,
-            totals_final: true,
+            // A stream input has no size: bytes are counted without a total.
+            totals_final: !self.pipe.as_ref().is_some_and(|run| run.in_stream()),
         })
     }
 
@@ -474,6 +485,7 @@ impl FileJob {
     fn fail(&mut self, ctx: &mut JobCtx, err: Error) {
         if self.failure.is_none() {
             self.failure = Some(err);
+            self.abort_pipe(ctx);
         }
         self.drain_or_finish(ctx);
     }
@@ -507,6 +519,9 @@ impl FileJob {
             return;
         }
         let outcome = match step {
+            Step::LaneRead(_) | Step::LaneWrite(_) if self.pipe.is_some() => {
+                self.pipe_complete(ctx, step, done.result)
+            }
             Step::OpenInput => done
                 .opened()
                 .map_err(|e| self.io_err("open", true, e))
@@ -656,8 +671,12 @@ impl FileJob {
                 .map_err(|e| self.io_err("stat", true, e))?,
         )
         .map_err(|e| self.io_err("stat", true, e.into()))?;
-        match FileType::from_raw_mode(stat.st_mode) {
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        let in_stream = self.on_passed && passed::is_stream(kind);
+        match kind {
             FileType::RegularFile => {}
+            // A passed pipe (or socket, or device): streamed in order, see `pipe.rs`.
+            _ if in_stream => {}
             FileType::Directory => {
                 return Err(Error::new(
                     Code::BadRequest,
@@ -678,6 +697,10 @@ impl FileJob {
         self.in_mode = stat.st_mode & 0o777;
         self.in_mtime = (stat.st_mtime, stat.st_mtime_nsec as i64);
         if let Some(temp) = temp {
+            if in_stream || self.stream_out {
+                self.in_len = if in_stream { 0 } else { self.in_len };
+                return self.start_pipe(ctx, in_stream);
+            }
             return self.have_temp(ctx, temp);
         }
         if !self.spec.op.writes() {
@@ -829,17 +852,7 @@ impl FileJob {
         failpoint("temp_created");
         match self.spec.op {
             FileOp::Encrypt => {
-                let entry = ctx.ring.sealing_entry(self.spec.key.as_deref())?;
-                let KeyMaterial::Secret(master) = &entry.material else {
-                    return Err(Error::new(
-                        Code::BadRequest,
-                        format!(
-                            "key {:?} is a passphrase; the daemon seals the ringcrypt format only",
-                            entry.name
-                        ),
-                    ));
-                };
-                let sealer = Sealer::new(master.bytes(), ctx.chunk_log2, format::random_salt()?);
+                let sealer = self.sealer(ctx)?;
                 self.start_sealing(ctx, sealer, self.in_len)
             }
             FileOp::Decrypt | FileOp::Rewrap | FileOp::Verify => self.read_header(ctx, input),

@@ -1,5 +1,7 @@
 //! A job on descriptors the caller passed (`"fds": true`): what the daemon checks about
-//! them before it reads one and writes the other.
+//! them before it reads one and writes the other, and whether either is a stream (a pipe,
+//! a socket or a character device: `fstat` says so), which the job then streams through
+//! `pipe.rs` instead of reading and writing at offsets.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -18,6 +20,17 @@ use crate::protocol::FileJobSpec;
 pub struct Passed {
     pub(super) input: OwnedFd,
     pub(super) output: OwnedFd,
+    /// The output is a stream: written in order, never linked or fsynced.
+    pub(super) output_stream: bool,
+}
+
+/// Whether a descriptor of this type is a stream: no size, no offsets, read or written in
+/// order (a FIFO, a socket, a character device such as a terminal or `/dev/null`).
+pub(super) fn is_stream(kind: FileType) -> bool {
+    matches!(
+        kind,
+        FileType::Fifo | FileType::Socket | FileType::CharacterDevice
+    )
 }
 
 impl Passed {
@@ -50,20 +63,41 @@ impl Passed {
         let out_flags =
             rustix::fs::fcntl_getfl(&output).map_err(|e| io("inspect", &spec.output, e))?;
         let out_mode = out_flags.intersection(OFlags::RWMODE);
+        let out_stat = rustix::fs::fstat(&output).map_err(|e| io("stat", &spec.output, e))?;
+        let out_kind = FileType::from_raw_mode(out_stat.st_mode);
+        // O_APPEND would move a file's writes to its end; a stream has no offsets to move.
         if out_flags.contains(OFlags::PATH)
             || (out_mode != OFlags::WRONLY && out_mode != OFlags::RDWR)
-            || out_flags.contains(OFlags::APPEND)
+            || (out_flags.contains(OFlags::APPEND) && !is_stream(out_kind))
         {
             return Err(bad(format!(
                 "the descriptor passed for {} is not open for writing (without O_APPEND)",
                 spec.output.display()
             )));
         }
-        let out_stat = rustix::fs::fstat(&output).map_err(|e| io("stat", &spec.output, e))?;
-        if FileType::from_raw_mode(out_stat.st_mode) != FileType::RegularFile
-            || out_stat.st_nlink != 0
-            || out_stat.st_size != 0
+        let in_stat = rustix::fs::fstat(&input).map_err(|e| io("stat", &spec.input, e))?;
+        // One device both ways (`/dev/null`) is no loop; one file or pipe is.
+        if in_stat.st_dev == out_stat.st_dev
+            && in_stat.st_ino == out_stat.st_ino
+            && out_kind != FileType::CharacterDevice
         {
+            return Err(bad(format!(
+                "the descriptors passed for {} and {} are the same file (or pipe)",
+                spec.input.display(),
+                spec.output.display()
+            )));
+        }
+        let output_stream = is_stream(out_kind);
+        if output_stream {
+            // A pipe (or socket, or device) the caller holds: written in order, nothing to
+            // link. Only the open mode matters, checked above.
+            return Ok(Passed {
+                input,
+                output,
+                output_stream,
+            });
+        }
+        if out_kind != FileType::RegularFile || out_stat.st_nlink != 0 || out_stat.st_size != 0 {
             return Err(bad(format!(
                 "the descriptor passed for {} must be a new, empty, unnamed temp file \
                  (open(dir, O_TMPFILE | O_WRONLY)); the daemon never writes into a file that \
@@ -71,14 +105,10 @@ impl Passed {
                 spec.output.display()
             )));
         }
-        let in_stat = rustix::fs::fstat(&input).map_err(|e| io("stat", &spec.input, e))?;
-        if in_stat.st_dev == out_stat.st_dev && in_stat.st_ino == out_stat.st_ino {
-            return Err(bad(format!(
-                "the descriptors passed for {} and {} are the same file",
-                spec.input.display(),
-                spec.output.display()
-            )));
-        }
-        Ok(Passed { input, output })
+        Ok(Passed {
+            input,
+            output,
+            output_stream: false,
+        })
     }
 }

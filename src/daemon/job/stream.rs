@@ -8,6 +8,26 @@
 use super::*;
 
 impl FileJob {
+    /// A new file's sealer, with the key the request names (or the ring's default).
+    /// (A rewrap's is [`resealer`]'s.)
+    pub(super) fn sealer(&self, ctx: &JobCtx) -> Result<Sealer, Error> {
+        let entry = ctx.ring.sealing_entry(self.spec.key.as_deref())?;
+        let KeyMaterial::Secret(master) = &entry.material else {
+            return Err(Error::new(
+                Code::BadRequest,
+                format!(
+                    "key {:?} is a passphrase; the daemon seals the ringcrypt format only",
+                    entry.name
+                ),
+            ));
+        };
+        Ok(Sealer::new(
+            master.bytes(),
+            ctx.chunk_log2,
+            format::random_salt()?,
+        ))
+    }
+
     pub(super) fn start_sealing(
         &mut self,
         ctx: &mut JobCtx,
@@ -96,18 +116,7 @@ impl FileJob {
                 self.pump(ctx);
             }
             FileOp::Rewrap => {
-                let entry = ctx.ring.sealing_entry(None)?;
-                let KeyMaterial::Secret(new_master) = &entry.material else {
-                    return Err(Error::new(
-                        Code::Internal,
-                        "the default key is not a ringcrypt key",
-                    ));
-                };
-                let sealer = Sealer::new(
-                    new_master.bytes(),
-                    header.chunk_log2,
-                    format::random_salt()?,
-                );
+                let sealer = resealer(ctx, header.chunk_log2)?;
                 let new_header = sealer.header().to_bytes();
                 self.codec = Some(Codec::Reseal {
                     opener,
@@ -501,4 +510,20 @@ impl FileJob {
             }
         }
     }
+}
+
+/// A rewrap's sealer: the ring's default key, chunks of `chunk_log2`.
+pub(super) fn resealer(ctx: &JobCtx, chunk_log2: u8) -> Result<Sealer, Error> {
+    let entry = ctx.ring.sealing_entry(None)?;
+    let KeyMaterial::Secret(master) = &entry.material else {
+        return Err(Error::new(
+            Code::Internal,
+            "the default key is not a ringcrypt key",
+        ));
+    };
+    Ok(Sealer::new(
+        master.bytes(),
+        chunk_log2,
+        format::random_salt()?,
+    ))
 }

@@ -24,6 +24,13 @@ pub struct File {
     generation: u32,
 }
 
+impl File {
+    /// The table entry this handle names, as an op in flight pins it.
+    pub(super) fn index(self) -> u32 {
+        self.index
+    }
+}
+
 struct Entry {
     fd: Option<OwnedFd>,
     generation: u32,

@@ -13,8 +13,8 @@
 //! reach a file that reused its number.
 //!
 //! The synchronous backend runs the same ops as plain syscalls: file ops complete at once;
-//! socket and eventfd ops are tried non-blocking and, if they would block, parked until
-//! `poll(2)` says they are ready. It is chosen when io_uring cannot be set up, or forced with
+//! socket and eventfd ops, and reads and writes on a stream (offset [`STREAM`]), are tried
+//! non-blocking and, if they would block, parked until `poll(2)` says they are ready. It is chosen when io_uring cannot be set up, or forced with
 //! `RINGCRYPT_BACKEND=sync`.
 //!
 //! The rooms: this file has the ops and their completions, the [`Reactor`] with what does not
@@ -149,6 +149,12 @@ pub enum Op<'a, F = File> {
         fd: F,
     },
 }
+
+/// The `offset` of a [`Op::ReadFixed`] or [`Op::WriteFixed`] on a stream (a pipe, a
+/// socket, a character device): the descriptor's current position, which a stream ignores.
+/// io_uring takes it as `-1`; the sync backend waits for such an op's descriptor to be
+/// ready, as for a socket op, instead of blocking the shard on it.
+pub const STREAM: u64 = u64::MAX;
 
 /// An op as the backends see it: descriptors by number, pinned open by the reactor.
 pub(super) type RawOp<'a> = Op<'a, RawFd>;
@@ -781,6 +787,28 @@ impl Reactor {
         self.files.borrow(file)
     }
 
+    /// Cancels every op in flight on `file` (a stream a job gives up on: a read waiting for a
+    /// writer that never comes, a write to a reader that stopped). Each still completes,
+    /// with `ECANCELED` unless it finished first.
+    pub fn cancel_on(&mut self, file: File) {
+        let index = file.index();
+        let on_file: Vec<usize> = self
+            .slab
+            .live()
+            .filter(|&slot| {
+                self.slab.slots[slot]
+                    .as_ref()
+                    .is_some_and(|s| s.files.contains(&Some(index)))
+            })
+            .collect();
+        for slot in on_file {
+            match &mut self.backend {
+                Backend::Uring(ring) => ring.cancel(slot),
+                Backend::Sync(sync) => sync.cancel(&mut self.slab, slot),
+            }
+        }
+    }
+
     /// Hands queued ops to the kernel without waiting (after each crypto batch, so reads
     /// overlap the AES loop).
     pub fn submit(&mut self) {
@@ -800,7 +828,7 @@ impl Reactor {
         };
         let finished = match &mut self.backend {
             Backend::Uring(ring) => ring.wait(timeout),
-            Backend::Sync(sync) => sync.wait(&mut self.slab, timeout),
+            Backend::Sync(sync) => sync.wait(&mut self.slab, &mut self.pool, timeout),
         };
         for (index, result) in finished {
             out.push(

@@ -85,6 +85,14 @@ impl Pool {
         &mut self.bufs[index][at..at + len]
     }
 
+    /// The span `[at, at + len)` of a buffer already lent to an op (a stream op the sync
+    /// backend parked), for the op's own syscall when it is retried.
+    pub(super) fn lent_span(&mut self, buf: BufId, at: usize, len: usize) -> &mut [u8] {
+        let index = usize::from(buf.0);
+        assert!(self.lent[index] > 0, "buffer {buf:?} is not lent");
+        &mut self.bufs[index][at..at + len]
+    }
+
     /// An op that had `buf` lent has completed.
     pub(super) fn unlend(&mut self, buf: BufId) {
         self.lent[usize::from(buf.0)] -= 1;

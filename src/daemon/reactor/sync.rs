@@ -1,6 +1,12 @@
 //! The synchronous backend, for where io_uring is not allowed (or `RINGCRYPT_BACKEND=sync`):
-//! file ops run at once as plain syscalls; socket and eventfd ops are tried non-blocking and,
-//! if they would block, parked in their slot until `poll(2)` says they are ready.
+//! file ops run at once as plain syscalls; socket and eventfd ops, and reads and writes on a
+//! stream (offset [`STREAM`]: a pipe, a socket, a device), are tried without blocking and, if
+//! they would block, parked in their slot until `poll(2)` says they are ready. A stream a job
+//! was handed is in blocking mode (its file description is shared with the caller, so the
+//! daemon leaves its flags alone): it is tried with `RWF_NOWAIT`, or, where the descriptor
+//! has no such mode, asked `poll` first and then read (a read returns what is there) or
+//! written at most `PIPE_BUF` bytes (which fit where `poll` saw room). A stalled pipe parks
+//! its op; the shard goes on serving.
 //!
 //! It owns the queue of finished ops waiting to be handed back and the list of parked ones.
 //! It does not own the memory ops use (their slots and the pool do), and nothing here is
@@ -13,19 +19,22 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use super::pool::Pool;
-use super::{Held, Op, OpPaths, RawOp, Slab, Slot, fill_path, fill_proc_path};
+use super::{Held, Op, OpPaths, RawOp, STREAM, Slab, Slot, fill_path, fill_proc_path};
 
 pub(super) struct SyncBackend {
     /// Finished ops by slot index, oldest first, handed back by the next `wait`.
     ready: Vec<(usize, io::Result<u32>)>,
-    /// Slot indices of socket ops that would have blocked.
+    /// Slot indices of socket and stream ops that would have blocked.
     parked: Vec<usize>,
 }
 
 impl RawOp<'_> {
-    /// A socket op (which borrows nothing) as one the sync backend can park; other ops
-    /// come back unchanged.
+    /// A socket op, or a read or write on a stream (which borrow nothing), as one the sync
+    /// backend can park; other ops come back unchanged.
     fn into_socket_op(self) -> Result<RawOp<'static>, Self> {
+        if let Some(span) = self.stream_span() {
+            return Ok(span.op());
+        }
         match self {
             Op::Accept { fd } => Ok(Op::Accept { fd }),
             Op::ReadEventfd { fd } => Ok(Op::ReadEventfd { fd }),
@@ -35,11 +44,42 @@ impl RawOp<'_> {
         }
     }
 
+    /// A read or write on a stream: what it names.
+    fn stream_span(&self) -> Option<StreamSpan> {
+        let (fd, buf, at, len, write) = match *self {
+            Op::ReadFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset: STREAM,
+            } => (fd, buf, at, len, false),
+            Op::WriteFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset: STREAM,
+            } => (fd, buf, at, len, true),
+            _ => return None,
+        };
+        Some(StreamSpan {
+            fd,
+            buf,
+            at,
+            len,
+            write,
+        })
+    }
+
     /// The descriptor a parked op waits on, and whether it waits to write.
     fn pollable(&self) -> Option<(RawFd, bool)> {
         match self {
             Op::Accept { fd } | Op::Recv { fd, .. } | Op::ReadEventfd { fd } => Some((*fd, false)),
             Op::Send { fd, .. } => Some((*fd, true)),
+            Op::ReadFixed { .. } | Op::WriteFixed { .. } => {
+                self.stream_span().map(|span| (span.fd, span.write))
+            }
             _ => None,
         }
     }
@@ -82,8 +122,13 @@ impl SyncBackend {
     ) {
         match op.into_socket_op() {
             Ok(parked) => {
+                // A stream op's span is lent from now until it completes, parked or not.
+                if let Some(span) = parked.stream_span() {
+                    pool.lend(span.buf, span.at, span.len);
+                    slot.held = Held::Buf(span.buf);
+                }
                 slot.parked = Some(parked);
-                self.try_parked(slot, index);
+                self.try_parked(slot, pool, index);
             }
             Err(op) => {
                 let result = run(slot, paths, pool, op);
@@ -97,6 +142,7 @@ impl SyncBackend {
     pub(super) fn wait(
         &mut self,
         slab: &mut Slab,
+        pool: &mut Pool,
         timeout: Option<Duration>,
     ) -> std::vec::Drain<'_, (usize, io::Result<u32>)> {
         // Parked sockets are polled on every call, without blocking when file ops already
@@ -108,7 +154,7 @@ impl SyncBackend {
             Some(Duration::ZERO)
         };
         if !self.parked.is_empty() {
-            self.poll_parked(slab, limit);
+            self.poll_parked(slab, pool, limit);
         } else if let Some(limit) = limit
             && !limit.is_zero()
         {
@@ -118,7 +164,7 @@ impl SyncBackend {
     }
 
     #[allow(unsafe_code)]
-    fn poll_parked(&mut self, slab: &mut Slab, timeout: Option<Duration>) {
+    fn poll_parked(&mut self, slab: &mut Slab, pool: &mut Pool, timeout: Option<Duration>) {
         let indices = self.parked.clone();
         let wanted: Vec<(BorrowedFd<'_>, PollFlags)> = indices
             .iter()
@@ -152,14 +198,29 @@ impl SyncBackend {
             .collect();
         drop(fds);
         for index in ready {
-            self.try_parked(slab.slot(index), index);
+            self.try_parked(slab.slot(index), pool, index);
         }
     }
 
-    /// Tries the parked socket op of `slot` without blocking; on success queues its
-    /// completion, on EAGAIN leaves it parked.
+    /// Completes the parked op in slot `index` with `ECANCELED` (a job gave up on its
+    /// stream); an op not parked has finished or is about to, and completes as it does.
+    pub(super) fn cancel(&mut self, slab: &mut Slab, index: usize) {
+        if !self.parked.contains(&index) {
+            return;
+        }
+        let slot = slab.slot(index);
+        if let Some(op) = slot.parked.take() {
+            slot.held = held_by(op);
+        }
+        self.parked.retain(|&i| i != index);
+        self.ready
+            .push((index, Err(io::Error::from_raw_os_error(libc::ECANCELED))));
+    }
+
+    /// Tries the parked op of `slot` without blocking; on success queues its completion, on
+    /// EAGAIN leaves it parked.
     #[allow(unsafe_code)]
-    fn try_parked(&mut self, slot: &mut Slot, index: usize) {
+    fn try_parked(&mut self, slot: &mut Slot, pool: &mut Pool, index: usize) {
         let op = slot.parked.take().expect("parked op");
         let fd = |raw: RawFd| {
             // SAFETY: the op's owner keeps `raw` open until the op's completion is handed
@@ -204,6 +265,17 @@ impl SyncBackend {
                     .map_err(io::Error::from);
                 (result, Op::ReadEventfd { fd: raw })
             }
+            op @ (Op::ReadFixed { .. } | Op::WriteFixed { .. }) => {
+                let span = op
+                    .stream_span()
+                    .expect("only stream reads and writes are parked");
+                let bytes = pool.lent_span(span.buf, span.at, span.len);
+                let bytes = match span.write {
+                    true => Span::Write(bytes),
+                    false => Span::Read(bytes),
+                };
+                (stream_io(fd(span.fd), bytes), op)
+            }
             other => unreachable!("not a parkable op: {}", other.name()),
         };
         match result {
@@ -214,16 +286,106 @@ impl SyncBackend {
                 }
             }
             result => {
-                slot.held = match op {
-                    Op::Recv { buf, .. } => Held::Recv(buf),
-                    Op::Send { data, .. } => Held::Vec(data),
-                    _ => Held::Nothing,
-                };
+                slot.held = held_by(op);
                 self.parked.retain(|&i| i != index);
                 self.ready.push((index, result));
             }
         }
     }
+}
+
+/// What a parked op holds, to hand back with its completion.
+fn held_by(op: RawOp<'static>) -> Held {
+    match op {
+        Op::Recv { buf, .. } => Held::Recv(buf),
+        Op::Send { data, .. } => Held::Vec(data),
+        Op::ReadFixed { buf, .. } | Op::WriteFixed { buf, .. } => Held::Buf(buf),
+        _ => Held::Nothing,
+    }
+}
+
+/// What a read or write on a stream names: its descriptor, its span of a pool buffer, and
+/// whether it writes.
+#[derive(Clone, Copy)]
+struct StreamSpan {
+    fd: RawFd,
+    buf: super::BufId,
+    at: usize,
+    len: usize,
+    write: bool,
+}
+
+impl StreamSpan {
+    /// The op again (it borrows nothing), to park.
+    fn op(self) -> RawOp<'static> {
+        let StreamSpan {
+            fd,
+            buf,
+            at,
+            len,
+            write,
+        } = self;
+        let offset = STREAM;
+        match write {
+            true => Op::WriteFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset,
+            },
+            false => Op::ReadFixed {
+                fd,
+                buf,
+                at,
+                len,
+                offset,
+            },
+        }
+    }
+}
+
+/// The span a stream op reads into or writes from.
+enum Span<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+/// One read or write on a stream without blocking: `WouldBlock` when it is not ready.
+fn stream_io(fd: BorrowedFd<'_>, span: Span<'_>) -> io::Result<u32> {
+    use rustix::io::{Errno, ReadWriteFlags};
+    use std::io::{IoSlice, IoSliceMut};
+    let nowait = ReadWriteFlags::NOWAIT;
+    let mut span = span;
+    let tried = match &mut span {
+        Span::Read(buf) => rustix::io::preadv2(fd, &mut [IoSliceMut::new(buf)], STREAM, nowait),
+        Span::Write(buf) => rustix::io::pwritev2(fd, &[IoSlice::new(buf)], STREAM, nowait),
+    };
+    match tried {
+        Err(Errno::OPNOTSUPP) => {}
+        other => return other.map(|n| n as u32).map_err(io::Error::from),
+    }
+    // No RWF_NOWAIT for this descriptor: readiness first, then an op that cannot block.
+    let events = match span {
+        Span::Read(_) => PollFlags::IN,
+        Span::Write(_) => PollFlags::OUT,
+    };
+    let mut fds = [PollFd::new(&fd, events)];
+    rustix::event::poll(
+        &mut fds,
+        Some(&Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        }),
+    )?;
+    if fds[0].revents().is_empty() {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    let done = match span {
+        Span::Read(buf) => rustix::io::read(fd, buf),
+        Span::Write(buf) => rustix::io::write(fd, &buf[..buf.len().min(libc::PIPE_BUF)]),
+    };
+    done.map(|n| n as u32).map_err(io::Error::from)
 }
 
 /// Runs a file op (not a socket op) now, keeping the memory it names in `slot`.

@@ -355,3 +355,96 @@ fn link_file_names_an_unnamed_file_on_both_backends() {
         );
     }
 }
+
+/// Intact: a read at [`STREAM`] on an empty pipe does not complete (nor block the thread:
+/// `wait` returns after its timeout) until bytes come, then completes with them; a write to
+/// a pipe nobody reads waits the same way; `cancel_on` ends a waiting op with `ECANCELED`,
+/// and the pool buffer comes back (it can be released).
+#[test]
+fn stream_ops_wait_for_the_pipe_and_can_be_cancelled_on_both_backends() {
+    for kind in backends() {
+        let Ok((mut reactor, _)) = Reactor::new(Some(kind), 2, 1 << 20) else {
+            eprintln!("skipping {kind:?}: not available here");
+            continue;
+        };
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let buf = reactor.acquire().unwrap();
+        let input = adopt(&mut reactor, &reader);
+        let read = |fd| Op::ReadFixed {
+            fd,
+            buf,
+            at: 0,
+            len: 4096,
+            offset: STREAM,
+        };
+        reactor.push(1, read(input));
+        let mut out = Vec::new();
+        reactor.wait(Some(Duration::from_millis(100)), &mut out);
+        assert!(out.is_empty(), "{kind:?}: an empty pipe completed a read");
+        writer.write_all(b"some bytes").unwrap();
+        while out.is_empty() {
+            reactor.wait(Some(Duration::from_secs(5)), &mut out);
+        }
+        assert_eq!(out[0].result.as_ref().unwrap(), &10, "{kind:?}");
+        assert_eq!(&reactor.buf_mut(buf)[..10], b"some bytes");
+
+        // A waiting read, cancelled.
+        reactor.push(2, read(input));
+        out.clear();
+        reactor.wait(Some(Duration::from_millis(50)), &mut out);
+        assert!(out.is_empty());
+        reactor.cancel_on(input);
+        while out.is_empty() {
+            reactor.wait(Some(Duration::from_secs(5)), &mut out);
+        }
+        let err = out[0].result.as_ref().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ECANCELED), "{kind:?}: {err}");
+
+        // A write larger than the pipe holds, nobody reading: part goes (or none), then it
+        // waits; cancelled likewise.
+        let output = adopt(&mut reactor, &writer);
+        let write = Op::WriteFixed {
+            fd: output,
+            buf,
+            at: 0,
+            len: 1 << 20,
+            offset: STREAM,
+        };
+        let mut partial = 0;
+        out.clear();
+        reactor.push(3, write);
+        reactor.wait(Some(Duration::from_millis(100)), &mut out);
+        if let Some(done) = out.pop() {
+            // A backend that takes what fits at once: the next write waits.
+            partial = *done.result.as_ref().unwrap();
+            assert!(partial < 1 << 20, "{kind:?}: a full pipe took everything");
+            reactor.push(
+                4,
+                Op::WriteFixed {
+                    fd: output,
+                    buf,
+                    at: 0,
+                    len: 1 << 20,
+                    offset: STREAM,
+                },
+            );
+            reactor.wait(Some(Duration::from_millis(100)), &mut out);
+            assert!(out.is_empty(), "{kind:?}: a write to a full pipe completed");
+        }
+        reactor.cancel_on(output);
+        while out.is_empty() {
+            reactor.wait(Some(Duration::from_secs(5)), &mut out);
+        }
+        let result = out.pop().unwrap().result;
+        let cancelled = result
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ECANCELED));
+        // io_uring may complete a cancelled write with what it wrote before.
+        assert!(
+            cancelled || result.is_ok(),
+            "{kind:?}: {result:?} after {partial}"
+        );
+        reactor.release(buf);
+        drop(reader);
+    }
+}

@@ -380,11 +380,30 @@ impl Shard {
         self.conns.add(fd, caller, refused, &mut self.reactor);
     }
 
+    /// The client on connection `key` went away (or closed its side): its jobs with a stream
+    /// end are cancelled, as nothing else could end one whose pipe stalls, and no one is left
+    /// to read its output or link it. Jobs on files run on, as always.
+    fn cancel_streams_of(&mut self, key: u64) {
+        for slot in self.jobs.running_slots() {
+            let theirs = self.jobs.running_mut(slot).is_some_and(|entry| {
+                entry.job.is_stream()
+                    && entry.waiters.first.reply.conn == key
+                    && entry.waiters.first.reply.shard == self.index
+            });
+            if theirs {
+                self.with_job(slot, |job, ctx| job.cancel(ctx));
+            }
+        }
+    }
+
     /// Hands each complete request line that arrived on connection `key` to `on_line`.
     fn on_recv(&mut self, key: u64, done: Completion) {
         let (mut buf, consumed, skip_first, too_long, complaints) =
             match self.conns.received(key, done, &mut self.reactor) {
-                Received::Ended(closed) => return self.closed(closed),
+                Received::Ended(closed) => {
+                    self.cancel_streams_of(key);
+                    return self.closed(closed);
+                }
                 Received::Lines {
                     buf,
                     consumed,
@@ -804,6 +823,14 @@ impl Shard {
         {
             self.accepting = false;
             let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+        }
+        // A job on a stream has no end to wait for (a pipe may never close): cancelled now.
+        for slot in self.jobs.running_slots() {
+            self.with_job(slot, |job, ctx| {
+                if job.is_stream() {
+                    job.cancel(ctx);
+                }
+            });
         }
         // Queued jobs never started: cancel them now; running ones get until the deadline.
         let queued = self.jobs.queued_ids();
