@@ -445,6 +445,61 @@ fn a_client_that_goes_away_cancels_its_stream(backend: &'static str) {
     still_serves(&daemon, "after");
 }
 
+/// Intact: an openssl-format file (made by the real `openssl enc`) streamed through the
+/// daemon, from a pipe or to a pipe, is refused with `bad_format` and a pointer to the offline
+/// client; no named output appears, nothing reaches the consumer, and the file is unchanged.
+fn openssl_files_are_not_streamed(backend: &'static str) {
+    let daemon = Daemon::start(backend);
+    let data = bytes(3 * CHUNK + 17, 11);
+    fs::write(daemon.root.join("plain"), &data).unwrap();
+    let made = Command::new("openssl")
+        .args([
+            "enc",
+            "-aes-256-cbc",
+            "-pbkdf2",
+            "-salt",
+            "-pass",
+            "pass:hunter2",
+        ])
+        .args(["-in", "plain", "-out", "legacy.enc"])
+        .current_dir(&daemon.root)
+        .output()
+        .expect("the openssl CLI runs (installed by .ci/run)");
+    assert!(made.status.success(), "{made:?}");
+    let legacy = fs::read(daemon.root.join("legacy.enc")).unwrap();
+
+    let before = snapshot(&daemon.root);
+    let run = Run::of(piped(
+        &daemon,
+        &["decrypt", "-", "-o", "named.out"],
+        &legacy,
+    ));
+    let run = run.failed("bad_format");
+    assert!(run.stderr.contains("openssl-format"), "{run:#?}");
+    assert!(run.stderr.contains("--keys"), "{run:#?}");
+    assert_eq!(
+        snapshot(&daemon.root),
+        before,
+        "no named output from a pipe"
+    );
+
+    let out = shell(
+        &daemon,
+        "\"$RC\" decrypt legacy.enc -o - 2>err | cat > got; echo ${PIPESTATUS[0]} > status",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let read = |name: &str| fs::read(daemon.root.join(name)).unwrap();
+    assert_eq!(String::from_utf8_lossy(&read("status")).trim(), "1");
+    let err = String::from_utf8_lossy(&read("err")).to_string();
+    assert!(
+        err.contains("[bad_format]") && err.contains("openssl-format"),
+        "{err}"
+    );
+    assert!(read("got").is_empty(), "nothing reached the consumer");
+    assert_eq!(fs::read(daemon.root.join("legacy.enc")).unwrap(), legacy);
+    still_serves(&daemon, "after");
+}
+
 both_backends!(
     streams_round_trip,
     a_tar_round_trip,
@@ -453,4 +508,5 @@ both_backends!(
     a_stalled_pipe_is_cancelled,
     sigterm_mid_stream,
     a_client_that_goes_away_cancels_its_stream,
+    openssl_files_are_not_streamed,
 );
