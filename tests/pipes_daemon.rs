@@ -500,6 +500,38 @@ fn openssl_files_are_not_streamed(backend: &'static str) {
     still_serves(&daemon, "after");
 }
 
+/// Intact: a regular file on standard input is read from where it stands, through the daemon
+/// as offline: after `dd` took the first 1000 bytes, both seal the rest, and from the start
+/// (`< FILE` untouched) the daemon seals all of it.
+fn a_regular_stdin_is_read_from_its_position(backend: &'static str) {
+    let daemon = Daemon::start(backend);
+    let ring = daemon.keys.to_str().unwrap().to_string();
+    let data = bytes(3 * CHUNK + 4321, 13);
+    fs::write(daemon.root.join("plain"), &data).unwrap();
+    let skip = "dd bs=1000 count=1 of=/dev/null status=none";
+    let script = format!(
+        "{{ {skip}; \"$RC\" encrypt - -o daemon.rcrypt; }} < plain && \
+         {{ {skip}; \"$RC\" --keys '{ring}' encrypt - -o offline.rcrypt; }} < plain && \
+         \"$RC\" encrypt - -o whole.rcrypt < plain"
+    );
+    let out = shell(&daemon, &script);
+    assert!(out.status.success(), "{out:?}\n{}", daemon.note());
+    for (name, want) in [
+        ("daemon.rcrypt", &data[1000..]),
+        ("offline.rcrypt", &data[1000..]),
+        ("whole.rcrypt", &data[..]),
+    ] {
+        let dec = piped(&daemon, &["decrypt", name, "-o", "-"], b"");
+        assert!(dec.status.success(), "{name}: {dec:?}");
+        assert_eq!(dec.stdout.len(), want.len(), "{name}");
+        assert!(
+            dec.stdout == want,
+            "{name}: the bytes from stdin's position"
+        );
+    }
+    assert_eq!(fs::read(daemon.root.join("plain")).unwrap(), data);
+}
+
 both_backends!(
     streams_round_trip,
     a_tar_round_trip,
@@ -509,4 +541,5 @@ both_backends!(
     sigterm_mid_stream,
     a_client_that_goes_away_cancels_its_stream,
     openssl_files_are_not_streamed,
+    a_regular_stdin_is_read_from_its_position,
 );

@@ -370,6 +370,7 @@ pub(super) fn run_daemon(cli: &Cli, cmd: &FileCmd, ends: Ends) -> Result<(), Fai
     let request = Request::File(spec);
     let mut client = Client::connect(&cli.socket)?;
     let Opened { input, mut output } = ends.open(cmd.force)?;
+    let (input, feeder) = Feeder::start(input)?;
     let relay = Relay::start(&mut output)?;
     let mut display = ProgressDisplay::new(!bar);
     let errored = std::cell::Cell::new(false);
@@ -392,6 +393,11 @@ pub(super) fn run_daemon(cli: &Cli, cmd: &FileCmd, ends: Ends) -> Result<(), Fai
     };
     display.finish();
     drop(input);
+    if let Some(feeder) = feeder {
+        // Ends with the job: the daemon's copy of the pipe is closed, so a write the job no
+        // longer wanted fails with `EPIPE` instead of blocking.
+        let _ = feeder.join();
+    }
     let relayed = relay.map(Relay::finish).transpose()?;
     let closed = match &output {
         Output::Stream(file) => reader_gone(file.as_fd()),
@@ -432,11 +438,47 @@ fn reader_gone(fd: BorrowedFd<'_>) -> bool {
     rustix::event::poll(&mut fds, Some(&now)).is_ok() && fds[0].revents().contains(PollFlags::ERR)
 }
 
+/// A pipe this process fills from a regular file on standard input that was already partly
+/// read (`(head -c 100 >/dev/null; ringcrypt encrypt - -o x) < FILE`): the daemon reads a
+/// passed regular file from its start, where offline reads it from where it stands, so the
+/// rest of the file goes through a pipe and both read the same bytes.
+struct Feeder;
+
+/// A thread copying one end to the other; the bytes copied.
+type Copier = std::thread::JoinHandle<std::io::Result<u64>>;
+
+impl Feeder {
+    /// The descriptor to pass for `input`, and the copier when it needs one.
+    fn start(input: File) -> Result<(File, Option<Copier>), Failure> {
+        use std::io::{Seek, SeekFrom};
+        let regular = input.metadata().is_ok_and(|m| m.file_type().is_file());
+        let mut input = input;
+        let at = if regular {
+            input.stream_position().unwrap_or(0)
+        } else {
+            0
+        };
+        if at == 0 {
+            return Ok((input, None));
+        }
+        let io = |e: std::io::Error| {
+            Failure::from(Error::new(
+                Code::IoError,
+                format!("cannot feed standard input from byte {at}: {e}"),
+            ))
+        };
+        input.seek(SeekFrom::Start(at)).map_err(io)?;
+        let (reader, mut writer) = std::io::pipe().map_err(io)?;
+        let copier = std::thread::spawn(move || std::io::copy(&mut input, &mut writer));
+        Ok((File::from(OwnedFd::from(reader)), Some(copier)))
+    }
+}
+
 /// A pipe the daemon writes into and this process copies to an output that cannot be
 /// passed: a regular file on standard output (`> FILE`), or a named temp file.
 struct Relay {
     writer: OwnedFd,
-    copier: std::thread::JoinHandle<std::io::Result<u64>>,
+    copier: Copier,
 }
 
 impl Relay {
