@@ -7,6 +7,10 @@
 //!   ▸ [end-of-file probe] ▸ fchmod ▸ fsync ▸ link (or rename) into place ▸ fsync dir ▸ done
 //! ```
 //!
+//! A file of a tree skips the directory's open: it opens its input's name in the input
+//! directory the walk holds, and creates and links its output in the output directory the
+//! walk holds (`held_dirs.rs`).
+//!
 //! Every step is an op on the shard's reactor except `fstat`/`fchmod`/`statat`, which are
 //! metadata calls on descriptors the job already holds. The crypto is the pure `format` code
 //! run in place on the pool buffers: encryption reads each chunk straight into its record slot
@@ -31,6 +35,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rustix::fs::{AtFlags, FileType, Mode};
@@ -428,6 +433,29 @@ impl FileJob {
             return;
         }
         let flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+        if let Some(dirs) = &self.spec.held_dirs {
+            // A file of a tree: its name, opened in its directory as the walk holds it,
+            // confined the same way (a symlink in its place is refused).
+            let dir = ctx.reactor.adopt_shared(Arc::clone(&dirs.input));
+            let op = Op::OpenAt2 {
+                dir,
+                path: self.spec.input.file_name().unwrap_or_default().as_bytes(),
+                flags,
+                mode: 0,
+                resolve: RESOLVE_CONFINED,
+            };
+            Self::push_op(
+                &mut self.pending,
+                self.slot,
+                self.who,
+                ctx,
+                Step::OpenInput,
+                op,
+            );
+            // The share goes once the open completes.
+            ctx.reactor.close(dir);
+            return;
+        }
         let input = &self.spec.input;
         let (pending, slot, who) = (&mut self.pending, self.slot, self.who);
         if let Err(err) = Self::open_in_root(pending, slot, who, ctx, input, flags, Step::OpenInput)
@@ -682,6 +710,11 @@ impl FileJob {
         }
         if !self.spec.op.writes() {
             return self.read_header(ctx, input);
+        }
+        if let Some(dirs) = &self.spec.held_dirs {
+            // A file of a tree: the output's directory is the one the walk holds.
+            let dir = ctx.reactor.adopt_shared(Arc::clone(&dirs.output));
+            return self.opened_dir(ctx, dir);
         }
         let parent = self.spec.output.parent().unwrap_or(Path::new("/"));
         let flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;

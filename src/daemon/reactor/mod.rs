@@ -770,6 +770,12 @@ impl Reactor {
         self.files.adopt(fd)
     }
 
+    /// Takes a share of `fd` (see `files.rs`) and returns its handle, which is closed like
+    /// any other: the descriptor itself closes when its last share goes.
+    pub fn adopt_shared(&mut self, fd: Arc<OwnedFd>) -> File {
+        self.files.adopt_shared(fd)
+    }
+
     /// Closes `file` once no op in flight names it.
     pub fn close(&mut self, file: File) {
         self.files.close(file)
