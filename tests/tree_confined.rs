@@ -8,7 +8,10 @@
 //! root: every output decrypts to an inside file's content, the outside directory keeps
 //! exactly its own files, and a file refused says `forbidden_path` or `not_found`. And the
 //! held directories close with the tree: once a tree is done, the daemon holds no more
-//! descriptors than before it started.
+//! descriptors than before it started. Outputs are linked by their descriptor
+//! (`AT_EMPTY_PATH`), or, where the kernel refuses that (played by the
+//! `RINGCRYPT_TEST_NO_LINK_BY_FD` hook), through `/proc/self/fd`: both give the same outputs
+//! (bytes, mode, mtime), an overwrite replaces the old output, and no temp file is left.
 
 #[macro_use]
 mod support;
@@ -226,7 +229,79 @@ fn held_directories_close_with_the_tree(backend: &'static str) {
     drop(client);
 }
 
+/// (mode bits, mtime in seconds, bytes) of `path`.
+fn kept(path: &Path) -> (u32, i64, Vec<u8>) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path).unwrap();
+    (meta.mode() & 0o7777, meta.mtime(), fs::read(path).unwrap())
+}
+
+/// A tree and an overwrite, linked by descriptor or through `/proc` (`refused`).
+fn links_both_ways(backend: &'static str, refused: bool) {
+    let mut builder = Daemon::builder(backend);
+    if refused {
+        builder = builder.env("RINGCRYPT_TEST_NO_LINK_BY_FD", "1");
+    }
+    let d = builder.start();
+    let src = d.root.join("src");
+    let mut files = Vec::new();
+    for i in 0..60usize {
+        let rel = PathBuf::from(format!("s{}/f{i}", i % 4));
+        let path = src.join(&rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, bytes(i * 97, i as u64)).unwrap();
+        chmod(&path, if i % 2 == 0 { 0o640 } else { 0o604 });
+        let when = std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000 + i as u64);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        files.push(rel);
+    }
+    let mut client = d.client();
+    for (op, from, to) in [("encrypt", "src", "enc"), ("decrypt", "enc", "dec")] {
+        let request = tree_req(op, &d.root.join(from), &d.root.join(to), op);
+        let replies = client.job(&request);
+        let done: &Value = replies.last().unwrap();
+        assert_eq!(done["files_ok"], files.len() as u64, "{done}");
+        assert_eq!(done["files_failed"], 0, "{done}");
+    }
+    for rel in &files {
+        assert_eq!(
+            kept(&d.root.join("dec").join(rel)),
+            kept(&src.join(rel)),
+            "{} differs (mode, mtime, bytes)",
+            rel.display()
+        );
+    }
+    // An overwrite links under a temp name and renames it over the old output.
+    let (input, output) = (src.join(&files[7]), d.root.join("dec").join(&files[9]));
+    let done = d.encrypt(&input, &output, json!({"overwrite": true}));
+    assert_eq!(done["type"], "done", "{done}");
+    let sealed = fs::read(&output).unwrap();
+    let mut plain = Vec::new();
+    ringcrypt::stream::open(&mut &sealed[..], sealed.len() as u64, &d.ring(), &mut plain).unwrap();
+    assert_eq!(
+        plain,
+        fs::read(&input).unwrap(),
+        "the overwrite replaced the output"
+    );
+    assert!(temp_files(d.dir.path()).is_empty());
+}
+
+fn links_by_descriptor(backend: &'static str) {
+    links_both_ways(backend, false);
+}
+
+fn links_through_proc_where_refused(backend: &'static str) {
+    links_both_ways(backend, true);
+}
+
 both_backends!(
     swaps_never_leave_the_root,
-    held_directories_close_with_the_tree
+    held_directories_close_with_the_tree,
+    links_by_descriptor,
+    links_through_proc_where_refused,
 );

@@ -57,6 +57,7 @@ use crate::protocol::{FileJobSpec, FileOp, JobId, Progress};
 mod commit;
 mod existing;
 mod legacy;
+mod open;
 mod parts;
 mod passed;
 mod range;
@@ -226,6 +227,10 @@ pub struct FileJob {
     part_of: Option<PartOf>,
     /// Linked, waiting for its directory's fsync, which the shard batches.
     dir_sync: Option<DirSyncWanted>,
+    /// The link in flight names the file by its descriptor; the job links through
+    /// `/proc/self/fd` (see `commit.rs`).
+    link_by_fd: bool,
+    link_by_proc: bool,
     /// Bytes read from the input and written to the output so far (progress and stats).
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -278,6 +283,8 @@ impl FileJob {
             split: None,
             part_of: None,
             dir_sync: None,
+            link_by_fd: false,
+            link_by_proc: false,
             bytes_in: 0,
             bytes_out: 0,
             started: Instant::now(),
@@ -433,57 +440,22 @@ impl FileJob {
             return;
         }
         let flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
-        if let Some(dirs) = &self.spec.held_dirs {
-            // A file of a tree: its name, opened in its directory as the walk holds it,
-            // confined the same way (a symlink in its place is refused).
-            let dir = ctx.reactor.adopt_shared(Arc::clone(&dirs.input));
-            let op = Op::OpenAt2 {
-                dir,
-                path: self.spec.input.file_name().unwrap_or_default().as_bytes(),
-                flags,
-                mode: 0,
-                resolve: RESOLVE_CONFINED,
-            };
-            Self::push_op(
-                &mut self.pending,
-                self.slot,
-                self.who,
-                ctx,
-                Step::OpenInput,
-                op,
-            );
-            // The share goes once the open completes.
-            ctx.reactor.close(dir);
-            return;
-        }
-        let input = &self.spec.input;
         let (pending, slot, who) = (&mut self.pending, self.slot, self.who);
-        if let Err(err) = Self::open_in_root(pending, slot, who, ctx, input, flags, Step::OpenInput)
-        {
+        let opened = match &self.spec.held_dirs {
+            // A file of a tree: its name, in its directory as the walk holds it.
+            Some(dirs) => {
+                let input = &self.spec.input;
+                Self::open_in_held(pending, slot, who, ctx, &dirs.input, input, flags);
+                Ok(())
+            }
+            None => {
+                let input = &self.spec.input;
+                Self::open_in_root(pending, slot, who, ctx, input, flags, Step::OpenInput)
+            }
+        };
+        if let Err(err) = opened {
             self.fail(ctx, err);
         }
-    }
-
-    /// Opens `path` beneath the allowed root that holds it (`openat2` confined to it).
-    fn open_in_root(
-        pending: &mut u32,
-        slot: u32,
-        who: Option<Who>,
-        ctx: &mut JobCtx,
-        path: &Path,
-        flags: u64,
-        step: Step,
-    ) -> Result<(), Error> {
-        let (root, rel) = ctx.roots.position(path)?;
-        let op = Op::OpenAt2 {
-            dir: ctx.root_files[root],
-            path: rel.as_os_str().as_bytes(),
-            flags,
-            mode: 0,
-            resolve: RESOLVE_CONFINED,
-        };
-        Self::push_op(pending, slot, who, ctx, step, op);
-        Ok(())
     }
 
     /// Cancels the job unless it is already linking its output into place.
@@ -590,10 +562,7 @@ impl FileJob {
                 .result
                 .map_err(|e| self.io_err("fsync", false, e))
                 .and_then(|_| self.link(ctx)),
-            Step::Link | Step::Rename => done
-                .result
-                .map_err(|e| self.link_err(e))
-                .and_then(|_| self.linked(ctx, step)),
+            Step::Link | Step::Rename => self.link_done(ctx, step, done.result),
             Step::Unlink => {
                 self.drain_or_finish(ctx);
                 Ok(())
