@@ -1,7 +1,7 @@
 //! Test hooks, all in one place, compiled in only with the `test-hooks` feature (the test
 //! suite's); in builds users run each is an empty inline function. They let the suite kill
 //! the daemon at each step of the write protocol, wedge a shard, and play a file system
-//! without `O_TMPFILE`.
+//! without `O_TMPFILE` or a kernel that refuses links by descriptor.
 
 use std::time::Instant;
 
@@ -49,6 +49,23 @@ pub fn tmpfile_refused() -> bool {
 #[cfg(not(feature = "test-hooks"))]
 #[inline(always)]
 pub fn tmpfile_refused() -> bool {
+    false
+}
+
+/// Test hook (feature `test-hooks`): with `RINGCRYPT_TEST_NO_LINK_BY_FD` set, answer a link
+/// by descriptor (`AT_EMPTY_PATH`) as a kernel that refuses it does (`ENOENT`, nothing
+/// linked), so the suite can drive the fallback through `/proc/self/fd` that daemons
+/// without `CAP_DAC_READ_SEARCH` on kernels before 6.10 take. Always false in builds users
+/// run.
+#[cfg(feature = "test-hooks")]
+pub fn link_by_fd_refused() -> bool {
+    static REFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REFUSED.get_or_init(|| std::env::var_os("RINGCRYPT_TEST_NO_LINK_BY_FD").is_some())
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn link_by_fd_refused() -> bool {
     false
 }
 

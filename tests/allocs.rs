@@ -131,7 +131,7 @@ const CHILD_TEST: &str = "steady_state_allocations_child";
 
 /// Variables the child must not inherit: systemd's (in-process, `run` would notify or take a
 /// socket through them) and the daemon's own test hooks and settings.
-const REMOVED_ENV: [&str; 11] = [
+const REMOVED_ENV: [&str; 12] = [
     "NOTIFY_SOCKET",
     "LISTEN_FDS",
     "LISTEN_PID",
@@ -143,6 +143,7 @@ const REMOVED_ENV: [&str; 11] = [
     "RINGCRYPT_FAILPOINT",
     "RINGCRYPT_TEST_NO_TMPFILE",
     "RINGCRYPT_TEST_HANG_SHARD",
+    "RINGCRYPT_TEST_NO_LINK_BY_FD",
 ];
 
 /// Shards of the daemon under test.

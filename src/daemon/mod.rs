@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub mod check;
 pub mod creds;
+pub mod held_dirs;
 pub(crate) mod job;
 pub mod logging;
 pub(crate) mod metrics;

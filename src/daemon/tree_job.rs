@@ -12,7 +12,9 @@
 //! RESOLVE_NO_SYMLINKS)` from its allowed root and listed through that descriptor; output
 //! directories are made with `mkdirat` in a parent opened the same way. A symlink swapped in
 //! for a directory mid-walk is refused, never followed. Files themselves are opened by their
-//! file jobs, confined the same way.
+//! file jobs, confined the same way: each by its name in the level's input directory, its
+//! output created and linked in the level's output directory, both descriptors shared with
+//! the job (`held_dirs.rs`).
 //!
 //! What this room does not do: run file jobs (their owner shards do) or touch sockets.
 
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, ResolveFlags};
 use rustix::io::Errno;
 
+use crate::daemon::held_dirs::HeldDirs;
 use crate::daemon::roots::{RESOLVE_CONFINED, Roots};
 use crate::error::{Code, Error};
 use crate::limits::{TREE_RETRY_DELAY, TREE_WINDOW};
@@ -68,8 +71,10 @@ pub enum FileResult {
 }
 
 struct Level {
-    /// The input directory, read one `getdents64` batch at a time.
-    dir: OwnedFd,
+    /// The input directory, read one `getdents64` batch at a time, and the output directory,
+    /// opened (confined) so files and subdirectories go into it; shared with the level's
+    /// file jobs, which open and link their files in them.
+    dirs: HeldDirs,
     /// The entries of the last batch not yet visited, each a type byte, the name and a NUL,
     /// from `pos` on. A walk step may stop anywhere in them (window full, time slice over,
     /// a subdirectory to walk first); they wait here, so no batch is read twice.
@@ -79,8 +84,6 @@ struct Level {
     read_all: bool,
     /// The input directory, relative to the tree's input root ("" for the root).
     rel: PathBuf,
-    /// The output directory, opened (confined) so files and subdirectories go into it.
-    out: OwnedFd,
 }
 
 /// A tree job. See the module docs.
@@ -132,12 +135,11 @@ impl TreeJob {
             id,
             spec,
             stack: vec![Level {
-                dir: input,
+                dirs: HeldDirs::new(input, out),
                 pending: Vec::new(),
                 pos: 0,
                 read_all: false,
                 rel: PathBuf::new(),
-                out,
             }],
             dirents: vec![std::mem::MaybeUninit::uninit(); DIRENTS_BUF_BYTES],
             spare_pending: Vec::new(),
@@ -240,7 +242,7 @@ impl TreeJob {
     ) -> Result<(), rustix::io::Errno> {
         level.pending.clear();
         level.pos = 0;
-        let mut entries = RawDir::new(&level.dir, dirents);
+        let mut entries = RawDir::new(&*level.dirs.input, dirents);
         loop {
             match entries.next() {
                 None => {
@@ -298,7 +300,7 @@ impl TreeJob {
         }
         let level = self.stack.last().expect("visit runs inside a level");
         // d_type can be unknown on some filesystems: ask without following links.
-        let stat = match rustix::fs::statat(&level.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        let stat = match rustix::fs::statat(&*level.dirs.input, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => stat,
             Err(err) => {
                 self.fail(&input, Error::io("stat", &input, err.into()));
@@ -354,6 +356,7 @@ impl TreeJob {
                 spec.caller = self.spec.caller.clone();
                 spec.overwrite = self.spec.overwrite;
                 spec.skip_existing = self.spec.skip_existing;
+                spec.held_dirs = Some(level.dirs.clone());
                 self.files_total += 1;
                 self.bytes_total += stat.st_size as u64;
                 out.push(spec);
@@ -387,19 +390,18 @@ impl TreeJob {
         let input = self.spec.input.join(rel);
         let output = self.spec.output.join(rel);
         let fd = open_dir(roots, &input)?;
-        let parent = &self.stack.last().expect("inside a level").out;
+        let parent = &self.stack.last().expect("inside a level").dirs.output;
         let out = if self.spec.op.writes() {
             make_dir_in(parent, name, mode, &output)?
         } else {
             out_twin(&fd, &input)?
         };
         Ok(Level {
-            dir: fd,
+            dirs: HeldDirs::new(fd, out),
             pending: Vec::new(),
             pos: 0,
             read_all: false,
             rel: rel.to_path_buf(),
-            out,
         })
     }
 

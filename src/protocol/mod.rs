@@ -346,6 +346,10 @@ pub struct FileJobSpec {
     /// the daemon, which runs the job's path ops with these credentials unless the caller
     /// is root or the daemon's own uid, and merges only requests of the same caller.
     pub caller: Option<std::sync::Arc<crate::daemon::creds::Caller>>,
+    /// A file of a tree: its level's input and output directories, held open by the tree
+    /// (never on the wire). The job opens the input's name in the one and links the output's
+    /// name in the other, instead of resolving the full paths again.
+    pub held_dirs: Option<crate::daemon::held_dirs::HeldDirs>,
 }
 
 impl FileJobSpec {
@@ -365,6 +369,7 @@ impl FileJobSpec {
             partition: None,
             progress: false,
             caller: None,
+            held_dirs: None,
         }
     }
 

@@ -4,7 +4,16 @@
 //!
 //! What this room does not do: stream bytes (`stream.rs`) or open anything (`mod.rs`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::*;
+
+/// Whether links name the file by its descriptor (`AT_EMPTY_PATH`), which saves the kernel
+/// a path lookup through `/proc` per file. The kernel allows it to a daemon with
+/// `CAP_DAC_READ_SEARCH`, and from Linux 6.10 to the credentials the file was opened with;
+/// where it refuses (`ENOENT`), the job links through `/proc/self/fd`, and once that worked,
+/// every later link goes that way at once.
+static LINK_BY_FD: AtomicBool = AtomicBool::new(true);
 
 impl FileJob {
     pub(super) fn commit(&mut self, ctx: &mut JobCtx) -> Result<(), Error> {
@@ -89,13 +98,48 @@ impl FileJob {
         } else {
             out_name
         };
+        self.link_by_fd = !self.link_by_proc && LINK_BY_FD.load(Ordering::Relaxed);
+        if self.link_by_fd && crate::failpoint::link_by_fd_refused() {
+            let refused = Err(io::Error::from_raw_os_error(libc::ENOENT));
+            return self.link_done(ctx, Step::Link, refused);
+        }
         let op = Op::LinkFile {
             file: self.temp()?,
             to_dir: dir,
             to,
+            by_fd: self.link_by_fd,
         };
         Self::push_op(&mut self.pending, self.slot, self.who, ctx, Step::Link, op);
         Ok(())
+    }
+
+    /// A link or rename completed. A link by descriptor that the kernel refused is made
+    /// again through `/proc/self/fd` (see [`LINK_BY_FD`]).
+    pub(super) fn link_done(
+        &mut self,
+        ctx: &mut JobCtx,
+        step: Step,
+        result: io::Result<u32>,
+    ) -> Result<(), Error> {
+        match result {
+            Err(e)
+                if step == Step::Link
+                    && self.link_by_fd
+                    && e.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                self.link_by_proc = true;
+                // Nothing was linked: an overwrite's temp name is drawn again.
+                self.temp_name = None;
+                self.link(ctx)
+            }
+            Err(e) => Err(self.link_err(e)),
+            Ok(_) => {
+                if step == Step::Link && self.link_by_proc {
+                    LINK_BY_FD.store(false, Ordering::Relaxed);
+                }
+                self.linked(ctx, step)
+            }
+        }
     }
 
     pub(super) fn linked(&mut self, ctx: &mut JobCtx, step: Step) -> Result<(), Error> {

@@ -7,6 +7,10 @@
 //!   ▸ [end-of-file probe] ▸ fchmod ▸ fsync ▸ link (or rename) into place ▸ fsync dir ▸ done
 //! ```
 //!
+//! A file of a tree skips the directory's open: it opens its input's name in the input
+//! directory the walk holds, and creates and links its output in the output directory the
+//! walk holds (`held_dirs.rs`).
+//!
 //! Every step is an op on the shard's reactor except `fstat`/`fchmod`/`statat`, which are
 //! metadata calls on descriptors the job already holds. The crypto is the pure `format` code
 //! run in place on the pool buffers: encryption reads each chunk straight into its record slot
@@ -32,6 +36,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rustix::fs::{AtFlags, FileType, Mode};
@@ -53,6 +58,7 @@ use crate::protocol::{FileJobSpec, FileOp, JobId, Progress};
 mod commit;
 mod existing;
 mod legacy;
+mod open;
 mod parts;
 mod passed;
 mod pipe;
@@ -228,6 +234,10 @@ pub struct FileJob {
     stream_out: bool,
     /// Linked, waiting for its directory's fsync, which the shard batches.
     dir_sync: Option<DirSyncWanted>,
+    /// The link in flight names the file by its descriptor; the job links through
+    /// `/proc/self/fd` (see `commit.rs`).
+    link_by_fd: bool,
+    link_by_proc: bool,
     /// Bytes read from the input and written to the output so far (progress and stats).
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -283,6 +293,8 @@ impl FileJob {
             pipe: None,
             stream_out,
             dir_sync: None,
+            link_by_fd: false,
+            link_by_proc: false,
             bytes_in: 0,
             bytes_out: 0,
             started: Instant::now(),
@@ -439,34 +451,22 @@ impl FileJob {
             return;
         }
         let flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
-        let input = &self.spec.input;
         let (pending, slot, who) = (&mut self.pending, self.slot, self.who);
-        if let Err(err) = Self::open_in_root(pending, slot, who, ctx, input, flags, Step::OpenInput)
-        {
+        let opened = match &self.spec.held_dirs {
+            // A file of a tree: its name, in its directory as the walk holds it.
+            Some(dirs) => {
+                let input = &self.spec.input;
+                Self::open_in_held(pending, slot, who, ctx, &dirs.input, input, flags);
+                Ok(())
+            }
+            None => {
+                let input = &self.spec.input;
+                Self::open_in_root(pending, slot, who, ctx, input, flags, Step::OpenInput)
+            }
+        };
+        if let Err(err) = opened {
             self.fail(ctx, err);
         }
-    }
-
-    /// Opens `path` beneath the allowed root that holds it (`openat2` confined to it).
-    fn open_in_root(
-        pending: &mut u32,
-        slot: u32,
-        who: Option<Who>,
-        ctx: &mut JobCtx,
-        path: &Path,
-        flags: u64,
-        step: Step,
-    ) -> Result<(), Error> {
-        let (root, rel) = ctx.roots.position(path)?;
-        let op = Op::OpenAt2 {
-            dir: ctx.root_files[root],
-            path: rel.as_os_str().as_bytes(),
-            flags,
-            mode: 0,
-            resolve: RESOLVE_CONFINED,
-        };
-        Self::push_op(pending, slot, who, ctx, step, op);
-        Ok(())
     }
 
     /// Cancels the job unless it is already linking its output into place.
@@ -577,10 +577,7 @@ impl FileJob {
                 .result
                 .map_err(|e| self.io_err("fsync", false, e))
                 .and_then(|_| self.link(ctx)),
-            Step::Link | Step::Rename => done
-                .result
-                .map_err(|e| self.link_err(e))
-                .and_then(|_| self.linked(ctx, step)),
+            Step::Link | Step::Rename => self.link_done(ctx, step, done.result),
             Step::Unlink => {
                 self.drain_or_finish(ctx);
                 Ok(())
@@ -705,6 +702,11 @@ impl FileJob {
         }
         if !self.spec.op.writes() {
             return self.read_header(ctx, input);
+        }
+        if let Some(dirs) = &self.spec.held_dirs {
+            // A file of a tree: the output's directory is the one the walk holds.
+            let dir = ctx.reactor.adopt_shared(Arc::clone(&dirs.output));
+            return self.opened_dir(ctx, dir);
         }
         let parent = self.spec.output.parent().unwrap_or(Path::new("/"));
         let flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;

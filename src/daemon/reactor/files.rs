@@ -15,6 +15,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 /// A descriptor owned by a reactor's table. Copy, like the number it stands for, but it can
 /// never name another file: see the module docs.
@@ -31,8 +32,25 @@ impl File {
     }
 }
 
+/// What an entry holds: its own descriptor, or a share of one that other entries (of this
+/// reactor or another shard's) hold too, such as a tree directory that every file job of the
+/// directory opens its files in. A shared descriptor closes when its last holder lets go.
+enum Held {
+    Own(OwnedFd),
+    Shared(Arc<OwnedFd>),
+}
+
+impl Held {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Held::Own(fd) => fd.as_fd(),
+            Held::Shared(fd) => fd.as_fd(),
+        }
+    }
+}
+
 struct Entry {
-    fd: Option<OwnedFd>,
+    fd: Option<Held>,
     generation: u32,
     /// Ops in flight that name this descriptor.
     in_flight: u32,
@@ -49,6 +67,15 @@ pub(super) struct Files {
 impl Files {
     /// Takes ownership of `fd` and returns its handle.
     pub(super) fn adopt(&mut self, fd: OwnedFd) -> File {
+        self.hold(Held::Own(fd))
+    }
+
+    /// Takes a share of `fd` and returns its handle; closing the handle drops the share.
+    pub(super) fn adopt_shared(&mut self, fd: Arc<OwnedFd>) -> File {
+        self.hold(Held::Shared(fd))
+    }
+
+    fn hold(&mut self, fd: Held) -> File {
         match self.free.pop() {
             Some(index) => {
                 let entry = &mut self.entries[index as usize];
@@ -85,7 +112,7 @@ impl Files {
     pub(super) fn borrow(&self, file: File) -> io::Result<BorrowedFd<'_>> {
         self.live(file)
             .and_then(|e| e.fd.as_ref())
-            .map(|fd| fd.as_fd())
+            .map(Held::fd)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
     }
 
@@ -95,7 +122,7 @@ impl Files {
         let raw = self
             .live(file)
             .and_then(|e| e.fd.as_ref())
-            .map(|fd| fd.as_raw_fd())
+            .map(|fd| fd.fd().as_raw_fd())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
         self.entries[file.index as usize].in_flight += 1;
         Ok((raw, file.index))

@@ -109,13 +109,17 @@ pub enum Op<'a, F = File> {
         mode: u64,
         resolve: u64,
     },
-    /// Gives the open (unnamed, `O_TMPFILE`) `file` the name `to` in `to_dir`:
-    /// `linkat(AT_FDCWD, "/proc/self/fd/N", to_dir, to, AT_SYMLINK_FOLLOW)`, which needs no
-    /// `CAP_DAC_READ_SEARCH` (unlike `AT_EMPTY_PATH`).
+    /// Gives the open (unnamed, `O_TMPFILE`) `file` the name `to` in `to_dir`. `by_fd`:
+    /// `linkat(N, "", to_dir, to, AT_EMPTY_PATH)`, no path looked up, which the kernel
+    /// allows with `CAP_DAC_READ_SEARCH` or (Linux 6.10 on) to the credentials the file was
+    /// opened with, and refuses with `ENOENT` otherwise; else
+    /// `linkat(AT_FDCWD, "/proc/self/fd/N", to_dir, to, AT_SYMLINK_FOLLOW)`, which needs
+    /// neither but looks the path up through `/proc`.
     LinkFile {
         file: F,
         to_dir: F,
         to: &'a [u8],
+        by_fd: bool,
     },
     /// renameat2(dir, from, dir, to, flags)
     RenameAt {
@@ -223,10 +227,16 @@ impl<'a, F> Op<'a, F> {
                 mode,
                 resolve,
             },
-            Op::LinkFile { file, to_dir, to } => Op::LinkFile {
+            Op::LinkFile {
+                file,
+                to_dir,
+                to,
+                by_fd,
+            } => Op::LinkFile {
                 file: f(file)?,
                 to_dir: f(to_dir)?,
                 to,
+                by_fd,
             },
             Op::RenameAt {
                 dir,
@@ -774,6 +784,12 @@ impl Reactor {
     /// [`Reactor::close`] (or the reactor).
     pub fn adopt(&mut self, fd: OwnedFd) -> File {
         self.files.adopt(fd)
+    }
+
+    /// Takes a share of `fd` (see `files.rs`) and returns its handle, which is closed like
+    /// any other: the descriptor itself closes when its last share goes.
+    pub fn adopt_shared(&mut self, fd: Arc<OwnedFd>) -> File {
+        self.files.adopt_shared(fd)
     }
 
     /// Closes `file` once no op in flight names it.

@@ -459,15 +459,26 @@ fn run(
         )
         .map(|owned| owned.into_raw_fd() as u32)
         .map_err(io::Error::from),
-        Op::LinkFile { file, to_dir, to } => {
+        Op::LinkFile {
+            file,
+            to_dir,
+            to,
+            by_fd,
+        } => {
             let paths = OpPaths::of(paths);
-            rustix::fs::linkat(
-                rustix::fs::CWD,
-                fill_proc_path(&mut paths.from, file),
-                fd(to_dir),
-                fill_path(&mut paths.to, to),
-                AtFlags::SYMLINK_FOLLOW,
-            )
+            let to = fill_path(&mut paths.to, to);
+            if by_fd {
+                rustix::fs::linkat(fd(file), c"", fd(to_dir), to, AtFlags::EMPTY_PATH)
+            } else {
+                let from = fill_proc_path(&mut paths.from, file);
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    from,
+                    fd(to_dir),
+                    to,
+                    AtFlags::SYMLINK_FOLLOW,
+                )
+            }
             .map(|()| 0)
             .map_err(io::Error::from)
         }

@@ -240,12 +240,26 @@ impl UringBackend {
                     .build()
                     .user_data(ud)
             }
-            Op::LinkFile { file, to_dir, to } => {
+            Op::LinkFile {
+                file,
+                to_dir,
+                to,
+                by_fd,
+            } => {
                 let paths = OpPaths::of(paths);
-                let from = fill_proc_path(&mut paths.from, file).as_ptr();
+                let (from_dir, from, flags) = if by_fd {
+                    (
+                        file,
+                        fill_path(&mut paths.from, b"").as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                    )
+                } else {
+                    let from = fill_proc_path(&mut paths.from, file).as_ptr();
+                    (libc::AT_FDCWD, from, libc::AT_SYMLINK_FOLLOW)
+                };
                 let to = fill_path(&mut paths.to, to).as_ptr();
-                opcode::LinkAt::new(types::Fd(libc::AT_FDCWD), from, types::Fd(to_dir), to)
-                    .flags(libc::AT_SYMLINK_FOLLOW)
+                opcode::LinkAt::new(types::Fd(from_dir), from, types::Fd(to_dir), to)
+                    .flags(flags)
                     .build()
                     .user_data(ud)
             }
