@@ -18,7 +18,7 @@ import re
 import selectors
 import socket
 import time
-from typing import Any, Deque, Dict, List, Optional, Union
+from typing import Any, Deque, Dict, List, Optional, Set, Union
 
 from . import types as t
 from ._jobs import LineHead, NoTmpfile, PassedFiles, line_head, output_dir, simple_line, wire_name
@@ -203,6 +203,9 @@ class _Batch:
         # Output directories kept open for linking (files of a batch mostly share a few).
         self.dirs: Dict[str, int] = {}
         self.umask = process_umask()
+        # Open directories with a default ACL: a file created there takes its mode from the
+        # ACL rather than the umask, so its outputs get the input's mode by fchmod.
+        self.acl_dirs: Set[str] = set()
         # Request lines' fixed parts, by (op, key, overwrite, by_path).
         self.heads: Dict[Any, LineHead] = {}
 
@@ -216,12 +219,15 @@ class _Batch:
             except OSError:
                 return None  # the commit opens it itself and reports why it cannot
             self.dirs[path] = fd
+            if has_default_acl(fd):
+                self.acl_dirs.add(path)
         return fd
 
     def close_dirs(self) -> None:
         for fd in self.dirs.values():
             os.close(fd)
         self.dirs.clear()
+        self.acl_dirs.clear()
 
     def connect(self) -> Optional[RingcryptError]:
         try:
@@ -238,14 +244,16 @@ class _Batch:
         files: Optional[PassedFiles] = None
         if not item.by_path:
             try:
+                out_dir = output_dir(item.output)
+                dir_fd = self.dir_fd(out_dir)
                 files = PassedFiles(
                     item.input,
                     item.output,
                     item.overwrite,
                     item.in_place,
                     precheck=False,
-                    dir_fd=self.dir_fd(output_dir(item.output)),
-                    umask=self.umask,
+                    dir_fd=dir_fd,
+                    umask=None if dir_fd is None or out_dir in self.acl_dirs else self.umask,
                 )
             except NoTmpfile:
                 files = None
@@ -421,6 +429,14 @@ class _Batch:
             if self.results[index] is None:
                 self.results[index] = type(err)(err.message, code=err.code)
         self.next = len(self.items)
+
+
+def has_default_acl(dir_fd: int) -> bool:
+    try:
+        os.getxattr(dir_fd, "system.posix_acl_default")
+    except OSError:
+        return False  # none (ENODATA), or a file system without ACLs
+    return True
 
 
 def process_umask() -> Optional[int]:
