@@ -9,9 +9,10 @@ import json
 import os
 import stat
 from json.encoder import encode_basestring as _json_str
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from .errors import BadRequest, Exists, RingcryptError, from_os_error
+from .types import FileResult, file_result
 
 PathArg = Union[str, "os.PathLike[str]"]
 
@@ -88,24 +89,9 @@ def default_output(op: str, input: str, output: Optional[PathArg], in_place: boo
     raise ValueError("rewrap needs an output, or in_place=True to replace the input")
 
 
-def request_line(
-    req_id: Union[int, str],
-    op: str,
-    input: str,
-    output: str,
-    *,
-    key: Optional[str] = None,
-    overwrite: bool = False,
-    recursive: bool = False,
-    skip_existing: bool = False,
-    fds: bool = False,
-) -> bytes:
-    """One request line, optional fields left out when they have their default."""
-    return line_head(op, key, overwrite, recursive, skip_existing, fds).line(req_id, input, output)
-
-
 class LineHead:
-    """The request line of a file job, its fields but the id and the paths written out once:
+    """The request line of a file job (optional fields left out when they have their
+    default), its fields but the id and the paths written out once:
     :meth:`line` adds those, escaped as ``json.dumps`` would (``map_files`` builds thousands
     of lines that differ only there)."""
 
@@ -318,16 +304,8 @@ def plan(
 def tree_line(
     req_id: int, op: str, src: str, dst: str, key: Optional[str], overwrite: bool, skip_existing: bool
 ) -> bytes:
-    return request_line(
-        req_id,
-        op,
-        wire_name(src, by_path=True),
-        wire_name(dst, by_path=True),
-        key=key,
-        overwrite=overwrite,
-        recursive=True,
-        skip_existing=skip_existing,
-    )
+    head = line_head(op, key, overwrite, recursive=True, skip_existing=skip_existing)
+    return head.line(req_id, wire_name(src, by_path=True), wire_name(dst, by_path=True))
 
 
 def single_file(
@@ -351,18 +329,66 @@ def single_file(
             files = None
     by_path = files is None
     try:
-        line = request_line(
-            req_id,
-            op,
-            wire_name(src, by_path=by_path),
-            wire_name(dst, by_path=by_path),
-            key=key,
-            overwrite=overwrite,
-            skip_existing=skip_existing,
-            fds=not by_path,
-        )
+        head = line_head(op, key, overwrite, skip_existing=skip_existing, fds=not by_path)
+        line = head.line(req_id, wire_name(src, by_path=by_path), wire_name(dst, by_path=by_path))
     except BaseException:
         if files is not None:
             files.close()
         raise
     return line, files
+
+
+class FileCall:
+    """One call of a file method (``encrypt``, ``decrypt``, ``rewrap``), as both clients make
+    it: its paths planned, its request line, and for a single file on descriptors its opened
+    files. :meth:`result` links a single file's output after ``done``; :meth:`close` (always)
+    leaves nothing behind when there was no ``done``."""
+
+    __slots__ = ("req_id", "op", "src", "dst", "line", "files", "tree", "timeout")
+
+    def __init__(
+        self,
+        ids: "Iterator[int]",
+        op: str,
+        input: PathArg,
+        output: Optional[PathArg],
+        key: Optional[str],
+        overwrite: bool,
+        in_place: bool,
+        tree: bool,
+        skip_existing: bool,
+        timeout: Optional[float],
+    ) -> None:
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be None or at least 0")
+        self.timeout = timeout
+        self.src, self.dst = plan(op, input, output, overwrite, in_place, skip_existing)
+        self.req_id = next(ids)
+        self.op = op
+        self.tree = tree
+        self.files: Optional[PassedFiles] = None
+        if tree:
+            self.line = tree_line(
+                self.req_id, op, self.src, self.dst, key, overwrite, skip_existing
+            )
+        else:
+            self.line, self.files = single_file(
+                self.req_id, op, self.src, self.dst, key, overwrite, in_place, skip_existing
+            )
+
+    def fds(self) -> Sequence[int]:
+        return self.files.fds() if self.files is not None else ()
+
+    def sent(self) -> None:
+        """The request left: the daemon holds its own copy of the input."""
+        if self.files is not None:
+            self.files.close_input()
+
+    def result(self, done: Dict[str, Any]) -> "FileResult":
+        if self.files is not None:
+            self.files.commit(fsync=True)
+        return file_result(self.op, self.src, self.dst, done)
+
+    def close(self) -> None:
+        if self.files is not None:
+            self.files.close()
