@@ -92,7 +92,8 @@ class Daemon:
             try:
                 pong = client.ping(timeout=1.0)
                 break
-            except ringcrypt.DaemonUnavailable:
+            except (ringcrypt.DaemonUnavailable, ringcrypt.Timeout):
+                # Not listening yet, or (on a loaded machine) listening but not yet answering.
                 assert time.monotonic() < deadline, f"no pong within {START_TIMEOUT} s:\n{self.log_text()}"
                 time.sleep(0.02)
         client.close()
