@@ -126,8 +126,8 @@ def test_map_files_outputs_keep_the_inputs_mode_and_time(daemon: Daemon) -> None
     """Each output gets its input's permission bits and modification time, whether the
     process's umask keeps that mode (the temporary file is created with it) or would strip
     it, and in a directory whose default ACL would narrow it (both fixed by fchmod). What
-    must stay intact: every output's mode and mtime equal its input's, and its bytes open
-    back to the input's."""
+    must stay intact: every output's mode and mtime equal its input's, its result says its
+    own job and sizes, and its bytes open back to the input's."""
     client = daemon.client()
     src, out = daemon.outside / "modes", daemon.outside / "modes-out"
     acl_out = daemon.outside / "modes-acl"
@@ -157,6 +157,10 @@ def test_map_files_outputs_keep_the_inputs_mode_and_time(daemon: Daemon) -> None
     finally:
         os.umask(old_umask)
     assert all(isinstance(r, ringcrypt.FileResult) for r in results), results
+    for i, r in enumerate(results):  # the fields read from each `done`
+        assert (r.op, r.input, r.output, r.skipped) == ("encrypt", str(paths[i]), str(outputs[i]), False)
+        assert r.bytes_in == 100 + i and r.bytes_out > r.bytes_in and r.job and r.micros >= 0
+    assert len({r.job for r in results}) == len(results)
     for p, o in zip(paths, outputs):
         st_in, st_out = p.stat(), o.stat()
         assert oct(st_out.st_mode & 0o7777) == oct(st_in.st_mode & 0o7777), o
