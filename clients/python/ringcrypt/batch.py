@@ -58,8 +58,10 @@ class BatchItem:
 # this client makes per file. The lines stay within the daemon's first receive buffer.
 FDS_REQUESTS_PER_SEND = 4
 FDS_SEND_BYTES = 1024
-# Output directories a batch keeps open at once to link its outputs.
-MAX_OPEN_DIRS = 64
+# Output directories a batch keeps open at once to create and link its outputs; past that the
+# one opened first is closed. Outputs spread over up to this many directories, in any order,
+# cost no directory open per file.
+MAX_OPEN_DIRS = 256
 # The daemon's ``done`` for one file, as it writes it: read without building a dict. Any other
 # shape (another order, a skipped file, a string id) goes through json.loads.
 _DONE = re.compile(
@@ -213,7 +215,9 @@ class _Batch:
         fd = self.dirs.get(path)
         if fd is None:
             if len(self.dirs) >= MAX_OPEN_DIRS:
-                self.close_dirs()
+                oldest = next(iter(self.dirs))
+                os.close(self.dirs.pop(oldest))
+                self.acl_dirs.discard(oldest)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError:

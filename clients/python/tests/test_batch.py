@@ -6,6 +6,7 @@ SIGKILL every call either raised DaemonUnavailable or returned a verified result
 output exists for any file that did not succeed."""
 
 import os
+import random
 import struct
 import threading
 import time
@@ -168,3 +169,31 @@ def test_map_files_outputs_keep_the_inputs_mode_and_time(daemon: Daemon) -> None
     opened = daemon.open_tree_offline(out, daemon.dir / "opened-modes")
     opened.update(daemon.open_tree_offline(acl_out, daemon.dir / "opened-modes-acl"))
     assert opened == data
+
+
+def test_map_files_over_more_directories_than_it_keeps_open(daemon: Daemon) -> None:
+    """Outputs spread over more directories than a batch keeps open (256), in no order, so
+    directories are closed and opened again mid-batch. What must stay intact: every output
+    lands in its own directory and opens back to its input, and the batch leaves no
+    descriptor open behind it."""
+    from ringcrypt.batch import MAX_OPEN_DIRS
+
+    client = daemon.client()
+    src, out = daemon.outside / "spread", daemon.outside / "spread-out"
+    dirs = MAX_OPEN_DIRS + 44
+    pairs = []
+    for i in range(2 * dirs):
+        rel = f"d{i % dirs:03d}/f{i:04d}"
+        pairs.append((write(src / rel, os.urandom(i % 700)), out / (rel + ".rcrypt")))
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    random.Random(15).shuffle(pairs)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    results = client.map_files(
+        "encrypt", [p for p, _ in pairs], outputs=[o for _, o in pairs], fsync=False
+    )
+    client.close()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert all(isinstance(r, ringcrypt.FileResult) for r in results), results
+    assert [r.output for r in results] == [str(o) for _, o in pairs]
+    opened = daemon.open_tree_offline(out, daemon.dir / "opened-spread")
+    assert opened == read_tree(src)
