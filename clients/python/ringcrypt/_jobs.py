@@ -8,9 +8,11 @@ import errno
 import json
 import os
 import stat
-from typing import Any, Dict, List, Optional, Union
+from json.encoder import encode_basestring as _json_str
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from .errors import BadRequest, Exists, RingcryptError, from_os_error
+from .types import FileResult, file_result
 
 PathArg = Union[str, "os.PathLike[str]"]
 
@@ -21,15 +23,18 @@ _TEMP_PREFIX = ".ringcrypt-tmp-"
 # Errors of open(O_TMPFILE) that mean the file system has no unnamed temp files (EISDIR on
 # old kernels), as the CLI reads them.
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
+_TMPFILE_FLAGS = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
 
 
 def absolute(path: PathArg) -> str:
     """``path`` made absolute against our working directory, lexically, as the CLI does:
     ``.`` and repeated ``/`` go, ``..`` stays (the daemon refuses it with a clear message
     rather than guess what a symlinked directory before it means), nothing is resolved."""
-    text = os.fspath(path)
+    text = path if type(path) is str else os.fspath(path)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
+    if text[:1] == "/" and "//" not in text and "/." not in text and text[-1] != "/":
+        return text  # already in the form the slow way below gives
     if not text:
         raise ValueError("an empty path names no file")
     if not text.startswith("/"):
@@ -84,37 +89,57 @@ def default_output(op: str, input: str, output: Optional[PathArg], in_place: boo
     raise ValueError("rewrap needs an output, or in_place=True to replace the input")
 
 
-def request_line(
-    req_id: Union[int, str],
+class LineHead:
+    """The request line of a file job (optional fields left out when they have their
+    default), its fields but the id and the paths written out once:
+    :meth:`line` adds those, escaped as ``json.dumps`` would (``map_files`` builds thousands
+    of lines that differ only there)."""
+
+    __slots__ = ("head", "tail")
+
+    def __init__(self, op: str, fields: str) -> None:
+        self.head = '{"op":' + _json_str(op) + ',"id":'
+        self.tail = fields + "}\n"
+
+    def line(self, req_id: Union[int, str], input: str, output: str) -> bytes:
+        rid = str(req_id) if type(req_id) is int else json.dumps(req_id, ensure_ascii=False)
+        return (
+            self.head + rid + ',"input":' + _json_str(input) + ',"output":' + _json_str(output)
+            + self.tail
+        ).encode("utf-8")
+
+
+def line_head(
     op: str,
-    input: str,
-    output: str,
-    *,
     key: Optional[str] = None,
     overwrite: bool = False,
     recursive: bool = False,
     skip_existing: bool = False,
     fds: bool = False,
-) -> bytes:
-    """One request line, optional fields left out when they have their default."""
-    req: Dict[str, Any] = {"op": op, "id": req_id, "input": input, "output": output}
+) -> LineHead:
+    fields = ""
     if key is not None:
-        req["key"] = key
+        fields += ',"key":' + _json_str(key)
     if overwrite:
-        req["overwrite"] = True
+        fields += ',"overwrite":true'
     if recursive:
-        req["recursive"] = True
+        fields += ',"recursive":true'
     if skip_existing:
-        req["skip_existing"] = True
+        fields += ',"skip_existing":true'
     if fds:
-        req["fds"] = True
-    return (json.dumps(req, ensure_ascii=False) + "\n").encode("utf-8")
+        fields += ',"fds":true'
+    return LineHead(op, fields)
 
 
 def simple_line(req_id: Union[int, str], op: str, **fields: Any) -> bytes:
     req: Dict[str, Any] = {"op": op, "id": req_id}
     req.update(fields)
     return (json.dumps(req) + "\n").encode("utf-8")
+
+
+def output_dir(output: str) -> str:
+    """The directory of an absolute ``output`` (as :func:`absolute` gives it)."""
+    return output[: output.rindex("/")] or "/"
 
 
 class PassedFiles:
@@ -127,13 +152,23 @@ class PassedFiles:
     __slots__ = ("input_fd", "output_fd", "output", "dir", "mode", "times", "overwrite")
 
     def __init__(
-        self, input: str, output: str, overwrite: bool, in_place: bool, precheck: bool = True
+        self,
+        input: str,
+        output: str,
+        overwrite: bool,
+        in_place: bool,
+        precheck: bool = True,
+        dir_fd: Optional[int] = None,
+        umask: Optional[int] = None,
     ) -> None:
         """``precheck=False`` skips looking for an existing output before the job when
-        ``overwrite`` is false: the link refuses it afterwards all the same (``Exists``)."""
+        ``overwrite`` is false: the link refuses it afterwards all the same (``Exists``).
+        ``dir_fd``, the output's directory opened by the caller, saves looking it up again.
+        ``umask``, the process's, when the caller knows it: an input mode it keeps intact is
+        given to the temporary file as it is created, which saves a ``fchmod`` later."""
         self.output = output
         self.overwrite = overwrite
-        self.dir = os.path.dirname(output) or "/"
+        self.dir = output_dir(output)
         self.output_fd = -1
         try:
             self.input_fd = os.open(input, os.O_RDONLY | os.O_CLOEXEC)
@@ -145,14 +180,21 @@ class PassedFiles:
                 raise BadRequest(
                     f"{input} is a directory; pass tree=True to work on a directory tree"
                 )
-            self.mode = stat.S_IMODE(st.st_mode) & 0o777
+            mode = st.st_mode & 0o777
             self.times = (st.st_atime_ns, st.st_mtime_ns)
             if precheck or overwrite:
                 self._check_output(input, st, overwrite, in_place)
+            if umask is not None and not mode & umask:
+                self.mode = -1  # the file has it from the start
+                create = mode
+            else:
+                self.mode = mode
+                create = 0o600
             try:
-                self.output_fd = os.open(
-                    self.dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600
-                )
+                if dir_fd is None:
+                    self.output_fd = os.open(self.dir, _TMPFILE_FLAGS, create)
+                else:
+                    self.output_fd = os.open(".", _TMPFILE_FLAGS, create, dir_fd=dir_fd)
             except OSError as err:
                 if err.errno in _NO_TMPFILE:
                     raise NoTmpfile(self.dir) from err
@@ -195,7 +237,8 @@ class PassedFiles:
         fd = self.output_fd
         dfd = -1
         try:
-            os.fchmod(fd, self.mode)
+            if self.mode >= 0:
+                os.fchmod(fd, self.mode)
             os.utime(fd, ns=self.times)
             if fsync:
                 os.fsync(fd)
@@ -205,7 +248,7 @@ class PassedFiles:
                 dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             at = dfd if dir_fd is None else dir_fd
             proc = f"/proc/self/fd/{fd}"
-            name = os.path.basename(self.output)
+            name = self.output[self.output.rindex("/") + 1 :]
             if not self.overwrite:
                 os.link(proc, name, dst_dir_fd=at)
             else:
@@ -261,16 +304,8 @@ def plan(
 def tree_line(
     req_id: int, op: str, src: str, dst: str, key: Optional[str], overwrite: bool, skip_existing: bool
 ) -> bytes:
-    return request_line(
-        req_id,
-        op,
-        wire_name(src, by_path=True),
-        wire_name(dst, by_path=True),
-        key=key,
-        overwrite=overwrite,
-        recursive=True,
-        skip_existing=skip_existing,
-    )
+    head = line_head(op, key, overwrite, recursive=True, skip_existing=skip_existing)
+    return head.line(req_id, wire_name(src, by_path=True), wire_name(dst, by_path=True))
 
 
 def single_file(
@@ -294,18 +329,66 @@ def single_file(
             files = None
     by_path = files is None
     try:
-        line = request_line(
-            req_id,
-            op,
-            wire_name(src, by_path=by_path),
-            wire_name(dst, by_path=by_path),
-            key=key,
-            overwrite=overwrite,
-            skip_existing=skip_existing,
-            fds=not by_path,
-        )
+        head = line_head(op, key, overwrite, skip_existing=skip_existing, fds=not by_path)
+        line = head.line(req_id, wire_name(src, by_path=by_path), wire_name(dst, by_path=by_path))
     except BaseException:
         if files is not None:
             files.close()
         raise
     return line, files
+
+
+class FileCall:
+    """One call of a file method (``encrypt``, ``decrypt``, ``rewrap``), as both clients make
+    it: its paths planned, its request line, and for a single file on descriptors its opened
+    files. :meth:`result` links a single file's output after ``done``; :meth:`close` (always)
+    leaves nothing behind when there was no ``done``."""
+
+    __slots__ = ("req_id", "op", "src", "dst", "line", "files", "tree", "timeout")
+
+    def __init__(
+        self,
+        ids: "Iterator[int]",
+        op: str,
+        input: PathArg,
+        output: Optional[PathArg],
+        key: Optional[str],
+        overwrite: bool,
+        in_place: bool,
+        tree: bool,
+        skip_existing: bool,
+        timeout: Optional[float],
+    ) -> None:
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be None or at least 0")
+        self.timeout = timeout
+        self.src, self.dst = plan(op, input, output, overwrite, in_place, skip_existing)
+        self.req_id = next(ids)
+        self.op = op
+        self.tree = tree
+        self.files: Optional[PassedFiles] = None
+        if tree:
+            self.line = tree_line(
+                self.req_id, op, self.src, self.dst, key, overwrite, skip_existing
+            )
+        else:
+            self.line, self.files = single_file(
+                self.req_id, op, self.src, self.dst, key, overwrite, in_place, skip_existing
+            )
+
+    def fds(self) -> Sequence[int]:
+        return self.files.fds() if self.files is not None else ()
+
+    def sent(self) -> None:
+        """The request left: the daemon holds its own copy of the input."""
+        if self.files is not None:
+            self.files.close_input()
+
+    def result(self, done: Dict[str, Any]) -> "FileResult":
+        if self.files is not None:
+            self.files.commit(fsync=True)
+        return file_result(self.op, self.src, self.dst, done)
+
+    def close(self) -> None:
+        if self.files is not None:
+            self.files.close()

@@ -86,6 +86,39 @@ def raise_error(reply: Dict[str, Any], job: Optional[str] = None) -> None:
     )
 
 
+def timed_out(what: str, timeout: Optional[float], job: Optional[str]) -> Timeout:
+    return Timeout(
+        f"no final reply to the {what} request within {timeout} s"
+        + (f"; job {job} was cancelled" if job else ""),
+        job=job,
+    )
+
+
+class Waiter:
+    """One request's replies as they come, for both clients: :meth:`final` tells the line
+    that ends it (one of its own that is not ``accepted`` or ``progress``) and keeps the job
+    id those give; :meth:`outcome` returns that line or raises its error."""
+
+    __slots__ = ("req_id", "job")
+
+    def __init__(self, req_id: ReqId) -> None:
+        self.req_id = req_id
+        self.job: Optional[str] = None
+
+    def final(self, reply: Dict[str, Any]) -> bool:
+        if not is_ours(reply, self.req_id):
+            return False
+        if reply["type"] in ("accepted", "progress"):
+            self.job = reply.get("job")
+            return False
+        return True
+
+    def outcome(self, reply: Dict[str, Any]) -> Dict[str, Any]:
+        if reply["type"] == "error":
+            raise_error(reply, self.job)
+        return reply
+
+
 class Deadline:
     """A point in time a call must end by, or none."""
 
@@ -108,25 +141,15 @@ class Deadline:
         return left
 
     def expired(self, job: Optional[str] = None) -> Timeout:
-        return Timeout(
-            f"no final reply to the {self.what} request within {self.timeout} s"
-            + (f"; job {job} was cancelled" if job else ""),
-            job=job,
-        )
+        return timed_out(self.what, self.timeout, job)
 
 
-class Conn:
-    """One blocking connection: send a line (with descriptors), read reply lines."""
+class LineSocket:
+    """What both clients' connections share: the socket, the reply bytes read and not yet
+    taken, and whether a pooled connection may be used again."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, sock: socket.socket) -> None:
         self.path = path
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(CONNECT_TIMEOUT)
-        try:
-            sock.connect(path)
-        except OSError as err:
-            sock.close()
-            raise unavailable(path, err) from err
         self.sock = sock
         self.buf = bytearray()
         self.idle_since = time.monotonic()
@@ -138,6 +161,35 @@ class Conn:
             return False
         readable, _, _ = select.select([self.sock], [], [], 0)
         return not readable
+
+    def next_line(self) -> Optional[Dict[str, Any]]:
+        """The next whole reply line read, parsed; None until one has arrived."""
+        end = self.buf.find(b"\n")
+        if end < 0:
+            return None
+        line = bytes(self.buf[:end])
+        del self.buf[: end + 1]
+        return parse_line(line)
+
+    def received(self, chunk: bytes, what: str) -> None:
+        """Bytes a receive returned: more lines, or (empty) the daemon's end of stream."""
+        if not chunk:
+            raise dropped(self.path, what)
+        self.buf += chunk
+
+
+class Conn(LineSocket):
+    """One blocking connection: send a line (with descriptors), read reply lines."""
+
+    def __init__(self, path: str) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(path)
+        except OSError as err:
+            sock.close()
+            raise unavailable(path, err) from err
+        super().__init__(path, sock)
 
     def send(self, line: bytes, fds: Sequence[int], deadline: Deadline) -> None:
         try:
@@ -155,11 +207,9 @@ class Conn:
     def read(self, deadline: Deadline) -> Dict[str, Any]:
         """The next reply line, parsed."""
         while True:
-            end = self.buf.find(b"\n")
-            if end >= 0:
-                line = bytes(self.buf[:end])
-                del self.buf[: end + 1]
-                return parse_line(line)
+            reply = self.next_line()
+            if reply is not None:
+                return reply
             try:
                 self.sock.settimeout(deadline.left())
                 chunk = self.sock.recv(RECV_BYTES)
@@ -167,9 +217,7 @@ class Conn:
                 raise deadline.expired() from None
             except OSError as err:
                 raise dropped(self.path, deadline.what, err) from err
-            if not chunk:
-                raise dropped(self.path, deadline.what)
-            self.buf += chunk
+            self.received(chunk, deadline.what)
 
     def close(self) -> None:
         try:

@@ -5,7 +5,6 @@ A task cancelled while its job runs cancels the job too (best effort) and links 
 
 import asyncio
 import itertools
-import select
 import socket
 import time
 from typing import (
@@ -22,18 +21,19 @@ from typing import (
 )
 
 from . import types as t
-from ._jobs import PassedFiles, PathArg, plan, simple_line, single_file, tree_line
+from ._jobs import FileCall, PathArg, simple_line
 from ._wire import (
     CONNECT_TIMEOUT,
-    IDLE_REUSE_SECONDS,
     RECV_BYTES,
     SHORT_TIMEOUT,
+    LineSocket,
+    Waiter,
     dropped,
     is_ours,
-    parse_line,
     raise_error,
     scm_rights,
     socket_path,
+    timed_out,
     unavailable,
 )
 from .batch import run_batch
@@ -43,21 +43,8 @@ from .errors import RingcryptError, Timeout
 Result = Union[t.FileResult, RingcryptError]
 
 
-class _AConn:
+class _AConn(LineSocket):
     """One non-blocking connection on the running loop."""
-
-    def __init__(self, path: str, sock: socket.socket) -> None:
-        self.path = path
-        self.sock = sock
-        self.buf = bytearray()
-        self.idle_since = time.monotonic()
-
-    def reusable(self) -> bool:
-        """As the blocking client's: not idle too long, nothing waiting on it."""
-        if self.buf or time.monotonic() - self.idle_since > IDLE_REUSE_SECONDS:
-            return False
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return not readable
 
     @classmethod
     async def open(cls, path: str) -> "_AConn":
@@ -106,18 +93,14 @@ class _AConn:
     async def read(self, what: str) -> Dict[str, Any]:
         loop = asyncio.get_running_loop()
         while True:
-            end = self.buf.find(b"\n")
-            if end >= 0:
-                line = bytes(self.buf[:end])
-                del self.buf[: end + 1]
-                return parse_line(line)
+            reply = self.next_line()
+            if reply is not None:
+                return reply
             try:
                 chunk = await loop.sock_recv(self.sock, RECV_BYTES)
             except OSError as err:
                 raise dropped(self.path, what, err) from err
-            if not chunk:
-                raise dropped(self.path, what)
-            self.buf += chunk
+            self.received(chunk, what)
 
     def cancel_nowait(self, job: Optional[str]) -> None:
         """Asks the daemon to cancel ``job`` without waiting: one small non-blocking send."""
@@ -175,49 +158,44 @@ class AsyncClient:
         await self.close()
 
     async def _exchange(
-        self, line: bytes, req_id: Any, fds: Sequence[int], what: str, timeout: Optional[float],
-        files: Optional[PassedFiles] = None,
+        self,
+        line: bytes,
+        req_id: Any,
+        what: str,
+        timeout: Optional[float],
+        call: Optional[FileCall] = None,
     ) -> Dict[str, Any]:
-        """Sends one request and returns its final reply line (``done`` or any one-line
-        reply); an ``error`` is raised. A timeout or a cancelled task cancels the job."""
+        """Sends one request (with ``call``'s descriptors) and returns its final reply line
+        (``done`` or any one-line reply); an ``error`` is raised. A timeout or a cancelled
+        task cancels the job."""
         conn = await self._take()
-        job: List[Optional[str]] = [None]
+        waiter = Waiter(req_id)
 
         async def talk() -> Dict[str, Any]:
-            await conn.send(line, fds, what)
-            if files is not None:
-                files.close_input()
+            await conn.send(line, call.fds() if call is not None else (), what)
+            if call is not None:
+                call.sent()
             while True:
                 reply = await conn.read(what)
-                if not is_ours(reply, req_id):
-                    continue
-                if reply["type"] in ("accepted", "progress"):
-                    job[0] = reply.get("job")
-                    continue
-                return reply
+                if waiter.final(reply):
+                    return reply
 
         try:
             reply: Dict[str, Any] = await _bounded(talk(), timeout)
         except asyncio.TimeoutError:
-            conn.cancel_nowait(job[0])
+            conn.cancel_nowait(waiter.job)
             conn.close()
-            raise Timeout(
-                f"no final reply to the {what} request within {timeout} s"
-                + (f"; job {job[0]} was cancelled" if job[0] else ""),
-                job=job[0],
-            ) from None
+            raise timed_out(what, timeout, waiter.job) from None
         except BaseException:
-            conn.cancel_nowait(job[0])
+            conn.cancel_nowait(waiter.job)
             conn.close()
             raise
         self._give_back(conn)
-        if reply["type"] == "error":
-            raise_error(reply, job[0])
-        return reply
+        return waiter.outcome(reply)
 
     async def _call(self, op: str, timeout: Optional[float], **fields: Any) -> Dict[str, Any]:
         req_id = next(self._ids)
-        return await self._exchange(simple_line(req_id, op, **fields), req_id, (), op, timeout)
+        return await self._exchange(simple_line(req_id, op, **fields), req_id, op, timeout)
 
     async def ping(self, *, timeout: Optional[float] = SHORT_TIMEOUT) -> t.Pong:
         return t.pong(await self._call("ping", timeout))
@@ -275,7 +253,9 @@ class AsyncClient:
         timeout: Optional[float] = None,
     ) -> Union[t.FileResult, "AsyncTreeJob"]:
         """As :meth:`Client.encrypt`; with ``tree=True`` an :class:`AsyncTreeJob`."""
-        return await self._file("encrypt", input, output, key, overwrite, False, tree, skip_existing, timeout)
+        return await self._file(
+            FileCall(self._ids, "encrypt", input, output, key, overwrite, False, tree, skip_existing, timeout)
+        )
 
     @overload
     async def decrypt(
@@ -312,7 +292,9 @@ class AsyncClient:
         timeout: Optional[float] = None,
     ) -> Union[t.FileResult, "AsyncTreeJob"]:
         """As :meth:`Client.decrypt`."""
-        return await self._file("decrypt", input, output, None, overwrite, False, tree, skip_existing, timeout)
+        return await self._file(
+            FileCall(self._ids, "decrypt", input, output, None, overwrite, False, tree, skip_existing, timeout)
+        )
 
     @overload
     async def rewrap(
@@ -353,37 +335,23 @@ class AsyncClient:
     ) -> Union[t.FileResult, "AsyncTreeJob"]:
         """As :meth:`Client.rewrap`."""
         return await self._file(
-            "rewrap", input, output, None, overwrite or in_place, in_place, tree, skip_existing, timeout
+            FileCall(
+                self._ids, "rewrap", input, output, None, overwrite or in_place, in_place, tree,
+                skip_existing, timeout,
+            )
         )
 
-    async def _file(
-        self,
-        op: str,
-        input: PathArg,
-        output: Optional[PathArg],
-        key: Optional[str],
-        overwrite: bool,
-        in_place: bool,
-        tree: bool,
-        skip_existing: bool,
-        timeout: Optional[float],
-    ) -> Union[t.FileResult, "AsyncTreeJob"]:
-        src, dst = plan(op, input, output, overwrite, in_place, skip_existing)
-        req_id = next(self._ids)
-        if tree:
-            job = AsyncTreeJob(self, req_id, timeout)
-            await job._start(tree_line(req_id, op, src, dst, key, overwrite, skip_existing))
+    async def _file(self, call: FileCall) -> Union[t.FileResult, "AsyncTreeJob"]:
+        if call.tree:
+            job = AsyncTreeJob(self, call.req_id, call.timeout)
+            await job._start(call.line)
             return job
-        line, files = single_file(req_id, op, src, dst, key, overwrite, in_place, skip_existing)
         try:
-            fds = files.fds() if files is not None else ()
-            reply = await self._exchange(line, req_id, fds, op, timeout, files)
-            if files is not None:
-                files.commit(fsync=True)
+            return call.result(
+                await self._exchange(call.line, call.req_id, call.op, call.timeout, call)
+            )
         finally:
-            if files is not None:
-                files.close()
-        return t.file_result(op, src, dst, reply)
+            call.close()
 
     async def map_files(
         self,
@@ -466,16 +434,13 @@ class AsyncTreeJob:
             raise RingcryptError("this tree's connection was closed", code="internal", job=self.job)
         try:
             while True:
-                reply = await self._read()
-                kind = reply["type"]
-                if kind == "progress":
-                    yield t.progress(reply)
-                elif kind == "done":
-                    self._summary = t.tree_summary(reply)
-                    yield self._summary
+                event = t.tree_event(await self._read(), self.job)
+                if isinstance(event, t.TreeSummary):
+                    self._summary = event
+                    yield event
                     return
-                elif kind == "error":
-                    raise_error(reply, self.job)
+                if event is not None:
+                    yield event
         finally:
             self.close()
 

@@ -14,13 +14,14 @@ happens to the daemon no output is ever partial.
 import collections
 import json
 import os
+import re
 import selectors
 import socket
 import time
-from typing import Any, Deque, Dict, List, Optional, Union
+from typing import Any, Deque, Dict, List, Optional, Set, Union
 
 from . import types as t
-from ._jobs import NoTmpfile, PassedFiles, request_line, simple_line, wire_name
+from ._jobs import LineHead, NoTmpfile, PassedFiles, line_head, output_dir, simple_line, wire_name
 from ._wire import RECV_BYTES, dropped, scm_rights, unavailable
 from .errors import RingcryptError, Timeout, error_for
 
@@ -57,8 +58,16 @@ class BatchItem:
 # this client makes per file. The lines stay within the daemon's first receive buffer.
 FDS_REQUESTS_PER_SEND = 4
 FDS_SEND_BYTES = 1024
-# Output directories a batch keeps open at once to link its outputs.
-MAX_OPEN_DIRS = 64
+# Output directories a batch keeps open at once to create and link its outputs; past that the
+# one opened first is closed. Outputs spread over up to this many directories, in any order,
+# cost no directory open per file.
+MAX_OPEN_DIRS = 256
+# The daemon's ``done`` for one file, as it writes it: read without building a dict. Any other
+# shape (another order, a skipped file, a string id) goes through json.loads.
+_DONE = re.compile(
+    rb'\{"type":"done","id":(\d+),"job":"([^"\\]*)","bytes_in":(\d+),"bytes_out":(\d+),'
+    rb'"micros":(\d+),"files_ok":1,"files_failed":0,"files_skipped":0,'
+)
 
 
 class _Flight:
@@ -195,23 +204,34 @@ class _Batch:
         self.ids = 0
         # Output directories kept open for linking (files of a batch mostly share a few).
         self.dirs: Dict[str, int] = {}
+        self.umask = process_umask()
+        # Open directories with a default ACL: a file created there takes its mode from the
+        # ACL rather than the umask, so its outputs get the input's mode by fchmod.
+        self.acl_dirs: Set[str] = set()
+        # Request lines' fixed parts, by (op, key, overwrite, by_path).
+        self.heads: Dict[Any, LineHead] = {}
 
     def dir_fd(self, path: str) -> Optional[int]:
         fd = self.dirs.get(path)
         if fd is None:
             if len(self.dirs) >= MAX_OPEN_DIRS:
-                self.close_dirs()
+                oldest = next(iter(self.dirs))
+                os.close(self.dirs.pop(oldest))
+                self.acl_dirs.discard(oldest)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError:
                 return None  # the commit opens it itself and reports why it cannot
             self.dirs[path] = fd
+            if has_default_acl(fd):
+                self.acl_dirs.add(path)
         return fd
 
     def close_dirs(self) -> None:
         for fd in self.dirs.values():
             os.close(fd)
         self.dirs.clear()
+        self.acl_dirs.clear()
 
     def connect(self) -> Optional[RingcryptError]:
         try:
@@ -228,8 +248,16 @@ class _Batch:
         files: Optional[PassedFiles] = None
         if not item.by_path:
             try:
+                out_dir = output_dir(item.output)
+                dir_fd = self.dir_fd(out_dir)
                 files = PassedFiles(
-                    item.input, item.output, item.overwrite, item.in_place, precheck=False
+                    item.input,
+                    item.output,
+                    item.overwrite,
+                    item.in_place,
+                    precheck=False,
+                    dir_fd=dir_fd,
+                    umask=None if dir_fd is None or out_dir in self.acl_dirs else self.umask,
                 )
             except NoTmpfile:
                 files = None
@@ -238,15 +266,17 @@ class _Batch:
                 return
         by_path = files is None
         self.ids += 1
+        shape = (item.op, item.key, item.overwrite, by_path)
+        head = self.heads.get(shape)
+        if head is None:
+            head = self.heads[shape] = line_head(
+                item.op, key=item.key, overwrite=item.overwrite, fds=not by_path
+            )
         try:
-            line = request_line(
+            line = head.line(
                 self.ids,
-                item.op,
                 wire_name(item.input, by_path=by_path),
                 wire_name(item.output, by_path=by_path),
-                key=item.key,
-                overwrite=item.overwrite,
-                fds=not by_path,
             )
         except RingcryptError as err:
             self.results[index] = err
@@ -267,8 +297,12 @@ class _Batch:
         self.results[flight.index] = result
 
     def on_reply(self, conn: _Conn, line: bytes) -> None:
-        if self.timeout is None and line.startswith(b'{"type":"accepted"'):
-            return  # the job id only matters to cancel a file that timed out
+        done = _DONE.match(line)
+        if done is not None:
+            flight = conn.flights.get(int(done[1]))
+            if flight is not None:
+                self.done(conn, int(done[1]), flight, done)
+                return
         reply = json.loads(line)
         req_id = reply.get("id")
         flight = conn.flights.get(req_id) if req_id is not None else None
@@ -283,18 +317,35 @@ class _Batch:
         if kind == "accepted":
             flight.job = reply.get("job")
         elif kind == "done":
-            item = self.items[flight.index]
-            result: Result = t.file_result(item.op, item.input, item.output, reply)
-            if flight.files is not None:
-                try:
-                    files = flight.files
-                    files.commit(self.fsync, self.dir_fd(files.dir))
-                except RingcryptError as link_error:
-                    result = link_error
-            self.finish(conn, req_id, flight, result)
+            self.done(conn, req_id, flight, reply)
         elif kind == "error":
             failed = error_for(str(reply.get("code")), str(reply.get("message")), flight.job)
             self.finish(conn, req_id, flight, failed)
+
+    def done(self, conn: _Conn, req_id: Any, flight: _Flight, reply: Any) -> None:
+        """A file's ``done`` (the parsed line, or the match of :data:`_DONE`): its output is
+        linked into place, and its result recorded."""
+        item = self.items[flight.index]
+        result: Result
+        if isinstance(reply, dict):
+            result = t.file_result(item.op, item.input, item.output, reply)
+        else:
+            result = t.FileResult(
+                item.op,
+                item.input,
+                item.output,
+                reply[2].decode(),
+                int(reply[3]),
+                int(reply[4]),
+                int(reply[5]),
+            )
+        if flight.files is not None:
+            try:
+                files = flight.files
+                files.commit(self.fsync, self.dir_fd(files.dir))
+            except RingcryptError as link_error:
+                result = link_error
+        self.finish(conn, req_id, flight, result)
 
     def drop(self, conn: _Conn, err: Optional[RingcryptError] = None) -> None:
         """A broken connection: its files in flight fail; it leaves the batch."""
@@ -316,6 +367,7 @@ class _Batch:
 
     def run(self, concurrency: int, connections: int) -> List[Result]:
         n = len(self.items)
+        skip_accepted = self.timeout is None
         for _ in range(min(connections, concurrency, n)):
             self.connect()  # a failure shows when no connection is left
         try:
@@ -347,6 +399,10 @@ class _Batch:
                             conn.flush()
                         if mask & selectors.EVENT_READ:
                             for line in conn.lines():
+                                # An accepted's job id only matters to cancel a file that
+                                # timed out.
+                                if skip_accepted and line.startswith(b'{"type":"accepted"'):
+                                    continue
                                 self.on_reply(conn, line)
                     except (OSError, EOFError) as err:
                         if conn in self.conns:
@@ -377,6 +433,27 @@ class _Batch:
             if self.results[index] is None:
                 self.results[index] = type(err)(err.message, code=err.code)
         self.next = len(self.items)
+
+
+def has_default_acl(dir_fd: int) -> bool:
+    try:
+        os.getxattr(dir_fd, "system.posix_acl_default")
+    except OSError:
+        return False  # none (ENODATA), or a file system without ACLs
+    return True
+
+
+def process_umask() -> Optional[int]:
+    """The process's umask, read where reading it changes nothing (``os.umask`` would set
+    it, for every thread); None when /proc does not tell."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def run_batch(

@@ -7,17 +7,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Seque
 
 
 from . import types as t
-from ._jobs import (
-    PassedFiles,
-    PathArg,
-    absolute,
-    default_output,
-    plan,
-    simple_line,
-    single_file,
-    tree_line,
-)
-from ._wire import SHORT_TIMEOUT, Conn, Deadline, is_ours, raise_error, socket_path
+from ._jobs import FileCall, PathArg, absolute, default_output, simple_line
+from ._wire import SHORT_TIMEOUT, Conn, Deadline, Waiter, is_ours, raise_error, socket_path
 from .batch import BatchItem, run_batch
 from .errors import RingcryptError, Timeout
 
@@ -80,21 +71,19 @@ class Client:
     # -- requests with one reply -----------------------------------------------------------
     def _call(self, op: str, timeout: Optional[float], **fields: Any) -> Dict[str, Any]:
         deadline = Deadline(timeout, op)
-        req_id = self._next_id()
+        waiter = Waiter(self._next_id())
         conn = self._take()
         try:
-            conn.send(simple_line(req_id, op, **fields), (), deadline)
+            conn.send(simple_line(waiter.req_id, op, **fields), (), deadline)
             while True:
                 reply = conn.read(deadline)
-                if is_ours(reply, req_id):
+                if waiter.final(reply):
                     break
         except BaseException:
             conn.close()
             raise
         self._give_back(conn)
-        if reply["type"] == "error":
-            raise_error(reply)
-        return reply
+        return waiter.outcome(reply)
 
     def ping(self, *, timeout: Optional[float] = SHORT_TIMEOUT) -> t.Pong:
         """The daemon's version, shard count and IO backend."""
@@ -161,7 +150,9 @@ class Client:
         """Seals ``input`` into ``output`` (default ``INPUT.rcrypt``) under ``key`` (default:
         the ring's default). With ``tree=True`` both are directories, and a
         :class:`TreeJob` yields the tree's progress and its summary."""
-        return self._file("encrypt", input, output, key, overwrite, False, tree, skip_existing, timeout)
+        return self._file(
+            FileCall(self._ids, "encrypt", input, output, key, overwrite, False, tree, skip_existing, timeout)
+        )
 
     @overload
     def decrypt(
@@ -199,7 +190,9 @@ class Client:
     ) -> Union[t.FileResult, "TreeJob"]:
         """Verifies and opens ``input`` into ``output`` (default: ``input`` without
         ``.rcrypt``). Nothing appears unless every chunk verified."""
-        return self._file("decrypt", input, output, None, overwrite, False, tree, skip_existing, timeout)
+        return self._file(
+            FileCall(self._ids, "decrypt", input, output, None, overwrite, False, tree, skip_existing, timeout)
+        )
 
     @overload
     def rewrap(
@@ -241,65 +234,40 @@ class Client:
         """Re-seals ``input`` under the ring's current default key, into ``output`` or, with
         ``in_place=True``, atomically over the input."""
         return self._file(
-            "rewrap", input, output, None, overwrite or in_place, in_place, tree, skip_existing, timeout
+            FileCall(
+                self._ids, "rewrap", input, output, None, overwrite or in_place, in_place, tree,
+                skip_existing, timeout,
+            )
         )
 
-    def _file(
-        self,
-        op: str,
-        input: PathArg,
-        output: Optional[PathArg],
-        key: Optional[str],
-        overwrite: bool,
-        in_place: bool,
-        tree: bool,
-        skip_existing: bool,
-        timeout: Optional[float],
-    ) -> Union[t.FileResult, "TreeJob"]:
-        src, dst = plan(op, input, output, overwrite, in_place, skip_existing)
-        deadline = Deadline(timeout, op)
-        req_id = self._next_id()
-        if tree:
-            line = tree_line(req_id, op, src, dst, key, overwrite, skip_existing)
-            return TreeJob(self, req_id, line, deadline)
-        line, files = single_file(req_id, op, src, dst, key, overwrite, in_place, skip_existing)
+    def _file(self, call: FileCall) -> Union[t.FileResult, "TreeJob"]:
+        deadline = Deadline(call.timeout, call.op)
+        if call.tree:
+            return TreeJob(self, call.req_id, call.line, deadline)
         try:
-            reply = self._run_file(req_id, line, files, deadline)
-            if files is not None:
-                files.commit(fsync=True)
+            return call.result(self._run_file(call, deadline))
         finally:
-            if files is not None:
-                files.close()
-        return t.file_result(op, src, dst, reply)
+            call.close()
 
-    def _run_file(
-        self, req_id: int, line: bytes, files: Optional[PassedFiles], deadline: Deadline
-    ) -> Dict[str, Any]:
+    def _run_file(self, call: FileCall, deadline: Deadline) -> Dict[str, Any]:
         conn = self._take()
-        job: Optional[str] = None
+        waiter = Waiter(call.req_id)
         try:
-            conn.send(line, files.fds() if files else (), deadline)
-            if files is not None:
-                files.close_input()
+            conn.send(call.line, call.fds(), deadline)
+            call.sent()
             while True:
                 reply = conn.read(deadline)
-                if not is_ours(reply, req_id):
-                    continue
-                if reply["type"] == "accepted":
-                    job = reply.get("job")
-                elif reply["type"] in ("done", "error"):
+                if waiter.final(reply):
                     break
         except Timeout:
-            self._cancel_quietly(conn, job)
+            self._cancel_quietly(conn, waiter.job)
             conn.close()
-            raise deadline.expired(job) from None
+            raise deadline.expired(waiter.job) from None
         except BaseException:
             conn.close()
             raise
         self._give_back(conn)
-        if reply["type"] == "error":
-            raise_error(reply, job)
-        return reply
+        return waiter.outcome(reply)
 
     def _cancel_quietly(self, conn: Conn, job: Optional[str]) -> None:
         """Best effort, on the connection the job was started on, bounded to 1 s."""
@@ -411,15 +379,13 @@ class TreeJob:
                 except Timeout:
                     self._client._cancel_quietly(self._conn, self.job)
                     raise self._deadline.expired(self.job) from None
-                kind = reply["type"]
-                if kind == "progress":
-                    yield t.progress(reply)
-                elif kind == "done":
-                    self._summary = t.tree_summary(reply)
-                    yield self._summary
+                event = t.tree_event(reply, self.job)
+                if isinstance(event, t.TreeSummary):
+                    self._summary = event
+                    yield event
                     return
-                elif kind == "error":
-                    raise_error(reply, self.job)
+                if event is not None:
+                    yield event
         finally:
             self.close()
 

@@ -5,6 +5,8 @@ protocol asks."""
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
+from ._wire import raise_error
+
 __all__ = [
     "Pong",
     "FileResult",
@@ -226,3 +228,16 @@ def key_ring(reply: Dict[str, Any]) -> KeyRing:
             for k in reply["keys"]
         ],
     )
+
+
+def tree_event(reply: Dict[str, Any], job: str) -> Optional[TreeEvent]:
+    """A tree's reply line as the event it is (None for a line that is none); an ``error``
+    raises."""
+    kind = reply["type"]
+    if kind == "progress":
+        return progress(reply)
+    if kind == "done":
+        return tree_summary(reply)
+    if kind == "error":
+        raise_error(reply, job)
+    return None

@@ -85,18 +85,30 @@ class Daemon:
                 stderr=log,
                 env=env,
             )
+        try:
+            pong = self._wait_for_pong()
+        except BaseException:
+            # A daemon that never answered is not left running behind the failed test.
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        assert pong.backend == self.backend, f"RINGCRYPT_BACKEND={self.backend} not honoured: {pong}"
+
+    def _wait_for_pong(self) -> ringcrypt.Pong:
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT
         client = ringcrypt.Client(self.socket)
-        while True:
-            assert self.proc.poll() is None, f"ringcryptd exited at start:\n{self.log_text()}"
-            try:
-                pong = client.ping(timeout=1.0)
-                break
-            except ringcrypt.DaemonUnavailable:
-                assert time.monotonic() < deadline, f"no pong within {START_TIMEOUT} s:\n{self.log_text()}"
-                time.sleep(0.02)
-        client.close()
-        assert pong.backend == self.backend, f"RINGCRYPT_BACKEND={self.backend} not honoured: {pong}"
+        try:
+            while True:
+                assert self.proc.poll() is None, f"ringcryptd exited at start:\n{self.log_text()}"
+                try:
+                    return client.ping(timeout=1.0)
+                except (ringcrypt.DaemonUnavailable, ringcrypt.Timeout):
+                    # Not listening yet, or (on a loaded machine) listening but not answering.
+                    assert time.monotonic() < deadline, f"no pong within {START_TIMEOUT} s:\n{self.log_text()}"
+                    time.sleep(0.02)
+        finally:
+            client.close()
 
     def log_text(self) -> str:
         try:

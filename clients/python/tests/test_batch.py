@@ -6,8 +6,12 @@ SIGKILL every call either raised DaemonUnavailable or returned a verified result
 output exists for any file that did not succeed."""
 
 import os
+import random
+import struct
 import threading
 import time
+
+import pytest
 
 import ringcrypt
 from conftest import Daemon, read_tree, temp_files, write
@@ -110,3 +114,86 @@ def test_daemon_killed_mid_batch(daemon: Daemon) -> None:
     assert all(isinstance(r, ringcrypt.DaemonUnavailable) for r in late)
     assert not any((out / f"late{i}").exists() for i in range(3))
     assert read_tree(src).keys() == {p.name for p in paths}
+
+
+def _default_acl(user: int, group: int, other: int) -> bytes:
+    """A default ACL (user::, group::, other:: with these permission bits) as the kernel's
+    system.posix_acl_default attribute holds it: version 2, then (tag, perm, id) entries."""
+    entries = ((0x01, user), (0x04, group), (0x20, other))
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, 0xFFFFFFFF) for t, p in entries)
+
+
+def test_map_files_outputs_keep_the_inputs_mode_and_time(daemon: Daemon) -> None:
+    """Each output gets its input's permission bits and modification time, whether the
+    process's umask keeps that mode (the temporary file is created with it) or would strip
+    it, and in a directory whose default ACL would narrow it (both fixed by fchmod). What
+    must stay intact: every output's mode and mtime equal its input's, its result says its
+    own job and sizes, and its bytes open back to the input's."""
+    client = daemon.client()
+    src, out = daemon.outside / "modes", daemon.outside / "modes-out"
+    acl_out = daemon.outside / "modes-acl"
+    out.mkdir()
+    acl_out.mkdir()
+    try:
+        os.setxattr(acl_out, "system.posix_acl_default", _default_acl(6, 0, 0))
+    except OSError as err:
+        pytest.skip(f"no POSIX ACLs on {acl_out}'s file system: {err}")
+    # A file the ACL's directory creates with 0o644 asked comes out 0o600: the ACL applies.
+    probe = os.open(acl_out / "probe", os.O_WRONLY | os.O_CREAT, 0o644)
+    assert os.fstat(probe).st_mode & 0o777 == 0o600
+    os.close(probe)
+    os.unlink(acl_out / "probe")
+
+    modes = [0o644, 0o640, 0o600, 0o664, 0o666, 0o444, 0o755, 0o604]
+    paths, outputs, data = [], [], {}
+    for i, mode in enumerate(modes * 2):
+        p = write(src / f"f{i:02d}", os.urandom(100 + i), mode=mode)
+        os.utime(p, ns=(1_500_000_000_000_000_000 + i, 1_600_000_000_123_456_789 + i))
+        paths.append(p)
+        outputs.append((out if i < len(modes) else acl_out) / f"f{i:02d}.rcrypt")
+        data[p.name] = p.read_bytes()
+    old_umask = os.umask(0o022)  # keeps 0o644, 0o640, 0o600, 0o444, 0o604; strips the rest
+    try:
+        results = client.map_files("encrypt", paths, outputs=outputs, fsync=False)
+    finally:
+        os.umask(old_umask)
+    assert all(isinstance(r, ringcrypt.FileResult) for r in results), results
+    for i, r in enumerate(results):  # the fields read from each `done`
+        assert (r.op, r.input, r.output, r.skipped) == ("encrypt", str(paths[i]), str(outputs[i]), False)
+        assert r.bytes_in == 100 + i and r.bytes_out > r.bytes_in and r.job and r.micros >= 0
+    assert len({r.job for r in results}) == len(results)
+    for p, o in zip(paths, outputs):
+        st_in, st_out = p.stat(), o.stat()
+        assert oct(st_out.st_mode & 0o7777) == oct(st_in.st_mode & 0o7777), o
+        assert st_out.st_mtime_ns == st_in.st_mtime_ns, o
+    opened = daemon.open_tree_offline(out, daemon.dir / "opened-modes")
+    opened.update(daemon.open_tree_offline(acl_out, daemon.dir / "opened-modes-acl"))
+    assert opened == data
+
+
+def test_map_files_over_more_directories_than_it_keeps_open(daemon: Daemon) -> None:
+    """Outputs spread over more directories than a batch keeps open (256), in no order, so
+    directories are closed and opened again mid-batch. What must stay intact: every output
+    lands in its own directory and opens back to its input, and the batch leaves no
+    descriptor open behind it."""
+    from ringcrypt.batch import MAX_OPEN_DIRS
+
+    client = daemon.client()
+    src, out = daemon.outside / "spread", daemon.outside / "spread-out"
+    dirs = MAX_OPEN_DIRS + 44
+    pairs = []
+    for i in range(2 * dirs):
+        rel = f"d{i % dirs:03d}/f{i:04d}"
+        pairs.append((write(src / rel, os.urandom(i % 700)), out / (rel + ".rcrypt")))
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    random.Random(15).shuffle(pairs)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    results = client.map_files(
+        "encrypt", [p for p, _ in pairs], outputs=[o for _, o in pairs], fsync=False
+    )
+    client.close()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert all(isinstance(r, ringcrypt.FileResult) for r in results), results
+    assert [r.output for r in results] == [str(o) for _, o in pairs]
+    opened = daemon.open_tree_offline(out, daemon.dir / "opened-spread")
+    assert opened == read_tree(src)

@@ -136,3 +136,52 @@ def test_error_classes_cover_every_code_and_pickle() -> None:
     newer = error_for("quota_exceeded", "a code from a newer daemon")
     assert type(newer) is ringcrypt.RingcryptError and newer.code == "quota_exceeded"
     assert str(newer) == "a code from a newer daemon [quota_exceeded]"
+
+
+# Paths a request line must carry exactly: quotes, backslashes, control characters, non-ASCII
+# and the two line separators JSON leaves alone but some readers do not.
+AWKWARD = ['/a/"q"', "/a/back\\slash", "/a/tab\there", "/a/nl\nx", "/a/é ü 雪", "/a/\u2028\u2029"]
+
+
+def test_request_lines_say_what_json_dumps_says() -> None:
+    """map_files builds its lines from a fixed head and escapes only the paths; what must
+    stay intact: each line parses back to exactly the request, is the compact json.dumps of
+    it byte for byte, is one line, and ends in a newline."""
+    from ringcrypt._jobs import line_head
+
+    for req_id in (1, 123456789, "cancel-7", True):
+        for path in AWKWARD:
+            for key, overwrite, fds in ((None, False, True), ('k"1', True, False)):
+                line = line_head("encrypt", key, overwrite, fds=fds).line(req_id, path, path + ".rcrypt")
+                want = {"op": "encrypt", "id": req_id, "input": path, "output": path + ".rcrypt"}
+                if key is not None:
+                    want["key"] = key
+                if overwrite:
+                    want["overwrite"] = True
+                if fds:
+                    want["fds"] = True
+                assert json.loads(line) == want
+                assert line == (json.dumps(want, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+                assert line.count(b"\n") == 1 and line.endswith(b"\n")
+
+
+def test_done_lines_read_without_json_match_json() -> None:
+    """The batch reads the daemon's usual one-file ``done`` with a pattern; what must stay
+    intact: the FileResult it gives equals the one json.loads gives, and any other shape of
+    line (a skipped file, other fields first) is left to json.loads."""
+    from ringcrypt import types as t
+    from ringcrypt.batch import _DONE
+
+    line = (
+        b'{"type":"done","id":42,"job":"1-977","bytes_in":4096,"bytes_out":4240,"micros":183,'
+        b'"files_ok":1,"files_failed":0,"files_skipped":0,"failures":[],"skipped":[]}'
+    )
+    m = _DONE.match(line)
+    assert m is not None and int(m[1]) == 42
+    fast = ringcrypt.FileResult("encrypt", "/i", "/o", m[2].decode(), int(m[3]), int(m[4]), int(m[5]))
+    assert fast == t.file_result("encrypt", "/i", "/o", json.loads(line))
+    skipped = line.replace(b'"files_ok":1', b'"files_ok":0').replace(b'"files_skipped":0', b'"files_skipped":1')
+    reordered = b'{"id":42,' + line[1:].replace(b'"id":42,', b"")
+    for other in (skipped, reordered, line.replace(b'"id":42', b'"id":"42"')):
+        assert _DONE.match(other) is None
+        json.loads(other)  # still a reply line, read the slow way
