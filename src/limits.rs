@@ -113,6 +113,11 @@ pub const RUNNING_JOBS_PER_SHARD: u16 = 16;
 /// range, which a small file does not repay. Each range holds at least half of it.
 pub const SPLIT_MIN_BYTES: u64 = 16 << 20;
 
+/// `--io auto` uses direct IO for files of at least this many bytes (on file systems that
+/// take it and are not in memory). Below it, the per-file cost of the second descriptor
+/// and of the buffered edges outweighs the copies saved; see docs/performance.md.
+pub const DIRECT_IO_MIN_BYTES: u64 = 1 << 20;
+
 /// Range jobs each shard keeps pool buffers for beyond [`RUNNING_JOBS_PER_SHARD`]. A file
 /// whose ranges are out waits for them while holding its own buffers, so ranges must never
 /// wait for buffers that only such files could free: ordinary jobs leave this many jobs'

@@ -50,6 +50,7 @@ use crate::limits::{HEADER_BYTES, LANES, TAG_BYTES};
 use crate::protocol::{FileJobSpec, FileOp, JobId, Progress};
 
 mod commit;
+mod direct;
 mod existing;
 mod legacy;
 mod parts;
@@ -57,6 +58,7 @@ mod passed;
 mod range;
 mod stream;
 
+pub use direct::{IoMode, direct_buf_bytes};
 use parts::{Codec, Lane, LaneState, Spans, TempName};
 pub use passed::Passed;
 use range::{PartOf, Split};
@@ -89,6 +91,8 @@ pub struct JobCtx<'a> {
     pub shards: usize,
     /// Files at least this many bytes are split into ranges (0: never).
     pub split_min: u64,
+    /// `--io`: direct or buffered file IO (see `direct.rs`).
+    pub io: IoMode,
     /// The process's umask, which the kernel applies to the modes of created files.
     pub umask: u32,
 }
@@ -219,6 +223,8 @@ pub struct FileJob {
     split: Option<Box<Split>>,
     /// A job that runs one range of another shard's file.
     part_of: Option<PartOf>,
+    /// The file runs with direct IO (see `direct.rs`).
+    direct: Option<direct::Direct>,
     /// Linked, waiting for its directory's fsync, which the shard batches.
     dir_sync: Option<DirSyncWanted>,
     /// Bytes read from the input and written to the output so far (progress and stats).
@@ -272,6 +278,7 @@ impl FileJob {
             end_batch: 0,
             split: None,
             part_of: None,
+            direct: None,
             dir_sync: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -492,7 +499,9 @@ impl FileJob {
 
     /// Closes every descriptor the job holds and finishes it.
     fn close_all(&mut self, ctx: &mut JobCtx) {
-        for file in self.stage.files().into_iter().flatten() {
+        let direct = self.direct.take();
+        let direct = [direct.map(|d| d.input), direct.and_then(|d| d.out)];
+        for file in self.stage.files().into_iter().chain(direct).flatten() {
             ctx.reactor.close(file);
         }
         self.check = None;
