@@ -50,7 +50,7 @@ fn in_memory(dir: &Path) -> bool {
     // SAFETY: `fs_info` is a valid statfs buffer and the descriptor is open.
     let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs_info) };
     assert_eq!(rc, 0, "fstatfs {}", dir.display());
-    [0x0102_1994, 0x8584_58f6].contains(&(fs_info.f_type as i64))
+    [0x0102_1994, 0x8584_58f6].contains(&{ fs_info.f_type })
 }
 
 /// Pages of `path` that are in the page cache, and all its pages (`mincore`).

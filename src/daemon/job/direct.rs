@@ -143,7 +143,7 @@ fn proc_fd_path<'a>(fd: BorrowedFd<'_>, out: &'a mut [u8; 32]) -> &'a CStr {
 
 /// Whether the file system of `fd` is in memory (direct IO gains nothing there).
 fn in_memory(fd: BorrowedFd<'_>) -> bool {
-    rustix::fs::fstatfs(fd).is_ok_and(|fs| IN_MEMORY_FS.contains(&(fs.f_type as i64)))
+    rustix::fs::fstatfs(fd).is_ok_and(|fs| IN_MEMORY_FS.contains(&{ fs.f_type }))
 }
 
 /// Refuses a file whose direct IO this job cannot do: the kernel says it has none, or
