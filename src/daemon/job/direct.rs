@@ -14,6 +14,7 @@
 //!   ordinary (buffered) descriptor of the same file. Two batches share at most that one
 //!   block, which only buffered writes touch, so direct and buffered writes never meet in
 //!   a page, and no batch waits for another: a range of a split file is just batches too.
+//!   The output is first preallocated to its sealed size, so no direct write extends it.
 //! - decrypt and verify: an aligned window covering the batch's records is read into the
 //!   first area (the blocks it shares with the next batch are read twice), and opened out of
 //!   place into aligned plaintext slots of the second; plaintext offsets are chunk-aligned, so
@@ -217,6 +218,12 @@ impl FileJob {
         });
         match opened {
             Ok((input, out)) => {
+                if let (Some(out), Some(Codec::Seal { .. })) = (&out, &self.codec) {
+                    // The sealed size is known: allocate it now, so that no direct write
+                    // extends the file (ext4 serializes those on the inode).
+                    let len = format::sealed_len(self.in_len, chunk_log2);
+                    let _ = rustix::fs::fallocate(out, rustix::fs::FallocateFlags::empty(), 0, len);
+                }
                 self.direct = Some(Direct {
                     input: ctx.reactor.adopt(input),
                     out: out.map(|out| ctx.reactor.adopt(out)),
