@@ -165,7 +165,9 @@ fn check_dio_align(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Opens `fd`'s file again, through `/proc/self/fd`, as a new open file description with
-/// `O_DIRECT` (the job's, or the caller's for passed descriptors, keeps its flags).
+/// `O_DIRECT` (the job's, or the caller's for passed descriptors, keeps its flags). It asks
+/// for no more access than `fd` has: the input read-only, the output write-only (a passed
+/// input is readable and a passed output writable, `passed.rs` checked).
 fn reopen_direct(fd: BorrowedFd<'_>, access: OFlags) -> io::Result<OwnedFd> {
     check_dio_align(fd)?;
     let mut path = [0u8; 32];
