@@ -60,6 +60,7 @@ Examples:
   ringcryptd --config /etc/ringcrypt/ringcryptd.toml
   ringcryptd --config /etc/ringcrypt/ringcryptd.toml --check-config   # validate, start nothing
   ringcryptd --dev --log-format json --log-level warn   # only refusals and failures, in JSON
+  ringcryptd --dev --io buffered   # file data through the page cache, half the buffer memory
 
 Then, from a shell:
   echo '{\"op\":\"ping\"}' | socat - UNIX-CONNECT:/run/ringcrypt/ringcrypt.sock
