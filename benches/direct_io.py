@@ -5,7 +5,8 @@
     python3 benches/direct_io.py DIR [--fsync always|never] [--sets big,mib] [--bin DIR]
 
 DIR must be on the disk to measure (ext4, say; not tmpfs) and have about 5 GiB free. The
-script makes its data sets there once (one 1 GiB file, and 1000 files of 1 MiB), then, for
+script makes its data sets there once (`big`: one 1 GiB file, `mib`: 1000 files of 1 MiB,
+`k256`: 2000 files of 256 KiB, below `auto`'s threshold, for `--sets k256`), then, for
 each set, runs a fresh `ringcryptd --io direct` and a fresh `ringcryptd --io buffered`
 (alternated, 3 runs each) and encrypts the set through `ringcrypt`. Before each run the input
 is evicted from the page cache (`POSIX_FADV_DONTNEED`) and the previous output removed.
@@ -90,6 +91,13 @@ def make_sets(dir):
         for i in range(1000):
             with open(os.path.join(mib, f"f{i:04}"), "wb") as f:
                 f.write(block[:-8] + i.to_bytes(8, "little"))
+    k256 = os.path.join(dir, "k256")
+    if not os.path.exists(k256):
+        os.mkdir(k256)
+        block = os.urandom(256 << 10)
+        for i in range(2000):
+            with open(os.path.join(k256, f"f{i:04}"), "wb") as f:
+                f.write(block[:-8] + i.to_bytes(8, "little"))
     os.sync()
 
 
@@ -125,7 +133,7 @@ def run(args, io, what):
             src, out = os.path.join(args.dir, "big.bin"), os.path.join(args.dir, "big.rcrypt")
             job = ["encrypt", src, "-o", out]
         else:
-            src, out = os.path.join(args.dir, "mib"), os.path.join(args.dir, "mib.out")
+            src, out = os.path.join(args.dir, what), os.path.join(args.dir, what + ".out")
             job = ["encrypt", "-r", src, "-o", out]
         remove(out)
         evict(src)
@@ -167,7 +175,7 @@ def main():
         for _ in range(3):
             for io in results:
                 results[io].append(run(args, io, what))
-        mib = 1024 if what == "big" else 1000
+        mib = {"big": 1024, "mib": 1000, "k256": 500}[what]
         for io, runs in results.items():
             med = [statistics.median(r[i] for r in runs) for i in range(5)]
             print(
