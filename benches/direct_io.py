@@ -3,6 +3,7 @@
 
     cargo build --release
     python3 benches/direct_io.py DIR [--fsync always|never] [--sets big,mib] [--bin DIR]
+    python3 benches/direct_io.py DIR --op decrypt --sets big
 
 DIR must be on the disk to measure (ext4, say; not tmpfs) and have about 5 GiB free. The
 script makes its data sets there once (`big`: one 1 GiB file, `mib`: 1000 files of 1 MiB,
@@ -129,7 +130,10 @@ def run(args, io, what):
                 break
             time.sleep(0.05)
         time.sleep(0.2)
-        if what == "big":
+        if what == "big" and args.op == "decrypt":
+            src, out = os.path.join(args.dir, "big.sealed"), os.path.join(args.dir, "big.plain")
+            job = ["decrypt", src, "-o", out]
+        elif what == "big":
             src, out = os.path.join(args.dir, "big.bin"), os.path.join(args.dir, "big.rcrypt")
             job = ["encrypt", src, "-o", out]
         else:
@@ -158,6 +162,7 @@ def main():
     parser.add_argument("dir")
     parser.add_argument("--fsync", default="always", choices=["always", "never"])
     parser.add_argument("--sets", default="big,mib")
+    parser.add_argument("--op", default="encrypt", choices=["encrypt", "decrypt"])
     parser.add_argument("--bin", default="target/release")
     args = parser.parse_args()
     args.bin = os.path.abspath(args.bin)
@@ -168,6 +173,14 @@ def main():
         subprocess.run([ringcrypt, "keygen", "-o", keys], check=True, capture_output=True)
         os.chmod(keys, 0o600)
     make_sets(args.dir)
+    sealed = os.path.join(args.dir, "big.sealed")
+    if args.op == "decrypt" and not os.path.exists(sealed):
+        ringcrypt = os.path.join(args.bin, "ringcrypt")
+        big = os.path.join(args.dir, "big.bin")
+        offline = [ringcrypt, "--keys", keys, "encrypt", big, "-o", sealed]
+        subprocess.run(offline, check=True, capture_output=True)
+    if args.op == "decrypt" and args.sets != "big":
+        parser.error("--op decrypt measures the big file only: --sets big")
     with open("/proc/loadavg") as load:
         print("load average before:", load.read().strip())
     for what in args.sets.split(","):
@@ -179,7 +192,7 @@ def main():
         for io, runs in results.items():
             med = [statistics.median(r[i] for r in runs) for i in range(5)]
             print(
-                f"{what} fsync={args.fsync} io={io}: wall {med[0]:.3f} s, daemon CPU "
+                f"{what} {args.op} fsync={args.fsync} io={io}: wall {med[0]:.3f} s, daemon CPU "
                 f"{med[1]:.2f} s (shards {med[2]:.2f}), {1000 * med[1] / mib:.3f} ms per MiB, "
                 f"Cached growth {med[3]:.0f} MiB, job files resident {med[4]:.1f} MiB"
             )

@@ -220,10 +220,10 @@ impl FileJob {
         });
         match opened {
             Ok((input, out)) => {
-                if let (Some(out), Some(Codec::Seal { .. })) = (&out, &self.codec) {
-                    // The sealed size is known: allocate it now, so that no direct write
-                    // extends the file (ext4 serializes those on the inode).
-                    let len = format::sealed_len(self.in_len, chunk_log2);
+                if let (Some(out), Some(len)) = (&out, self.output_floor(chunk_log2)) {
+                    // Allocated now, so that no direct write extends the file (ext4
+                    // serializes those on the inode). Only a speed-up: a file system
+                    // without fallocate just takes the slower path.
                     let _ = rustix::fs::fallocate(out, rustix::fs::FallocateFlags::empty(), 0, len);
                 }
                 self.direct = Some(Direct {
@@ -240,6 +240,24 @@ impl FileJob {
             }
         }
         Ok(())
+    }
+
+    /// A size the output will have at least, to allocate up front: an encrypt's sealed
+    /// size; for a decrypt, the plaintext with the most padding the final record can hold
+    /// (16 bytes), which the writes then extend by the few bytes the padding was shorter.
+    fn output_floor(&self, chunk_log2: u8) -> Option<u64> {
+        match self.codec.as_ref()? {
+            Codec::Seal { .. } => Some(format::sealed_len(self.in_len, chunk_log2)),
+            Codec::Open {
+                full_records,
+                final_record,
+                ..
+            } => {
+                let last = final_record.checked_sub(TAG_BYTES + crate::limits::BLOCK_BYTES)?;
+                Some((full_records << chunk_log2) + last as u64)
+            }
+            _ => None,
+        }
     }
 
     /// The `O_DIRECT` descriptors, duplicated for a range on another shard.
