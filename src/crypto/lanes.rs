@@ -49,52 +49,6 @@ pub fn encrypt_lanes(cipher: &Aes256, ivs: &[Block], buf: &mut [u8], stride: usi
     }
 }
 
-/// Encrypts `ivs.len()` (1..=LANES) CBC chains out of place, in lockstep: chain `l` reads
-/// `src[l * src_stride ..][..len]` and writes its ciphertext to `dst[l * dst_stride ..][..len]`.
-/// The same chains as [`encrypt_lanes`], for plaintext that sits elsewhere than its record
-/// (direct IO reads it into aligned slots, and the records go to an aligned staging area).
-pub fn encrypt_lanes_to(
-    cipher: &Aes256,
-    ivs: &[Block],
-    (src, src_stride): (&[u8], usize),
-    (dst, dst_stride): (&mut [u8], usize),
-    len: usize,
-) {
-    let lanes = ivs.len();
-    assert!((1..=LANES).contains(&lanes), "lane count {lanes}");
-    assert_eq!(
-        len % BLOCK_BYTES,
-        0,
-        "chain length {len} is not whole blocks"
-    );
-    assert!(
-        lanes == 1 || (len <= src_stride && len <= dst_stride),
-        "chains overlap"
-    );
-    assert!(
-        src.len() >= (lanes - 1) * src_stride + len,
-        "source too short"
-    );
-    assert!(
-        dst.len() >= (lanes - 1) * dst_stride + len,
-        "destination too short"
-    );
-
-    let mut state = [Block::default(); LANES];
-    state[..lanes].copy_from_slice(ivs);
-    for offset in (0..len).step_by(BLOCK_BYTES) {
-        for (lane, chain) in state[..lanes].iter_mut().enumerate() {
-            let from = lane * src_stride + offset;
-            xor_into(chain, &src[from..from + BLOCK_BYTES]);
-        }
-        cipher.encrypt_blocks(&mut state[..lanes]);
-        for (lane, chain) in state[..lanes].iter().enumerate() {
-            let to = lane * dst_stride + offset;
-            dst[to..to + BLOCK_BYTES].copy_from_slice(chain);
-        }
-    }
-}
-
 /// Decrypts one CBC chain from `src` into `dst` (the same length, whole blocks).
 pub fn decrypt_chain_to(cipher: &Aes256, iv: &Block, src: &[u8], dst: &mut [u8]) {
     assert_eq!(
