@@ -69,6 +69,21 @@ pub fn link_by_fd_refused() -> bool {
     false
 }
 
+/// Test hook (feature `test-hooks`): with `RINGCRYPT_TEST_NO_DIRECT_IO` set, answer as a
+/// file system without `O_DIRECT` does, so the suite can drive the per-file fallback to
+/// buffered IO on any disk. Always false in builds users run.
+#[cfg(feature = "test-hooks")]
+pub fn direct_io_refused() -> bool {
+    static REFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REFUSED.get_or_init(|| std::env::var_os("RINGCRYPT_TEST_NO_DIRECT_IO").is_some())
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn direct_io_refused() -> bool {
+    false
+}
+
 /// `RINGCRYPT_TEST_HANG_SHARD=I:MS` makes shard I stop looping MS milliseconds after
 /// start, as a wedged shard would, so the watchdog test can see the pings stop.
 #[cfg(feature = "test-hooks")]

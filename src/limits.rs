@@ -113,6 +113,12 @@ pub const RUNNING_JOBS_PER_SHARD: u16 = 16;
 /// range, which a small file does not repay. Each range holds at least half of it.
 pub const SPLIT_MIN_BYTES: u64 = 16 << 20;
 
+/// `--io auto` uses direct IO for files of at least this many bytes (on file systems that
+/// take it and are not in memory). Smaller files stay buffered: their page-cache footprint
+/// is small, and the page cache answers them with the least latency. Not a CPU bound: on
+/// this machine's ext4 direct IO cost no more CPU at 256 KiB (docs/performance.md).
+pub const DIRECT_IO_MIN_BYTES: u64 = 1 << 20;
+
 /// Range jobs each shard keeps pool buffers for beyond [`RUNNING_JOBS_PER_SHARD`]. A file
 /// whose ranges are out waits for them while holding its own buffers, so ranges must never
 /// wait for buffers that only such files could free: ordinary jobs leave this many jobs'

@@ -49,6 +49,24 @@ pub fn encrypt_lanes(cipher: &Aes256, ivs: &[Block], buf: &mut [u8], stride: usi
     }
 }
 
+/// Decrypts one CBC chain from `src` into `dst` (the same length, whole blocks).
+pub fn decrypt_chain_to(cipher: &Aes256, iv: &Block, src: &[u8], dst: &mut [u8]) {
+    assert_eq!(
+        src.len() % BLOCK_BYTES,
+        0,
+        "chain length is not whole blocks"
+    );
+    let decryptor = cbc::Decryptor::<Aes256>::inner_iv_init(cipher.clone(), iv);
+    let decrypted = decryptor
+        .decrypt_padded_b2b_mut::<NoPadding>(src, dst)
+        .map(|plain| plain.len());
+    assert_eq!(
+        decrypted.ok(),
+        Some(src.len()),
+        "whole blocks always decrypt"
+    );
+}
+
 /// Decrypts one CBC chain in place (`data` is whole blocks). Decryption has no serial
 /// dependency, so the `cbc` crate's decryptor already feeds the AES-NI pipeline eight blocks
 /// at a time.

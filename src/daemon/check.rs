@@ -62,6 +62,7 @@ pub fn check(args: Args) -> Result<String, Error> {
          shards:           {}\n\
          fsync:            {}\n\
          chunk_log2:       {}\n\
+         io:               {}\n\
          metrics:          {metrics}\n\
          path credentials: {}\n\
          log:              level {}, format {}\n",
@@ -77,6 +78,7 @@ pub fn check(args: Args) -> Result<String, Error> {
             "never"
         },
         config.chunk_log2,
+        spelled(config.io),
         spelled(config.path_credentials),
         spelled(config.log_level),
         spelled(config.log_format),

@@ -30,7 +30,7 @@ use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::crypto::keys::{self, KeyRing};
-use crate::daemon::job::{BUFFERS_PER_JOB, pool_buf_bytes};
+use crate::daemon::job::{BUFFERS_PER_JOB, IoMode, direct_buf_bytes, pool_buf_bytes};
 use crate::durable::Durability;
 use crate::error::{Code, Error};
 use crate::limits::{
@@ -61,6 +61,7 @@ Examples:
   ringcryptd --config /etc/ringcrypt/ringcryptd.toml
   ringcryptd --config /etc/ringcrypt/ringcryptd.toml --check-config   # validate, start nothing
   ringcryptd --dev --log-format json --log-level warn   # only refusals and failures, in JSON
+  ringcryptd --dev --io buffered   # file data through the page cache, half the buffer memory
 
 Then, from a shell:
   echo '{\"op\":\"ping\"}' | socat - UNIX-CONNECT:/run/ringcrypt/ringcrypt.sock
@@ -107,6 +108,12 @@ pub struct Args {
     /// (one large file on every core); 0 never splits [default: 16].
     #[arg(long, value_name = "MIB")]
     split_min_mib: Option<u64>,
+    /// How file data moves: `direct` (O_DIRECT: by DMA into the daemon's buffers, past the
+    /// page cache, for every file whose file system takes it), `buffered` (through the page
+    /// cache; half the buffer memory), `auto` (direct for files of 1 MiB and more on disks,
+    /// buffered on tmpfs and for small files) [default: auto].
+    #[arg(long, value_enum, value_name = "HOW")]
+    io: Option<IoMode>,
     /// Prometheus metrics at http://ADDR/metrics, or `off` [default: 127.0.0.1:9477; if that
     /// default is taken the daemon warns and runs without metrics, an explicit ADDR must bind].
     #[arg(long, value_name = "ADDR|off")]
@@ -177,6 +184,7 @@ struct FileConfig {
     fsync: Option<FsyncArg>,
     chunk_log2: Option<u8>,
     split_min_mib: Option<u64>,
+    io: Option<IoMode>,
     metrics: Option<String>,
     path_credentials: Option<PathCredentials>,
     #[serde(default, deserialize_with = "socket::deserialize_mode")]
@@ -198,6 +206,7 @@ pub struct Config {
     pub chunk_log2: u8,
     /// Files at least this many bytes are split into ranges (0: never).
     pub split_min: u64,
+    pub io: IoMode,
     pub metrics: MetricsSetting,
     pub path_credentials: PathCredentials,
     /// `socket_mode` as configured (None: [`socket::DEFAULT_SOCKET_MODE`]).
@@ -335,6 +344,7 @@ impl Config {
             durability,
             chunk_log2,
             split_min,
+            io: args.io.or(file.io).unwrap_or_default(),
             dev: false,
         })
     }
@@ -389,6 +399,7 @@ fn dev_config(args: &Args) -> Result<Config, Error> {
         durability: Durability::Fsync,
         chunk_log2: CHUNK_LOG2_DEFAULT,
         split_min: args.split_min_mib.map_or(SPLIT_MIN_BYTES, |mib| mib << 20),
+        io: args.io.unwrap_or_default(),
         metrics: metrics_setting(args.metrics.as_deref())?,
         path_credentials: args.path_credentials.unwrap_or_default(),
         socket_mode: args.socket_mode,
@@ -614,6 +625,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         durability: config.durability,
         chunk_log2: config.chunk_log2,
         split_min: config.split_min,
+        io: config.io,
         umask: current_umask(),
         keys_path: config.keys.clone(),
         daemon_uid: rustix::process::geteuid().as_raw(),
@@ -673,7 +685,11 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let buffers = (RUNNING_JOBS_PER_SHARD + RANGE_JOBS_RESERVED_PER_SHARD) * BUFFERS_PER_JOB as u16;
-    let buf_bytes = pool_buf_bytes(DAEMON_CHUNK_LOG2_MAX);
+    // Direct IO seals and opens out of place between two aligned areas of a buffer.
+    let buf_bytes = match config.io {
+        IoMode::Buffered => pool_buf_bytes(DAEMON_CHUNK_LOG2_MAX),
+        IoMode::Auto | IoMode::Direct => direct_buf_bytes(DAEMON_CHUNK_LOG2_MAX),
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     // No shard serves until every shard is built: otherwise shard 0 could accept and answer
     // while another is still allocating and registering its buffers. (If a shard fails to

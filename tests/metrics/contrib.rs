@@ -301,6 +301,8 @@ const TWO_HOSTS_SHARDS: &str = r#"
         values: '0+30x30'
       - series: 'ringcrypt_dir_fsyncs_total{job="ringcrypt",instance="HOST",shard="SHARD"}'
         values: '0+20x30'
+      - series: 'ringcrypt_direct_io_fallbacks_total{job="ringcrypt",instance="HOST",shard="SHARD"}'
+        values: '0+1x30'
 "#;
 
 /// With the instance variable at All, two hosts with two shards each: promtool evaluates

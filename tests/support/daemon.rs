@@ -64,11 +64,12 @@ type Wrap = dyn Fn(&Command) -> Command + Send + Sync;
 
 /// The test hooks (`test-hooks` feature) a daemon reads from its environment; none is
 /// inherited, a test sets the one it wants.
-const HOOK_ENV: [&str; 4] = [
+const HOOK_ENV: [&str; 5] = [
     "RINGCRYPT_FAILPOINT",
     "RINGCRYPT_TEST_HANG_SHARD",
     "RINGCRYPT_TEST_NO_TMPFILE",
     "RINGCRYPT_TEST_NO_LINK_BY_FD",
+    "RINGCRYPT_TEST_NO_DIRECT_IO",
 ];
 
 impl Builder {

@@ -56,6 +56,7 @@ use crate::limits::{HEADER_BYTES, LANES, TAG_BYTES};
 use crate::protocol::{FileJobSpec, FileOp, JobId, Progress};
 
 mod commit;
+mod direct;
 mod existing;
 mod legacy;
 mod open;
@@ -65,6 +66,7 @@ mod pipe;
 mod range;
 mod stream;
 
+pub use direct::{IoMode, direct_buf_bytes};
 use parts::{Codec, Lane, LaneState, Spans, TempName};
 pub use passed::Passed;
 use range::{PartOf, Split};
@@ -98,6 +100,8 @@ pub struct JobCtx<'a> {
     pub shards: usize,
     /// Files at least this many bytes are split into ranges (0: never).
     pub split_min: u64,
+    /// `--io`: direct or buffered file IO (see `direct.rs`).
+    pub io: IoMode,
     /// The process's umask, which the kernel applies to the modes of created files.
     pub umask: u32,
 }
@@ -232,6 +236,8 @@ pub struct FileJob {
     pipe: Option<Box<pipe::PipeRun>>,
     /// The passed output is a stream.
     stream_out: bool,
+    /// The file runs with direct IO (see `direct.rs`).
+    direct: Option<direct::Direct>,
     /// Linked, waiting for its directory's fsync, which the shard batches.
     dir_sync: Option<DirSyncWanted>,
     /// The link in flight names the file by its descriptor; the job links through
@@ -292,6 +298,7 @@ impl FileJob {
             part_of: None,
             pipe: None,
             stream_out,
+            direct: None,
             dir_sync: None,
             link_by_fd: false,
             link_by_proc: false,
@@ -504,7 +511,9 @@ impl FileJob {
 
     /// Closes every descriptor the job holds and finishes it.
     fn close_all(&mut self, ctx: &mut JobCtx) {
-        for file in self.stage.files().into_iter().flatten() {
+        let direct = self.direct.take();
+        let direct = [direct.map(|d| d.input), direct.and_then(|d| d.out)];
+        for file in self.stage.files().into_iter().chain(direct).flatten() {
             ctx.reactor.close(file);
         }
         self.check = None;

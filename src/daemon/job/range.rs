@@ -56,6 +56,10 @@ pub struct RangeWork {
     spec: FileJobSpec,
     input: OwnedFd,
     output: Option<OwnedFd>,
+    /// The file runs with direct IO: its `O_DIRECT` descriptors.
+    direct: Option<direct::DirectFds>,
+    /// The input's length (a direct range's reads may ask past it, to a whole block).
+    in_len: u64,
     codec: Codec,
     first_batch: u64,
     end_batch: u64,
@@ -113,6 +117,8 @@ impl FileJob {
             spec,
             input,
             output,
+            direct,
+            in_len,
             codec,
             first_batch,
             end_batch,
@@ -126,6 +132,8 @@ impl FileJob {
             temp: output.map(|output| reactor.adopt(output)),
             dir: None,
         });
+        job.direct = direct.map(|fds| fds.adopt(reactor));
+        job.in_len = in_len;
         job.codec = Some(codec);
         job.next_read = first_batch;
         job.next_process = first_batch;
@@ -216,6 +224,8 @@ impl FileJob {
                 ),
                 input: dup(files.input)?,
                 output: files.temp.map(dup).transpose()?,
+                direct: self.direct_dup(ctx)?,
+                in_len: self.in_len,
                 codec: codec
                     .fork_at(first_batch)
                     .ok_or_else(|| self.out_of_order())?,

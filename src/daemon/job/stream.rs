@@ -42,6 +42,7 @@ impl FileJob {
             n_full: plain_len >> chunk_log2,
             final_len: (plain_len & ((1 << chunk_log2) - 1)) as usize,
         });
+        self.choose_io(ctx)?;
         self.maybe_split(ctx)?;
         self.write_header(ctx, &header)
     }
@@ -103,6 +104,7 @@ impl FileJob {
                     full_records: layout.full_records,
                     final_record: layout.final_record_bytes,
                 });
+                self.choose_io(ctx)?;
                 self.maybe_split(ctx)?;
                 self.pump(ctx);
             }
@@ -112,6 +114,7 @@ impl FileJob {
                     full_records: layout.full_records,
                     final_record: layout.final_record_bytes,
                 });
+                self.choose_io(ctx)?;
                 self.maybe_split(ctx)?;
                 self.pump(ctx);
             }
@@ -164,7 +167,10 @@ impl FileJob {
         lane: usize,
         batch: u64,
     ) -> Result<(), Error> {
-        let fd = self.open_files()?.input;
+        let fd = match self.direct {
+            Some(direct) => direct.input,
+            None => self.open_files()?.input,
+        };
         let Some(codec) = &self.codec else {
             return Err(self.out_of_order());
         };
@@ -173,7 +179,12 @@ impl FileJob {
         let chunk = codec.chunk_bytes() as u64;
         let buf = self.lanes[lane].buf;
         let mut reads = Spans::new();
+        let direct_expected = self
+            .direct
+            .is_some()
+            .then(|| self.direct_reads(codec, batch, &mut reads));
         match codec {
+            _ if direct_expected.is_some() => {}
             Codec::Seal {
                 n_full, final_len, ..
             } => {
@@ -240,7 +251,8 @@ impl FileJob {
         if reads.len == 0 {
             self.lanes[lane].state = LaneState::Ready;
         }
-        self.lanes[lane].expected = reads.as_slice().iter().map(|r| r.1).sum();
+        self.lanes[lane].expected =
+            direct_expected.unwrap_or_else(|| reads.as_slice().iter().map(|r| r.1).sum());
         // The reads of one batch fill disjoint spans of the lane's buffer.
         for &(at, len, offset) in reads.as_slice() {
             self.push(
@@ -265,10 +277,11 @@ impl FileJob {
         result: io::Result<u32>,
     ) -> Result<(), Error> {
         let n = result.map_err(|e| self.io_err("read", true, e))?;
-        self.bytes_in += u64::from(n);
-        ctx.metrics.read(u64::from(n));
+        let counted = self.read_counted(lane, n);
+        self.bytes_in += counted;
+        ctx.metrics.read(counted);
         if let Some(part) = &self.part_of {
-            part.progress.add(u64::from(n), 0);
+            part.progress.add(counted, 0);
         }
         let state = &mut self.lanes[lane];
         state.ops_left -= 1;
@@ -296,7 +309,11 @@ impl FileJob {
             let batch = self.next_process;
             self.next_process += 1;
             let started = Instant::now();
-            let writes = self.crypto(ctx, lane, batch)?;
+            let writes = if self.direct.is_some() {
+                self.direct_crypto(ctx, lane, batch)?
+            } else {
+                self.crypto(ctx, lane, batch)?
+            };
             ctx.metrics.crypto(started.elapsed());
             let buf = self.lanes[lane].buf;
             self.lanes[lane].state = LaneState::Writing;
@@ -306,10 +323,17 @@ impl FileJob {
                 self.lanes[lane].state = LaneState::Idle;
                 continue;
             }
-            let fd = self.temp()?;
+            let temp = self.temp()?;
+            let direct_out = self.direct.and_then(|direct| direct.out);
             self.lanes[lane].expected = writes.as_slice().iter().map(|w| w.1).sum();
             self.lanes[lane].done = 0;
             for &(at, len, offset) in writes.as_slice() {
+                // A direct job's whole blocks go by DMA, its partial ones through the page
+                // cache (see `direct.rs`).
+                let fd = match direct_out {
+                    Some(out) if direct::aligned(&(at, len, offset)) => out,
+                    _ => temp,
+                };
                 self.bytes_out += len as u64;
                 if let Some(part) = &self.part_of {
                     part.progress.add(0, len as u64);

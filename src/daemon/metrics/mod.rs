@@ -44,6 +44,7 @@ const ERRORS: &str = "ringcrypt_errors_total";
 const BUILD_INFO: &str = "ringcrypt_build_info";
 const LOG_DROPPED: &str = "ringcrypt_log_dropped_total";
 const DIR_FSYNCS: &str = "ringcrypt_dir_fsyncs_total";
+const DIRECT_IO_FALLBACKS: &str = "ringcrypt_direct_io_fallbacks_total";
 const VERIFY_FAILURES: &str = "ringcrypt_verify_failures_total";
 
 /// The codes a `verify` of a sealed file fails with when the file itself is bad, whose
@@ -70,6 +71,7 @@ pub struct ShardMetrics {
     queue_depth: Gauge,
     inflight: Gauge,
     dir_fsyncs: Counter,
+    direct_io_fallbacks: Counter,
     /// `ringcrypt_jobs_total`, by op (in [`FileOp::ALL`] order) and [`JobResult`].
     jobs_ended: [[Counter; JobResult::ALL.len()]; FileOp::ALL.len()],
     /// `ringcrypt_job_duration_seconds`, by op (in [`FileOp::ALL`] order); the handle is
@@ -88,7 +90,8 @@ impl ShardMetrics {
             bytes_written: counter!(BYTES_WRITTEN, "shard" => label.clone()),
             queue_depth: gauge!(QUEUE_DEPTH, "shard" => label.clone()),
             inflight: gauge!(INFLIGHT, "shard" => label.clone()),
-            dir_fsyncs: counter!(DIR_FSYNCS, "shard" => label),
+            dir_fsyncs: counter!(DIR_FSYNCS, "shard" => label.clone()),
+            direct_io_fallbacks: counter!(DIRECT_IO_FALLBACKS, "shard" => label),
             jobs_ended: FileOp::ALL.map(|op| {
                 JobResult::ALL
                     .map(|result| counter!(JOBS, "op" => op.as_str(), "result" => result.as_str()))
@@ -108,6 +111,12 @@ impl ShardMetrics {
     /// An output directory's fsync started, for a batch of jobs that linked into it.
     pub fn dir_fsync(&self) {
         self.dir_fsyncs.increment(1);
+    }
+
+    /// A file that was to run with direct IO fell back to buffered IO: its file system
+    /// refused `O_DIRECT`.
+    pub fn direct_io_fallback(&self) {
+        self.direct_io_fallbacks.increment(1);
     }
 
     pub fn jobs(&self, queued: usize, running: usize) {
@@ -259,6 +268,10 @@ fn describe() {
     describe_counter!(
         DIR_FSYNCS,
         "Fsyncs of output directories (fsync always), one per batch of jobs that linked into the directory, by shard."
+    );
+    describe_counter!(
+        DIRECT_IO_FALLBACKS,
+        "Files that were to run with direct IO (--io direct, or auto) and ran buffered because their file system refused O_DIRECT, by shard."
     );
     describe_gauge!(CONNECTIONS, "Open client connections.");
     describe_counter!(ERRORS, "Error replies sent, by wire code.");

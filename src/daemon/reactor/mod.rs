@@ -44,7 +44,7 @@ mod tests;
 mod uring;
 
 pub use files::File;
-pub use pool::BufId;
+pub use pool::{BUF_ALIGN, BufId};
 pub use recvmsg::{RECV_FDS_MAX, RecvBuf};
 
 use files::Files;

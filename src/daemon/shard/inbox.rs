@@ -187,6 +187,8 @@ pub struct Shared {
     pub chunk_log2: u8,
     /// Files at least this many bytes are split into ranges (0: never).
     pub split_min: u64,
+    /// `--io`: direct or buffered file IO.
+    pub io: crate::daemon::job::IoMode,
     /// The process's umask, read once at start (file jobs create outputs with modes it
     /// applies to).
     pub umask: u32,

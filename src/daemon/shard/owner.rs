@@ -189,6 +189,7 @@ impl Shard {
             shard: self.index,
             shards: self.shared.inboxes.len(),
             split_min: self.shared.split_min,
+            io: self.shared.io,
             umask: self.shared.umask,
         };
         f(&mut entry.job, &mut ctx);
