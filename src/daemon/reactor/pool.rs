@@ -112,7 +112,8 @@ impl Pool {
     pub(super) fn lent_span(&mut self, buf: BufId, at: usize, len: usize) -> &mut [u8] {
         let index = usize::from(buf.0);
         assert!(self.lent[index] > 0, "buffer {buf:?} is not lent");
-        &mut self.bufs[index][at..at + len]
+        assert!(at + len <= self.buf_bytes, "span {at}+{len} outside buffer");
+        &mut self.bufs[index][self.starts[index] + at..][..len]
     }
 
     /// An op that had `buf` lent has completed.
