@@ -380,7 +380,7 @@ fn duplicate_requests_attach(backend: &'static str) {
     fs::create_dir(&dir).unwrap();
     let input = dir.join("big");
     let output = dir.join("big.rc");
-    write_big(&input, 64);
+    write_big(&input, 24);
     let mut a = d.client();
     let mut b = d.client();
     let mut req = file_req("encrypt", &input, &output);
@@ -669,7 +669,7 @@ fn refused_requests(backend: &'static str) {
     assert_eq!(fs::read(r("existing.rc")).unwrap(), b"keep me");
 }
 
-/// 8. SIGTERM while 50 jobs of 2 MiB are queued or running.
+/// 8. SIGTERM while 50 jobs of 1 MiB are queued or running.
 ///
 /// Intact: the daemon exits 0 within 35 s; every output that exists decrypts to its input
 /// (finished or absent, never partial); no temp file remains anywhere.
@@ -681,7 +681,7 @@ fn sigterm_under_load(backend: &'static str) {
     let mut reqs = Vec::new();
     for i in 0..50 {
         let input = dir.join(format!("{i}"));
-        fs::write(&input, bytes(2 << 20, 1000 + i)).unwrap();
+        fs::write(&input, bytes(1 << 20, 1000 + i)).unwrap();
         let mut r = file_req("encrypt", &input, &dir.join(format!("{i}.rc")));
         r["id"] = json!(i);
         r["wait"] = json!(false);

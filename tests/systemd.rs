@@ -470,7 +470,10 @@ fn daemon_settings() -> Vec<String> {
     assert!(out.status.success(), "ringcryptd --help:\n{}", show(&out));
     let mut names = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(flag) = line.trim_start().strip_prefix("--") else {
+        // A flag's own line is indented at most six columns; its description (which may
+        // wrap so that a line starts with another flag's name) is indented further.
+        let indent = line.len() - line.trim_start().len();
+        let Some(flag) = line.trim_start().strip_prefix("--").filter(|_| indent <= 6) else {
             continue;
         };
         let flag = flag.split_whitespace().next().unwrap();

@@ -273,7 +273,7 @@ fn sigterm_during_tree_1_shard(backend: &'static str) {
 
 // ---- 3. SIGTERM answers every waiting client ----------------------------------------------
 
-/// (3) Two connections encrypt the same 64 MiB input to two outputs; both are accepted and
+/// (3) Two connections encrypt the same 32 MiB input to two outputs; both are accepted and
 /// still running when SIGTERM comes 0.5 s later.
 ///
 /// Intact: each connection gets exactly one final line after `accepted`, then EOF; the daemon
@@ -283,7 +283,7 @@ fn sigterm_answers_every_waiting_client(backend: &'static str) {
     let rd = rd(backend).start();
     let ring = rd.ring();
     let input = rd.root.join("big");
-    write_big(&input, 64);
+    write_big(&input, 32);
     let outputs = [rd.root.join("one.rc"), rd.root.join("two.rc")];
     let mut conns = Vec::new();
     let mut jobs = Vec::new();
