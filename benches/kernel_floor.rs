@@ -811,7 +811,7 @@ fn sync_pass(set: &SmallSet, out: &[OwnedFd], one_write: bool) -> io::Result<()>
 }
 
 /// The steps of `sync-syscalls`, in order, for the per-step table.
-const STEPS: [&str; 11] = [
+const STEPS: [&str; 12] = [
     "openat2 of the input",
     "fstat",
     "read 4 KiB",
@@ -820,14 +820,17 @@ const STEPS: [&str; 11] = [
     "open O_TMPFILE",
     "write header (64 bytes)",
     "write body (4208 bytes)",
+    "write header and body in one (4272 bytes)",
     "futimens",
     "linkat AT_EMPTY_PATH",
     "close of the output",
 ];
 
-/// `sync-syscalls` once more with the wall time of each step taken apart: per step, the
-/// nanoseconds of every file. Pinned and single-threaded, a step's wall time is its CPU
-/// time unless the thread was preempted, which the median leaves out.
+/// `sync-syscalls` and `sync-one-write` once more, alternated file by file (even files write
+/// twice, odd files once) so both see the same machine, with the wall time of each step
+/// taken apart: per step, the nanoseconds of every file that took it. Pinned and
+/// single-threaded, a step's wall time is its CPU time unless the thread was preempted,
+/// which the median leaves out.
 fn sync_steps_pass(set: &SmallSet, out: &[OwnedFd]) -> io::Result<Vec<Vec<u64>>> {
     let mut steps: Vec<Vec<u64>> = STEPS
         .iter()
@@ -835,6 +838,7 @@ fn sync_steps_pass(set: &SmallSet, out: &[OwnedFd]) -> io::Result<Vec<Vec<u64>>>
         .collect();
     let mut buf = [0u8; SMALL_IN_BYTES];
     for i in 0..set.files() {
+        let one_write = i % 2 == 1;
         let (in_dir, out_dir, name) = set.file(out, i);
         let mut at = Instant::now();
         let mut lap = |step: usize| {
@@ -854,37 +858,70 @@ fn sync_steps_pass(set: &SmallSet, out: &[OwnedFd]) -> io::Result<Vec<Vec<u64>>>
         lap(4);
         let fd = create_output(out_dir, false)?;
         lap(5);
-        write_full(fd.as_fd(), set.header())?;
-        lap(6);
-        write_full(fd.as_fd(), set.body())?;
-        lap(7);
+        if one_write {
+            write_full(fd.as_fd(), &set.sealed[..])?;
+            lap(8);
+        } else {
+            write_full(fd.as_fd(), set.header())?;
+            lap(6);
+            write_full(fd.as_fd(), set.body())?;
+            lap(7);
+        }
         stamp(fd.as_fd(), mtime)?;
-        lap(8);
-        link(fd.as_fd(), out_dir, name)?;
         lap(9);
-        drop(fd);
+        link(fd.as_fd(), out_dir, name)?;
         lap(10);
+        drop(fd);
+        lap(11);
     }
     Ok(steps)
 }
 
+/// The median and mean of each step, in µs, or `None` for a step the pass did not take.
+fn step_stats(times: &[u64]) -> Option<(f64, f64)> {
+    if times.is_empty() {
+        return None;
+    }
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let median = sorted[(sorted.len() - 1) / 2] as f64 / 1e3;
+    let mean = sorted.iter().sum::<u64>() as f64 / sorted.len() as f64 / 1e3;
+    Some((median, mean))
+}
+
 fn print_steps(steps: &[Vec<u64>]) {
     println!();
-    println!("sync-syscalls taken apart: wall time per step, one extra pass over every file");
+    println!(
+        "sync-syscalls and sync-one-write taken apart: wall time per step, one extra pass over every file, the two alternated file by file"
+    );
     println!();
     println!("| step | median µs | mean µs |");
     println!("| --- | --- | --- |");
-    let (mut median_sum, mut mean_sum) = (0.0, 0.0);
-    for (name, times) in STEPS.iter().zip(steps) {
-        let mut sorted = times.clone();
-        sorted.sort_unstable();
-        let median = sorted[(sorted.len() - 1) / 2] as f64 / 1e3;
-        let mean = sorted.iter().sum::<u64>() as f64 / sorted.len() as f64 / 1e3;
-        median_sum += median;
-        mean_sum += mean;
+    // Sums of medians and means of the steps every file takes, then of each way to write.
+    let (mut common, mut two, mut one) = ((0.0, 0.0), (0.0, 0.0), (0.0, 0.0));
+    for (i, (name, times)) in STEPS.iter().zip(steps).enumerate() {
+        let Some((median, mean)) = step_stats(times) else {
+            continue;
+        };
+        let sum = match i {
+            6 | 7 => &mut two,
+            8 => &mut one,
+            _ => &mut common,
+        };
+        sum.0 += median;
+        sum.1 += mean;
         println!("| {name} | {median:.2} | {mean:.2} |");
     }
-    println!("| all steps | {median_sum:.2} | {mean_sum:.2} |");
+    println!(
+        "| all steps, two writes | {:.2} | {:.2} |",
+        common.0 + two.0,
+        common.1 + two.1
+    );
+    println!(
+        "| all steps, one write | {:.2} | {:.2} |",
+        common.0 + one.0,
+        common.1 + one.1
+    );
 }
 
 /// One in-flight file of an io_uring pass.
