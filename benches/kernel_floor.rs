@@ -26,6 +26,9 @@
 //!   the file by a plain descriptor whose number only the install's completion tells.
 //! - the two io_uring variants again with `setup_single_issuer().setup_defer_taskrun()`.
 //!
+//! When `sync-syscalls` is measured, one more pass of it and `sync-one-write`, alternated
+//! file by file, times every step on its own (median and mean wall time per step).
+//!
 //! Per MiB, over 1000 inputs of 1 MiB, each variant reads the input, creates, writes, stamps
 //! and links a 64-byte header plus the 1 MiB (plain syscalls, one thread):
 //!
