@@ -238,6 +238,8 @@ pub struct FileJob {
     stream_out: bool,
     /// The file runs with direct IO (see `direct.rs`).
     direct: Option<direct::Direct>,
+    /// A file sealed in one batch: its header goes out with the batch, in one write.
+    inline_header: bool,
     /// Linked, waiting for its directory's fsync, which the shard batches.
     dir_sync: Option<DirSyncWanted>,
     /// The link in flight names the file by its descriptor; the job links through
@@ -299,6 +301,7 @@ impl FileJob {
             pipe: None,
             stream_out,
             direct: None,
+            inline_header: false,
             dir_sync: None,
             link_by_fd: false,
             link_by_proc: false,

@@ -44,6 +44,18 @@ impl FileJob {
         });
         self.choose_io(ctx)?;
         self.maybe_split(ctx)?;
+        // A file sealed in one batch (every small file) writes its header with that batch,
+        // from the same buffer: one write, so one hand-off to an io worker on file systems
+        // that punt buffered writes (tmpfs), instead of two in a row.
+        self.inline_header = self.direct.is_none()
+            && self.split.is_none()
+            && self.part_of.is_none()
+            && self.end_batch == 1
+            && format::sealed_len(plain_len, chunk_log2) <= ctx.reactor.buf_bytes() as u64;
+        if self.inline_header {
+            self.pump(ctx);
+            return Ok(());
+        }
         self.write_header(ctx, &header)
     }
 
@@ -188,6 +200,7 @@ impl FileJob {
             Codec::Seal {
                 n_full, final_len, ..
             } => {
+                let base = if self.inline_header { HEADER_BYTES } else { 0 };
                 for slot in 0..units {
                     let index = first + slot as u64;
                     let len = if index < *n_full {
@@ -196,7 +209,7 @@ impl FileJob {
                         *final_len
                     };
                     if len > 0 {
-                        reads.push((slot * stride, len, index * chunk));
+                        reads.push((base + slot * stride, len, index * chunk));
                     }
                 }
             }
@@ -380,12 +393,18 @@ impl FileJob {
                 final_len,
             } => {
                 let full = ((*n_full).saturating_sub(first)).min(units as u64) as usize;
-                sealer.seal_full(&mut buf[..full * stride])?;
+                // With the header inline, the records sit after it in the buffer.
+                let base = if self.inline_header { HEADER_BYTES } else { 0 };
+                let records = &mut buf[base..];
+                sealer.seal_full(&mut records[..full * stride])?;
                 let mut len = full * stride;
                 if full < units {
-                    len += sealer.seal_final(&mut buf[full * stride..], *final_len)?;
+                    len += sealer.seal_final(&mut records[full * stride..], *final_len)?;
                 }
-                writes.push((0, len, HEADER_BYTES as u64 + first * stride as u64));
+                if self.inline_header {
+                    buf[..HEADER_BYTES].copy_from_slice(&sealer.header().to_bytes());
+                }
+                writes.push((0, base + len, (HEADER_BYTES - base) as u64 + first * stride as u64));
             }
             Codec::Open {
                 opener,
