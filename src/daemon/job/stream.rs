@@ -404,7 +404,11 @@ impl FileJob {
                 if self.inline_header {
                     buf[..HEADER_BYTES].copy_from_slice(&sealer.header().to_bytes());
                 }
-                writes.push((0, base + len, (HEADER_BYTES - base) as u64 + first * stride as u64));
+                writes.push((
+                    0,
+                    base + len,
+                    (HEADER_BYTES - base) as u64 + first * stride as u64,
+                ));
             }
             Codec::Open {
                 opener,
