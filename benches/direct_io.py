@@ -167,6 +167,7 @@ def main():
     args = parser.parse_args()
     args.bin = os.path.abspath(args.bin)
     args.dir = os.path.abspath(args.dir)
+    os.makedirs(args.dir, exist_ok=True)
     keys = os.path.join(args.dir, "keys.toml")
     if not os.path.exists(keys):
         ringcrypt = os.path.join(args.bin, "ringcrypt")

@@ -101,6 +101,19 @@ fn wait_for_ping(child: &mut Child, socket: &Path, log: &Path) -> Value {
     }
 }
 
+/// A daemon the test started, killed when the test ends, passing or not: a panic between
+/// start and `stop` (a missing tool, a failed assertion) must not leave it running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn stop(child: &mut Child) {
     let status = sigterm_within(child, STOP_TIMEOUT).expect("ringcryptd stops on SIGTERM");
     assert!(status.success(), "ringcryptd exited with {status}");
@@ -133,20 +146,22 @@ fn ping_examples_are_what_the_daemon_answers() {
     // default backend; two shards as the examples show.
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("d.log");
-    let mut child = Command::new(DAEMON)
-        .args(["--dev", "--shards", "2", "--metrics", "off"])
-        .current_dir(dir.path())
-        .env_remove("RINGCRYPT_SOCKET")
-        .env_remove("RINGCRYPT_BACKEND")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(DAEMON)
+            .args(["--dev", "--shards", "2", "--metrics", "off"])
+            .current_dir(dir.path())
+            .env_remove("RINGCRYPT_SOCKET")
+            .env_remove("RINGCRYPT_BACKEND")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let socket = dir.path().join("ringcrypt-dev/ringcrypt.sock");
-    wait_for_ping(&mut child, &socket, &log);
+    wait_for_ping(&mut child.0, &socket, &log);
 
     // The README's command, run as printed, from the directory the daemon started in.
     tool("socat");
@@ -183,7 +198,7 @@ fn ping_examples_are_what_the_daemon_answers() {
         );
     }
     drop(client);
-    stop(&mut child);
+    stop(&mut child.0);
 }
 
 #[test]

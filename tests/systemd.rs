@@ -622,8 +622,12 @@ fn example_config_runs_the_daemon() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(pong["type"], "pong", "{pong}");
-    assert_eq!(pong["shards"], 2, "{pong}");
+    if pong["type"] != "pong" || pong["shards"] != 2 {
+        // Not left running when the test fails.
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("want a pong from 2 shards: {pong}");
+    }
 
     let kill = run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
     assert!(kill.status.success(), "kill -TERM:\n{}", show(&kill));
