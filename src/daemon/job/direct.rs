@@ -25,7 +25,7 @@
 //! flags); the header, the end-of-file probe and the partial blocks use the first. Which files go direct is
 //! decided once per file, before it is split ([`FileJob::choose_io`]); a refusal falls
 //! back to buffered IO for that file and counts in `ringcrypt_direct_io_fallbacks_total`.
-//! Rewraps and openssl-format inputs always run buffered.
+//! Rewraps, verifies and openssl-format inputs always run buffered.
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
