@@ -84,6 +84,22 @@ pub fn direct_io_refused() -> bool {
     false
 }
 
+/// Test hook (feature `test-hooks`): with `RINGCRYPT_TEST_REVERSE_COMPLETIONS` set, the
+/// synchronous backend hands back the ops that finished together newest first, as io_uring
+/// may (a direct read often completes before one submitted earlier), so the suite can drive
+/// the out-of-order paths on any file system. Always false in builds users run.
+#[cfg(feature = "test-hooks")]
+pub fn reverse_completions() -> bool {
+    static REVERSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REVERSED.get_or_init(|| std::env::var_os("RINGCRYPT_TEST_REVERSE_COMPLETIONS").is_some())
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn reverse_completions() -> bool {
+    false
+}
+
 /// `RINGCRYPT_TEST_HANG_SHARD=I:MS` makes shard I stop looping MS milliseconds after
 /// start, as a wedged shard would, so the watchdog test can see the pings stop.
 #[cfg(feature = "test-hooks")]

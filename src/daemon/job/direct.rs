@@ -25,7 +25,7 @@
 //! flags); the header, the end-of-file probe and the partial blocks use the first. Which files go direct is
 //! decided once per file, before it is split ([`FileJob::choose_io`]); a refusal falls
 //! back to buffered IO for that file and counts in `ringcrypt_direct_io_fallbacks_total`.
-//! Rewraps, verifies and openssl-format inputs always run buffered.
+//! Rewraps and openssl-format inputs always run buffered.
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -188,11 +188,10 @@ impl FileJob {
             return Err(self.out_of_order());
         };
         let chunk_log2 = codec.chunk_bytes().trailing_zeros() as u8;
-        // `verify` reads through the page cache: with direct reads, a verify of a file split
-        // into ranges could stall on the io_uring backend (reproduced about one run in three
-        // of `reliability` `split_file_verifies_in_ranges` with `--io direct`).
-        let eligible = matches!(codec, Codec::Seal { .. } | Codec::Open { .. })
-            && self.part_of.is_none()
+        let eligible = matches!(
+            codec,
+            Codec::Seal { .. } | Codec::Open { .. } | Codec::Check { .. }
+        ) && self.part_of.is_none()
             && ctx.io != IoMode::Buffered
             && direct_buf_bytes(chunk_log2) <= ctx.reactor.buf_bytes();
         if !eligible {
@@ -282,7 +281,7 @@ impl FileJob {
     /// bytes they must bring (a read may ask past the end of the file, to a whole block).
     pub(super) fn direct_reads(&self, codec: &Codec, batch: u64, reads: &mut Spans) -> usize {
         let (first, units) = codec.span(batch);
-        let (chunk, stride) = (codec.chunk_bytes(), codec.stride());
+        let chunk = codec.chunk_bytes();
         match codec {
             Codec::Seal {
                 n_full, final_len, ..
@@ -302,25 +301,9 @@ impl FileJob {
                 }
                 expected
             }
-            Codec::Open {
-                full_records,
-                final_record,
-                ..
-            }
-            | Codec::Check {
-                full_records,
-                final_record,
-                ..
-            } => {
-                let last = first + units as u64 - 1;
-                let tail = if last == *full_records {
-                    *final_record
-                } else {
-                    stride
-                };
-                let start = HEADER_BYTES as u64 + first * stride as u64;
-                let end = start + ((units - 1) * stride + tail) as u64;
-                let (from, to) = (down(start), up(end));
+            Codec::Open { .. } | Codec::Check { .. } => {
+                let (start, len) = codec.records_at(batch).expect("records");
+                let (from, to) = (down(start), up(start + len as u64));
                 reads.push((0, (to - from) as usize, from));
                 (to.min(self.in_len) - from) as usize
             }
@@ -335,21 +318,9 @@ impl FileJob {
         let (Some(_), Some(codec)) = (self.direct, &self.codec) else {
             return u64::from(n);
         };
-        let (first, units) = codec.span(self.lanes[lane].batch);
         match codec {
-            Codec::Open {
-                full_records,
-                final_record,
-                ..
-            }
-            | Codec::Check {
-                full_records,
-                final_record,
-                ..
-            } => {
-                let full = ((*full_records).saturating_sub(first)).min(units as u64) as usize;
-                let last = if full < units { *final_record } else { 0 };
-                (full * codec.stride() + last) as u64
+            Codec::Open { .. } | Codec::Check { .. } => {
+                codec.records_at(self.lanes[lane].batch).expect("records").1 as u64
             }
             _ => u64::from(n),
         }
@@ -369,6 +340,7 @@ impl FileJob {
             return Err(self.out_of_order());
         };
         let (first, units) = codec.span(batch);
+        let full = codec.full_in(first, units);
         let (chunk, stride) = (codec.chunk_bytes(), codec.stride());
         let area = area_bytes(stride);
         let start = HEADER_BYTES as u64 + first * stride as u64;
@@ -378,11 +350,8 @@ impl FileJob {
         let mut writes = Spans::new();
         match codec {
             Codec::Seal {
-                sealer,
-                n_full,
-                final_len,
+                sealer, final_len, ..
             } => {
-                let full = ((*n_full).saturating_sub(first)).min(units as u64) as usize;
                 let records = &mut dst[shift..];
                 sealer.seal_full_to(&src[..full * chunk], &mut records[..full * stride])?;
                 let mut len = full * stride;
@@ -395,10 +364,9 @@ impl FileJob {
             }
             Codec::Open {
                 opener,
-                full_records,
                 final_record,
+                ..
             } => {
-                let full = ((*full_records).saturating_sub(first)).min(units as u64) as usize;
                 let records = &src[shift..];
                 opener
                     .open_full_to(&records[..full * stride], &mut dst[..full * chunk])
@@ -416,10 +384,9 @@ impl FileJob {
             }
             Codec::Check {
                 opener,
-                full_records,
                 final_record,
+                ..
             } => {
-                let full = ((*full_records).saturating_sub(first)).min(units as u64) as usize;
                 let records = &src[shift..];
                 opener.check_full(&records[..full * stride]).map_err(auth)?;
                 let mut plain = full * chunk;

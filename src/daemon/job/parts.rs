@@ -9,7 +9,7 @@ use crate::crypto::openssl::BodyDecryptor;
 use crate::daemon::reactor::BufId;
 use crate::durable::TEMP_PREFIX;
 use crate::error::Error;
-use crate::limits::{LANES, TAG_BYTES};
+use crate::limits::{HEADER_BYTES, LANES, TAG_BYTES};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum LaneState {
@@ -161,6 +161,50 @@ impl Codec {
     pub(super) fn span(&self, batch: u64) -> (u64, usize) {
         let first = batch * LANES as u64;
         (first, (self.units() - first).min(LANES as u64) as usize)
+    }
+
+    /// How many of the `units` units from `first` on are whole (not the file's final one).
+    pub(super) fn full_in(&self, first: u64, units: usize) -> usize {
+        let full = match self {
+            Codec::Seal { n_full, .. } | Codec::Legacy { n_full, .. } => *n_full,
+            Codec::Open { full_records, .. }
+            | Codec::Check { full_records, .. }
+            | Codec::Reseal { full_records, .. } => *full_records,
+        };
+        full.saturating_sub(first).min(units as u64) as usize
+    }
+
+    /// Where batch `batch`'s records lie in a sealed input: (file offset, bytes), the final
+    /// record counted at its own length. None for codecs that read plaintext.
+    pub(super) fn records_at(&self, batch: u64) -> Option<(u64, usize)> {
+        let (Codec::Open {
+            full_records,
+            final_record,
+            ..
+        }
+        | Codec::Check {
+            full_records,
+            final_record,
+            ..
+        }
+        | Codec::Reseal {
+            full_records,
+            final_record,
+            ..
+        }) = self
+        else {
+            return None;
+        };
+        let (first, units) = self.span(batch);
+        let stride = self.stride();
+        let last = first + units as u64 - 1;
+        let tail = if last == *full_records {
+            *final_record
+        } else {
+            stride
+        };
+        let start = HEADER_BYTES as u64 + first * stride as u64;
+        Some((start, (units - 1) * stride + tail))
     }
 }
 

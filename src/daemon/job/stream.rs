@@ -153,19 +153,28 @@ impl FileJob {
             return;
         }
         let batches = self.end_batch;
-        for lane in 0..self.lanes.len() {
-            if self.lanes[lane].state == LaneState::Idle && self.next_read < batches {
-                let batch = self.next_read;
-                self.next_read += 1;
-                if let Err(err) = self.issue_reads(ctx, lane, batch) {
+        loop {
+            for lane in 0..self.lanes.len() {
+                if self.lanes[lane].state == LaneState::Idle && self.next_read < batches {
+                    let batch = self.next_read;
+                    self.next_read += 1;
+                    if let Err(err) = self.issue_reads(ctx, lane, batch) {
+                        self.fail(ctx, err);
+                        return;
+                    }
+                }
+            }
+            // A batch with nothing to write (every batch of a verify) frees its lane at
+            // once. When reads completed out of order, one pass can free every lane with no
+            // op left in flight to call `pump` again: read the next batches now.
+            match self.process_ready(ctx) {
+                Ok(true) if self.next_read < batches => continue,
+                Ok(_) => break,
+                Err(err) => {
                     self.fail(ctx, err);
                     return;
                 }
             }
-        }
-        if let Err(err) = self.process_ready(ctx) {
-            self.fail(ctx, err);
-            return;
         }
         let all_idle = self.lanes.iter().all(|lane| lane.state == LaneState::Idle);
         if self.next_process == batches && all_idle && matches!(self.stage, Stage::Streaming(_)) {
@@ -227,29 +236,9 @@ impl FileJob {
                     reads.push((slot * stride, len, at));
                 }
             }
-            Codec::Open {
-                full_records,
-                final_record,
-                ..
-            }
-            | Codec::Check {
-                full_records,
-                final_record,
-                ..
-            }
-            | Codec::Reseal {
-                full_records,
-                final_record,
-                ..
-            } => {
-                let last = first + units as u64 - 1;
-                let len = (units - 1) * stride
-                    + if last == *full_records {
-                        *final_record
-                    } else {
-                        stride
-                    };
-                reads.push((0, len, HEADER_BYTES as u64 + first * stride as u64));
+            Codec::Open { .. } | Codec::Check { .. } | Codec::Reseal { .. } => {
+                let (offset, len) = codec.records_at(batch).expect("records");
+                reads.push((0, len, offset));
             }
         }
         let tag = Step::LaneRead(lane as u8);
@@ -309,15 +298,17 @@ impl FileJob {
         Ok(())
     }
 
-    /// Runs the crypto of every ready lane whose batch is next, then submits its writes.
-    pub(super) fn process_ready(&mut self, ctx: &mut JobCtx) -> Result<(), Error> {
+    /// Runs the crypto of every ready lane whose batch is next, then submits its writes;
+    /// true when a batch had nothing to write, so its lane is idle again already.
+    pub(super) fn process_ready(&mut self, ctx: &mut JobCtx) -> Result<bool, Error> {
+        let mut freed = false;
         loop {
             let Some(lane) = self
                 .lanes
                 .iter()
                 .position(|l| l.state == LaneState::Ready && l.batch == self.next_process)
             else {
-                return Ok(());
+                return Ok(freed);
             };
             let batch = self.next_process;
             self.next_process += 1;
@@ -334,6 +325,7 @@ impl FileJob {
             if writes.len == 0 {
                 // Nothing to write (an empty final chunk, or a verify): the lane is free.
                 self.lanes[lane].state = LaneState::Idle;
+                freed = true;
                 continue;
             }
             let temp = self.temp()?;
@@ -381,6 +373,7 @@ impl FileJob {
             return Err(self.out_of_order());
         };
         let (first, units) = codec.span(batch);
+        let full = codec.full_in(first, units);
         let stride = codec.stride();
         let chunk = codec.chunk_bytes();
         let auth = |_| Error::from(format::AuthFailed).context(self.spec.input.display());
@@ -388,11 +381,8 @@ impl FileJob {
         let mut writes = Spans::new();
         match codec {
             Codec::Seal {
-                sealer,
-                n_full,
-                final_len,
+                sealer, final_len, ..
             } => {
-                let full = ((*n_full).saturating_sub(first)).min(units as u64) as usize;
                 // With the header inline, the records sit after it in the buffer.
                 let base = if self.inline_header { HEADER_BYTES } else { 0 };
                 let records = &mut buf[base..];
@@ -412,10 +402,9 @@ impl FileJob {
             }
             Codec::Open {
                 opener,
-                full_records,
                 final_record,
+                ..
             } => {
-                let full = ((*full_records).saturating_sub(first)).min(units as u64) as usize;
                 opener.open_full(&mut buf[..full * stride]).map_err(auth)?;
                 for slot in 0..full {
                     writes.push((slot * stride, chunk, (first + slot as u64) * chunk as u64));
@@ -450,12 +439,11 @@ impl FileJob {
             }
             Codec::Check {
                 opener,
-                full_records,
                 final_record,
+                ..
             } => {
                 // Tags only: the records stay ciphertext, and nothing is written. What the
                 // job counts out is the plaintext the records hold, for the `done` reply.
-                let full = ((*full_records).saturating_sub(first)).min(units as u64) as usize;
                 opener.check_full(&buf[..full * stride]).map_err(auth)?;
                 let mut plain = full * chunk;
                 if full < units {
@@ -472,10 +460,9 @@ impl FileJob {
             Codec::Reseal {
                 opener,
                 sealer,
-                full_records,
                 final_record,
+                ..
             } => {
-                let full = ((*full_records).saturating_sub(first)).min(units as u64) as usize;
                 opener.open_full(&mut buf[..full * stride]).map_err(auth)?;
                 sealer.seal_full(&mut buf[..full * stride])?;
                 let mut len = full * stride;

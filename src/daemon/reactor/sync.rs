@@ -160,6 +160,9 @@ impl SyncBackend {
         {
             std::thread::sleep(limit);
         }
+        if crate::failpoint::reverse_completions() {
+            self.ready.reverse();
+        }
         self.ready.drain(..)
     }
 
