@@ -15,6 +15,7 @@ fixture is parametrized), ready once ``ping`` answers with that backend.
 (``ringcrypt --keys K decrypt``), which shares no code path with the daemon's socket.
 """
 
+import contextlib
 import os
 import secrets
 import signal
@@ -200,6 +201,19 @@ def daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Daemon]:
         yield d
     finally:
         d.stop()
+
+
+@contextlib.contextmanager
+def stalled_fifo(path: Path) -> Iterator[Path]:
+    """A FIFO that this process holds open for writing and never writes to: a job reading it
+    waits, however fast the daemon is, until it is cancelled (no end of input comes while
+    the block lasts)."""
+    os.mkfifo(path)
+    held = os.open(path, os.O_RDWR | os.O_CLOEXEC)  # a writer, without blocking
+    try:
+        yield path
+    finally:
+        os.close(held)
 
 
 def write(path: Path, data: bytes, mode: int = 0o644) -> Path:

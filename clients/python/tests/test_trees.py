@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import ringcrypt
-from conftest import Daemon, read_tree, temp_files, write
+from conftest import Daemon, read_tree, stalled_fifo, temp_files, write
 
 
 def make_tree(top: Path, files: int) -> dict:
@@ -70,7 +70,6 @@ def test_async_client_tree_files_and_timeouts(daemon: Daemon) -> None:
     for rel, data in expected.items():
         write(src / rel, data)
     single = write(daemon.outside / "one.bin", os.urandom(99_999))
-    big = write(daemon.root / "big.bin", os.urandom(1 << 20) * 96)
 
     async def main() -> None:
         async with ringcrypt.AsyncClient(daemon.socket) as client:
@@ -95,15 +94,17 @@ def test_async_client_tree_files_and_timeouts(daemon: Daemon) -> None:
                 await client.cancel(results[0].job)  # it ended
             await client.rewrap(outs[1], daemon.outside / "re.rcrypt")
 
-            with pytest.raises(ringcrypt.Timeout) as timed_out:
-                await client.encrypt(big, timeout=2.0)
-            assert timed_out.value.job
-            # A task cancelled mid-job links nothing either.
-            task = asyncio.ensure_future(client.encrypt(big, daemon.root / "big2.rcrypt"))
-            await asyncio.sleep(0.3)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            # A job that cannot end by itself (its input a FIFO held open and never
+            # written): the timeout, then a task cancelled mid-job, each link nothing.
+            with stalled_fifo(daemon.root / "stalled") as stalled:
+                with pytest.raises(ringcrypt.Timeout) as timed_out:
+                    await client.encrypt(stalled, timeout=2.0)
+                assert timed_out.value.job
+                task = asyncio.ensure_future(client.encrypt(stalled, daemon.root / "stalled2.rcrypt"))
+                await asyncio.sleep(0.3)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
             with pytest.raises(ringcrypt.Exists):
                 await client.encrypt(single, outs[0])
             mapped = await client.map_files("decrypt", outs[:5], outputs=[daemon.outside / f"m{i}" for i in range(5)])
@@ -116,6 +117,6 @@ def test_async_client_tree_files_and_timeouts(daemon: Daemon) -> None:
     for i in range(5):
         assert (daemon.outside / f"m{i}").read_bytes() == single.read_bytes()
     assert daemon.open_offline(daemon.outside / "re.rcrypt", daemon.dir / "x") == single.read_bytes()
-    assert not (daemon.root / "big.bin.rcrypt").exists()
-    assert not (daemon.root / "big2.rcrypt").exists()
+    assert not (daemon.root / "stalled.rcrypt").exists()
+    assert not (daemon.root / "stalled2.rcrypt").exists()
     assert temp_files(daemon.dir) == []
