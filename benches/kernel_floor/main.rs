@@ -69,7 +69,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use data::{MibSet, SmallSet};
-use measure::{fs_type, load_average, measure, print_row, worker_cpus};
+use measure::{fs_type, load_average, measure, print_row, rounds, worker_cpus};
 use mib::MibVariant;
 use small_sync::{SmallVariant, print_steps, sync_steps_pass};
 
@@ -214,18 +214,13 @@ fn run_in(config: &Config, root: &Path, cpu: usize) -> io::Result<()> {
             .iter()
             .map(|v| v.ring())
             .collect::<io::Result<Vec<_>>>()?;
-        let mut samples = vec![Vec::new(); small.len()];
-        for run in 0..=config.runs {
-            for (i, variant) in small.iter().enumerate() {
-                let out = set.prepare_outputs()?;
-                let sample = measure(|| variant.pass(&set, &out, rings[i].as_mut()))?;
-                drop(out);
-                set.remove_outputs()?;
-                if run > 0 {
-                    samples[i].push(sample);
-                }
-            }
-        }
+        let samples = rounds(&small, config.runs, |i, variant| {
+            let out = set.prepare_outputs()?;
+            let sample = measure(|| variant.pass(&set, &out, rings[i].as_mut()))?;
+            drop(out);
+            set.remove_outputs()?;
+            Ok(sample)
+        })?;
         println!();
         println!(
             "per file: {} files of {SMALL_IN_BYTES} bytes in {} directories; output {HEADER_BYTES} + {BODY_BYTES} bytes",
@@ -265,18 +260,13 @@ fn run_in(config: &Config, root: &Path, cpu: usize) -> io::Result<()> {
     if !mib.is_empty() {
         let set = MibSet::create(root, config.mib_dirs)?;
         let mut buf = vec![0u8; MIB_BYTES];
-        let mut samples = vec![Vec::new(); mib.len()];
-        for run in 0..=config.runs {
-            for (i, variant) in mib.iter().enumerate() {
-                let out = set.prepare_outputs()?;
-                let sample = measure(|| variant.pass(&set, &out, &mut buf))?;
-                drop(out);
-                set.remove_outputs()?;
-                if run > 0 {
-                    samples[i].push(sample);
-                }
-            }
-        }
+        let samples = rounds(&mib, config.runs, |_, variant| {
+            let out = set.prepare_outputs()?;
+            let sample = measure(|| variant.pass(&set, &out, &mut buf))?;
+            drop(out);
+            set.remove_outputs()?;
+            Ok(sample)
+        })?;
         println!();
         println!(
             "per MiB: {} files of 1 MiB in {} directories; output {HEADER_BYTES} + 1 MiB bytes",

@@ -49,6 +49,26 @@ fn usage() -> io::Result<Usage> {
     })
 }
 
+/// Every variant `runs` + 1 times, round by round so that drift over time reaches them all
+/// alike; the first round warms up and is not kept. `one` makes one measured pass of a
+/// variant (by index), on outputs of its own. The samples, per variant.
+pub fn rounds<V>(
+    variants: &[V],
+    runs: usize,
+    mut one: impl FnMut(usize, &V) -> io::Result<Sample>,
+) -> io::Result<Vec<Vec<Sample>>> {
+    let mut samples = vec![Vec::new(); variants.len()];
+    for run in 0..=runs {
+        for (i, variant) in variants.iter().enumerate() {
+            let sample = one(i, variant)?;
+            if run > 0 {
+                samples[i].push(sample);
+            }
+        }
+    }
+    Ok(samples)
+}
+
 pub fn measure(pass: impl FnOnce() -> io::Result<()>) -> io::Result<Sample> {
     let before = usage()?;
     let start = Instant::now();
