@@ -109,22 +109,21 @@ impl FileJob {
             Layout::for_file(self.in_len, header.chunk_log2).map_err(|e| in_file(e.into()))?;
         self.check_fits(ctx, header.chunk_log2)?;
         self.bytes_in += HEADER_BYTES as u64;
+        let (full_records, final_record) = (layout.full_records, layout.final_record_bytes);
         match self.spec.op {
-            FileOp::Verify => {
-                self.codec = Some(Codec::Check {
-                    opener,
-                    full_records: layout.full_records,
-                    final_record: layout.final_record_bytes,
-                });
-                self.choose_io(ctx)?;
-                self.maybe_split(ctx)?;
-                self.pump(ctx);
-            }
-            FileOp::Decrypt => {
-                self.codec = Some(Codec::Open {
-                    opener,
-                    full_records: layout.full_records,
-                    final_record: layout.final_record_bytes,
+            FileOp::Verify | FileOp::Decrypt => {
+                self.codec = Some(if self.spec.op == FileOp::Verify {
+                    Codec::Check {
+                        opener,
+                        full_records,
+                        final_record,
+                    }
+                } else {
+                    Codec::Open {
+                        opener,
+                        full_records,
+                        final_record,
+                    }
                 });
                 self.choose_io(ctx)?;
                 self.maybe_split(ctx)?;
@@ -136,8 +135,8 @@ impl FileJob {
                 self.codec = Some(Codec::Reseal {
                     opener,
                     sealer,
-                    full_records: layout.full_records,
-                    final_record: layout.final_record_bytes,
+                    full_records,
+                    final_record,
                 });
                 self.maybe_split(ctx)?;
                 self.write_header(ctx, &new_header)?;

@@ -406,6 +406,7 @@ fn run(
         unsafe { BorrowedFd::borrow_raw(raw) }
     };
     let count = |n: usize| Ok(n as u32);
+    let write = matches!(op, Op::WriteFixed { .. });
     match op {
         Op::ReadFixed {
             fd: raw,
@@ -413,13 +414,8 @@ fn run(
             at,
             len,
             offset,
-        } => {
-            slot.held = Held::Buf(buf);
-            rustix::io::pread(fd(raw), pool.lend(buf, at, len), offset)
-                .map_err(io::Error::from)
-                .and_then(count)
         }
-        Op::WriteFixed {
+        | Op::WriteFixed {
             fd: raw,
             buf,
             at,
@@ -427,9 +423,13 @@ fn run(
             offset,
         } => {
             slot.held = Held::Buf(buf);
-            rustix::io::pwrite(fd(raw), pool.lend(buf, at, len), offset)
-                .map_err(io::Error::from)
-                .and_then(count)
+            let span = pool.lend(buf, at, len);
+            let done = if write {
+                rustix::io::pwrite(fd(raw), span, offset)
+            } else {
+                rustix::io::pread(fd(raw), span, offset)
+            };
+            done.map_err(io::Error::from).and_then(count)
         }
         Op::ReadVec {
             fd: raw,

@@ -169,6 +169,7 @@ impl UringBackend {
         op: RawOp,
         ud: u64,
     ) -> squeue::Entry {
+        let write = matches!(op, Op::WriteFixed { .. });
         match op {
             Op::ReadFixed {
                 fd,
@@ -176,21 +177,8 @@ impl UringBackend {
                 at,
                 len,
                 offset,
-            } => {
-                let ptr = pool.lend(buf, at, len).as_mut_ptr();
-                slot.held = Held::Buf(buf);
-                let entry = if self.fixed {
-                    opcode::ReadFixed::new(types::Fd(fd), ptr, len as u32, buf.index())
-                        .offset(offset)
-                        .build()
-                } else {
-                    opcode::Read::new(types::Fd(fd), ptr, len as u32)
-                        .offset(offset)
-                        .build()
-                };
-                entry.user_data(ud)
             }
-            Op::WriteFixed {
+            | Op::WriteFixed {
                 fd,
                 buf,
                 at,
@@ -199,14 +187,17 @@ impl UringBackend {
             } => {
                 let ptr = pool.lend(buf, at, len).as_mut_ptr();
                 slot.held = Held::Buf(buf);
-                let entry = if self.fixed {
-                    opcode::WriteFixed::new(types::Fd(fd), ptr, len as u32, buf.index())
+                let (fd, len) = (types::Fd(fd), len as u32);
+                // Registered buffers by index where the ring has them, plain ones otherwise.
+                let entry = match (write, self.fixed) {
+                    (false, true) => opcode::ReadFixed::new(fd, ptr, len, buf.index())
                         .offset(offset)
-                        .build()
-                } else {
-                    opcode::Write::new(types::Fd(fd), ptr, len as u32)
+                        .build(),
+                    (false, false) => opcode::Read::new(fd, ptr, len).offset(offset).build(),
+                    (true, true) => opcode::WriteFixed::new(fd, ptr, len, buf.index())
                         .offset(offset)
-                        .build()
+                        .build(),
+                    (true, false) => opcode::Write::new(fd, ptr, len).offset(offset).build(),
                 };
                 entry.user_data(ud)
             }
