@@ -36,6 +36,8 @@ pub(crate) fn scrape(port: u16) -> String {
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A read with a timeout that a signal interrupts is not restarted: read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => panic!(
                 "reading the metrics response: {e} (so far {} bytes)",
                 raw.len()

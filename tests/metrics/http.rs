@@ -363,7 +363,15 @@ fn idle_connections_are_closed_after_the_head_timeout() {
     let started = Instant::now();
     idle.set_read_timeout(Some(HEAD_TIMEOUT * 3)).unwrap();
     let mut buf = [0u8; 256];
-    let n = idle.read(&mut buf).unwrap_or_else(|e| {
+    // A read with a timeout that a signal or the freezer interrupts ends with EINTR (the
+    // kernel does not restart it): read again.
+    let n = loop {
+        match idle.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    }
+    .unwrap_or_else(|e| {
         panic!(
             "the idle connection was still open after {:?}: {e}",
             started.elapsed()

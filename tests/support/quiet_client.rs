@@ -61,10 +61,11 @@ impl Conn {
                 self.filled < self.buf.len(),
                 "a reply line is longer than {REPLY_BUFFER_BYTES} bytes"
             );
-            let n = self
-                .stream
-                .read(&mut self.buf[self.filled..])
-                .expect("read a reply");
+            let n = match self.stream.read(&mut self.buf[self.filled..]) {
+                // A read with a timeout that a signal interrupts is not restarted.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => read.expect("read a reply"),
+            };
             assert!(n > 0, "ringcryptd closed the connection");
             self.filled += n;
         }
