@@ -17,7 +17,7 @@ if [ $# -ne 2 ] || { [ "$2" != small ] && [ "$2" != mib ]; }; then
 fi
 BIN=$1
 SET=$2
-S=$(mktemp -d /dev/shm/ringcrypt-per-file.XXXXXX)
+S=$(mktemp -d -p /dev/shm)   # a new private directory on tmpfs, removed on exit
 DPID=
 cleanup() {
     if [ -n "$DPID" ]; then kill "$DPID" 2>/dev/null || true; wait "$DPID" 2>/dev/null || true; fi

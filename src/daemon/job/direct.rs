@@ -280,35 +280,36 @@ impl FileJob {
     /// The reads of batch `batch` of a direct job into its lane buffer's first area, and the
     /// bytes they must bring (a read may ask past the end of the file, to a whole block).
     pub(super) fn direct_reads(&self, codec: &Codec, batch: u64, reads: &mut Spans) -> usize {
+        // A sealed input (decrypt, verify): one aligned window over the batch's records.
+        if let Some((start, len)) = codec.records_at(batch) {
+            let (from, to) = (down(start), up(start + len as u64));
+            reads.push((0, (to - from) as usize, from));
+            return (to.min(self.in_len) - from) as usize;
+        }
+        // An openssl body never runs direct (`choose_io`): no reads, and its crypto refuses
+        // the batch as out of order.
+        let Codec::Seal {
+            n_full, final_len, ..
+        } = codec
+        else {
+            return 0;
+        };
         let (first, units) = codec.span(batch);
         let chunk = codec.chunk_bytes();
-        match codec {
-            Codec::Seal {
-                n_full, final_len, ..
-            } => {
-                let mut expected = 0;
-                for slot in 0..units {
-                    let index = first + slot as u64;
-                    let len = if index < *n_full { chunk } else { *final_len };
-                    if len > 0 {
-                        reads.push((
-                            slot * chunk,
-                            len.next_multiple_of(ALIGN),
-                            index * chunk as u64,
-                        ));
-                        expected += len;
-                    }
-                }
-                expected
+        let mut expected = 0;
+        for slot in 0..units {
+            let index = first + slot as u64;
+            let len = if index < *n_full { chunk } else { *final_len };
+            if len > 0 {
+                reads.push((
+                    slot * chunk,
+                    len.next_multiple_of(ALIGN),
+                    index * chunk as u64,
+                ));
+                expected += len;
             }
-            Codec::Open { .. } | Codec::Check { .. } => {
-                let (start, len) = codec.records_at(batch).expect("records");
-                let (from, to) = (down(start), up(start + len as u64));
-                reads.push((0, (to - from) as usize, from));
-                (to.min(self.in_len) - from) as usize
-            }
-            Codec::Legacy { .. } | Codec::Reseal { .. } => unreachable!("never direct"),
         }
+        expected
     }
 
     /// The input bytes a read of lane `lane` that brought `n` counts for: `n`, but for a
@@ -318,12 +319,9 @@ impl FileJob {
         let (Some(_), Some(codec)) = (self.direct, &self.codec) else {
             return u64::from(n);
         };
-        match codec {
-            Codec::Open { .. } | Codec::Check { .. } => {
-                codec.records_at(self.lanes[lane].batch).expect("records").1 as u64
-            }
-            _ => u64::from(n),
-        }
+        codec
+            .records_at(self.lanes[lane].batch)
+            .map_or(u64::from(n), |(_, len)| len as u64)
     }
 
     /// The crypto of one batch of a direct job, out of place from the lane buffer's first

@@ -203,11 +203,16 @@ impl FileJob {
             .direct
             .is_some()
             .then(|| self.direct_reads(codec, batch, &mut reads));
-        match codec {
+        // A sealed input's batch is one read of its records, wherever they lie.
+        match (codec, codec.records_at(batch)) {
             _ if direct_expected.is_some() => {}
-            Codec::Seal {
-                n_full, final_len, ..
-            } => {
+            (_, Some((offset, len))) => reads.push((0, len, offset)),
+            (
+                Codec::Seal {
+                    n_full, final_len, ..
+                },
+                None,
+            ) => {
                 let base = if self.inline_header { HEADER_BYTES } else { 0 };
                 for slot in 0..units {
                     let index = first + slot as u64;
@@ -221,9 +226,12 @@ impl FileJob {
                     }
                 }
             }
-            Codec::Legacy {
-                n_full, final_ct, ..
-            } => {
+            (
+                Codec::Legacy {
+                    n_full, final_ct, ..
+                },
+                None,
+            ) => {
                 for slot in 0..units {
                     let index = first + slot as u64;
                     let len = if index < *n_full {
@@ -235,9 +243,9 @@ impl FileJob {
                     reads.push((slot * stride, len, at));
                 }
             }
-            Codec::Open { .. } | Codec::Check { .. } | Codec::Reseal { .. } => {
-                let (offset, len) = codec.records_at(batch).expect("records");
-                reads.push((0, len, offset));
+            // Codecs of records always have them.
+            (Codec::Open { .. } | Codec::Check { .. } | Codec::Reseal { .. }, None) => {
+                return Err(self.out_of_order());
             }
         }
         let tag = Step::LaneRead(lane as u8);
