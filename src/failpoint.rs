@@ -100,6 +100,28 @@ pub fn reverse_completions() -> bool {
     false
 }
 
+/// How often a shard runs its tick ([`TICK`](crate::limits::TICK)). Test hook (feature
+/// `test-hooks`): `RINGCRYPT_TEST_TICK_EVERY_LOOP` runs it on every pass of the loop, so a
+/// test can find what the tick would see in the moment between two steps of a job (a file
+/// job's first `progress` report lands there). Always `TICK` in builds users run.
+#[cfg(feature = "test-hooks")]
+pub fn tick_every() -> std::time::Duration {
+    static EVERY: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| {
+        if std::env::var_os("RINGCRYPT_TEST_TICK_EVERY_LOOP").is_some() {
+            std::time::Duration::ZERO
+        } else {
+            crate::limits::TICK
+        }
+    })
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn tick_every() -> std::time::Duration {
+    crate::limits::TICK
+}
+
 /// `RINGCRYPT_TEST_HANG_SHARD=I:MS` makes shard I stop looping MS milliseconds after
 /// start, as a wedged shard would, so the watchdog test can see the pings stop.
 #[cfg(feature = "test-hooks")]

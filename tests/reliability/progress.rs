@@ -103,4 +103,59 @@ fn single_file_progress_when_asked(backend: &'static str) {
     );
 }
 
-both_backends!(single_file_progress_when_asked);
+/// Intact: a file job's `progress` lines carry the input's size from the first one on,
+/// however early the shard looks. The test hook runs the shard's tick on every pass of its
+/// loop, so a report falls due in the moment between a job's admission and its input's
+/// `statx`: before the fix, that report said `bytes_total` 0 with `totals_final` true
+/// (seen under load in CI). 40 encrypts, then their decrypts and verifies, pipelined on one
+/// connection: every `progress` line has the input's size, every job ends `done`, and the
+/// round trip gives back each file.
+fn first_report_waits_for_the_size(backend: &'static str) {
+    let d = rd(backend)
+        .env("RINGCRYPT_TEST_TICK_EVERY_LOOP", "1")
+        .start();
+    const FILES: usize = 40;
+    let data: Vec<Vec<u8>> = (0..FILES).map(|i| bytes(256 * 1024, i as u64)).collect();
+    for (i, content) in data.iter().enumerate() {
+        fs::write(d.root.join(format!("f{i}")), content).unwrap();
+    }
+    let path = |i: usize, ext: &str| d.root.join(format!("f{i}{ext}"));
+    for op in ["encrypt", "decrypt", "verify"] {
+        let requests: Vec<Value> = (0..FILES)
+            .map(|i| {
+                let request = match op {
+                    "encrypt" => file_req(op, &path(i, ""), &path(i, ".rcrypt")),
+                    "decrypt" => file_req(op, &path(i, ".rcrypt"), &path(i, ".back")),
+                    _ => json!({"op": "verify", "input": p(&path(i, ".rcrypt"))}),
+                };
+                with(request, json!({"progress": true}))
+            })
+            .collect();
+        let total = if op == "encrypt" {
+            256 * 1024
+        } else {
+            fs::metadata(path(0, ".rcrypt")).unwrap().len()
+        };
+        let mut client = d.client();
+        client.send_all(&requests);
+        let mut ended = 0;
+        while ended < FILES {
+            let reply = client.recv();
+            if reply["type"] == "progress" {
+                assert_eq!(reply["bytes_total"], total, "{op}: {reply}");
+                assert_eq!(reply["totals_final"], true, "{op}: {reply}");
+            } else if is_final(&reply) {
+                assert_eq!(reply["type"], "done", "{op}: {reply}");
+                ended += 1;
+            }
+        }
+    }
+    for (i, content) in data.iter().enumerate() {
+        assert!(&fs::read(path(i, ".back")).unwrap() == content, "f{i}");
+    }
+}
+
+both_backends!(
+    single_file_progress_when_asked,
+    first_report_waits_for_the_size
+);

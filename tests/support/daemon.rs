@@ -64,12 +64,13 @@ type Wrap = dyn Fn(&Command) -> Command + Send + Sync;
 
 /// The test hooks (`test-hooks` feature) a daemon reads from its environment; none is
 /// inherited, a test sets the one it wants.
-const HOOK_ENV: [&str; 5] = [
+const HOOK_ENV: [&str; 6] = [
     "RINGCRYPT_FAILPOINT",
     "RINGCRYPT_TEST_HANG_SHARD",
     "RINGCRYPT_TEST_NO_TMPFILE",
     "RINGCRYPT_TEST_NO_LINK_BY_FD",
     "RINGCRYPT_TEST_NO_DIRECT_IO",
+    "RINGCRYPT_TEST_TICK_EVERY_LOOP",
 ];
 
 impl Builder {

@@ -382,8 +382,12 @@ impl FileJob {
     }
 
     /// A single file's `progress` report, if one is due: at most one per
-    /// [`PROGRESS_EVERY`], the first at once.
+    /// [`PROGRESS_EVERY`], the first once the input is open and its size known.
     pub fn progress_due(&mut self) -> Option<Progress> {
+        // Until the input is open and its size known, there is nothing true to report.
+        if !matches!(self.stage, Stage::Streaming(_) | Stage::Committing(_)) {
+            return None;
+        }
         if self
             .last_progress
             .is_some_and(|at| at.elapsed() < PROGRESS_EVERY)

@@ -41,7 +41,7 @@ use crate::daemon::metrics::{self, ShardMetrics};
 use crate::daemon::reactor::{BackendKind, Completion, File, Op, Reactor, RecvBuf};
 use crate::daemon::token::Token;
 use crate::error::{Code, Error};
-use crate::limits::{SHUTDOWN_GRACE, SPARE_PATHS_PER_SHARD, TICK};
+use crate::limits::{SHUTDOWN_GRACE, SPARE_PATHS_PER_SHARD};
 use crate::protocol::{
     self, FileJobSpec, JobId, JobInfo, Request, RequestId, ShardStats, SparePaths,
 };
@@ -204,7 +204,7 @@ impl Shard {
             if !self.trees.is_empty() {
                 progressed |= self.pump_trees();
             }
-            if last_tick.elapsed() >= TICK {
+            if last_tick.elapsed() >= crate::failpoint::tick_every() {
                 last_tick = Instant::now();
                 self.tick();
             }
@@ -245,7 +245,7 @@ impl Shard {
             .values()
             .filter_map(|tree| tree.job.retry_at())
             .map(|at| at.saturating_duration_since(now))
-            .fold(TICK, Duration::min)
+            .fold(crate::failpoint::tick_every(), Duration::min)
             .max(Duration::from_millis(1))
     }
 
