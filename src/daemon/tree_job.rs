@@ -16,6 +16,11 @@
 //! output created and linked in the level's output directory, both descriptors shared with
 //! the job (`held_dirs.rs`).
 //!
+//! A batch (`Request::Batch`) runs here too: its files come from the request's list instead
+//! of a walk, each checked against the allowed roots and opened by its file job from its
+//! path, as a single file's is; everything else (the window, retries, cancel, counts) is
+//! the tree's.
+//!
 //! What this room does not do: run file jobs (their owner shards do) or touch sockets.
 
 use std::collections::VecDeque;
@@ -33,8 +38,8 @@ use crate::daemon::roots::{RESOLVE_CONFINED, Roots};
 use crate::error::{Code, Error};
 use crate::limits::{TREE_RETRY_DELAY, TREE_WINDOW};
 use crate::protocol::{
-    DoneReport, Failure, FileJobSpec, FileOp, JobId, MAX_FAILURES_REPORTED, Progress, Skipped,
-    SparePaths,
+    BatchSpec, DoneReport, Failure, FileJobSpec, FileOp, JobId, MAX_FAILURES_REPORTED, Progress,
+    Skipped, SparePaths,
 };
 use crate::tree_rules::{PARTITION_MARKER, REASON_MARKER, Special, output_name_parts};
 
@@ -62,6 +67,7 @@ pub enum FileResult {
     Done {
         bytes_in: u64,
         bytes_out: u64,
+        micros: u64,
     },
     /// The output existed and verified (skip_existing).
     Skipped,
@@ -86,7 +92,54 @@ struct Level {
     rel: PathBuf,
 }
 
-/// A tree job. See the module docs.
+/// Directory pairs a batch keeps open for its files (see [`BatchFiles::dirs`]).
+const BATCH_HELD_DIRS: usize = 8;
+
+/// The files of a batch, handed out in the request's order.
+struct BatchFiles {
+    inputs: std::vec::IntoIter<PathBuf>,
+    outputs: std::vec::IntoIter<PathBuf>,
+    /// The index of the next file to hand out.
+    next: u32,
+    /// The input and output directories of the latest files, held open (confined, with
+    /// the caller's rights) and shared with the files in them, as a tree's levels are: a
+    /// file then opens its name in the one and links its output in the other, instead of
+    /// resolving both paths from the root. At most [`BATCH_HELD_DIRS`], oldest dropped.
+    dirs: Vec<(PathBuf, PathBuf, HeldDirs)>,
+}
+
+impl BatchFiles {
+    /// The held directories for a file of `input`'s directory with its output in
+    /// `output`'s; None when either cannot be opened here (the file job then opens its
+    /// paths itself, and reports why it cannot).
+    fn held(&mut self, roots: &Roots, op: FileOp, input: &Path, output: &Path) -> Option<HeldDirs> {
+        input.file_name()?;
+        output.file_name()?;
+        let (in_dir, out_dir) = (input.parent()?, output.parent()?);
+        if let Some((_, _, dirs)) = self
+            .dirs
+            .iter()
+            .find(|(i, o, _)| i == in_dir && o == out_dir)
+        {
+            return Some(dirs.clone());
+        }
+        let held_in = open_dir(roots, in_dir).ok()?;
+        let held_out = if op.writes() {
+            open_dir(roots, out_dir).ok()?
+        } else {
+            out_twin(&held_in, in_dir).ok()?
+        };
+        let dirs = HeldDirs::new(held_in, held_out);
+        if self.dirs.len() >= BATCH_HELD_DIRS {
+            self.dirs.remove(0);
+        }
+        self.dirs
+            .push((in_dir.to_path_buf(), out_dir.to_path_buf(), dirs.clone()));
+        Some(dirs)
+    }
+}
+
+/// A tree job (or a batch). See the module docs.
 pub struct TreeJob {
     pub id: JobId,
     pub spec: FileJobSpec,
@@ -96,7 +149,13 @@ pub struct TreeJob {
     /// Pending-entry buffers of levels already walked, for the next levels to reuse.
     spare_pending: Vec<Vec<u8>>,
     walked: bool,
-    retry: VecDeque<FileJobSpec>,
+    /// A batch's files still to hand out (None: a tree, walked).
+    batch: Option<BatchFiles>,
+    /// Files of a batch that failed before they were handed out (outside every allowed
+    /// root), each with its index, for the shard to answer.
+    pub refused: Vec<(u32, Error)>,
+    /// Files refused `busy`, each with its index in its batch (0 for a tree's file).
+    retry: VecDeque<(FileJobSpec, u32)>,
     /// Files in `retry` are handed out again from this moment (see
     /// [`TREE_RETRY_DELAY`]).
     retry_at: Instant,
@@ -144,6 +203,8 @@ impl TreeJob {
             dirents: vec![std::mem::MaybeUninit::uninit(); DIRENTS_BUF_BYTES],
             spare_pending: Vec::new(),
             walked: false,
+            batch: None,
+            refused: Vec::new(),
             retry: VecDeque::new(),
             retry_at: Instant::now(),
             in_flight: 0,
@@ -160,6 +221,52 @@ impl TreeJob {
             last_progress: None,
             cancelled: false,
         })
+    }
+
+    /// A batch: its files are handed out from the list, in order, each opened from its
+    /// path by its file job. Nothing is opened here; the paths are checked against the
+    /// allowed roots as they go out.
+    pub fn start_batch(id: JobId, batch: BatchSpec) -> TreeJob {
+        let BatchSpec {
+            spec,
+            inputs,
+            outputs,
+        } = batch;
+        TreeJob {
+            id,
+            spec,
+            stack: Vec::new(),
+            dirents: Vec::new(),
+            spare_pending: Vec::new(),
+            walked: false,
+            files_total: inputs.len() as u64,
+            batch: Some(BatchFiles {
+                inputs: inputs.into_iter(),
+                outputs: outputs.into_iter(),
+                next: 0,
+                dirs: Vec::new(),
+            }),
+            refused: Vec::new(),
+            retry: VecDeque::new(),
+            retry_at: Instant::now(),
+            in_flight: 0,
+            bytes_total: 0,
+            files_ok: 0,
+            files_failed: 0,
+            files_skipped: 0,
+            bytes_done: 0,
+            bytes_out: 0,
+            failures: Vec::new(),
+            skipped: Vec::new(),
+            started: Instant::now(),
+            last_progress: None,
+            cancelled: false,
+        }
+    }
+
+    /// Whether this job is a batch (files listed by the request) rather than a tree.
+    pub fn is_batch(&self) -> bool {
+        self.batch.is_some()
     }
 
     /// True while the walk has entries left or files wait for a retry, and there is room
@@ -182,12 +289,22 @@ impl TreeJob {
     /// Walks for up to [`WALK_SLICE`], adding the file jobs to submit to `out` (empty when
     /// called; the caller keeps it from step to step). Their paths are written into buffers
     /// taken from `spares`, the shard's, which get them back when the jobs' records go.
-    pub fn step(&mut self, roots: &Roots, out: &mut Vec<FileJobSpec>, spares: &mut SparePaths) {
+    pub fn step(
+        &mut self,
+        roots: &Roots,
+        out: &mut Vec<(FileJobSpec, u32)>,
+        spares: &mut SparePaths,
+    ) {
         let until = Instant::now() + WALK_SLICE;
         while self.in_flight + out.len() < TREE_WINDOW
-            && let Some(spec) = self.retry.pop_front()
+            && let Some(file) = self.retry.pop_front()
         {
-            out.push(spec);
+            out.push(file);
+        }
+        if self.batch.is_some() {
+            self.step_batch(roots, out);
+            self.in_flight += out.len();
+            return;
         }
         while !self.walked && self.in_flight + out.len() < TREE_WINDOW && Instant::now() < until {
             let Some(level) = self.stack.last_mut() else {
@@ -234,6 +351,47 @@ impl TreeJob {
         self.in_flight += out.len();
     }
 
+    /// Hands out a batch's next files, up to the window. A file whose input, or its
+    /// output's directory, lies outside every allowed root fails here (in `refused`), as a
+    /// single file's request would be refused.
+    fn step_batch(&mut self, roots: &Roots, out: &mut Vec<(FileJobSpec, u32)>) {
+        let Some(batch) = self.batch.as_mut() else {
+            return;
+        };
+        while self.in_flight + out.len() < TREE_WINDOW {
+            let (Some(input), Some(output)) = (batch.inputs.next(), batch.outputs.next()) else {
+                // The files still out hold their directories; the batch lets go of them.
+                batch.dirs.clear();
+                self.walked = true;
+                return;
+            };
+            let item = batch.next;
+            batch.next += 1;
+            let parent = output.parent().unwrap_or(Path::new("/"));
+            if let Err(err) = roots.check(&input).and_then(|()| roots.check(parent)) {
+                self.files_failed += 1;
+                if self.failures.len() < MAX_FAILURES_REPORTED {
+                    self.failures.push(Failure {
+                        path: input,
+                        code: err.code,
+                        message: err.message.clone(),
+                    });
+                }
+                self.refused.push((item, err));
+                continue;
+            }
+            let held = batch.held(roots, self.spec.op, &input, &output);
+            let mut spec = FileJobSpec::new(self.spec.op, input, output);
+            spec.key = self.spec.key.clone();
+            spec.format = self.spec.format;
+            spec.caller = self.spec.caller.clone();
+            spec.overwrite = self.spec.overwrite;
+            spec.skip_existing = self.spec.skip_existing;
+            spec.held_dirs = held;
+            out.push((spec, item));
+        }
+    }
+
     /// Reads the next `getdents64` batch of `level` into its pending entries (skipping `.`
     /// and `..`), or marks it read to the end.
     fn read_batch(
@@ -270,7 +428,7 @@ impl TreeJob {
         roots: &Roots,
         name: &CStr,
         kind: FileType,
-        out: &mut Vec<FileJobSpec>,
+        out: &mut Vec<(FileJobSpec, u32)>,
         spares: &mut SparePaths,
     ) {
         let level = self.stack.last().expect("visit runs inside a level");
@@ -290,7 +448,7 @@ impl TreeJob {
         name: &CStr,
         kind: FileType,
         input: PathBuf,
-        out: &mut Vec<FileJobSpec>,
+        out: &mut Vec<(FileJobSpec, u32)>,
         spares: &mut SparePaths,
     ) -> Option<PathBuf> {
         // Another partition's entry costs no stat when its type is known.
@@ -359,7 +517,7 @@ impl TreeJob {
                 spec.held_dirs = Some(level.dirs.clone());
                 self.files_total += 1;
                 self.bytes_total += stat.st_size as u64;
-                out.push(spec);
+                out.push((spec, 0));
                 return None;
             }
             FileType::Symlink => self.skip(&input, Special::Symlink.reason()),
@@ -426,14 +584,14 @@ impl TreeJob {
         }
     }
 
-    /// Counts one file's result.
-    pub fn on_result(&mut self, input: &Path, size: u64, result: FileResult) {
+    /// Counts one file's result; `item` is its index in its batch (0 for a tree's file).
+    pub fn on_result(&mut self, input: &Path, item: u32, size: u64, result: FileResult) {
         match result {
             FileResult::Busy(spec) => {
                 self.in_flight -= 1;
                 // A cancelled tree hands nothing out again: the file is simply not done.
                 if !self.cancelled {
-                    self.retry.push_back(*spec);
+                    self.retry.push_back((*spec, item));
                     self.retry_at = Instant::now() + TREE_RETRY_DELAY;
                 }
                 return;
@@ -441,6 +599,7 @@ impl TreeJob {
             FileResult::Done {
                 bytes_in,
                 bytes_out,
+                ..
             } => {
                 self.files_ok += 1;
                 self.bytes_out += bytes_out;
@@ -453,6 +612,10 @@ impl TreeJob {
         }
         self.in_flight -= 1;
         self.bytes_done += size;
+        if self.batch.is_some() {
+            // A batch's sizes are learnt as its files end.
+            self.bytes_total += size;
+        }
     }
 
     /// Ends the walk with `err` counted as a failure of the whole input; files already out

@@ -69,6 +69,34 @@ pub fn encode_request(id: Option<&RequestId>, request: &Request) -> String {
                     obj.bool("progress", true);
                 }
             }
+            Request::Batch(batch) => {
+                let spec = &batch.spec;
+                let path = |out: &mut Vec<u8>, path: &std::path::PathBuf| {
+                    super::reply::write_json(out, &*path.to_string_lossy())
+                };
+                obj.array("inputs", &batch.inputs, path);
+                if spec.op.writes() {
+                    obj.array("outputs", &batch.outputs, path);
+                }
+                if let Some(key) = &spec.key {
+                    obj.str("key", key);
+                }
+                if spec.format != Format::Ringcrypt {
+                    obj.str("format", spec.format.as_str());
+                }
+                if spec.overwrite {
+                    obj.bool("overwrite", true);
+                }
+                if spec.skip_existing {
+                    obj.bool("skip_existing", true);
+                }
+                if !spec.wait {
+                    obj.bool("wait", false);
+                }
+                if spec.progress {
+                    obj.bool("progress", true);
+                }
+            }
             Request::Status { job } | Request::Cancel { job } => {
                 obj.job("job", *job);
             }

@@ -149,8 +149,9 @@ pub use client::{
     encode_request, parse_reply,
 };
 pub use reply::{
-    accepted, cancelled, done, error, jobs, keys, pong, progress, reloaded, stats, status,
-    write_accepted, write_cancelled, write_done, write_error, write_progress, write_status,
+    BatchFileEnd, accepted, cancelled, done, error, jobs, keys, pong, progress, reloaded, stats,
+    status, write_accepted, write_cancelled, write_done, write_error, write_file_end,
+    write_progress, write_status,
 };
 pub use request::{Parsed, SPARE_PATH_MAX_BYTES, SparePaths, parse_request, parse_request_reusing};
 
@@ -391,11 +392,25 @@ impl FileJobSpec {
     }
 }
 
+/// A batch: many files in one request (`inputs`, and `outputs` unless it verifies), run as
+/// one job the way a tree's files are, each file answered by its own `file` line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchSpec {
+    /// The options every file shares. Its `input` and `output` are the first file's, which
+    /// stand for the batch in its status and its audit record.
+    pub spec: FileJobSpec,
+    /// Absolute and normalized, as a single file's paths; at least one.
+    pub inputs: Vec<PathBuf>,
+    /// One per input (for `verify`, the inputs again: nothing is written).
+    pub outputs: Vec<PathBuf>,
+}
+
 /// One parsed request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Ping,
     File(FileJobSpec),
+    Batch(Box<BatchSpec>),
     Status { job: JobId },
     Cancel { job: JobId },
     Jobs,
@@ -410,6 +425,7 @@ impl Request {
         match self {
             Request::Ping => "ping",
             Request::File(spec) => spec.op.as_str(),
+            Request::Batch(batch) => batch.spec.op.as_str(),
             Request::Status { .. } => "status",
             Request::Cancel { .. } => "cancel",
             Request::Jobs => "jobs",

@@ -98,7 +98,7 @@ impl<'a> Obj<'a> {
     }
 
     /// An array field whose elements `element` writes, each into the buffer it is given.
-    fn array<T>(
+    pub(super) fn array<T>(
         &mut self,
         key: &str,
         items: &[T],
@@ -174,6 +174,45 @@ pub fn accepted(id: Option<&RequestId>, job: JobId) -> String {
 /// [`accepted`], written into `out`.
 pub fn write_accepted(out: &mut Vec<u8>, id: Option<&RequestId>, job: JobId) {
     Obj::reply(out, "accepted", id).job("job", job).line();
+}
+
+/// How one file of a batch ended, for its `file` line.
+pub enum BatchFileEnd<'a> {
+    Done {
+        bytes_in: u64,
+        bytes_out: u64,
+        micros: u64,
+    },
+    /// `skip_existing`: the output exists and verifies.
+    Skipped,
+    Failed(&'a Error),
+}
+
+/// `file`: file `index` (its place in the request's `inputs`) of batch `job` ended.
+pub fn write_file_end(
+    out: &mut Vec<u8>,
+    id: Option<&RequestId>,
+    job: JobId,
+    index: usize,
+    end: &BatchFileEnd,
+) {
+    let mut obj = Obj::reply(out, "file", id);
+    obj.job("job", job).u64("index", index as u64);
+    match end {
+        BatchFileEnd::Done {
+            bytes_in,
+            bytes_out,
+            micros,
+        } => obj
+            .u64("bytes_in", *bytes_in)
+            .u64("bytes_out", *bytes_out)
+            .u64("micros", *micros),
+        BatchFileEnd::Skipped => obj.str("skipped", crate::tree_rules::REASON_EXISTS),
+        BatchFileEnd::Failed(err) => obj
+            .str("code", err.code.as_str())
+            .str("message", &err.message),
+    }
+    .line();
 }
 
 /// `done`: the job finished (some files of a tree job may have failed). Lists at most

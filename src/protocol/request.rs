@@ -21,8 +21,8 @@ use serde_json::{Map, Value};
 
 use super::Format;
 use super::{
-    FileJobSpec, FileOp, JobId, MAX_KEY_NAME_BYTES, MAX_PATH_BYTES, MAX_REQUEST_LINE_BYTES, OPS,
-    Request, RequestId, quote,
+    BatchSpec, FileJobSpec, FileOp, JobId, MAX_KEY_NAME_BYTES, MAX_PATH_BYTES,
+    MAX_REQUEST_LINE_BYTES, OPS, Request, RequestId, quote,
 };
 use crate::error::{Code, Error};
 use crate::tree_rules::Partition;
@@ -205,10 +205,12 @@ enum Field {
     Partition,
     Progress,
     Job,
+    Inputs,
+    Outputs,
 }
 
 impl Field {
-    const ALL: [Field; 14] = [
+    const ALL: [Field; 16] = [
         Field::Id,
         Field::Op,
         Field::Input,
@@ -223,6 +225,8 @@ impl Field {
         Field::Partition,
         Field::Progress,
         Field::Job,
+        Field::Inputs,
+        Field::Outputs,
     ];
 
     fn name(self) -> &'static str {
@@ -241,6 +245,8 @@ impl Field {
             Field::Partition => "partition",
             Field::Progress => "progress",
             Field::Job => "job",
+            Field::Inputs => "inputs",
+            Field::Outputs => "outputs",
         }
     }
 
@@ -250,13 +256,16 @@ impl Field {
 }
 
 /// A field's value as parsed: strings borrowed from the line unless they hold escapes,
-/// numbers as serde_json reads them, and arrays and objects only as what they are (no request
+/// numbers as serde_json reads them, an array of strings with its strings (a batch's
+/// `inputs` and `outputs`), and other arrays and objects only as what they are (no request
 /// field takes one, so their contents are checked for syntax and dropped).
 enum Val<'de> {
     Null,
     Bool(bool),
     Number(serde_json::Number),
     Str(Cow<'de, str>),
+    /// An array whose elements are all strings (or none).
+    Strings(Vec<Cow<'de, str>>),
     Array,
     Object,
 }
@@ -269,20 +278,20 @@ impl Val<'_> {
             Val::Bool(_) => "a boolean",
             Val::Number(_) => "a number",
             Val::Str(_) => "a string",
-            Val::Array => "an array",
+            Val::Strings(_) | Val::Array => "an array",
             Val::Object => "an object",
         }
     }
 
-    /// The value as a `Value` (arrays and objects empty: they are refused wherever they
-    /// appear, by type).
+    /// The value as a `Value` (arrays and objects empty: they are refused wherever this is
+    /// used, by type).
     fn into_value(self) -> Value {
         match self {
             Val::Null => Value::Null,
             Val::Bool(flag) => Value::Bool(flag),
             Val::Number(number) => Value::Number(number),
             Val::Str(text) => Value::String(text.into_owned()),
-            Val::Array => Value::Array(Vec::new()),
+            Val::Strings(_) | Val::Array => Value::Array(Vec::new()),
             Val::Object => Value::Object(Map::new()),
         }
     }
@@ -337,14 +346,89 @@ impl<'de> Visitor<'de> for ValVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Val<'de>, A::Error> {
-        // Consume the elements so that serde_json still reports syntax errors inside them.
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Val::Array)
+        // Strings are kept while every element is one; after the first that is not, the
+        // rest are only consumed, so serde_json still reports syntax errors inside them.
+        let mut strings = Vec::new();
+        while let Some(element) = seq.next_element::<Elem>()? {
+            match element {
+                Elem::Str(text) => strings.push(text),
+                Elem::Other => {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    return Ok(Val::Array);
+                }
+            }
+        }
+        Ok(Val::Strings(strings))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val<'de>, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(Val::Object)
+    }
+}
+
+/// An element of an array: a string (borrowed from the line unless it holds escapes), or
+/// something else, consumed for its syntax only.
+enum Elem<'de> {
+    Str(Cow<'de, str>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Elem<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Elem<'de>, D::Error> {
+        deserializer.deserialize_any(ElemVisitor)
+    }
+}
+
+struct ElemVisitor;
+
+impl<'de> Visitor<'de> for ElemVisitor {
+    type Value = Elem<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Elem<'de>, E> {
+        Ok(Elem::Str(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Elem<'de>, E> {
+        Ok(Elem::Str(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Elem<'de>, E> {
+        Ok(Elem::Str(Cow::Owned(text)))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Elem<'de>, E> {
+        Ok(Elem::Other)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Elem<'de>, E> {
+        Ok(Elem::Other)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Elem<'de>, E> {
+        Ok(Elem::Other)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Elem<'de>, E> {
+        Ok(Elem::Other)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Elem<'de>, E> {
+        Ok(Elem::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Elem<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Elem::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Elem<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Elem::Other)
     }
 }
 
@@ -512,6 +596,11 @@ fn parse_op(mut fields: RawFields, spares: &mut SparePaths) -> Result<Request, E
         }
     };
     let mut fields = Fields { op: &op, fields };
+    if fields.fields.contains(Field::Inputs)
+        && let Some(file_op) = FileOp::parse(&op)
+    {
+        return parse_batch(file_op, &mut fields).map(|batch| Request::Batch(Box::new(batch)));
+    }
     if op == "verify" {
         return parse_verify(&mut fields, spares).map(Request::File);
     }
@@ -618,6 +707,66 @@ fn parse_verify(fields: &mut Fields, spares: &mut SparePaths) -> Result<FileJobS
             Err(err)
         }
     }
+}
+
+/// The fields of a batch of `encrypt`, `decrypt` or `rewrap` (`inputs` given), besides `op`
+/// and `id`: the files' paths, and the options they share. No `recursive`, `fds` or
+/// `partition`: a batch names its files, by path.
+const BATCH_FIELDS: [&str; 8] = [
+    "inputs",
+    "outputs",
+    "key",
+    "format",
+    "overwrite",
+    "skip_existing",
+    "wait",
+    "progress",
+];
+
+/// The fields of a batch of `verify`, besides `op` and `id`.
+const VERIFY_BATCH_FIELDS: [&str; 3] = ["inputs", "wait", "progress"];
+
+/// A batch (`inputs`, `outputs`): every path checked as a single file's, the counts equal,
+/// then the shared options. The first bad path refuses the whole request, naming its index.
+fn parse_batch(op: FileOp, fields: &mut Fields) -> Result<BatchSpec, Error> {
+    if op != FileOp::Encrypt && fields.fields.contains(Field::Format) {
+        return Err(bad(format!(
+            "field \"format\" applies to encrypt only; {op} reads the format from the input \
+             file, so leave the field out"
+        )));
+    }
+    if op.writes() {
+        fields.only(&BATCH_FIELDS)?;
+    } else {
+        fields.only(&VERIFY_BATCH_FIELDS)?;
+    }
+    let inputs = fields.paths(Field::Inputs)?;
+    let outputs = if op.writes() {
+        let outputs = fields.paths(Field::Outputs)?;
+        if outputs.len() != inputs.len() {
+            return Err(bad(format!(
+                "field \"inputs\" names {} files and \"outputs\" {}; give one output per \
+                 input, in the same order",
+                inputs.len(),
+                outputs.len()
+            )));
+        }
+        outputs
+    } else {
+        inputs.clone()
+    };
+    let mut spec = FileJobSpec::new(op, inputs[0].clone(), outputs[0].clone());
+    if op.writes() {
+        file_options(&mut spec, fields)?;
+    } else {
+        spec.wait = fields.flag(Field::Wait, true)?;
+        spec.progress = fields.flag(Field::Progress, false)?;
+    }
+    Ok(BatchSpec {
+        spec,
+        inputs,
+        outputs,
+    })
 }
 
 /// The file-job fields after the paths, checked in wire order, into `spec`.
@@ -744,6 +893,34 @@ impl<'de> Fields<'_, 'de> {
             }
             other => Err(mistyped(field.name(), EXPECTED, &other)),
         }
+    }
+
+    /// A batch's list of paths: a non-empty array of strings, each an absolute path as
+    /// [`Fields::path`] takes one; an error names the first bad one by its index.
+    fn paths(&mut self, field: Field) -> Result<Vec<PathBuf>, Error> {
+        const EXPECTED: &str = "a non-empty array of strings: absolute paths";
+        let name = field.name();
+        let texts = match self.required(field, EXPECTED)? {
+            Val::Strings(texts) if !texts.is_empty() => texts,
+            Val::Strings(_) => {
+                return Err(bad(format!(
+                    "field \"{name}\" is an empty array; a batch names at least one file"
+                )));
+            }
+            Val::Array => {
+                return Err(bad(format!(
+                    "field \"{name}\" must be {EXPECTED}; one of its elements is not a string"
+                )));
+            }
+            other => return Err(mistyped(name, EXPECTED, &other)),
+        };
+        let mut paths = Vec::with_capacity(texts.len());
+        for (index, text) in texts.iter().enumerate() {
+            let mut path = PathBuf::with_capacity(text.len());
+            normalize_path(&format!("{name}[{index}]"), text, &mut path)?;
+            paths.push(path);
+        }
+        Ok(paths)
     }
 
     fn key(&mut self, field: Field) -> Result<Option<String>, Error> {

@@ -21,6 +21,7 @@ import time
 from typing import Any, Deque, Dict, List, Optional, Set, Union
 
 from . import types as t
+from ._lists import ListBatch
 from ._jobs import LineHead, NoTmpfile, PassedFiles, line_head, output_dir, simple_line, wire_name
 from ._wire import RECV_BYTES, dropped, scm_rights, unavailable
 from .errors import RingcryptError, Timeout, error_for
@@ -470,4 +471,8 @@ def run_batch(
         raise ValueError("timeout must be None or at least 0")
     if not items:
         return []
+    if all(item.by_path for item in items):
+        # Paths go as lists, hundreds to a request (`_lists`); the daemon's own fsync
+        # policy applies to what it writes.
+        return ListBatch(path, items, connections, timeout).run(connections)
     return _Batch(path, items, fsync, timeout).run(concurrency, connections)

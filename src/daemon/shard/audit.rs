@@ -18,6 +18,7 @@ use crate::daemon::creds::Caller;
 use crate::daemon::job::JobOutcome;
 use crate::daemon::logging::AUDIT;
 use crate::daemon::metrics::JobResult;
+use crate::daemon::tree_job::TreeJob;
 use crate::error::{Code, Error};
 use crate::protocol::{DoneReport, FileJobSpec, JobId, Request};
 
@@ -89,6 +90,9 @@ fn enabled(level: Level) -> bool {
 pub(super) fn request(caller: &Caller, request: &Request, verdict: Verdict) {
     let job = match request {
         Request::File(spec) => return request_of_spec(caller, spec, verdict),
+        Request::Batch(batch) => {
+            return request_of_files(caller, &batch.spec, batch.inputs.len(), verdict);
+        }
         Request::Status { job } | Request::Cancel { job } => Some(job),
         _ => None,
     };
@@ -125,6 +129,33 @@ pub(super) fn request_of_spec(caller: &Caller, spec: &FileJobSpec, verdict: Verd
             "partition",
             spec.partition.as_ref().map(Value::from_display),
         )
+        .add_if("job", job.as_ref().map(Value::from_display))
+        .add_if("code", code.map(Value::from))
+        .emit(level, word);
+}
+
+/// A batch's record: as [`request_of_spec`], with the number of files (`files=`); its
+/// `input` and `output` are its first file's.
+pub(super) fn request_of_batch(caller: &Caller, job: &TreeJob, verdict: Verdict) {
+    let files = job.progress().files_total as usize;
+    request_of_files(caller, &job.spec, files, verdict);
+}
+
+fn request_of_files(caller: &Caller, spec: &FileJobSpec, files: usize, verdict: Verdict) {
+    let Some((level, word, code)) = judged(verdict) else {
+        return;
+    };
+    let job = match verdict {
+        Verdict::Accepted(job) => job,
+        Verdict::Refused(_) => None,
+    };
+    let (input, output) = (spec.input.display(), spec.output.display());
+    Fields::new()
+        .who(Some(caller))
+        .add("op", Value::from(spec.op.as_str()))
+        .add("files", Value::from(files as u64))
+        .add("input", Value::from_display(&input))
+        .add("output", Value::from_display(&output))
         .add_if("job", job.as_ref().map(Value::from_display))
         .add_if("code", code.map(Value::from))
         .emit(level, word);
@@ -197,9 +228,11 @@ pub(super) fn job_ended(ended: &Ended) {
 }
 
 /// A tree job's record: `finished` with the tree's result and file counts; a failed tree
-/// carries the code and message its status shows.
+/// carries the code and message its status shows. A batch's says `batch=true` where a
+/// tree's says `recursive=true`, and names its first file.
 pub(super) fn tree_ended(
     spec: &FileJobSpec,
+    batch: bool,
     result: JobResult,
     report: &DoneReport,
     error: Option<&Error>,
@@ -216,7 +249,7 @@ pub(super) fn tree_ended(
         .add("job", Value::from_display(&report.job))
         .who(spec.caller.as_deref())
         .add("op", Value::from(spec.op.as_str()))
-        .add("recursive", Value::from(true))
+        .add(if batch { "batch" } else { "recursive" }, Value::from(true))
         .add("input", Value::from_display(&input))
         .add("output", Value::from_display(&output))
         .add_if(

@@ -21,7 +21,13 @@ pub(super) fn verdict(
     request: &Request,
 ) -> Result<(), Error> {
     let (uid, gid) = (caller.uid, caller.gid);
-    if let Request::File(spec) = request
+    // A file job's options: a single file's, or a batch's (whose files go by path).
+    let file = match request {
+        Request::File(spec) => Some(spec),
+        Request::Batch(batch) => Some(&batch.spec),
+        _ => None,
+    };
+    if let Some(spec) = file
         && spec.format == Format::Openssl
     {
         // Never silently write something else than what was asked: the daemon writes the
@@ -45,7 +51,7 @@ pub(super) fn verdict(
             Code::PermissionDenied,
             "reload is an admin operation: it needs uid 0 or the daemon's uid",
         ))
-    } else if let Request::File(spec) = &request
+    } else if let Some(spec) = file
         && !spec.fds
         && !caller.is_admin(shared.daemon_uid)
         && shared.act_as_callers

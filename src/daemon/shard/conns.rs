@@ -23,6 +23,10 @@ use crate::limits::{
 };
 use crate::protocol::{FileJobSpec, MAX_REQUEST_LINE_BYTES};
 
+/// Output a connection may hold back (see [`Conns::queue_deferred`]) before it is sent
+/// anyway: about a hundred `file` lines.
+const DEFERRED_SEND_BYTES: usize = 16 * 1024;
+
 use crate::daemon::token::Token;
 
 /// Largest send buffer a connection keeps for its next reply: a few thousand `done` lines.
@@ -262,6 +266,34 @@ impl Conns {
             return self.maybe_close(key, reactor);
         }
         None
+    }
+
+    /// Appends what `encode` writes to a connection's output without sending it yet, unless
+    /// [`DEFERRED_SEND_BYTES`] are waiting: for lines that come many at a time (a batch's
+    /// `file` lines), so they leave in a few sends, not one each. Returns true when some
+    /// output still waits: the caller then calls [`Conns::send_now`] before its loop sleeps.
+    pub fn queue_deferred(
+        &mut self,
+        key: u64,
+        encode: impl FnOnce(&mut Vec<u8>),
+        reactor: &mut Reactor,
+    ) -> bool {
+        let Some(conn) = self.map.get_mut(&key) else {
+            return false;
+        };
+        encode(&mut conn.out);
+        if conn.out.len() >= DEFERRED_SEND_BYTES {
+            self.flush(key, reactor);
+            return false;
+        }
+        true
+    }
+
+    /// Sends what waits in a connection's output (lines queued by
+    /// [`Conns::queue_deferred`]), if no send is in flight; one in flight sends it when it
+    /// completes.
+    pub fn send_now(&mut self, key: u64, reactor: &mut Reactor) {
+        self.flush(key, reactor);
     }
 
     fn flush(&mut self, key: u64, reactor: &mut Reactor) {

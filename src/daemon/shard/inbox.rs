@@ -33,6 +33,8 @@ pub struct ReplyTo {
     /// A file of tree job `tree` on shard `shard`: results go back as [`Msg::TreeResult`],
     /// not as reply lines.
     pub tree: Option<u64>,
+    /// A file of a batch: its index in the request's `inputs` (0 for anything else).
+    pub item: u32,
 }
 
 /// A message between shards (or from the main thread).
@@ -82,6 +84,8 @@ pub enum Msg {
     /// One file of a tree job ended (or must be retried), for the tree's shard.
     TreeResult {
         tree: u64,
+        /// The file's index in its batch's `inputs` (0 for a tree's file).
+        item: u32,
         /// The file's input path, to name it among the failures: empty unless it failed.
         input: PathBuf,
         size: u64,

@@ -363,6 +363,7 @@ mod tests {
                 conn,
                 id: None,
                 tree: None,
+                item: 0,
             },
             wait: true,
             progress: false,

@@ -106,7 +106,10 @@ pub struct Shard {
     dir_syncs: dirsync::DirSyncs,
     /// Trees ready to walk and the file jobs one walk step found, kept for the next pump.
     tree_ready: Vec<u64>,
-    tree_specs: Vec<FileJobSpec>,
+    tree_specs: Vec<(FileJobSpec, u32)>,
+    /// Connections holding back output (a batch's `file` lines) to send before the loop
+    /// sleeps.
+    deferred_sends: Vec<u64>,
     /// Messages this shard sends itself, handled by the loop after the current one: a
     /// handler never calls another handler through the message pump, so no chain of
     /// results (a tree's file refused `busy`, retried, refused again...) can grow the
@@ -171,6 +174,7 @@ impl Shard {
             dir_syncs: dirsync::DirSyncs::default(),
             tree_ready: Vec::new(),
             tree_specs: Vec::new(),
+            deferred_sends: Vec::new(),
             local: VecDeque::new(),
             admitting: false,
         };
@@ -217,6 +221,8 @@ impl Shard {
             if progressed {
                 continue;
             }
+            // Nothing more to do this turn: what lines were held back leave now.
+            self.send_deferred();
             // Announce sleep, then look once more: a producer that pushed before seeing the
             // flag is caught here; one that pushed after sees it and writes the eventfd.
             let inbox = &self.shared.inboxes[self.index];
@@ -234,6 +240,13 @@ impl Shard {
                 self.on_completion(completion);
             }
             self.completions = done;
+        }
+    }
+
+    /// Sends the output connections held back (see [`Conns::queue_deferred`]).
+    fn send_deferred(&mut self) {
+        for key in self.deferred_sends.drain(..) {
+            self.conns.send_now(key, &mut self.reactor);
         }
     }
 
@@ -332,10 +345,11 @@ impl Shard {
             Msg::RangeCancel { owner } => self.range_cancel(owner),
             Msg::TreeResult {
                 tree,
+                item,
                 input,
                 size,
                 result,
-            } => self.tree_result(tree, &input, size, result),
+            } => self.tree_result(tree, item, &input, size, result),
             Msg::Shutdown { deadline } => self.begin_shutdown(deadline),
         }
     }
@@ -500,7 +514,12 @@ impl Shard {
         // Descriptors passed with this line are taken now, whatever happens to the request,
         // so a refused request cannot leave them to be taken by the next one.
         let mut request = request;
-        if let Request::File(spec) = &mut request
+        let spec = match &mut request {
+            Request::File(spec) => Some(spec),
+            Request::Batch(batch) => Some(&mut batch.spec),
+            _ => None,
+        };
+        if let Some(spec) = spec
             && let Some(conn) = self.conns.get(key)
         {
             spec.caller = Some(Arc::clone(&conn.caller));
@@ -514,6 +533,7 @@ impl Shard {
             conn: key,
             id,
             tree: None,
+            item: 0,
         };
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -547,9 +567,9 @@ impl Shard {
             self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
             return;
         }
-        if !matches!(request, Request::File(_)) {
+        if !matches!(request, Request::File(_) | Request::Batch(_)) {
             // A file request's verdict comes with its job: on its owner shard (the queue
-            // may be full), or where its tree starts.
+            // may be full), or where its tree or batch starts.
             audit::request(&caller, &request, audit::Verdict::Accepted(None));
         }
         match request {
@@ -607,6 +627,8 @@ impl Shard {
                     self.recycle(self.index, spec.input, spec.output);
                 }
             }
+            // Each file is checked against the allowed roots as it goes out, and fails alone.
+            Request::Batch(batch) => self.start_batch(key, *batch, reply),
             Request::Status { job } | Request::Cancel { job }
                 if job.shard as usize >= self.shared.inboxes.len() =>
             {
@@ -788,6 +810,8 @@ impl Shard {
             self.close_conn(key);
         }
         self.file_progress();
+        // A loop that never sleeps still sends held-back lines at least once a tick.
+        self.send_deferred();
         if let Some(deadline) = self.shutdown
             && Instant::now() >= deadline
         {
@@ -840,6 +864,7 @@ impl Shard {
                 conn: 0,
                 id: None,
                 tree: None,
+                item: 0,
             };
             self.cancel(id, reply);
         }

@@ -311,6 +311,7 @@ impl Shard {
                         FileResult::Done {
                             bytes_in: done.bytes_in,
                             bytes_out: done.bytes_out,
+                            micros: done.micros,
                         },
                         PathBuf::new(),
                     ),

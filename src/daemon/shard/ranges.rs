@@ -86,6 +86,7 @@ impl Shard {
                     conn: 0,
                     id: None,
                     tree: None,
+                    item: 0,
                 },
             };
             self.jobs.run(slot, job, Waiters::new(waiter));

@@ -1,6 +1,8 @@
 //! Tree jobs on the shard that received them (the aggregator): starting one, walking it a
 //! step per loop turn with its caller's rights, sending each file found to its owner shard,
 //! counting each result that comes back, and sending progress and the one final line.
+//! Batches run the same way, their files taken from the request's list, each answered with
+//! its own `file` line as it ends.
 //!
 //! What this room does not do: walk directories (`tree_job` does) or run the files (their
 //! owner shards do, as ordinary file jobs).
@@ -9,7 +11,7 @@ use crate::daemon::creds::ActAs;
 use crate::daemon::metrics::JobResult;
 use crate::daemon::tree_job::{FileResult, TreeJob};
 use crate::error::{Code, Error};
-use crate::protocol::{self, FileJobSpec, JobInfo, JobState};
+use crate::protocol::{self, BatchFileEnd, BatchSpec, FileJobSpec, JobInfo, JobState};
 use std::path::PathBuf;
 
 use super::{Msg, ReplyTo, Shard, audit, error_line};
@@ -35,6 +37,7 @@ impl Shard {
             reply.shard,
             Msg::TreeResult {
                 tree,
+                item: reply.item,
                 input,
                 size,
                 result,
@@ -77,6 +80,44 @@ impl Shard {
         }
     }
 
+    /// Starts a batch: nothing is opened until its files go out, so it always starts
+    /// (each file that cannot run fails alone, with its own `file` line).
+    pub(super) fn start_batch(&mut self, key: u64, batch: BatchSpec, reply: ReplyTo) {
+        let id = self.jobs.next_id();
+        let wait = batch.spec.wait;
+        let job = TreeJob::start_batch(id, batch);
+        if let Some(caller) = &job.spec.caller {
+            audit::request_of_batch(caller, &job, audit::Verdict::Accepted(Some(id)));
+        }
+        let reply_id = reply.id.as_ref();
+        self.queue_with(key, !wait, |out| {
+            protocol::write_accepted(out, reply_id, id);
+        });
+        // The loop hands out its first files on its next turn.
+        self.trees.insert(id.seq, Tree { job, reply, wait });
+    }
+
+    /// Writes a batch file's `file` line, if the batch's caller waits for answers.
+    fn batch_file_line(&mut self, seq: u64, item: u32, end: &BatchFileEnd) {
+        let Some(tree) = self.trees.get(&seq) else {
+            return;
+        };
+        if !tree.wait || !tree.job.is_batch() {
+            return;
+        }
+        let (conn, id, job) = (tree.reply.conn, tree.reply.id.clone(), tree.job.id);
+        // Sent with the next lines, or before the loop sleeps: a batch's files end many at
+        // a time, and one send each would wake the client once per file.
+        let waits = self.conns.queue_deferred(
+            conn,
+            |out| protocol::write_file_end(out, id.as_ref(), job, item as usize, end),
+            &mut self.reactor,
+        );
+        if waits && !self.deferred_sends.contains(&conn) {
+            self.deferred_sends.push(conn);
+        }
+    }
+
     /// Walks every tree that has room for more files; returns whether any did. Called by
     /// the loop only, once a turn: results and retries wait for the next turn, so walking
     /// never nests inside the handling of a result.
@@ -114,12 +155,21 @@ impl Shard {
                     tree.job.abort(err);
                 }
             }
-            for spec in specs.drain(..) {
+            let refused = self
+                .trees
+                .get_mut(seq)
+                .map(|tree| std::mem::take(&mut tree.job.refused))
+                .unwrap_or_default();
+            for (item, err) in refused {
+                self.batch_file_line(*seq, item, &BatchFileEnd::Failed(&err));
+            }
+            for (spec, item) in specs.drain(..) {
                 let reply = ReplyTo {
                     shard: self.index,
                     conn: 0,
                     id: None,
                     tree: Some(*seq),
+                    item,
                 };
                 let owner = self.shared.owner_of(&spec.input);
                 if owner == self.index {
@@ -147,14 +197,32 @@ impl Shard {
     pub(super) fn tree_result(
         &mut self,
         seq: u64,
+        item: u32,
         input: &std::path::Path,
         size: u64,
         result: FileResult,
     ) {
+        let end = match &result {
+            FileResult::Done {
+                bytes_in,
+                bytes_out,
+                micros,
+            } => Some(BatchFileEnd::Done {
+                bytes_in: *bytes_in,
+                bytes_out: *bytes_out,
+                micros: *micros,
+            }),
+            FileResult::Skipped => Some(BatchFileEnd::Skipped),
+            FileResult::Failed(err) => Some(BatchFileEnd::Failed(err)),
+            FileResult::Busy(_) => None,
+        };
+        if let Some(end) = end {
+            self.batch_file_line(seq, item, &end);
+        }
         let Some(tree) = self.trees.get_mut(&seq) else {
             return;
         };
-        tree.job.on_result(input, size, result);
+        tree.job.on_result(input, item, size, result);
         if !tree.job.is_finished() {
             // The loop walks on (or retries) on its next turn.
             self.tree_progress(seq);
@@ -186,7 +254,18 @@ impl Shard {
             JobResult::Cancelled => JobState::Cancelled,
         };
         // Why it did not succeed, for its record, its status and its `error` line.
-        let error = if cancelled {
+        let error = if cancelled && job.is_batch() {
+            Some(Error::new(
+                Code::Cancelled,
+                format!(
+                    "the batch was cancelled after {} of its {} files ({} failed); the rest \
+                     were not started",
+                    report.files_ok + report.files_failed + report.files_skipped,
+                    progress.files_total,
+                    report.files_failed
+                ),
+            ))
+        } else if cancelled {
             Some(Error::new(
                 Code::Cancelled,
                 format!(
@@ -197,11 +276,12 @@ impl Shard {
                 ),
             ))
         } else {
+            let whose = if job.is_batch() { "batch" } else { "tree" };
             report.failures.first().map(|first| {
                 Error::new(
                     first.code,
                     format!(
-                        "{} of the tree's files failed; the first: {}: {}",
+                        "{} of the {whose}'s files failed; the first: {}: {}",
                         report.files_failed,
                         first.path.display(),
                         first.message
@@ -209,7 +289,7 @@ impl Shard {
                 )
             })
         };
-        audit::tree_ended(&job.spec, result, &report, error.as_ref());
+        audit::tree_ended(&job.spec, job.is_batch(), result, &report, error.as_ref());
         let line = match (&error, wait) {
             (_, false) => None,
             (Some(err), true) if cancelled => Some(error_line(reply.id.as_ref(), err)),
@@ -238,7 +318,8 @@ impl Shard {
         let Some(tree) = self.trees.get_mut(&seq) else {
             return;
         };
-        if !tree.wait {
+        // A batch answers each file with its own line: `progress` only when asked.
+        if !tree.wait || (tree.job.is_batch() && !tree.job.spec.progress) {
             return;
         }
         if let Some(progress) = tree.job.progress_due() {
