@@ -53,6 +53,7 @@ mod support;
 
 mod harness;
 
+mod batches;
 mod callers;
 mod control;
 mod existing;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{CLI, Daemon, brief, chmod, output_within, p, parse_line, with};
+use super::{CLI, Daemon, brief, chmod, is_final, output_within, p, parse_line, with};
 
 /// `nobody` on Debian-like systems; the daemons that serve it get `--allow-uid 65534`.
 pub const NOBODY: u32 = 65534;
@@ -171,7 +171,7 @@ if mode in ("end", "eof"):
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             out(line.decode())
-            if json.loads(line).get("type") not in ("accepted", "progress"):
+            if json.loads(line).get("type") not in ("accepted", "progress", "file"):
                 finals += 1
 elif mode == "hold":
     count, ping = int(sys.argv[3]), sys.argv[4] == "ping"
@@ -260,7 +260,7 @@ impl Session {
     pub fn final_of(&self, id: &str) -> &Value {
         self.by_id(id)
             .into_iter()
-            .find(|r| r["type"] != "accepted" && r["type"] != "progress")
+            .find(|r| is_final(r))
             .unwrap_or_else(|| panic!("no final reply for {id} as nobody: {self:?}"))
     }
 }

@@ -585,3 +585,129 @@ fn job_ids_round_trip_and_refuse_junk() {
     assert!(serde_json::from_str::<JobId>("\"x-1\"").is_err());
     assert!(serde_json::from_str::<JobId>("12").is_err());
 }
+
+#[test]
+fn batches_parse_with_their_options_and_round_trip() {
+    let line = br#"{"op":"encrypt","id":4,"inputs":["/a//x","/b/./y"],"outputs":["/o/x.rc","/o/y.rc"],"key":"k2","skip_existing":true,"progress":true}"#;
+    let parsed = parse_request(line);
+    let Ok(Request::Batch(batch)) = &parsed.request else {
+        panic!("a good batch: {parsed:?}");
+    };
+    assert_eq!(batch.inputs, [PathBuf::from("/a/x"), PathBuf::from("/b/y")]);
+    assert_eq!(
+        batch.outputs,
+        [PathBuf::from("/o/x.rc"), PathBuf::from("/o/y.rc")]
+    );
+    // The shared options, on a spec that names the first file.
+    let mut want = spec(FileOp::Encrypt, "/a/x", "/o/x.rc");
+    want.key = Some("k2".into());
+    want.skip_existing = true;
+    want.progress = true;
+    assert_eq!(batch.spec, want);
+    // The client's encoding parses back to the same request.
+    let again = parse_request(
+        encode_request(parsed.id.as_ref(), batch_request(&parsed))
+            .trim_end()
+            .as_bytes(),
+    );
+    assert_eq!(again, parsed);
+
+    // verify names no outputs: they are its inputs, never written.
+    let parsed = parse_request(br#"{"op":"verify","inputs":["/s/a.rcrypt"],"wait":false}"#);
+    let Ok(Request::Batch(batch)) = &parsed.request else {
+        panic!("a good verify batch: {parsed:?}");
+    };
+    assert_eq!(batch.outputs, batch.inputs);
+    assert!(!batch.spec.wait);
+    let again = parse_request(
+        encode_request(None, batch_request(&parsed))
+            .trim_end()
+            .as_bytes(),
+    );
+    assert_eq!(again, parsed);
+    // Names with characters JSON escapes survive the round trip.
+    let parsed = parse_request(
+        "{\"op\":\"decrypt\",\"inputs\":[\"/a \\\"q\\\" \\u00e9\"],\"outputs\":[\"/b\\\\c\"]}"
+            .as_bytes(),
+    );
+    let Ok(Request::Batch(batch)) = &parsed.request else {
+        panic!("a good batch: {parsed:?}");
+    };
+    assert_eq!(batch.inputs, [PathBuf::from("/a \"q\" é")]);
+    assert_eq!(batch.outputs, [PathBuf::from("/b\\c")]);
+    let again = parse_request(
+        encode_request(None, batch_request(&parsed))
+            .trim_end()
+            .as_bytes(),
+    );
+    assert_eq!(again, parsed);
+}
+
+fn batch_request(parsed: &Parsed) -> &Request {
+    parsed.request.as_ref().expect("a good request")
+}
+
+#[test]
+fn batch_errors_name_the_field_and_the_file() {
+    let cases: [(&[u8], &str); 9] = [
+        (
+            br#"{"op":"encrypt","inputs":[],"outputs":[]}"#,
+            "field \"inputs\" is an empty array",
+        ),
+        (
+            br#"{"op":"encrypt","inputs":["/a"],"outputs":["/b","/c"]}"#,
+            "names 1 files and \"outputs\" 2",
+        ),
+        (
+            br#"{"op":"encrypt","inputs":["/a",null],"outputs":["/b","/c"]}"#,
+            "one of its elements is not a string",
+        ),
+        (
+            br#"{"op":"encrypt","inputs":{"a":1},"outputs":["/b"]}"#,
+            "not an object",
+        ),
+        (
+            br#"{"op":"encrypt","inputs":["/a"]}"#,
+            "needs field \"outputs\"",
+        ),
+        (
+            br#"{"op":"encrypt","inputs":["/a","b"],"outputs":["/b","/c"]}"#,
+            "field \"inputs[1]\" is a relative path",
+        ),
+        (
+            br#"{"op":"rewrap","inputs":["/a"],"outputs":["/b"],"partition":"0/2"}"#,
+            "unknown field \"partition\"",
+        ),
+        (
+            br#"{"op":"verify","inputs":["/a"],"key":"k"}"#,
+            "unknown field \"key\"",
+        ),
+        (
+            br#"{"op":"status","inputs":["/a"]}"#,
+            "unknown field \"inputs\"",
+        ),
+    ];
+    for (line, says) in cases {
+        let parsed = parse_request(line);
+        let err = parsed.request.expect_err(&String::from_utf8_lossy(line));
+        assert_eq!(err.code, Code::BadRequest, "{err:?}");
+        assert!(
+            err.message.contains(says),
+            "{}: {}",
+            String::from_utf8_lossy(line),
+            err.message
+        );
+    }
+    // Nested arrays and objects inside the list are read for their syntax, then refused.
+    let parsed =
+        parse_request(br#"{"op":"encrypt","inputs":[[1,[2]],{"x":[3]}],"outputs":["/b"]}"#);
+    assert!(parsed.request.unwrap_err().message.contains("not a string"));
+    let parsed = parse_request(br#"{"op":"encrypt","inputs":["/a",[1,}],"outputs":["/b"]}"#);
+    assert!(
+        parsed
+            .request
+            .unwrap_err()
+            .message
+            .contains("not valid JSON")
+    );
+}
