@@ -31,8 +31,8 @@ const TARGET_BIG_SPREAD: f64 = 1.3;
 const TARGET_DISK_MANY_ALWAYS_OVER_NEVER: f64 = 1.3;
 const TARGET_DISK_SMALL_ALWAYS_OVER_NEVER: f64 = 2.0;
 /// Issue 15's targets for a Python user's script rewritten with the Python client
-/// (`map_files`, by descriptor): 5x the pool at `pool.map`'s default chunksize, and faster
-/// than the pool at a tuned chunksize, on both many-file sets.
+/// (`map_files`, by descriptor and by path): 5x the pool at `pool.map`'s default
+/// chunksize, and faster than the pool at a tuned chunksize, on both many-file sets.
 const TARGET_PYCLIENT_VS_POOL: f64 = 5.0;
 const TARGET_PYCLIENT_VS_TUNED: f64 = 1.0;
 
@@ -332,6 +332,7 @@ pub fn targets_table(rows: &[Row], cores: usize, seal_ceiling: f64) -> (Table, V
             versus_of(Tool::Ringcrypt(Fsync::Never), set, tool, needed)
         };
         let client = Tool::PyClient(Send::Descriptors);
+        let by_path = Tool::PyClient(Send::Paths);
         let (pool, tuned) = (
             Tool::Python(Chunksize::Default),
             Tool::Python(Chunksize::Tuned),
@@ -379,6 +380,10 @@ pub fn targets_table(rows: &[Row], cores: usize, seal_ceiling: f64) -> (Table, V
             versus_of(client, Set::Many, tuned, TARGET_PYCLIENT_VS_TUNED),
             versus_of(client, Set::Small, pool, TARGET_PYCLIENT_VS_POOL),
             versus_of(client, Set::Small, tuned, TARGET_PYCLIENT_VS_TUNED),
+            versus_of(by_path, Set::Many, pool, TARGET_PYCLIENT_VS_POOL),
+            versus_of(by_path, Set::Many, tuned, TARGET_PYCLIENT_VS_TUNED),
+            versus_of(by_path, Set::Small, pool, TARGET_PYCLIENT_VS_POOL),
+            versus_of(by_path, Set::Small, tuned, TARGET_PYCLIENT_VS_TUNED),
         ];
         for (row, met, cells) in lines.into_iter().flatten() {
             targets.row(cells);

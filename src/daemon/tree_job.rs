@@ -190,17 +190,25 @@ impl TreeJob {
             // Verify writes nothing: the input is its own "output" tree, never written.
             out_twin(&input, &spec.input)?
         };
-        Ok(TreeJob {
+        let mut job = TreeJob::blank(id, spec);
+        job.stack.push(Level {
+            dirs: HeldDirs::new(input, out),
+            pending: Vec::new(),
+            pos: 0,
+            read_all: false,
+            rel: PathBuf::new(),
+        });
+        job.dirents = vec![std::mem::MaybeUninit::uninit(); DIRENTS_BUF_BYTES];
+        Ok(job)
+    }
+
+    /// A job with nothing to walk yet and every count at zero.
+    fn blank(id: JobId, spec: FileJobSpec) -> TreeJob {
+        TreeJob {
             id,
             spec,
-            stack: vec![Level {
-                dirs: HeldDirs::new(input, out),
-                pending: Vec::new(),
-                pos: 0,
-                read_all: false,
-                rel: PathBuf::new(),
-            }],
-            dirents: vec![std::mem::MaybeUninit::uninit(); DIRENTS_BUF_BYTES],
+            stack: Vec::new(),
+            dirents: Vec::new(),
             spare_pending: Vec::new(),
             walked: false,
             batch: None,
@@ -220,7 +228,7 @@ impl TreeJob {
             started: Instant::now(),
             last_progress: None,
             cancelled: false,
-        })
+        }
     }
 
     /// A batch: its files are handed out from the list, in order, each opened from its
@@ -232,36 +240,15 @@ impl TreeJob {
             inputs,
             outputs,
         } = batch;
-        TreeJob {
-            id,
-            spec,
-            stack: Vec::new(),
-            dirents: Vec::new(),
-            spare_pending: Vec::new(),
-            walked: false,
-            files_total: inputs.len() as u64,
-            batch: Some(BatchFiles {
-                inputs: inputs.into_iter(),
-                outputs: outputs.into_iter(),
-                next: 0,
-                dirs: Vec::new(),
-            }),
-            refused: Vec::new(),
-            retry: VecDeque::new(),
-            retry_at: Instant::now(),
-            in_flight: 0,
-            bytes_total: 0,
-            files_ok: 0,
-            files_failed: 0,
-            files_skipped: 0,
-            bytes_done: 0,
-            bytes_out: 0,
-            failures: Vec::new(),
-            skipped: Vec::new(),
-            started: Instant::now(),
-            last_progress: None,
-            cancelled: false,
-        }
+        let mut job = TreeJob::blank(id, spec);
+        job.files_total = inputs.len() as u64;
+        job.batch = Some(BatchFiles {
+            inputs: inputs.into_iter(),
+            outputs: outputs.into_iter(),
+            next: 0,
+            dirs: Vec::new(),
+        });
+        job
     }
 
     /// Whether this job is a batch (files listed by the request) rather than a tree.

@@ -17,7 +17,9 @@ use serde_json::{Map, Value};
 
 use super::Format;
 use super::reply::{Obj, line_of, write_json};
-use super::{JobId, Progress, Request, RequestId, ShardStats, Skipped, describe, quote};
+use super::{
+    FileJobSpec, JobId, Progress, Request, RequestId, ShardStats, Skipped, describe, quote,
+};
 use crate::error::{Code, Error};
 
 /// Encodes a request as one line, with its newline. Fields at their default are left out, so
@@ -39,63 +41,17 @@ pub fn encode_request(id: Option<&RequestId>, request: &Request) -> String {
                 if spec.op.writes() {
                     obj.path("output", &spec.output);
                 }
-                if let Some(key) = &spec.key {
-                    obj.str("key", key);
-                }
-                // Written when not the default, even on decrypt or rewrap, where the daemon
-                // refuses it: a caller's mistake is reported rather than dropped.
-                if spec.format != Format::Ringcrypt {
-                    obj.str("format", spec.format.as_str());
-                }
-                if spec.recursive {
-                    obj.bool("recursive", true);
-                }
-                if spec.overwrite {
-                    obj.bool("overwrite", true);
-                }
-                if spec.skip_existing {
-                    obj.bool("skip_existing", true);
-                }
-                if !spec.wait {
-                    obj.bool("wait", false);
-                }
-                if spec.fds {
-                    obj.bool("fds", true);
-                }
-                if let Some(partition) = spec.partition {
-                    obj.str("partition", &partition.to_string());
-                }
-                if spec.progress {
-                    obj.bool("progress", true);
-                }
+                file_options(&mut obj, spec);
             }
             Request::Batch(batch) => {
-                let spec = &batch.spec;
-                let path = |out: &mut Vec<u8>, path: &std::path::PathBuf| {
-                    super::reply::write_json(out, &*path.to_string_lossy())
-                };
+                let path =
+                    |out: &mut Vec<u8>, path: &PathBuf| write_json(out, &*path.to_string_lossy());
                 obj.array("inputs", &batch.inputs, path);
-                if spec.op.writes() {
+                if batch.spec.op.writes() {
                     obj.array("outputs", &batch.outputs, path);
                 }
-                if let Some(key) = &spec.key {
-                    obj.str("key", key);
-                }
-                if spec.format != Format::Ringcrypt {
-                    obj.str("format", spec.format.as_str());
-                }
-                if spec.overwrite {
-                    obj.bool("overwrite", true);
-                }
-                if spec.skip_existing {
-                    obj.bool("skip_existing", true);
-                }
-                if !spec.wait {
-                    obj.bool("wait", false);
-                }
-                if spec.progress {
-                    obj.bool("progress", true);
-                }
+                // A batch's spec never has `recursive`, `fds` or `partition`.
+                file_options(&mut obj, &batch.spec);
             }
             Request::Status { job } | Request::Cancel { job } => {
                 obj.job("job", *job);
@@ -104,6 +60,39 @@ pub fn encode_request(id: Option<&RequestId>, request: &Request) -> String {
         }
         obj.line();
     })
+}
+
+/// A file request's options after its paths, each only when not the default.
+fn file_options(obj: &mut Obj, spec: &FileJobSpec) {
+    if let Some(key) = &spec.key {
+        obj.str("key", key);
+    }
+    // Written when not the default, even on decrypt or rewrap, where the daemon refuses
+    // it: a caller's mistake is reported rather than dropped.
+    if spec.format != Format::Ringcrypt {
+        obj.str("format", spec.format.as_str());
+    }
+    if spec.recursive {
+        obj.bool("recursive", true);
+    }
+    if spec.overwrite {
+        obj.bool("overwrite", true);
+    }
+    if spec.skip_existing {
+        obj.bool("skip_existing", true);
+    }
+    if !spec.wait {
+        obj.bool("wait", false);
+    }
+    if spec.fds {
+        obj.bool("fds", true);
+    }
+    if let Some(partition) = spec.partition {
+        obj.str("partition", &partition.to_string());
+    }
+    if spec.progress {
+        obj.bool("progress", true);
+    }
 }
 
 /// One reply line as the client sees it: its type, its id, and the rest of its fields.

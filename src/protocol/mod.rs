@@ -43,6 +43,8 @@
 //! | `encrypt` | `input`, `output`, `key?`, `format?` = `"ringcrypt"`, `recursive?` = false, `overwrite?` = false, `skip_existing?` = false, `wait?` = true, `fds?` = false, `partition?` | `accepted`, then `progress`* (recursive jobs), then `done` or `error` |
 //! | `decrypt` | `input`, `output`, `key?`, `recursive?`, `overwrite?`, `skip_existing?`, `wait?`, `fds?`, `partition?` | same |
 //! | `rewrap` | `input`, `output`, `key?`, `recursive?`, `overwrite?`, `skip_existing?`, `wait?`, `fds?`, `partition?` | same |
+//! | `encrypt`, `decrypt`, `rewrap` as a batch | `inputs`, `outputs`, `key?`, `format?`, `overwrite?`, `skip_existing?`, `wait?`, `progress?` | `accepted`, a `file` line per file, `done` or `error` |
+//! | `verify` as a batch | `inputs`, `wait?`, `progress?` | same |
 //! | `status` | `job` | `status` |
 //! | `cancel` | `job` | `cancelled` |
 //! | `jobs` | | `jobs` |
@@ -82,6 +84,10 @@
 //! - `partition` (string `"I/N"`, with `recursive` only): take only the tree's entries whose
 //!   partition hash modulo N is I (docs/fleet.md); directories are all mirrored. The output
 //!   root's marker records N, and a run with another N is refused (`partition_mismatch`).
+//! - `inputs`, `outputs` (arrays of strings, a batch: [`BatchSpec`]): many files in one
+//!   request, each path as `input` and `output` take it, as many outputs as inputs (`verify`
+//!   takes `inputs` alone). The first bad path refuses the request, naming it
+//!   (`inputs[3]`). Not with `input`, `output`, `recursive`, `fds` or `partition`.
 //!
 //! `status` and `cancel` take `job`, a job id as `accepted` gave it: `"<shard>-<seq>"`, both
 //! decimal without leading zeros (`"1-42"`). The shard part sends the request straight to the
@@ -99,6 +105,7 @@
 //! | `pong` | `version` (string), `shards` (integer), `backend` (`"uring"` or `"sync"`) |
 //! | `accepted` | `job` |
 //! | `progress` | `job`, `files_done`, `files_total`, `bytes_done`, `bytes_total`, `rate_bytes_per_sec`, `totals_final` (bool: false while a tree is still being walked and the totals may grow) |
+//! | `file` | a batch's file ended: `job`, `index` (in `inputs`), then `bytes_in`, `bytes_out`, `micros`, or `skipped`, or `code` and `message` |
 //! | `done` | `job`, `bytes_in`, `bytes_out`, `micros`, `files_ok`, `files_failed`, `files_skipped`, `failures` (array of `{path, code, message}`, at most [`MAX_FAILURES_REPORTED`]), `failures_omitted` (integer) only when more files failed than are listed, `skipped` (array of `{path, reason}`: entries of a tree that were not processed, at most [`MAX_FAILURES_REPORTED`]), and `skipped_omitted` (integer) only when more were skipped than are listed |
 //! | `status` | `job`, `state` (`queued`, `running`, `done`, `failed` or `cancelled`), `progress` (`{bytes_done, bytes_total}`), `op`, `input`, `output` |
 //! | `cancelled` | `job` |
@@ -109,8 +116,8 @@
 //! | `error` | `code`, `message` (names the file and the cause in words a person can act on) |
 //!
 //! A file job's replies end with exactly one `done` or `error` line. A `done` job may still
-//! have failed files (`files_failed` > 0) in a recursive job; a single-file job that fails
-//! ends with `error`.
+//! have failed files (`files_failed` > 0) in a recursive job or a batch; a single-file job
+//! that fails ends with `error`.
 //!
 //! ## Error codes
 //!

@@ -17,13 +17,12 @@ files get :class:`~ringcrypt.Timeout`.
 import json
 import re
 import selectors
-import socket
 import time
 from typing import Any, Dict, List, Optional, Union
 
 from . import types as t
 from ._jobs import simple_line, wire_name
-from ._wire import RECV_BYTES, dropped, unavailable
+from ._wire import SelectedConn, dropped
 from .errors import RingcryptError, Timeout, error_for
 
 Result = Union[t.FileResult, RingcryptError]
@@ -49,34 +48,22 @@ _PLAIN = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]*')
 class _List:
     """One request: the items it carries (their indexes in the batch), while in flight."""
 
-    __slots__ = ("items", "left", "job", "deadline")
+    __slots__ = ("items", "job", "deadline")
 
     def __init__(self, items: List[int]) -> None:
         self.items = items
-        self.left = len(items)
         self.job: Optional[str] = None
         self.deadline: Optional[float] = None
 
 
-class _Conn:
-    """A blocking-free connection carrying one list at a time."""
+class _Conn(SelectedConn):
+    """A connection carrying one list at a time."""
 
     def __init__(self, path: str, sel: selectors.BaseSelector) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(10.0)
-            sock.connect(path)
-            sock.setblocking(False)
-        except OSError as err:
-            sock.close()
-            raise unavailable(path, err) from err
-        self.sock = sock
-        self.sel = sel
-        self.buf = b""
+        super().__init__(path, sel)
         self.out = b""
         self.req_id = 0
         self.flight: Optional[_List] = None
-        sel.register(sock, selectors.EVENT_READ, self)
 
     def send(self, data: bytes) -> None:
         self.out += data
@@ -92,26 +79,6 @@ class _Conn:
                 pass
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
         self.sel.modify(self.sock, events, self)
-
-    def lines(self) -> List[bytes]:
-        """Reply lines that arrived; raises OSError (or EOFError) when the connection broke."""
-        try:
-            chunk = self.sock.recv(RECV_BYTES)
-        except BlockingIOError:
-            return []
-        if not chunk:
-            raise EOFError
-        data = self.buf + chunk if self.buf else chunk
-        parts = data.split(b"\n")
-        self.buf = parts.pop()
-        return parts
-
-    def close(self) -> None:
-        try:
-            self.sel.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
-        self.sock.close()
 
 
 class ListBatch:
@@ -192,10 +159,7 @@ class ListBatch:
         conn.send(self.line(self.ids, flight))
 
     def settle(self, flight: _List, position: int, result: Result) -> None:
-        index = flight.items[position]
-        if self.results[index] is None:
-            flight.left -= 1
-        self.results[index] = result
+        self.results[flight.items[position]] = result
 
     def end_list(self, conn: _Conn, err: Optional[RingcryptError]) -> None:
         """The list on ``conn`` ended; files it did not answer get ``err`` (or a dropped
@@ -228,8 +192,6 @@ class ListBatch:
                 continue  # a late line of a list that timed out
             index = flight.items[int(done[3])]
             item = items[index]
-            if results[index] is None:
-                flight.left -= 1
             results[index] = FileResult(
                 item.op,
                 item.input,

@@ -5,6 +5,7 @@ import array
 import json
 import os
 import select
+import selectors
 import socket
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -225,3 +226,43 @@ class Conn(LineSocket):
         except OSError:
             pass
 
+
+class SelectedConn:
+    """A non-blocking connection in a selector (``map_files``' engines): it connects,
+    registers for reading with itself as the key's data, and cuts what arrives into
+    lines."""
+
+    def __init__(self, path: str, sel: selectors.BaseSelector) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(path)
+            sock.setblocking(False)
+        except OSError as err:
+            sock.close()
+            raise unavailable(path, err) from err
+        self.path = path
+        self.sock = sock
+        self.sel = sel
+        self.buf = b""
+        sel.register(sock, selectors.EVENT_READ, self)
+
+    def lines(self) -> List[bytes]:
+        """Reply lines that arrived; raises OSError (or EOFError) when the connection broke."""
+        try:
+            chunk = self.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return []
+        if not chunk:
+            raise EOFError
+        data = self.buf + chunk if self.buf else chunk
+        parts = data.split(b"\n")
+        self.buf = parts.pop()
+        return parts
+
+    def close(self) -> None:
+        try:
+            self.sel.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.sock.close()

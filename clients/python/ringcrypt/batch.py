@@ -16,14 +16,13 @@ import json
 import os
 import re
 import selectors
-import socket
 import time
 from typing import Any, Deque, Dict, List, Optional, Set, Union
 
 from . import types as t
 from ._lists import ListBatch
 from ._jobs import LineHead, NoTmpfile, PassedFiles, line_head, output_dir, simple_line, wire_name
-from ._wire import RECV_BYTES, dropped, scm_rights, unavailable
+from ._wire import SelectedConn, dropped, scm_rights
 from .errors import RingcryptError, Timeout, error_for
 
 Result = Union[t.FileResult, RingcryptError]
@@ -85,28 +84,16 @@ class _Flight:
         self.sent = False
 
 
-class _Conn:
+class _Conn(SelectedConn):
     """One non-blocking connection of a batch."""
 
     def __init__(self, path: str, sel: selectors.BaseSelector) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(10.0)
-            sock.connect(path)
-            sock.setblocking(False)
-        except OSError as err:
-            sock.close()
-            raise unavailable(path, err) from err
-        self.path = path
-        self.sock = sock
-        self.sel = sel
-        self.buf = b""
+        super().__init__(path, sel)
         # What is still to send: [bytes, descriptors or None, the flights whose descriptors
         # go with it].
         self.out: Deque[List[Any]] = collections.deque()
         self.flights: Dict[int, _Flight] = {}
         self.writing = False
-        sel.register(sock, selectors.EVENT_READ, self)
 
     def queue(self, line: bytes, fds: Optional[List[int]], flight: Optional[_Flight]) -> None:
         # Only an entry whose descriptors have not left yet takes more: once a send began,
@@ -163,19 +150,6 @@ class _Conn:
             self.sel.modify(self.sock, events, self)
             self.writing = want
 
-    def lines(self) -> List[bytes]:
-        """Reply lines that arrived; raises OSError (or EOFError) when the connection broke."""
-        try:
-            chunk = self.sock.recv(RECV_BYTES)
-        except BlockingIOError:
-            return []
-        if not chunk:
-            raise EOFError
-        data = self.buf + chunk if self.buf else chunk
-        parts = data.split(b"\n")
-        self.buf = parts.pop()
-        return parts
-
     def close(self) -> None:
         """Closes the socket, and the files of requests that were never sent."""
         for _data, fds, flights in self.out:
@@ -184,11 +158,7 @@ class _Conn:
                     if flight.files is not None:
                         flight.files.close()
         self.out.clear()
-        try:
-            self.sel.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
-        self.sock.close()
+        super().close()
 
 
 class _Batch:

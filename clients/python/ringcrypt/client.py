@@ -299,8 +299,9 @@ class Client:
         over ``connections`` connections, results in the order of ``paths``. Each is a
         :class:`FileResult` or the exception for that file; one failure never stops the
         batch. ``timeout`` bounds each file from its request; ``fsync`` makes each output and
-        its directory durable once linked; ``by_path`` sends paths instead of descriptors
-        (the files must then lie under the daemon's allowed roots)."""
+        its directory durable once linked; ``by_path`` sends paths instead of descriptors,
+        hundreds to a request (the files must then lie under the daemon's allowed roots; a
+        list in which no file ends within ``timeout`` is cancelled)."""
         items = plan_batch(op, paths, outputs, key, overwrite, in_place, by_path)
         return run_batch(self.socket, items, concurrency, connections, fsync, timeout)
 

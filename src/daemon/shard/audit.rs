@@ -91,7 +91,8 @@ pub(super) fn request(caller: &Caller, request: &Request, verdict: Verdict) {
     let job = match request {
         Request::File(spec) => return request_of_spec(caller, spec, verdict),
         Request::Batch(batch) => {
-            return request_of_files(caller, &batch.spec, batch.inputs.len(), verdict);
+            let files = Some(batch.inputs.len() as u64);
+            return request_of_files(caller, &batch.spec, files, verdict);
         }
         Request::Status { job } | Request::Cancel { job } => Some(job),
         _ => None,
@@ -109,6 +110,17 @@ pub(super) fn request(caller: &Caller, request: &Request, verdict: Verdict) {
 
 /// A file request's record: as [`request`], with its flags and paths.
 pub(super) fn request_of_spec(caller: &Caller, spec: &FileJobSpec, verdict: Verdict) {
+    request_of_files(caller, spec, None, verdict);
+}
+
+/// A batch's record: as [`request_of_spec`], with the number of files (`files=`) where a
+/// single request has its flags; its `input` and `output` are its first file's.
+pub(super) fn request_of_batch(caller: &Caller, job: &TreeJob, verdict: Verdict) {
+    let files = job.progress().files_total;
+    request_of_files(caller, &job.spec, Some(files), verdict);
+}
+
+fn request_of_files(caller: &Caller, spec: &FileJobSpec, files: Option<u64>, verdict: Verdict) {
     let Some((level, word, code)) = judged(verdict) else {
         return;
     };
@@ -118,44 +130,22 @@ pub(super) fn request_of_spec(caller: &Caller, spec: &FileJobSpec, verdict: Verd
     };
     // Passed descriptors: the paths are the caller's names for them.
     let (input, output) = (spec.input.display(), spec.output.display());
-    Fields::new()
+    let mut fields = Fields::new()
         .who(Some(caller))
-        .add("op", Value::from(spec.op.as_str()))
-        .add("recursive", Value::from(spec.recursive))
-        .add("fds", Value::from(spec.fds))
+        .add("op", Value::from(spec.op.as_str()));
+    fields = match files {
+        Some(files) => fields.add("files", Value::from(files)),
+        None => fields
+            .add("recursive", Value::from(spec.recursive))
+            .add("fds", Value::from(spec.fds)),
+    };
+    fields
         .add("input", Value::from_display(&input))
         .add("output", Value::from_display(&output))
         .add_if(
             "partition",
             spec.partition.as_ref().map(Value::from_display),
         )
-        .add_if("job", job.as_ref().map(Value::from_display))
-        .add_if("code", code.map(Value::from))
-        .emit(level, word);
-}
-
-/// A batch's record: as [`request_of_spec`], with the number of files (`files=`); its
-/// `input` and `output` are its first file's.
-pub(super) fn request_of_batch(caller: &Caller, job: &TreeJob, verdict: Verdict) {
-    let files = job.progress().files_total as usize;
-    request_of_files(caller, &job.spec, files, verdict);
-}
-
-fn request_of_files(caller: &Caller, spec: &FileJobSpec, files: usize, verdict: Verdict) {
-    let Some((level, word, code)) = judged(verdict) else {
-        return;
-    };
-    let job = match verdict {
-        Verdict::Accepted(job) => job,
-        Verdict::Refused(_) => None,
-    };
-    let (input, output) = (spec.input.display(), spec.output.display());
-    Fields::new()
-        .who(Some(caller))
-        .add("op", Value::from(spec.op.as_str()))
-        .add("files", Value::from(files as u64))
-        .add("input", Value::from_display(&input))
-        .add("output", Value::from_display(&output))
         .add_if("job", job.as_ref().map(Value::from_display))
         .add_if("code", code.map(Value::from))
         .emit(level, word);
