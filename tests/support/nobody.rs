@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{CLI, Daemon, brief, chmod, is_final, output_within, p, parse_line, with};
+use super::{CLI, Daemon, brief, chmod, output_within, p, parse_line, with};
 
 /// `nobody` on Debian-like systems; the daemons that serve it get `--allow-uid 65534`.
 pub const NOBODY: u32 = 65534;
@@ -260,7 +260,7 @@ impl Session {
     pub fn final_of(&self, id: &str) -> &Value {
         self.by_id(id)
             .into_iter()
-            .find(|r| is_final(r))
+            .find(|r| !matches!(r["type"].as_str(), Some("accepted" | "progress" | "file")))
             .unwrap_or_else(|| panic!("no final reply for {id} as nobody: {self:?}"))
     }
 }
