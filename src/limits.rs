@@ -95,6 +95,12 @@ pub const FINISHED_JOBS_KEPT: usize = 1024;
 /// enough that a million-file tree is never a million queued jobs.
 pub const TREE_WINDOW: usize = 256;
 
+/// Tree and batch jobs one shard runs at once (they start on the shard of the connection
+/// that asked); one more is refused `busy`. Each holds its walk's directories or its list
+/// of paths (up to a 64 KiB line's worth), so this bounds what a client pipelining tree or
+/// batch requests can make the daemon hold.
+pub const MAX_TREES_PER_SHARD: usize = 64;
+
 /// Spare path buffers each shard keeps for the paths of new jobs: two (input and output) for
 /// each of the `TREE_WINDOW` files a tree job hands out at once, so a tree starting on a
 /// shard finds its first window's paths waiting. A single-file request takes two at a time.

@@ -18,6 +18,7 @@ both_backends!(
     sigterm_mid_batch,
     batch_beside_a_full_queue,
     a_batch_runs_with_the_callers_rights,
+    one_shard_takes_at_most_64_trees_and_batches,
 );
 
 fn batch_req(op: &str, inputs: &[PathBuf], outputs: &[PathBuf], id: &str) -> Value {
@@ -558,4 +559,79 @@ fn a_batch_runs_with_the_callers_rights(backend: &'static str) {
     assert!(!outs[1].exists() && !outs[2].exists());
     assert_eq!(fs::read(&secret).unwrap(), b"root only");
     assert_eq!(temp_files(&d.root), Vec::<PathBuf>::new());
+}
+
+/// Intact: a shard runs at most 64 trees and batches at once; the 65th is refused `busy`
+/// with a message that says so, and nothing of it starts. Deterministic: the test hook stops
+/// shard 1 eight seconds after start (the probes before it take a fraction of that), and
+/// every batch (started on shard 0, the connection's) names an input shard 1 owns, so none
+/// can end. A tree asked for then is refused alike; `ping` on shard 0 still answers.
+fn one_shard_takes_at_most_64_trees_and_batches(backend: &'static str) {
+    let mut d = rd(backend)
+        .env("RINGCRYPT_TEST_HANG_SHARD", "1:8000")
+        .start();
+    let started = std::time::Instant::now();
+    let shard_of = |reply: &Value| -> String {
+        let job = reply["job"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no job id: {reply}"));
+        job.split('-').next().unwrap().to_string()
+    };
+    // An input shard 1 owns, found by its probe job's id.
+    let input = (0..64)
+        .map(|i| d.root.join(format!("in{i}")))
+        .find(|input| {
+            fs::write(input, b"x").unwrap();
+            let probe = d.encrypt(input, &input.with_extension("probe"), json!({}));
+            shard_of(&probe) == "1"
+        })
+        .expect("an input owned by shard 1 within 64 names");
+    // A connection on shard 0: an empty batch would be refused, so an empty tree names it.
+    let empty = d.root.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let mut c = (0..16)
+        .find_map(|attempt| {
+            let mut c = d.client();
+            let out = d.root.join(format!("empty.out{attempt}"));
+            let replies = c.job(&tree_req("encrypt", &empty, &out, "probe"));
+            (shard_of(&replies[0]) == "0").then_some(c)
+        })
+        .expect("a connection on shard 0 within 16 tries");
+    assert!(
+        started.elapsed() < Duration::from_millis(6000),
+        "premise: the probes ended before shard 1 stopped"
+    );
+    std::thread::sleep(Duration::from_millis(9000).saturating_sub(started.elapsed()));
+    let out = d.root.join("out");
+    fs::create_dir(&out).unwrap();
+    let requests: Vec<Value> = (0..65)
+        .map(|i| {
+            batch_req(
+                "encrypt",
+                std::slice::from_ref(&input),
+                &[out.join(format!("{i}"))],
+                &i.to_string(),
+            )
+        })
+        .collect();
+    c.send_all(&requests);
+    for i in 0..64 {
+        let reply = c.recv_noting(&d, "the batches");
+        assert_eq!(reply["type"], "accepted", "batch {i}: {reply}");
+    }
+    let refused = c.recv_noting(&d, "the 65th batch");
+    assert_eq!(refused["id"], "64", "{refused}");
+    assert_eq!(code(&refused), "busy", "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("64 trees and batches"), "{message}");
+    let tree = c.call(&tree_req("encrypt", &empty, &d.root.join("late"), "late"));
+    assert_eq!(code(&tree), "busy", "{tree}");
+    assert!(
+        !d.root.join("late").exists(),
+        "a refused tree made its output"
+    );
+    assert_eq!(c.call(&json!({"op": "ping"}))["type"], "pong");
+    // A stopped shard never drains: the daemon ends with SIGKILL, not SIGTERM.
+    d.kill();
+    d.forget();
 }

@@ -18,7 +18,6 @@ use crate::daemon::creds::Caller;
 use crate::daemon::job::JobOutcome;
 use crate::daemon::logging::AUDIT;
 use crate::daemon::metrics::JobResult;
-use crate::daemon::tree_job::TreeJob;
 use crate::error::{Code, Error};
 use crate::protocol::{DoneReport, FileJobSpec, JobId, Request};
 
@@ -91,8 +90,7 @@ pub(super) fn request(caller: &Caller, request: &Request, verdict: Verdict) {
     let job = match request {
         Request::File(spec) => return request_of_spec(caller, spec, verdict),
         Request::Batch(batch) => {
-            let files = Some(batch.inputs.len() as u64);
-            return request_of_files(caller, &batch.spec, files, verdict);
+            return request_of_batch(caller, &batch.spec, batch.inputs.len() as u64, verdict);
         }
         Request::Status { job } | Request::Cancel { job } => Some(job),
         _ => None,
@@ -115,9 +113,8 @@ pub(super) fn request_of_spec(caller: &Caller, spec: &FileJobSpec, verdict: Verd
 
 /// A batch's record: as [`request_of_spec`], with the number of files (`files=`) where a
 /// single request has its flags; its `input` and `output` are its first file's.
-pub(super) fn request_of_batch(caller: &Caller, job: &TreeJob, verdict: Verdict) {
-    let files = job.progress().files_total;
-    request_of_files(caller, &job.spec, Some(files), verdict);
+pub(super) fn request_of_batch(caller: &Caller, spec: &FileJobSpec, files: u64, verdict: Verdict) {
+    request_of_files(caller, spec, Some(files), verdict);
 }
 
 fn request_of_files(caller: &Caller, spec: &FileJobSpec, files: Option<u64>, verdict: Verdict) {

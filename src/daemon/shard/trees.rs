@@ -11,6 +11,7 @@ use crate::daemon::creds::ActAs;
 use crate::daemon::metrics::JobResult;
 use crate::daemon::tree_job::{FileResult, TreeJob};
 use crate::error::{Code, Error};
+use crate::limits::MAX_TREES_PER_SHARD;
 use crate::protocol::{self, BatchFileEnd, BatchSpec, FileJobSpec, JobInfo, JobState};
 use std::path::PathBuf;
 
@@ -45,7 +46,29 @@ impl Shard {
         );
     }
 
+    /// The refusal for one more tree or batch when this shard runs
+    /// [`MAX_TREES_PER_SHARD`] already.
+    fn too_many_trees(&self) -> Option<Error> {
+        (self.trees.len() >= MAX_TREES_PER_SHARD).then(|| {
+            Error::new(
+                Code::Busy,
+                format!(
+                    "this shard already runs {MAX_TREES_PER_SHARD} trees and batches, the most \
+                     it takes at once; retry when one ends"
+                ),
+            )
+        })
+    }
+
     pub(super) fn start_tree(&mut self, key: u64, spec: FileJobSpec, reply: ReplyTo) {
+        if let Some(err) = self.too_many_trees() {
+            if let Some(caller) = &spec.caller {
+                audit::request_of_spec(caller, &spec, audit::Verdict::Refused(&err));
+            }
+            self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
+            self.recycle(self.index, spec.input, spec.output);
+            return;
+        }
         let id = self.jobs.next_id();
         let wait = spec.wait;
         // For the audit record of a refusal: the walk takes the spec.
@@ -83,11 +106,19 @@ impl Shard {
     /// Starts a batch: nothing is opened until its files go out, so it always starts
     /// (each file that cannot run fails alone, with its own `file` line).
     pub(super) fn start_batch(&mut self, key: u64, batch: BatchSpec, reply: ReplyTo) {
+        let files = batch.inputs.len() as u64;
+        if let Some(err) = self.too_many_trees() {
+            if let Some(caller) = &batch.spec.caller {
+                audit::request_of_batch(caller, &batch.spec, files, audit::Verdict::Refused(&err));
+            }
+            self.queue_line(key, &error_line(reply.id.as_ref(), &err), true);
+            return;
+        }
         let id = self.jobs.next_id();
         let wait = batch.spec.wait;
         let job = TreeJob::start_batch(id, batch);
         if let Some(caller) = &job.spec.caller {
-            audit::request_of_batch(caller, &job, audit::Verdict::Accepted(Some(id)));
+            audit::request_of_batch(caller, &job.spec, files, audit::Verdict::Accepted(Some(id)));
         }
         let reply_id = reply.id.as_ref();
         self.queue_with(key, !wait, |out| {
