@@ -23,13 +23,15 @@ from typing import Any, Dict, List, Optional, Union
 from . import types as t
 from ._jobs import simple_line, wire_name
 from ._wire import SelectedConn, dropped
-from .errors import RingcryptError, Timeout, error_for
+from .errors import BadRequest, RingcryptError, Timeout, error_for
 
 Result = Union[t.FileResult, RingcryptError]
 
 # Files in one request at most: enough that the client's cost per file is the paths'
 # encoding alone, few enough that several lists keep every shard busy to the end.
 LIST_FILES = 512
+# The longest path the daemon takes, after normalization (docs/protocol.md, "Limits").
+MAX_PATH_BYTES = 4095
 # Bytes of one request line at most, under the daemon's 64 KiB limit with room for the
 # fixed fields.
 LIST_BYTES = 60_000
@@ -43,6 +45,24 @@ _FILE_DONE = re.compile(
 
 # A name JSON writes unchanged: printable ASCII without quotes or backslashes.
 _PLAIN = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]*')
+
+
+def refuse_alone(field: str, name: str) -> None:
+    """Raises the daemon's ``bad_request`` for a path it would refuse while reading the request
+    (docs/protocol.md, "Paths"), so that the file fails alone instead of its whole list."""
+    if "\0" in name:
+        raise BadRequest(f"{name!r}: the {field} contains a NUL byte, which no file name can hold")
+    if "/../" in name + "/":
+        raise BadRequest(
+            f"{name!r}: the {field} contains \"..\"; give the path without it (the daemon does "
+            "not resolve \"..\", because a directory before it may be a symlink)"
+        )
+    size = len(name.encode("utf-8"))
+    if size > MAX_PATH_BYTES:
+        raise BadRequest(
+            f"{name[:60]!r}...: the {field} is a path of {size} bytes; the limit is "
+            f"{MAX_PATH_BYTES} bytes (PATH_MAX)"
+        )
 
 
 class _List:
@@ -107,6 +127,8 @@ class ListBatch:
         for index, item in enumerate(self.items):
             try:
                 names = [wire_name(item.input, by_path=True), wire_name(item.output, by_path=True)]
+                for field, name in zip(("input", "output"), names):
+                    refuse_alone(field, name)
             except RingcryptError as err:
                 self.results[index] = err
                 continue
