@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub(crate) mod batch_files;
 pub mod check;
 pub mod creds;
 pub mod held_dirs;

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, ResolveFlags};
 use rustix::io::Errno;
 
+use crate::daemon::batch_files::BatchFiles;
 use crate::daemon::held_dirs::HeldDirs;
 use crate::daemon::roots::{RESOLVE_CONFINED, Roots};
 use crate::error::{Code, Error};
@@ -90,53 +91,6 @@ struct Level {
     read_all: bool,
     /// The input directory, relative to the tree's input root ("" for the root).
     rel: PathBuf,
-}
-
-/// Directory pairs a batch keeps open for its files (see [`BatchFiles::dirs`]).
-const BATCH_HELD_DIRS: usize = 8;
-
-/// The files of a batch, handed out in the request's order.
-struct BatchFiles {
-    inputs: std::vec::IntoIter<PathBuf>,
-    outputs: std::vec::IntoIter<PathBuf>,
-    /// The index of the next file to hand out.
-    next: u32,
-    /// The input and output directories of the latest files, held open (confined, with
-    /// the caller's rights) and shared with the files in them, as a tree's levels are: a
-    /// file then opens its name in the one and links its output in the other, instead of
-    /// resolving both paths from the root. At most [`BATCH_HELD_DIRS`], oldest dropped.
-    dirs: Vec<(PathBuf, PathBuf, HeldDirs)>,
-}
-
-impl BatchFiles {
-    /// The held directories for a file of `input`'s directory with its output in
-    /// `output`'s; None when either cannot be opened here (the file job then opens its
-    /// paths itself, and reports why it cannot).
-    fn held(&mut self, roots: &Roots, op: FileOp, input: &Path, output: &Path) -> Option<HeldDirs> {
-        input.file_name()?;
-        output.file_name()?;
-        let (in_dir, out_dir) = (input.parent()?, output.parent()?);
-        if let Some((_, _, dirs)) = self
-            .dirs
-            .iter()
-            .find(|(i, o, _)| i == in_dir && o == out_dir)
-        {
-            return Some(dirs.clone());
-        }
-        let held_in = open_dir(roots, in_dir).ok()?;
-        let held_out = if op.writes() {
-            open_dir(roots, out_dir).ok()?
-        } else {
-            out_twin(&held_in, in_dir).ok()?
-        };
-        let dirs = HeldDirs::new(held_in, held_out);
-        if self.dirs.len() >= BATCH_HELD_DIRS {
-            self.dirs.remove(0);
-        }
-        self.dirs
-            .push((in_dir.to_path_buf(), out_dir.to_path_buf(), dirs.clone()));
-        Some(dirs)
-    }
 }
 
 /// A tree job (or a batch). See the module docs.
@@ -782,7 +736,7 @@ fn refuse_output_inside(roots: &Roots, input: &OwnedFd, spec: &FileJobSpec) -> R
 }
 
 /// A verify's level has no output directory: its input's, duplicated, stands in for it.
-fn out_twin(input: &OwnedFd, path: &Path) -> Result<OwnedFd, Error> {
+pub(crate) fn out_twin(input: &OwnedFd, path: &Path) -> Result<OwnedFd, Error> {
     input.try_clone().map_err(|e| Error::io("open", path, e))
 }
 
@@ -825,7 +779,7 @@ fn type_of(code: u8) -> FileType {
 }
 
 /// Opens a directory confined beneath its allowed root.
-fn open_dir(roots: &Roots, path: &Path) -> Result<OwnedFd, Error> {
+pub(crate) fn open_dir(roots: &Roots, path: &Path) -> Result<OwnedFd, Error> {
     let (root, rel) = roots.locate(path)?;
     rustix::fs::openat2(
         root,

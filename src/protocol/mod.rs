@@ -136,6 +136,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod raw_fields;
 mod reply;
 mod request;
 #[cfg(test)]

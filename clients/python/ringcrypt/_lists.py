@@ -203,7 +203,7 @@ class ListBatch:
         pattern of its line (most lines are those); any other line by :meth:`on_line`."""
         match = _FILE_DONE.match
         items, results, ours = self.items, self.results, str(conn.req_id).encode()
-        FileResult = t.FileResult
+        file_done = t.file_done
         for line in lines:
             flight = conn.flight
             done = match(line)
@@ -214,15 +214,7 @@ class ListBatch:
                 continue  # a late line of a list that timed out
             index = flight.items[int(done[3])]
             item = items[index]
-            results[index] = FileResult(
-                item.op,
-                item.input,
-                item.output,
-                done[2].decode(),
-                int(done[4]),
-                int(done[5]),
-                int(done[6]),
-            )
+            results[index] = file_done(item.op, item.input, item.output, done[2], done.group(4, 5, 6))
             if self.timeout is not None:
                 flight.deadline = time.monotonic() + self.timeout
 

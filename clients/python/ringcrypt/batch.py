@@ -301,15 +301,7 @@ class _Batch:
         if isinstance(reply, dict):
             result = t.file_result(item.op, item.input, item.output, reply)
         else:
-            result = t.FileResult(
-                item.op,
-                item.input,
-                item.output,
-                reply[2].decode(),
-                int(reply[3]),
-                int(reply[4]),
-                int(reply[5]),
-            )
+            result = t.file_done(item.op, item.input, item.output, reply[2], reply.group(3, 4, 5))
         if flight.files is not None:
             try:
                 files = flight.files

@@ -3,7 +3,7 @@
 protocol asks."""
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ._wire import raise_error
 
@@ -159,6 +159,12 @@ def progress(reply: Dict[str, Any]) -> Progress:
         rate_bytes_per_sec=int(reply["rate_bytes_per_sec"]),
         totals_final=bool(reply["totals_final"]),
     )
+
+
+def file_done(op: str, input: str, output: str, job: bytes, counts: Sequence[bytes]) -> FileResult:
+    """A success read by a reply pattern: the job id and ``bytes_in``, ``bytes_out`` and
+    ``micros`` as the line's digits."""
+    return FileResult(op, input, output, job.decode(), int(counts[0]), int(counts[1]), int(counts[2]))
 
 
 def file_result(op: str, input: str, output: str, reply: Dict[str, Any]) -> FileResult:

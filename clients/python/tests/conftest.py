@@ -21,9 +21,10 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -221,3 +222,23 @@ def write(path: Path, data: bytes, mode: int = 0o644) -> Path:
     path.write_bytes(data)
     os.chmod(path, mode)
     return path
+
+
+def map_files_killed_midway(daemon: "Daemon", paths: List[Path], outputs: List[Path], **options: Any) -> List[Any]:
+    """``map_files("encrypt", paths, outputs=outputs, **options)`` on a thread, the daemon
+    SIGKILLed once 200 outputs exist; the results, after asserting the call came back."""
+    box: Dict[str, List[Any]] = {}
+
+    def run() -> None:
+        box["results"] = daemon.client().map_files("encrypt", paths, outputs=outputs, **options)
+
+    watched = outputs[0].parent
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(watched)) < 200 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    daemon.kill()
+    worker.join(60)
+    assert not worker.is_alive(), "map_files hung after the daemon died"
+    return box["results"]

@@ -8,13 +8,11 @@ output exists for any file that did not succeed."""
 import os
 import random
 import struct
-import threading
-import time
 
 import pytest
 
 import ringcrypt
-from conftest import Daemon, read_tree, temp_files, write
+from conftest import Daemon, map_files_killed_midway, read_tree, temp_files, write
 
 FILES = 5000
 
@@ -84,21 +82,7 @@ def test_daemon_killed_mid_batch(daemon: Daemon) -> None:
     out.mkdir()
     paths = [write(src / f"f{i:04d}", os.urandom(8_000 + i)) for i in range(2000)]
     outputs = [out / f"f{i:04d}.rcrypt" for i in range(2000)]
-    box = {}
-
-    def run() -> None:
-        box["results"] = daemon.client().map_files("encrypt", paths, outputs=outputs)
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    deadline = time.monotonic() + 60
-    while len(os.listdir(out)) < 200 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    daemon.kill()
-    worker.join(60)
-    assert not worker.is_alive(), "map_files hung after the daemon died"
-
-    results = box["results"]
+    results = map_files_killed_midway(daemon, paths, outputs)
     ok = {i for i, r in enumerate(results) if isinstance(r, ringcrypt.FileResult)}
     others = [r for r in results if not isinstance(r, ringcrypt.FileResult)]
     assert all(isinstance(r, ringcrypt.DaemonUnavailable) for r in others), {type(r) for r in others}

@@ -9,11 +9,10 @@ daemon that stops answering gives Timeout for every file, in time."""
 import os
 import re
 import signal
-import threading
 import time
 
 import ringcrypt
-from conftest import Daemon, temp_files, write
+from conftest import Daemon, map_files_killed_midway, temp_files, write
 
 FILES = 3000
 
@@ -77,20 +76,7 @@ def test_lists_survive_a_killed_daemon(daemon: Daemon) -> None:
     out.mkdir()
     paths = [write(src / f"f{i:04d}", os.urandom(40_000 + i)) for i in range(2000)]
     outputs = [out / f"f{i:04d}.rcrypt" for i in range(2000)]
-    box = {}
-
-    def run() -> None:
-        box["results"] = daemon.client().map_files("encrypt", paths, outputs=outputs, by_path=True)
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    deadline = time.monotonic() + 60
-    while len(os.listdir(out)) < 200 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    daemon.kill()
-    worker.join(60)
-    assert not worker.is_alive(), "map_files hung after the daemon died"
-    results = box["results"]
+    results = map_files_killed_midway(daemon, paths, outputs, by_path=True)
     ok = {i for i, r in enumerate(results) if isinstance(r, ringcrypt.FileResult)}
     others = [r for r in results if not isinstance(r, ringcrypt.FileResult)]
     assert all(isinstance(r, ringcrypt.DaemonUnavailable) for r in others), {type(r) for r in others}

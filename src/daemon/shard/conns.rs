@@ -271,7 +271,7 @@ impl Conns {
     /// Appends what `encode` writes to a connection's output without sending it yet, unless
     /// [`DEFERRED_SEND_BYTES`] are waiting: for lines that come many at a time (a batch's
     /// `file` lines), so they leave in a few sends, not one each. Returns true when some
-    /// output still waits: the caller then calls [`Conns::send_now`] before its loop sleeps.
+    /// output still waits: the caller then calls [`Conns::flush`] before its loop sleeps.
     pub fn queue_deferred(
         &mut self,
         key: u64,
@@ -289,14 +289,9 @@ impl Conns {
         true
     }
 
-    /// Sends what waits in a connection's output (lines queued by
-    /// [`Conns::queue_deferred`]), if no send is in flight; one in flight sends it when it
-    /// completes.
-    pub fn send_now(&mut self, key: u64, reactor: &mut Reactor) {
-        self.flush(key, reactor);
-    }
-
-    fn flush(&mut self, key: u64, reactor: &mut Reactor) {
+    /// Sends what waits in a connection's output, if no send is in flight; one in flight
+    /// sends it when it completes.
+    pub fn flush(&mut self, key: u64, reactor: &mut Reactor) {
         let Some(conn) = self.map.get_mut(&key) else {
             return;
         };

@@ -23,7 +23,8 @@
 //!   jobs;
 //! - `jobs`: the job table (admission, merges, `busy`, the record of ended jobs);
 //! - `owner`: file jobs on their owner shard, from submission to the answer to every waiter;
-//! - `trees`: tree jobs on the shard that received them.
+//! - `trees`: tree jobs (and batches) on the shard that received them;
+//! - `shutdown`: what SIGTERM starts here, and when the shard may exit.
 //!
 //! What this room does not do: crypto (`format`), op bookkeeping (`reactor`), wire syntax
 //! (`protocol`), or process setup (`daemon`).
@@ -54,6 +55,7 @@ mod inbox;
 mod jobs;
 mod owner;
 mod ranges;
+mod shutdown;
 mod trees;
 
 use trees::Tree;
@@ -246,7 +248,7 @@ impl Shard {
     /// Sends the output connections held back (see [`Conns::queue_deferred`]).
     fn send_deferred(&mut self) {
         for key in self.deferred_sends.drain(..) {
-            self.conns.send_now(key, &mut self.reactor);
+            self.conns.flush(key, &mut self.reactor);
         }
     }
 
@@ -827,83 +829,8 @@ impl Shard {
         let closed = self.conns.close(key, &mut self.reactor);
         self.closed(closed);
     }
-
-    fn begin_shutdown(&mut self, deadline: Instant) {
-        self.shutdown = Some(deadline);
-        for tree in self.trees.values_mut() {
-            tree.job.cancel();
-        }
-        let idle: Vec<u64> = self
-            .trees
-            .iter()
-            .filter(|(_, t)| t.job.is_finished())
-            .map(|(&k, _)| k)
-            .collect();
-        for seq in idle {
-            self.tree_result_finish(seq);
-        }
-        if let Some(listener) = self.listener
-            && let Ok(fd) = self.reactor.fd(listener)
-        {
-            self.accepting = false;
-            let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
-        }
-        // A job on a stream has no end to wait for (a pipe may never close): cancelled now.
-        for slot in self.jobs.running_slots() {
-            self.with_job(slot, |job, ctx| {
-                if job.is_stream() {
-                    job.cancel(ctx);
-                }
-            });
-        }
-        // Queued jobs never started: cancel them now; running ones get until the deadline.
-        let queued = self.jobs.queued_ids();
-        for id in queued {
-            let reply = ReplyTo {
-                shard: self.index,
-                conn: 0,
-                id: None,
-                tree: None,
-                item: 0,
-            };
-            self.cancel(id, reply);
-        }
-    }
-
-    /// During a shutdown: whether this shard may exit now. Once its own jobs are over, it
-    /// shuts each connection owed nothing more (no request without its final line, nothing
-    /// left to send) for reading: lines the client already wrote are still read and
-    /// answered (`shutting_down` for new work), and the end of the stream closes it. It exits when every shard is quiet (no job, tree or
-    /// connection anywhere, so no reply can still be on its way to one of its clients), or
-    /// at the latest [`SHUTDOWN_GRACE`] after the drain deadline, whatever is left.
-    fn finished_shutdown(&mut self) -> bool {
-        let Some(deadline) = self.shutdown else {
-            return false;
-        };
-        let jobs_left = !self.jobs.is_idle()
-            || !self.ranges.is_empty()
-            || !self.trees.is_empty()
-            || !self.local.is_empty()
-            || !self.gathers.is_empty();
-        if !jobs_left {
-            for key in self.conns.owed_nothing() {
-                self.conns.drain(key, &self.reactor);
-            }
-        }
-        let quiet = !jobs_left && self.conns.is_empty();
-        let inboxes = &self.shared.inboxes;
-        inboxes[self.index].quiet.store(quiet, Ordering::SeqCst);
-        if Instant::now() >= deadline + SHUTDOWN_GRACE {
-            return true;
-        }
-        quiet
-            && inboxes
-                .iter()
-                .all(|inbox| inbox.quiet.load(Ordering::SeqCst))
-    }
 }
 
-/// An error reply line, counted by code.
 fn error_line(id: Option<&RequestId>, err: &Error) -> String {
     metrics::error_reply(err.code);
     protocol::error(id, err)
